@@ -1,0 +1,157 @@
+"""Twisted glue around the sans-IO WireGuard Device: the UDP socket, the clock and timers.
+
+``Tunnel`` feeds datagram batches from :class:`UDPSocket` into the Device, sends what it
+produces, hands decrypted IP packets to ``packet_handler``, logs its events and keeps one
+reactor call scheduled for the Device's next timer deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from ..wireguard.device import Device, Peer
+from .udp import Address, Batch, UDPSocket
+
+PacketHandler = Callable[[bytes, Peer], None]
+
+log = Logger()
+
+
+def display_endpoint(endpoint: Address | None) -> str:
+    if endpoint is None:
+        return "(none)"
+    host, port = endpoint
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve_endpoint(host: str, port: int) -> tuple[str, int]:
+    """Resolve a configured endpoint (a name or a literal) to an address, at start-up."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    address = info[0][4]
+    return (str(address[0]), int(address[1]))
+
+
+class Tunnel:
+    """A running WireGuard interface on a UDP port."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        device: Device,
+        *,
+        listen_port: int = 0,
+        listen_host: str = "",
+        packet_handler: PacketHandler | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.device = device
+        self.packet_handler: PacketHandler = packet_handler or (lambda packet, peer: None)
+        self.event_handlers: list[Callable[[str, Peer, bool], None]] = []
+        self._timer: IDelayedCall | None = None
+        self._timer_at = float("inf")
+        self._flush_call: IDelayedCall | None = None
+        self.udp = UDPSocket(reactor, self._on_batch, listen_port, listen_host)
+        for peer in device.peers:
+            if peer.endpoint is not None:
+                peer.endpoint = self.udp.native_address(*peer.endpoint)
+
+    @property
+    def port(self) -> int:
+        return self.udp.port
+
+    def start(self) -> None:
+        log.info(
+            "WireGuard listening on UDP port {port}, {peers} peers",
+            port=self.port,
+            peers=len(self.device.peers),
+        )
+        self.device.up(self.reactor.seconds())
+        self._after_work()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._timer = self._flush_call = None
+        self.udp.close()
+
+    # --- data path -------------------------------------------------------------------------
+
+    def _on_batch(self, batch: Batch) -> None:
+        self.device.receive_batch(batch, self.reactor.seconds())
+        self._after_work()
+
+    def send_packet(self, packet: bytes) -> bool:
+        """Send an IP packet to the peer that owns its destination (False: no such peer).
+
+        Datagrams go out at the end of the current reactor pass, so a burst of sends becomes
+        one batched write.
+        """
+        routed = self.device.send_packet(packet, self.reactor.seconds())
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return routed
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._after_work()
+
+    def _after_work(self) -> None:
+        device = self.device
+        while device.outgoing or device.incoming or device.events:
+            if device.outgoing:
+                outgoing, device.outgoing = device.outgoing, []
+                self.udp.send(outgoing)
+            if device.incoming:
+                incoming, device.incoming = device.incoming, []
+                handler = self.packet_handler
+                for packet, peer in incoming:
+                    handler(packet, peer)
+            if device.events:
+                events, device.events = device.events, []
+                for event in events:
+                    self._log_event(event.kind, event.peer, event.initiator)
+        self._schedule()
+
+    def _log_event(self, kind: str, peer: Peer, initiator: bool) -> None:
+        if kind == "handshake-complete":
+            log.info(
+                "handshake with {peer} complete ({role}), endpoint {endpoint}",
+                peer=peer.name,
+                role="initiator" if initiator else "responder",
+                endpoint=display_endpoint(peer.endpoint),
+            )
+        elif kind == "handshake-failed":
+            log.warn("handshake with {peer} did not complete; giving up for now", peer=peer.name)
+        elif kind == "keys-zeroed":
+            log.info("session keys for {peer} expired and were erased", peer=peer.name)
+        else:
+            log.debug("{kind} {peer}", kind=kind, peer=peer.name)
+        for handler in self.event_handlers:
+            handler(kind, peer, initiator)
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        deadline = self.device.next_deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - self.reactor.seconds())
+        self._timer = self.reactor.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self.device.tick(self.reactor.seconds())
+        self._after_work()

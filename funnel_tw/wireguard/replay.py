@@ -1,0 +1,47 @@
+"""The anti-replay window of RFC 6479: 128 blocks of 64 bits, 8128 counters of history.
+
+The window is checked only after a packet has been authenticated, so a forged counter can
+never move it.
+"""
+
+from __future__ import annotations
+
+_BLOCK_BITS = 64
+_BLOCK_LOG = 6
+_BLOCKS = 128
+WINDOW_SIZE = (_BLOCKS - 1) * _BLOCK_BITS  # 8128
+
+
+class ReplayFilter:
+    __slots__ = ("_blocks", "_last")
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._blocks = [0] * _BLOCKS
+
+    def validate(self, counter: int, limit: int) -> bool:
+        """True (and remember it) if ``counter`` is below ``limit`` and not seen before."""
+        if counter >= limit:
+            return False
+        block = counter >> _BLOCK_LOG
+        last = self._last
+        if counter > last:
+            current = last >> _BLOCK_LOG
+            advance = block - current
+            blocks = self._blocks
+            if advance >= _BLOCKS:
+                for i in range(_BLOCKS):
+                    blocks[i] = 0
+            else:
+                for i in range(current + 1, block + 1):
+                    blocks[i % _BLOCKS] = 0
+            self._last = counter
+        elif last - counter > WINDOW_SIZE:
+            return False
+        index = block % _BLOCKS
+        bit = 1 << (counter & (_BLOCK_BITS - 1))
+        old = self._blocks[index]
+        if old & bit:
+            return False
+        self._blocks[index] = old | bit
+        return True
