@@ -332,8 +332,8 @@ class Device:
         if under_load:
             if not self.cookie_checker.check_mac2(data, source, now):
                 sender = struct.unpack_from("<I", data, 4)[0]
-                reply = self.cookie_checker.create_reply(data, sender, source, now)
-                self.outgoing.append((reply, source))
+                answer = self.cookie_checker.create_reply(data, sender, source, now)
+                self.outgoing.append((answer, source))
                 self.cookie_replies_sent += 1
                 return
             if not self.rate_limiter.allow(source[0], now):

@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
+# Both create .venv and install funnel-tw into it; `make test` also installs the Debian tools
+# the interop tests drive (when run as root).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint type check bench system-deps clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/funnel-tw demo
+
+system-deps:
+	bash .ci/system-deps
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m tests.run $(TESTS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check funnel_tw tests bench twisted
+	$(BIN)/ruff format --check funnel_tw tests bench twisted
+
+type: $(STAMP)
+	$(BIN)/mypy
+
+check: lint type test
+
+bench: $(STAMP)
+	$(BIN)/python bench/wireguard.py
+
+clean:
+	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,167 @@
+"""The `funnel-tw` command: key tools that match wg's, a config checker, and the demo.
+
+Exit codes: 0 success, 1 a bad key or config (a message on stderr, never a traceback), 2 bad
+command-line usage (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import stat
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from funnel_tw import __version__
+from funnel_tw.config import (
+    ConfigError,
+    NodeConfig,
+    RelayConfig,
+    load_config,
+    load_node_config,
+    load_relay_config,
+)
+from funnel_tw.keys import (
+    decode_key,
+    encode_key,
+    generate_preshared_key,
+    generate_private_key,
+    public_key,
+)
+
+PROG = "funnel-tw"
+_MAX_KEY_INPUT = 4096  # stdin is untrusted; a key plus whitespace is far below this
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand and return its exit code (the console script exits with it)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "demo":
+        # Everything after "demo" belongs to the demo, including --help.
+        return _demo(args[1:])
+    parser = _parser()
+    try:
+        options = parser.parse_args(args)
+    except SystemExit as e:  # --help, --version, or a usage error already reported
+        return e.code if isinstance(e.code, int) else 2
+    if options.command is None:
+        parser.print_usage(sys.stderr)
+        return 2
+    command: Callable[[argparse.Namespace], int] = options.run
+    return command(options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Publish a local service through a relay you run yourself.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    genkey = sub.add_parser("genkey", help="print a new private key, like `wg genkey`")
+    genkey.set_defaults(run=_genkey)
+
+    pubkey = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    pubkey.set_defaults(run=_pubkey)
+
+    genpsk = sub.add_parser("genpsk", help="print a new preshared key, like `wg genpsk`")
+    genpsk.set_defaults(run=_genpsk)
+
+    check = sub.add_parser("check-config", help="check a node.ini or relay.ini")
+    check.add_argument("file", metavar="FILE")
+    kind = check.add_mutually_exclusive_group()
+    for kind_name in ("node", "relay"):
+        kind.add_argument(
+            f"--{kind_name}",
+            action="store_const",
+            dest="kind",
+            const=kind_name,
+            help=f"read FILE as {kind_name}.ini (default: [relay] without [node] means relay)",
+        )
+    check.set_defaults(run=_check_config, kind=None)
+
+    # Listed for --help only: main() hands "demo ..." over before argparse sees it.
+    sub.add_parser("demo", help="run a node, a relay and a backend on this machine", add_help=False)
+    return parser
+
+
+def _write_secret(key: bytes, out: TextIO) -> int:
+    _warn_if_world_readable(out)
+    out.write(encode_key(key) + "\n")
+    out.flush()
+    return 0
+
+
+def _warn_if_world_readable(out: TextIO) -> None:
+    """Say what `wg genkey` says when the key is going into a file anyone can read."""
+    try:
+        mode = os.fstat(out.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return  # no file descriptor (a StringIO in tests): no file to warn about
+    if stat.S_ISREG(mode) and mode & stat.S_IRWXO:
+        sys.stderr.write(
+            "Warning: writing to world accessible file.\n"
+            "Consider setting the umask to 077 and trying again.\n"
+        )
+
+
+def _genkey(options: argparse.Namespace) -> int:
+    return _write_secret(generate_private_key(), sys.stdout)
+
+
+def _genpsk(options: argparse.Namespace) -> int:
+    return _write_secret(generate_preshared_key(), sys.stdout)
+
+
+def _pubkey(options: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read(_MAX_KEY_INPUT + 1)
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    try:
+        if len(text) > _MAX_KEY_INPUT:
+            raise ValueError("not a valid key: too much input")
+        key = decode_key(text.strip())
+    except ValueError as e:
+        sys.stderr.write(f"{PROG} pubkey: {e}\n")
+        return 1
+    sys.stdout.write(encode_key(public_key(key)) + "\n")
+    return 0
+
+
+def _check_config(options: argparse.Namespace) -> int:
+    path: str = options.file
+    config: NodeConfig | RelayConfig
+    try:
+        if options.kind == "node":
+            config = load_node_config(path)
+        elif options.kind == "relay":
+            config = load_relay_config(path)
+        else:
+            config = load_config(path)
+    except ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(line + "\n")
+        return 1
+    if isinstance(config, NodeConfig):
+        summary = f"node, {_count(config.peers, 'peer')}, {_count(config.serve, 'serve port')}"
+    else:
+        summary = (
+            f"relay, {_count(config.nodes, 'node')}, {_count(config.public_ports, 'public port')}"
+        )
+    sys.stdout.write(f"{path}: ok ({summary})\n")
+    return 0
+
+
+def _count(items: tuple[object, ...], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _demo(argv: list[str]) -> int:
+    # Imported here so the key and config commands never pay for (or break on) the demo's imports.
+    demo = importlib.import_module("funnel_tw.demo")
+    result: int = demo.main(argv)
+    return result

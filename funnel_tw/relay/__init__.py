@@ -1,0 +1,1 @@
+"""The relay: routes public TLS connections by SNI to nodes over WireGuard."""
