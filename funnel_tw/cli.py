@@ -7,7 +7,6 @@ command-line usage (argparse's own convention).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import stat
 import sys
@@ -162,6 +161,6 @@ def _count(items: tuple[object, ...], noun: str) -> str:
 
 def _demo(argv: list[str]) -> int:
     # Imported here so the key and config commands never pay for (or break on) the demo's imports.
-    demo = importlib.import_module("funnel_tw.demo")
-    result: int = demo.main(argv)
-    return result
+    from funnel_tw import demo
+
+    return demo.main(argv)

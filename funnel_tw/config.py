@@ -362,7 +362,10 @@ def _mount_target(value: str, base: Path) -> str:
 def _path(value: str, base: Path) -> Path:
     if not value:
         raise ValueError("needs a path")
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user for a user that does not exist, or no home directory
+        raise ValueError(f"cannot expand {value!r}: no such home directory") from None
     return path if path.is_absolute() else base / path
 
 
@@ -397,7 +400,8 @@ def _existing_file(path: Path, secret: bool = False) -> Path:
 def _read_key_file(path: Path) -> bytes:
     """Read a key file the way wg-quick expects it: one base64 key, surrounding space ignored."""
     try:
-        with path.open("rb") as f:
+        # O_NONBLOCK: opening a FIFO by mistake must not hang; the fstat below refuses it.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             # Checked on the open file, so the file we read is the file we checked.
             _check_file(path, os.fstat(f.fileno()), secret=True)
             data = f.read(256)

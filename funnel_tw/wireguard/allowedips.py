@@ -79,15 +79,15 @@ class AllowedIPs(Generic[P]):
 
     def lookup_packet_source(self, packet: bytes) -> P | None:
         """The peer owning the source address of an IPv4 or IPv6 packet."""
-        version = packet[0] >> 4
-        if version == 4:
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and len(packet) >= 20:
             return self._v4.lookup(int.from_bytes(packet[12:16], "big"))
-        if version == 6:
+        if version == 6 and len(packet) >= 40:
             return self._v6.lookup(int.from_bytes(packet[8:24], "big"))
         return None
 
     def lookup_packet_destination(self, packet: bytes) -> P | None:
-        version = packet[0] >> 4
+        version = packet[0] >> 4 if packet else 0
         if version == 4 and len(packet) >= 20:
             return self._v4.lookup(int.from_bytes(packet[16:20], "big"))
         if version == 6 and len(packet) >= 40:

@@ -1,0 +1,962 @@
+"""node.ini / relay.ini: the objects good files give, and the exact error of each bad one."""
+
+# The example files of DESIGN.md are copied verbatim, comments and all, long lines included.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address, ip_interface, ip_network
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from funnel_tw.config import (
+    ConfigError,
+    NodeConfig,
+    PeerConfig,
+    RelayConfig,
+    RelayNode,
+    ServePort,
+    TLSConfig,
+    load_config,
+    load_node_config,
+    load_relay_config,
+)
+from funnel_tw.keys import encode_key, public_key
+
+# RFC 7748 section 6.1: Alice is the node, Bob the relay, so public keys are known values.
+ALICE = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+ALICE_PUB = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+BOB = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+BOB_PUB = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+CAROL_PUB = public_key(bytes(range(32)))
+PSK = bytes(range(100, 132))
+
+Loader = Callable[[str], object]
+
+# Line 1 [node], 2 private-key, 3 address: the smallest valid node.ini.
+NODE = f"""[node]
+private-key = {encode_key(ALICE)}
+address = 100.64.0.2/32
+"""
+# Line 1 [relay], 2 private-key, 3 address: the smallest valid relay.ini.
+RELAY = f"""[relay]
+private-key = {encode_key(BOB)}
+address = 100.64.0.1/32
+"""
+# Lines 4-8 after NODE: a valid peer.
+PEER = f"""[peer relay]
+public-key = {encode_key(BOB_PUB)}
+allowed-ips = 100.64.0.1/32
+"""
+# A valid relay node section.
+HOME = f"""[node home]
+public-key = {encode_key(ALICE_PUB)}
+allowed-ips = 100.64.0.2/32
+hostnames = node.example.com
+peerapi = 100.64.0.2:41642
+"""
+
+DESIGN_NODE_INI = f"""\
+[node]
+private-key-file = node.key          ; or private-key = <base64>; a key file readable by group/others is refused
+listen-port = 41641                  ; WireGuard UDP; 0 = any free port
+address = 100.64.0.2/32, fd7a:115c:a1e0::2/128
+hostname = node.example.com          ; comma list; the names this node serves
+peerapi-port = 41642                 ; TCP port of the peerAPI on the overlay addresses
+mtu = 1280
+network = userspace                  ; userspace (no privileges) | tun (kernel TCP, needs CAP_NET_ADMIN)
+state-dir = state                    ; certificates, ACME account key, local API socket
+
+[peer relay]                         ; any number of [peer NAME]
+public-key = {encode_key(BOB_PUB)}
+endpoint = 203.0.113.7:41641         ; optional; otherwise learned from authenticated packets
+allowed-ips = 100.64.0.1/32
+persistent-keepalive = 25            ; optional
+funnel-ingress = yes                 ; may POST /v0/ingress to the peerAPI, and reach nothing else
+
+[tls]
+source = self-signed                 ; self-signed | files | acme
+; cert-file, key-file                 (files)
+; acme-directory, acme-email, acme-challenge = tls-alpn-01 | dns-01, acme-dns-hook, acme-ca-file   (acme)
+
+[serve 443]                          ; one section per TCP port of the node
+funnel = yes                         ; also reachable from the internet through funnel-ingress peers
+/ = http://127.0.0.1:8080            ; keys starting with "/" are HTTPS mounts: TLS ends here
+/static/ = /srv/www                  ; a path serves files
+/healthz = text:ok                   ; text: serves that text
+
+[serve 8443]
+funnel = yes
+tcp-forward = 127.0.0.1:9443         ; raw TCP: the client's TLS passes through (e.g. to Caddy)
+proxy-protocol = 2                   ; optional, 1 or 2, with tcp-forward / tls-terminated-tcp
+
+[serve 5432]
+tls-terminated-tcp = 127.0.0.1:5432  ; TLS ends here, plaintext TCP to the backend
+
+[serve 10000]
+funnel = yes
+handler = echo                       ; a plugin handler by name; the other keys are its options
+"""
+
+DESIGN_RELAY_INI = f"""\
+[relay]
+private-key-file = relay.key
+listen-port = 41641
+address = 100.64.0.1/32, fd7a:115c:a1e0::1/128
+public-address = 0.0.0.0             ; bind address of the public listeners
+public-ports = 443, 8443, 10000
+client-hello-timeout = 10
+max-connections = 10000
+mtu = 1280
+
+[node home]                          ; any number of [node NAME]
+public-key = {encode_key(ALICE_PUB)}
+allowed-ips = 100.64.0.2/32
+hostnames = node.example.com, *.apps.example.com
+peerapi = 100.64.0.2:41642
+endpoint = 198.51.100.9:41641        ; optional (a node behind NAT is learned by roaming)
+"""
+
+
+class ConfigTestCase(SynchronousTestCase):
+    """Writes config files into a fresh folder and checks the errors they give."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir(parents=True)
+
+    def write(self, name: str, text: str | bytes, mode: int = 0o600) -> str:
+        path = self.dir / name
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        path.write_bytes(text)
+        path.chmod(mode)
+        return str(path)
+
+    def errors(self, loader: Loader, path: str) -> list[str]:
+        error: ConfigError = self.assertRaises(ConfigError, loader, path)
+        self.assertEqual(str(error), "\n".join(error.errors))
+        return error.errors
+
+    def assertErrors(self, text: str, *expected: str, loader: Loader = load_node_config) -> None:
+        """`text` as a config file fails with exactly `expected`, each "LINE: ..." after FILE:."""
+        path = self.write("test.ini", text)
+        self.assertEqual(self.errors(loader, path), [f"{path}:{line}" for line in expected])
+
+
+class GoodFilesTests(ConfigTestCase):
+    def test_design_node_ini(self) -> None:
+        """The node.ini of DESIGN.md, with real keys, gives exactly these objects."""
+        self.write("node.key", encode_key(ALICE) + "\n")
+        path = self.write("node.ini", DESIGN_NODE_INI, mode=0o644)
+        config = load_node_config(path)
+        self.assertEqual(
+            config,
+            NodeConfig(
+                path=Path(os.path.abspath(path)),
+                private_key=ALICE,
+                listen_port=41641,
+                addresses=(ip_interface("100.64.0.2/32"), ip_interface("fd7a:115c:a1e0::2/128")),
+                hostnames=("node.example.com",),
+                peerapi_port=41642,
+                mtu=1280,
+                network="userspace",
+                state_dir=Path(os.path.abspath(self.dir / "state")),
+                peers=(
+                    PeerConfig(
+                        name="relay",
+                        public_key=BOB_PUB,
+                        endpoint=("203.0.113.7", 41641),
+                        allowed_ips=(ip_network("100.64.0.1/32"),),
+                        persistent_keepalive=25,
+                        funnel_ingress=True,
+                        preshared_key=None,
+                    ),
+                ),
+                tls=TLSConfig(source="self-signed"),
+                serve=(
+                    ServePort(
+                        port=443,
+                        funnel=True,
+                        mounts=(
+                            ("/", "http://127.0.0.1:8080"),
+                            ("/static/", "/srv/www"),
+                            ("/healthz", "text:ok"),
+                        ),
+                        tcp_forward=None,
+                        tls_terminated_tcp=None,
+                        proxy_protocol=None,
+                        handler=None,
+                        options=(),
+                    ),
+                    ServePort(8443, True, (), "127.0.0.1:9443", None, 2, None, ()),
+                    ServePort(5432, False, (), None, "127.0.0.1:5432", None, None, ()),
+                    ServePort(10000, True, (), None, None, None, "echo", ()),
+                ),
+            ),
+        )
+
+    def test_design_relay_ini(self) -> None:
+        """The relay.ini of DESIGN.md, with real keys, gives exactly these objects."""
+        self.write("relay.key", encode_key(BOB))
+        path = self.write("relay.ini", DESIGN_RELAY_INI)
+        self.assertEqual(
+            load_relay_config(path),
+            RelayConfig(
+                path=Path(os.path.abspath(path)),
+                private_key=BOB,
+                listen_port=41641,
+                addresses=(ip_interface("100.64.0.1/32"), ip_interface("fd7a:115c:a1e0::1/128")),
+                public_address="0.0.0.0",
+                public_ports=(443, 8443, 10000),
+                client_hello_timeout=10.0,
+                max_connections=10000,
+                mtu=1280,
+                nodes=(
+                    RelayNode(
+                        name="home",
+                        public_key=ALICE_PUB,
+                        allowed_ips=(ip_network("100.64.0.2/32"),),
+                        hostnames=("node.example.com", "*.apps.example.com"),
+                        peerapi=(IPv4Address("100.64.0.2"), 41642),
+                        endpoint=("198.51.100.9", 41641),
+                        persistent_keepalive=0,
+                        preshared_key=None,
+                    ),
+                ),
+            ),
+        )
+
+    def test_load_config_detects_the_kind(self) -> None:
+        """load_config reads a file with [relay] and no [node] as relay.ini, else as node.ini."""
+        relay = self.write("r.ini", RELAY)
+        node = self.write("n.ini", NODE)
+        self.assertIsInstance(load_config(relay), RelayConfig)
+        self.assertIsInstance(load_config(node), NodeConfig)
+        both = self.write("both.ini", NODE + RELAY)
+        self.assertIn(f"{both}:4: [relay]: unknown section", self.errors(load_config, both))
+
+    def test_node_defaults(self) -> None:
+        config = load_node_config(self.write("node.ini", NODE))
+        self.assertEqual(
+            (config.listen_port, config.peerapi_port, config.mtu, config.network),
+            (41641, 41642, 1280, "userspace"),
+        )
+        self.assertEqual(config.state_dir, Path(os.path.abspath(self.dir / "state")))
+        self.assertEqual(config.tls, TLSConfig(source="self-signed", acme_challenge="tls-alpn-01"))
+        self.assertEqual((config.hostnames, config.peers, config.serve), ((), (), ()))
+
+    def test_relay_defaults(self) -> None:
+        config = load_relay_config(self.write("relay.ini", RELAY))
+        self.assertEqual(config.public_address, "0.0.0.0")
+        self.assertEqual(config.public_ports, (443,))
+        self.assertEqual(config.client_hello_timeout, 10.0)
+        self.assertEqual(config.max_connections, 10000)
+        self.assertEqual((config.listen_port, config.mtu, config.nodes), (41641, 1280, ()))
+
+    def test_relative_paths_resolve_against_the_config_folder(self) -> None:
+        """Relative paths mean the same file whatever the daemon's working directory is."""
+        (self.dir / "keys").mkdir()
+        self.write("keys/node.key", encode_key(ALICE))
+        self.write("cert.pem", "cert", mode=0o644)
+        self.write("key.pem", "key")
+        path = self.write(
+            "node.ini",
+            "[node]\nprivate-key-file = keys/node.key\naddress = 100.64.0.2/32\n"
+            "state-dir = var/state\n"
+            "[tls]\nsource = files\ncert-file = cert.pem\nkey-file = key.pem\n"
+            "[serve 443]\n/ = www\n/abs = /srv/www\n",
+        )
+        config = load_node_config(path)
+        base = Path(os.path.abspath(self.dir))
+        self.assertEqual(config.private_key, ALICE)
+        self.assertEqual(config.state_dir, base / "var/state")
+        self.assertEqual(config.tls.cert_file, base / "cert.pem")
+        self.assertEqual(config.tls.key_file, base / "key.pem")
+        self.assertEqual(config.serve[0].mounts, (("/", str(base / "www")), ("/abs", "/srv/www")))
+
+    def test_serve_forms(self) -> None:
+        """Bare ports mean 127.0.0.1; IPv6 keeps brackets; handler options keep file order."""
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "[serve 80]\n/ = 8080\n/sock = unix:/run/app.sock\n"
+                "/x = https+insecure://10.0.0.1:8443/base\n/y = https://example.com\n"
+                "[serve 81]\ntcp-forward = 9000\nproxy-protocol = 1\n"
+                "[serve 82]\ntls-terminated-tcp = [::1]:5432\n"
+                "[serve 83]\nhandler = echo\nzeta = 1\nalpha = two words\nfunnel = on\n",
+            )
+        )
+        s80, s81, s82, s83 = config.serve
+        self.assertEqual(
+            s80.mounts,
+            (
+                ("/", "http://127.0.0.1:8080"),
+                ("/sock", "unix:/run/app.sock"),
+                ("/x", "https+insecure://10.0.0.1:8443/base"),
+                ("/y", "https://example.com"),
+            ),
+        )
+        self.assertEqual((s81.tcp_forward, s81.proxy_protocol), ("127.0.0.1:9000", 1))
+        self.assertEqual(s82.tls_terminated_tcp, "[::1]:5432")
+        self.assertEqual(s83.handler, "echo")
+        self.assertEqual(s83.options, (("zeta", "1"), ("alpha", "two words")))
+        self.assertTrue(s83.funnel)
+        self.assertFalse(s80.funnel)
+
+    def test_tls_sources(self) -> None:
+        hook = self.write("hook.sh", "#!/bin/sh\n", mode=0o700)
+        self.write("ca.pem", "ca", mode=0o644)
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "[tls]\nsource = acme\nacme-directory = https://acme.test/dir\n"
+                "acme-email = me@example.com\nacme-challenge = dns-01\n"
+                "acme-dns-hook = hook.sh\nacme-ca-file = ca.pem\n",
+            )
+        )
+        self.assertEqual(
+            config.tls,
+            TLSConfig(
+                source="acme",
+                acme_directory="https://acme.test/dir",
+                acme_email="me@example.com",
+                acme_challenge="dns-01",
+                acme_dns_hook=Path(os.path.abspath(hook)),
+                acme_ca_file=Path(os.path.abspath(self.dir / "ca.pem")),
+            ),
+        )
+        config = load_node_config(
+            self.write("n2.ini", NODE + "[tls]\nsource = acme\nacme-directory = http://pebble/\n")
+        )
+        self.assertEqual(config.tls.acme_challenge, "tls-alpn-01")
+        self.assertIsNone(config.tls.acme_dns_hook)
+
+    def test_preshared_keys(self) -> None:
+        """The preshared-key extension: inline or from a 0600 file, on peers and relay nodes."""
+        self.write("psk", encode_key(PSK) + "\n")
+        node = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + PEER + f"preshared-key = {encode_key(PSK)}\n"
+                f"[peer other]\npublic-key = {encode_key(CAROL_PUB)}\nallowed-ips = 10.9.0.0/16\n"
+                "preshared-key-file = psk\n",
+            )
+        )
+        self.assertEqual([p.preshared_key for p in node.peers], [PSK, PSK])
+        relay = load_relay_config(
+            self.write("relay.ini", RELAY + HOME + "preshared-key-file = psk\n")
+        )
+        self.assertEqual(relay.nodes[0].preshared_key, PSK)
+        relay = load_relay_config(self.write("r2.ini", RELAY + HOME))
+        self.assertIsNone(relay.nodes[0].preshared_key)
+
+    def test_values(self) -> None:
+        """Endpoints, booleans, keepalive, lists and wildcards as written in the docs."""
+        node = load_node_config(
+            self.write(
+                "node.ini",
+                "[node]\n"
+                f"private-key = {encode_key(ALICE)}\n"
+                "address = 100.64.0.2, fd7a::2/128,\n"
+                "listen-port = 0\n"
+                "hostname = Node.Example.com, *.Apps.example.com\n"
+                "mtu = 9000\n"
+                "network = tun\n"
+                "[peer a]\n"
+                f"public-key = {encode_key(BOB_PUB)}\n"
+                "endpoint = [fd00::1]:51820\n"
+                "allowed-ips = 100.64.0.1/32,\n    10.0.0.0/8\n"  # a continuation line
+                "persistent-keepalive = off\n"
+                "funnel-ingress = TRUE\n"
+                "[peer b]\n"
+                f"public-key = {encode_key(CAROL_PUB)}\n"
+                "endpoint = relay.example.com:41641\n"
+                "allowed-ips = fd7a::1/128\n"
+                "funnel-ingress = 0\n",
+            )
+        )
+        self.assertEqual(
+            node.addresses, (ip_interface("100.64.0.2/32"), ip_interface("fd7a::2/128"))
+        )
+        self.assertEqual(node.listen_port, 0)
+        self.assertEqual(node.hostnames, ("node.example.com", "*.apps.example.com"))
+        self.assertEqual((node.mtu, node.network), (9000, "tun"))
+        a, b = node.peers
+        self.assertEqual(a.endpoint, ("fd00::1", 51820))
+        self.assertEqual(a.allowed_ips, (ip_network("100.64.0.1/32"), ip_network("10.0.0.0/8")))
+        self.assertEqual((a.persistent_keepalive, a.funnel_ingress), (0, True))
+        self.assertEqual(b.endpoint, ("relay.example.com", 41641))
+        self.assertFalse(b.funnel_ingress)
+        relay = load_relay_config(
+            self.write(
+                "relay.ini",
+                "[relay]\n"
+                f"private-key = {encode_key(BOB)}\n"
+                "address = fd7a::1/128\n"
+                "public-address = ::\n"
+                "public-ports = 443,8443\n"
+                "client-hello-timeout = 2.5\n"
+                "max-connections = 5\n"
+                "[node n6]\n"
+                f"public-key = {encode_key(ALICE_PUB)}\n"
+                "allowed-ips = fd7a::/64\n"
+                "hostnames = *.Example.COM\n"
+                "peerapi = [fd7a::2]:41642\n"
+                "persistent-keepalive = 25\n",
+            )
+        )
+        self.assertEqual(relay.public_address, "::")
+        self.assertEqual(relay.public_ports, (443, 8443))
+        self.assertEqual((relay.client_hello_timeout, relay.max_connections), (2.5, 5))
+        self.assertEqual(relay.nodes[0].peerapi, (IPv6Address("fd7a::2"), 41642))
+        self.assertEqual(relay.nodes[0].hostnames, ("*.example.com",))
+        self.assertEqual(relay.nodes[0].persistent_keepalive, 25)
+
+    def test_inline_comment_needs_whitespace(self) -> None:
+        """A ";" glued to the value is part of it; after whitespace it starts a comment."""
+        config = load_node_config(
+            self.write("node.ini", NODE + "[serve 80]\n/a = text:x;y ; a comment\n")
+        )
+        self.assertEqual(config.serve[0].mounts, (("/a", "text:x;y"),))
+
+    def test_crlf_and_bom(self) -> None:
+        """Files edited on Windows read the same."""
+        text = ("\ufeff" + NODE + "bogus = 1\n").replace("\n", "\r\n")
+        self.assertErrors(text, "4: [node] bogus: unknown key")
+
+
+class ErrorTests(ConfigTestCase):
+    """Each error names file, line, section and key, and says why."""
+
+    def test_file_not_found(self) -> None:
+        path = str(self.dir / "missing.ini")
+        self.assertEqual(
+            self.errors(load_node_config, path),
+            [f"{path}:0: cannot read: No such file or directory"],
+        )
+        self.assertEqual(
+            self.errors(load_relay_config, path),
+            [f"{path}:0: cannot read: No such file or directory"],
+        )
+
+    def test_directory(self) -> None:
+        path = str(self.dir)
+        self.assertEqual(
+            self.errors(load_node_config, path), [f"{path}:0: cannot read: Is a directory"]
+        )
+
+    def test_not_utf8(self) -> None:
+        path = self.write("node.ini", NODE.encode() + b"hostname = caf\xe9\n")
+        self.assertEqual(self.errors(load_node_config, path), [f"{path}:4: not UTF-8 text"])
+
+    def test_unknown_section(self) -> None:
+        self.assertErrors(
+            NODE + "[pear relay]\n[DEFAULT]\nx = 1\n[relay]\n[node extra]\n",
+            "4: [pear relay]: unknown section (did you mean [peer NAME]?)",
+            "5: [DEFAULT]: unknown section",
+            "7: [relay]: unknown section",
+            "8: [node extra]: unknown section ([node] takes no name)",
+        )
+        self.assertErrors(
+            RELAY + "[peer x]\n[relay x]\n",
+            "4: [peer x]: unknown section",
+            "5: [relay x]: unknown section ([relay] takes no name)",
+            loader=load_relay_config,
+        )
+
+    def test_section_needs_a_name(self) -> None:
+        self.assertErrors(
+            NODE + "[peer]\n[peer a/b]\n",
+            "4: [peer]: needs a NAME of letters, digits, '.', '_', '-': [peer NAME]",
+            "5: [peer a/b]: needs a NAME of letters, digits, '.', '_', '-': [peer NAME]",
+        )
+
+    def test_unknown_key(self) -> None:
+        self.assertErrors(
+            NODE + "adress = 1.2.3.4/32\nAddress = 1.2.3.4/32\nfoo = 1\n",
+            "4: [node] adress: unknown key (did you mean 'address'?)",
+            "5: [node] Address: unknown key (did you mean 'address'?)",
+            "6: [node] foo: unknown key",
+        )
+        self.assertErrors(
+            NODE + PEER + "funnel = yes\n",
+            "7: [peer relay] funnel: unknown key (did you mean 'funnel-ingress'?)",
+        )
+        self.assertErrors(
+            RELAY + HOME + "hostname = x.example\n",
+            "9: [node home] hostname: unknown key (did you mean 'hostnames'?)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            NODE + "[tls]\nsorce = files\n",
+            "5: [tls] sorce: unknown key (did you mean 'source'?)",
+        )
+
+    def test_missing_section(self) -> None:
+        self.assertErrors(PEER, "0: [node]: missing section")
+        self.assertErrors("", "0: [node]: missing section")
+        self.assertErrors(HOME, "0: [relay]: missing section", loader=load_relay_config)
+
+    def test_missing_key(self) -> None:
+        """A missing key is reported at its section's header."""
+        self.assertErrors(
+            "; comment\n[node]\nlisten-port = 1\n",
+            "2: [node] private-key: required key is missing (or give private-key-file)",
+            "2: [node] address: required key is missing",
+        )
+        self.assertErrors(
+            NODE + "\n[peer relay]\nendpoint = 1.2.3.4:5\n",
+            "5: [peer relay] public-key: required key is missing",
+            "5: [peer relay] allowed-ips: required key is missing",
+        )
+        self.assertErrors(
+            RELAY + "[node home]\n",
+            "4: [node home] public-key: required key is missing",
+            "4: [node home] allowed-ips: required key is missing",
+            "4: [node home] hostnames: required key is missing",
+            "4: [node home] peerapi: required key is missing",
+            loader=load_relay_config,
+        )
+
+    def test_private_key_twice(self) -> None:
+        self.write("node.key", encode_key(ALICE))
+        self.assertErrors(
+            NODE + "private-key-file = node.key\n",
+            "4: [node] private-key-file: use private-key or private-key-file, not both",
+        )
+
+    def test_bad_keys(self) -> None:
+        short = encode_key(BOB_PUB)[:-2] + "="
+        self.assertErrors(
+            NODE.replace(encode_key(ALICE), "abc")
+            + PEER.replace(encode_key(BOB_PUB), short)
+            + "preshared-key = "
+            + "!" * 43
+            + "=\n"
+            f"[peer b]\npublic-key = {encode_key(CAROL_PUB)[:-2]}B=\nallowed-ips = 10.0.0.0/8\n",
+            "2: [node] private-key: not a valid key: expected 44 characters of base64 ending"
+            " in one '=' (a 32-byte key), got 3 characters",
+            "5: [peer relay] public-key: not a valid key: expected 44 characters of base64 ending"
+            " in one '=' (a 32-byte key), got 43 characters",
+            "7: [peer relay] preshared-key: not a valid key: it is not base64",
+            "9: [peer b] public-key: not a valid key: it is not canonical base64 of 32 bytes",
+        )
+
+    def test_bad_addresses(self) -> None:
+        self.assertErrors(
+            NODE.replace("100.64.0.2/32", "100.64.0.2/33")
+            + PEER.replace("100.64.0.1/32", "100.64.0.1/24")
+            + "[peer b]\n"
+            f"public-key = {encode_key(CAROL_PUB)}\n"
+            "allowed-ips = 10.0.0.0/8, 10.0.0.0.1/32\n",
+            "3: [node] address: '100.64.0.2/33' is not an IP address with a prefix length",
+            "6: [peer relay] allowed-ips: '100.64.0.1/24' has host bits set;"
+            " did you mean 100.64.0.0/24?",
+            "9: [peer b] allowed-ips: '10.0.0.0.1/32' is not an IP network (CIDR)",
+        )
+        self.assertErrors(
+            NODE.replace("100.64.0.2/32", " , "), "3: [node] address: needs at least one address"
+        )
+        self.assertErrors(
+            RELAY + HOME.replace("100.64.0.2/32", "100.64.0.2/32, 100.64.0.2"),
+            "6: [node home] allowed-ips: 100.64.0.2/32 is listed twice",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY.replace("address = 100.64.0.1/32", "address = 100.64.0.1/32\npublic-address = *"),
+            "4: [relay] public-address: '*' does not appear to be an IPv4 or IPv6 address",
+            loader=load_relay_config,
+        )
+
+    def test_ports_out_of_range(self) -> None:
+        self.assertErrors(
+            NODE + "listen-port = 65536\npeerapi-port = 0\n" + PEER + "endpoint = 1.2.3.4:0\n",
+            "4: [node] listen-port: 65536 is out of range (0..65535)",
+            "5: [node] peerapi-port: 0 is out of range (1..65535)",
+            "9: [peer relay] endpoint: 0 is out of range (1..65535)",
+        )
+        self.assertErrors(
+            NODE + "[serve 70000]\n/ = 1\n[serve 80]\n/ = 99999\n",
+            "4: [serve 70000]: 70000 is out of range (1..65535) (expected [serve PORT])",
+            "7: [serve 80] /: 99999 is out of range (1..65535)",
+        )
+        self.assertErrors(
+            RELAY + "public-ports = 443, 0\n",
+            "4: [relay] public-ports: 0 is out of range (1..65535)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "public-ports = 443, 443\nlisten-port = -1\n",
+            "4: [relay] public-ports: 443 is listed twice",
+            "5: [relay] listen-port: '-1' is not a port number",
+            loader=load_relay_config,
+        )
+
+    def test_bad_boolean(self) -> None:
+        self.assertErrors(
+            NODE + PEER + "funnel-ingress = maybe\n[serve 80]\nfunnel = y\n/ = 80\n",
+            "7: [peer relay] funnel-ingress: 'maybe' is not a boolean"
+            " (use yes/no, true/false, on/off or 1/0)",
+            "9: [serve 80] funnel: 'y' is not a boolean (use yes/no, true/false, on/off or 1/0)",
+        )
+
+    def test_bad_numbers(self) -> None:
+        self.assertErrors(
+            RELAY + "client-hello-timeout = 10s\nmax-connections = many\nmtu = 500\n",
+            "4: [relay] client-hello-timeout: '10s' is not a number of seconds",
+            "5: [relay] max-connections: 'many' is not a number",
+            "6: [relay] mtu: 500 is out of range (576..9000)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "client-hello-timeout = 0\nmax-connections = 0\n",
+            "4: [relay] client-hello-timeout: must be more than 0 seconds",
+            "5: [relay] max-connections: 0 is out of range (1..1000000)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            NODE + PEER + "persistent-keepalive = 1.5\n",
+            "7: [peer relay] persistent-keepalive: '1.5' is not a number of seconds",
+        )
+
+    def test_mtu_with_ipv6(self) -> None:
+        """IPv6 needs 1280; an IPv4-only node may go lower."""
+        self.assertErrors(
+            NODE.replace("/32", "/32, fd7a::2/128") + "mtu = 1200\n",
+            "4: [node] mtu: 1200 is below 1280, the minimum with an IPv6 address",
+        )
+        self.assertEqual(load_node_config(self.write("v4.ini", NODE + "mtu = 576\n")).mtu, 576)
+
+    def test_key_file_permissions(self) -> None:
+        """A key file that group or others can read is refused; 0600 and 0400 are fine."""
+        for mode in (0o640, 0o604, 0o644, 0o660):
+            key = self.write("node.key", encode_key(ALICE), mode=mode)
+            self.assertErrors(
+                "[node]\nprivate-key-file = node.key\naddress = 100.64.0.2/32\n",
+                f"2: [node] private-key-file: {os.path.abspath(key)} is readable by group"
+                " or others; chmod 600 it",
+            )
+        self.write("node.key", encode_key(ALICE), mode=0o400)
+        path = self.write("ok.ini", "[node]\nprivate-key-file = node.key\naddress = 10.0.0.1/32\n")
+        self.assertEqual(load_node_config(path).private_key, ALICE)
+
+    def test_psk_file_permissions(self) -> None:
+        psk = self.write("psk", encode_key(PSK), mode=0o604)
+        self.assertErrors(
+            NODE + PEER + "preshared-key-file = psk\n",
+            f"7: [peer relay] preshared-key-file: {os.path.abspath(psk)} is readable by group"
+            " or others; chmod 600 it",
+        )
+        self.assertErrors(
+            RELAY + HOME + "preshared-key-file = psk\n",
+            f"9: [node home] preshared-key-file: {os.path.abspath(psk)} is readable by group"
+            " or others; chmod 600 it",
+            loader=load_relay_config,
+        )
+
+    def test_key_file_missing_or_bad(self) -> None:
+        missing = os.path.abspath(self.dir / "nope.key")
+        self.assertErrors(
+            "[node]\nprivate-key-file = nope.key\naddress = 100.64.0.2/32\n",
+            f"2: [node] private-key-file: {missing} does not exist",
+        )
+        self.assertErrors(
+            "[node]\nprivate-key-file = ~no-such-user-here/node.key\naddress = 100.64.0.2/32\n",
+            "2: [node] private-key-file: cannot expand '~no-such-user-here/node.key':"
+            " no such home directory",
+        )
+        fifo = self.dir / "fifo.key"
+        os.mkfifo(fifo, 0o600)
+        self.assertErrors(
+            "[node]\nprivate-key-file = fifo.key\naddress = 100.64.0.2/32\n",
+            f"2: [node] private-key-file: {os.path.abspath(fifo)} is not a regular file",
+        )
+        bad = self.write("bad.key", "[Interface]\nPrivateKey = x\n")
+        self.assertErrors(
+            "[node]\nprivate-key-file = bad.key\naddress = 100.64.0.2/32\n",
+            f"2: [node] private-key-file: {os.path.abspath(bad)}: not a valid key: expected 44"
+            " characters of base64 ending in one '=' (a 32-byte key), got 26 characters",
+        )
+
+    def test_duplicate_public_keys(self) -> None:
+        self.assertErrors(
+            NODE + PEER + PEER.replace("relay", "again").replace("100.64.0.1/32", "10.1.0.0/16"),
+            "8: [peer again] public-key: same key as [peer relay] (line 5)",
+        )
+        self.assertErrors(
+            NODE + PEER.replace(encode_key(BOB_PUB), encode_key(ALICE_PUB)),
+            "5: [peer relay] public-key: is the public key of this file's own private key",
+        )
+        self.assertErrors(
+            RELAY + HOME + HOME.replace("home", "away").replace("node.example.com", "b.example"),
+            "10: [node away] public-key: same key as [node home] (line 5)",
+            "11: [node away] allowed-ips: 100.64.0.2/32 is already routed to [node home] (line 6)",
+            loader=load_relay_config,
+        )
+
+    def test_same_network_routed_to_two_peers(self) -> None:
+        self.assertErrors(
+            NODE + PEER + f"[peer b]\npublic-key = {encode_key(CAROL_PUB)}\n"
+            "allowed-ips = 10.0.0.0/8, 100.64.0.1/32\n",
+            "9: [peer b] allowed-ips: 100.64.0.1/32 is already routed to [peer relay] (line 6)",
+        )
+
+    def test_duplicate_section(self) -> None:
+        """configparser's duplicate errors become ConfigErrors with the line of the repeat."""
+        self.assertErrors(
+            NODE + PEER + "\n" + PEER, "8: [peer relay]: duplicate section (first at line 4)"
+        )
+        self.assertErrors(NODE + "[node]\n", "4: [node]: duplicate section (first at line 1)")
+        self.assertErrors(
+            NODE + PEER + "[peer  relay]\n[serve 443]\n/ = 1\n[serve 0443]\n",
+            "7: [peer  relay]: same section as [peer relay] (line 4)",
+            "10: [serve 0443]: '0443' is not a plain port number (expected [serve PORT])",
+        )
+
+    def test_duplicate_key(self) -> None:
+        self.assertErrors(
+            NODE + "mtu = 1280\n; comment\naddress = 10.0.0.1/32\n",
+            "6: [node] address: duplicate key (first at line 3)",
+        )
+
+    def test_bad_endpoint(self) -> None:
+        self.assertErrors(
+            NODE + PEER + "endpoint = fd00::1:51820\n",
+            "7: [peer relay] endpoint: 'fd00::1:51820' is not HOST:PORT"
+            " (write an IPv6 address as [ADDRESS]:PORT)",
+        )
+        for value, why in [
+            ("1.2.3.4", "'1.2.3.4' is not HOST:PORT"),
+            ("[fd00::1]51820", "'[fd00::1]51820' is not [ADDRESS]:PORT"),
+            ("[1.2.3.4]:5", "'1.2.3.4' is not an IPv6 address"),
+            ("bad_host:5", "'bad_host' is not a host name or IP address"),
+            ("host:port", "'port' is not a port number"),
+        ]:
+            self.assertErrors(
+                NODE + PEER + f"endpoint = {value}\n", f"7: [peer relay] endpoint: {why}"
+            )
+        self.assertErrors(
+            RELAY + HOME.replace("100.64.0.2:41642", "node.example.com:1"),
+            "8: [node home] peerapi: 'node.example.com' is not an IP address"
+            " (the peerAPI is on the overlay)",
+            loader=load_relay_config,
+        )
+
+    def test_parse_errors(self) -> None:
+        self.assertErrors("address = 1\n[node]\n", "1: a key before the first [section]")
+        self.assertErrors(
+            NODE + "not a key value line\n= 5\n",
+            "4: cannot parse 'not a key value line' (expected KEY = VALUE)",
+            "5: cannot parse '= 5' (expected KEY = VALUE)",
+        )
+        self.assertErrors(
+            NODE + "[serve 80] trailing\n/ = 80\n",
+            "4: [serve 80]: unexpected 'trailing' after the section header",
+        )
+
+    def test_serve_errors(self) -> None:
+        self.assertErrors(
+            NODE + "[serve 80]\nfunnel = yes\n"
+            "[serve 81]\n/ = 80\ntcp-forward = 81\n"
+            "[serve 82]\nhandler = echo\ntls-terminated-tcp = 1\n"
+            "[serve 83]\n/ = 80\nproxy-protocol = 1\nbogus = 2\n"
+            "[serve 84]\ntcp-forward = 84\nproxy-protocol = 3\n"
+            "[serve 85]\nhandler = echo\nproxy-protocol = 1\n"
+            "[serve 86]\n/a b = 80\n/c = ftp://x\n/d = localhost:80\n/e = unix:rel\n/f =\n"
+            "[serve 41642]\n/ = 80\n"
+            "[serve http]\n",
+            "4: [serve 80]: needs one of: /PATH = TARGET mounts, tcp-forward,"
+            " tls-terminated-tcp, handler",
+            "8: [serve 81] tcp-forward: cannot be combined with mounts: use one per [serve PORT]",
+            "11: [serve 82] tls-terminated-tcp: cannot be combined with handler:"
+            " use one per [serve PORT]",
+            "14: [serve 83] proxy-protocol: is only used with tcp-forward or tls-terminated-tcp",
+            "15: [serve 83] bogus: unknown key",
+            "18: [serve 84] proxy-protocol: '3' is not one of: 1, 2",
+            "21: [serve 85] proxy-protocol: is only used with tcp-forward or tls-terminated-tcp",
+            "23: [serve 86] /a b: a mount path starts with '/' and has no spaces",
+            "24: [serve 86] /c: 'ftp://x' is not a http:// or https:// or https+insecure:// URL",
+            "25: [serve 86] /d: 'localhost:80' is not a target: use http://, https://,"
+            " https+insecure://, unix:/PATH, text:TEXT, a port or a path",
+            "26: [serve 86] /e: 'unix:rel': a unix socket target is unix:/ABSOLUTE/PATH",
+            "27: [serve 86] /f: needs a target",
+            "28: [serve 41642]: port 41642 is the peerapi-port",
+            "30: [serve http]: 'http' is not a port number (expected [serve PORT])",
+        )
+
+    def test_tls_errors(self) -> None:
+        self.assertErrors(
+            NODE + "[tls]\nsource = files\ncert-file = c.pem\nacme-email = a@b.c\n",
+            "4: [tls] key-file: required key is missing",
+            f"6: [tls] cert-file: {os.path.abspath(self.dir / 'c.pem')} does not exist",
+            "7: [tls] acme-email: is only used with source = acme",
+        )
+        self.assertErrors(
+            NODE + "[tls]\nsource = letsencrypt\ncert-file = c.pem\n",
+            "5: [tls] source: 'letsencrypt' is not one of: self-signed, files, acme",
+        )
+        self.assertErrors(
+            NODE + "[tls]\nsource = acme\nacme-directory = acme.test\nacme-challenge = dns-01\n"
+            "acme-email = nobody\n",
+            "4: [tls] acme-dns-hook: required key is missing",
+            "6: [tls] acme-directory: 'acme.test' is not a https:// or http:// URL",
+            "8: [tls] acme-email: 'nobody' is not an email address",
+        )
+        hook = os.path.abspath(self.write("hook", "#!/bin/sh\n", mode=0o600))
+        self.assertErrors(
+            NODE + "[tls]\nsource = acme\nacme-directory = https://a.test/\n"
+            "acme-challenge = dns-01\nacme-dns-hook = hook\n",
+            f"8: [tls] acme-dns-hook: {hook} is not executable",
+        )
+        self.assertErrors(
+            NODE + "[tls]\nsource = acme\nacme-directory = https://a.test/\nacme-dns-hook = hook\n",
+            "7: [tls] acme-dns-hook: is only used with acme-challenge = dns-01",
+        )
+        self.write("c.pem", "c", mode=0o644)
+        key = os.path.abspath(self.write("k.pem", "k", mode=0o640))
+        self.assertErrors(
+            NODE + "[tls]\nsource = files\ncert-file = c.pem\nkey-file = k.pem\n",
+            f"7: [tls] key-file: {key} is readable by group or others; chmod 600 it",
+        )
+
+    def test_relay_node_errors(self) -> None:
+        self.assertErrors(
+            RELAY
+            + HOME.replace("100.64.0.2:41642", "100.64.0.9:41642")
+            + HOME.replace("home", "b")
+            .replace(encode_key(ALICE_PUB), encode_key(CAROL_PUB))
+            .replace("100.64.0.2/32", "100.64.0.3/32")
+            .replace("100.64.0.2:", "100.64.0.3:")
+            .replace("node.example.com", "b.example, NODE.example.com"),
+            "8: [node home] peerapi: 100.64.0.9 is not inside allowed-ips",
+            "12: [node b] hostnames: node.example.com is already claimed by [node home] (line 7)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + HOME.replace("node.example.com", "a.example, *, x..y, a.example"),
+            "7: [node home] hostnames: '*' is not a DNS name (or a *.suffix wildcard)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + HOME.replace("node.example.com", " "),
+            "7: [node home] hostnames: needs at least one host name",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + HOME.replace("node.example.com", "a.example, A.example"),
+            "7: [node home] hostnames: a.example is listed twice",
+            loader=load_relay_config,
+        )
+
+    def test_all_errors_at_once_in_file_order(self) -> None:
+        """check-config shows every problem of a file, sorted by line, not just the first."""
+        path = self.write(
+            "node.ini",
+            PEER + "persistent-keepalive = x\n" + NODE + "mtu = 1\n[tls]\nsource = ?\n",
+        )
+        self.assertEqual(
+            self.errors(load_node_config, path),
+            [
+                f"{path}:4: [peer relay] persistent-keepalive: 'x' is not a number of seconds",
+                f"{path}:8: [node] mtu: 1 is out of range (576..9000)",
+                f"{path}:10: [tls] source: '?' is not one of: self-signed, files, acme",
+            ],
+        )
+
+
+# A vocabulary that reaches past the parser into every converter.
+_KEYS = sorted(
+    {
+        "private-key", "private-key-file", "listen-port", "address", "hostname", "hostnames",
+        "peerapi-port", "mtu", "network", "state-dir", "public-key", "endpoint", "allowed-ips",
+        "persistent-keepalive", "funnel-ingress", "preshared-key", "preshared-key-file",
+        "source", "cert-file", "key-file", "acme-directory", "acme-email", "acme-challenge",
+        "acme-dns-hook", "acme-ca-file", "funnel", "tcp-forward", "tls-terminated-tcp",
+        "proxy-protocol", "handler", "/", "/static/", "public-address", "public-ports",
+        "client-hello-timeout", "max-connections", "peerapi",
+    }
+)  # fmt: skip
+_HEADERS = ["node", "relay", "tls", "peer a", "peer b", "node a", "serve 443", "serve 80", "x"]
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            encode_key(ALICE),
+            encode_key(BOB_PUB),
+            encode_key(ALICE_PUB),
+            "100.64.0.2/32",
+            "fd7a::2/128",
+            "10.0.0.0/8",
+            "443",
+            "0",
+            "65536",
+            "yes",
+            "no",
+            "1.2.3.4:5",
+            "[::1]:5",
+            "100.64.0.2:41642",
+            "a.example, *.b.example",
+            "http://127.0.0.1:1",
+            "text:ok",
+            "/srv",
+            "unix:/s",
+            "acme",
+            "files",
+            "dns-01",
+            "1280",
+            "node.key",
+            "",
+        ]
+    ),
+    st.text(string.printable, max_size=20),
+)
+_LINES = st.one_of(
+    st.sampled_from(_HEADERS).map(lambda h: f"[{h}]"),
+    st.tuples(st.sampled_from(_KEYS), _VALUES).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+    st.text(max_size=30),
+)
+
+
+class PropertyTests(ConfigTestCase):
+    """Whatever a file holds, loading it gives a config or a ConfigError, never a traceback."""
+
+    def check(self, data: str | bytes) -> None:
+        path = self.write("fuzz.ini", data)
+        self.write("node.key", encode_key(ALICE))
+        self.write("relay.key", encode_key(BOB))
+        for loader in (load_node_config, load_relay_config, load_config):
+            try:
+                loader(path)
+            except ConfigError as e:
+                self.assertTrue(e.errors)
+                for line in e.errors:
+                    self.assertTrue(line.startswith(f"{path}:"), line)
+
+    @given(st.text())
+    def test_arbitrary_text(self, text: str) -> None:
+        self.check(text)
+
+    @given(st.binary())
+    def test_arbitrary_bytes(self, data: bytes) -> None:
+        self.check(data)
+
+    @given(st.lists(_LINES, max_size=25))
+    def test_ini_like_text(self, lines: list[str]) -> None:
+        self.check("\n".join(lines))
+
+    @given(
+        st.sampled_from([DESIGN_NODE_INI, DESIGN_RELAY_INI]),
+        st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 5), _LINES), max_size=4),
+    )
+    def test_edited_design_files(self, text: str, edits: list[tuple[int, int, str]]) -> None:
+        """Small edits of valid files reach the checks that span sections."""
+        for position, deleted, inserted in edits:
+            position %= len(text) + 1
+            text = text[:position] + inserted + text[position + deleted :]
+        self.check(text)
