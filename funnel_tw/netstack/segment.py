@@ -1,0 +1,131 @@
+"""TCP segment format: header fields, options, and building a whole IP packet for a segment."""
+
+from __future__ import annotations
+
+import struct
+
+from .checksum import ones_sum
+from .ip import PROTO_TCP, pseudo_header
+
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+HEADER = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, offset, flags, window, checksum, urgent
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+
+OPT_END, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_OK, OPT_SACK = 0, 1, 2, 3, 4, 5
+MAX_WSCALE = 14
+
+
+class Options:
+    """The options we understand; anything else is skipped by its length."""
+
+    __slots__ = ("mss", "sack", "sack_ok", "wscale")
+
+    def __init__(self) -> None:
+        self.mss: int | None = None
+        self.wscale: int | None = None
+        self.sack_ok = False
+        self.sack: list[tuple[int, int]] = []
+
+
+def parse_options(data: bytes) -> Options | None:
+    """Parse TCP options; None if an option's length runs past the end (malformed)."""
+    out = Options()
+    i, n = 0, len(data)
+    while i < n:
+        kind = data[i]
+        if kind == OPT_END:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            return None
+        length = data[i + 1]
+        if length < 2 or i + length > n:
+            return None
+        body = data[i + 2 : i + length]
+        if kind == OPT_MSS and length == 4:
+            out.mss = (body[0] << 8) | body[1]
+        elif kind == OPT_WSCALE and length == 3:
+            out.wscale = min(body[0], MAX_WSCALE)
+        elif kind == OPT_SACK_OK and length == 2:
+            out.sack_ok = True
+        elif kind == OPT_SACK and (length - 2) % 8 == 0:
+            for j in range(0, length - 2, 8):
+                left, right = struct.unpack_from("!II", body, j)
+                out.sack.append((left, right))
+        i += length
+    return out
+
+
+def syn_options(mss: int, wscale: int | None, sack_ok: bool) -> bytes:
+    out = struct.pack("!BBH", OPT_MSS, 4, mss)
+    if sack_ok:
+        out += bytes((OPT_NOP, OPT_NOP, OPT_SACK_OK, 2))
+    if wscale is not None:
+        out += bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
+    return out
+
+
+def sack_option(blocks: list[tuple[int, int]]) -> bytes:
+    """Up to three SACK blocks (wire sequence numbers), NOP-padded to a multiple of 4."""
+    blocks = blocks[:3]
+    if not blocks:
+        return b""
+    body = b"".join(struct.pack("!II", left, right) for left, right in blocks)
+    return bytes((OPT_NOP, OPT_NOP, OPT_SACK, 2 + len(body))) + body
+
+
+class PacketBuilder:
+    """Builds the IP packet of a segment for one address pair, with correct checksums.
+
+    The pseudo-header and the fixed parts of the IP header are made once per connection.
+    """
+
+    __slots__ = ("dst", "ident", "pseudo_prefix", "src", "v4")
+
+    def __init__(self, src: bytes, dst: bytes) -> None:
+        self.src = src
+        self.dst = dst
+        self.v4 = len(src) == 4
+        self.ident = 0
+        self.pseudo_prefix = pseudo_header(src, dst, PROTO_TCP, 0)
+
+    def build(
+        self,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes = b"",
+        payload: bytes = b"",
+    ) -> bytes:
+        offset = (20 + len(options)) // 4
+        length = offset * 4 + len(payload)
+        header = HEADER.pack(
+            sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, offset << 4, flags, window, 0, 0
+        )
+        if self.v4:
+            pseudo = self.src + self.dst + bytes((0, PROTO_TCP)) + length.to_bytes(2, "big")
+        else:
+            pseudo = self.src + self.dst + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
+        csum = ~ones_sum(pseudo + header + options + payload) & 0xFFFF
+        segment = header[:16] + csum.to_bytes(2, "big") + header[18:] + options + payload
+        if self.v4:
+            self.ident = (self.ident + 1) & 0xFFFF
+            ip = _IPV4.pack(
+                0x45, 0, 20 + length, self.ident, 0x4000, 64, PROTO_TCP, 0, self.src, self.dst
+            )
+            ipsum = ~ones_sum(ip) & 0xFFFF
+            return ip[:10] + ipsum.to_bytes(2, "big") + ip[12:] + segment
+        return _IPV6.pack(0x60000000, length, PROTO_TCP, 64, self.src, self.dst) + segment
+
+
+def build_reset(
+    src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, with_ack: bool
+) -> bytes:
+    flags = RST | (ACK if with_ack else 0)
+    return PacketBuilder(src, dst).build(sport, dport, seq, ack, flags, 0)

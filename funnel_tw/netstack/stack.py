@@ -1,0 +1,334 @@
+"""The sans-IO TCP/IP stack: IP packets in, IP packets and application events out.
+
+    stack = Stack([address_bytes, ...], mtu=1280)
+    stack.listen(41642)
+    stack.receive(ip_packet, now)         # from the tunnel (or a TUN device)
+    conn = stack.connect(src, dst, port, now)
+    conn.send(b"..."); conn.close()
+    stack.flush(now)                      # after a batch: send what the windows allow, owed ACKs
+    stack.outgoing                        # [ip_packet] to put into the tunnel
+    stack.events                          # [(kind, connection, data)] for the application
+    stack.tick(now) at stack.next_deadline()
+
+Memory is bounded: a cap on connections, on half-open connections per listening port (SYN
+floods), on TIME-WAIT entries, and on each connection's buffers.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from . import icmp, tcp
+from .checksum import verify
+from .ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPError, parse, pseudo_header
+from .segment import ACK, HEADER, RST, SYN, PacketBuilder, parse_options
+from .tcp import ACCEPTED, CLOSED, CONNECTED, Connection
+
+ECHO_REPLY = 100  # event kind: (ECHO_REPLY, None, icmp.Echo)
+
+_V4 = struct.Struct("!BBHHHBBH4s4s")
+_NO_OPTIONS = parse_options(b"")
+
+
+class Stack:
+    def __init__(
+        self,
+        addresses: Sequence[bytes],
+        *,
+        mtu: int = 1280,
+        receive_buffer: int = 1 << 20,
+        max_connections: int = 4096,
+        syn_backlog: int = 256,
+        max_time_wait: int = 4096,
+        verify_checksums: bool = False,
+        challenge_ack_limit: int = 1000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.addresses = set(addresses)
+        self.mtu = mtu
+        self.receive_buffer = receive_buffer
+        self.max_connections = max_connections
+        self.syn_backlog = syn_backlog
+        self.max_time_wait = max_time_wait
+        self.verify_checksums = verify_checksums
+        self.challenge_ack_limit = challenge_ack_limit
+        self.rng = rng or random.SystemRandom()
+        self.listeners: dict[int, int] = {}  # port -> half-open connections
+        self.connections: dict[tuple[bytes, int, bytes, int], Connection] = {}
+        self.time_wait: dict[tuple[bytes, int, bytes, int], Connection] = {}
+        self.outgoing: list[bytes] = []
+        self.events: list[tuple[int, Any, Any]] = []
+        self.counters: dict[str, int] = {}
+        self._dirty: dict[Connection, None] = {}
+        self._challenge_window = 0.0
+        self._challenge_count = 0
+        self._now = 0.0
+
+    # --- used by connections -------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def emit(self, kind: int, conn: Connection, data: Any) -> None:
+        self.events.append((kind, conn, data))
+
+    def emit_packet(self, packet: bytes) -> None:
+        self.outgoing.append(packet)
+
+    def mark_output(self, conn: Connection) -> None:
+        self._dirty[conn] = None
+
+    def allow_challenge_ack(self) -> bool:
+        """RFC 5961 section 7: a global limit on challenge ACKs per second."""
+        if self._now - self._challenge_window >= 1.0:
+            self._challenge_window = self._now
+            self._challenge_count = 0
+        self._challenge_count += 1
+        return self._challenge_count <= self.challenge_ack_limit
+
+    def _release_half_open(self, conn: Connection) -> None:
+        if conn.half_open:
+            conn.half_open = False
+            port = conn.local[1]
+            if port in self.listeners:
+                self.listeners[port] -= 1
+
+    def connection_established(self, conn: Connection, passive: bool) -> None:
+        if passive:
+            self._release_half_open(conn)
+            self.emit(ACCEPTED, conn, None)
+        else:
+            self.emit(CONNECTED, conn, None)
+
+    def connection_closed(self, conn: Connection, reason: str | None) -> None:
+        key = conn.key
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+        if self.time_wait.get(key) is conn:
+            del self.time_wait[key]
+        self._dirty.pop(conn, None)
+        if conn.half_open:
+            self._release_half_open(conn)  # never accepted: nobody to tell
+        elif not conn.close_reported:
+            conn.close_reported = True
+            self.emit(CLOSED, conn, reason)
+
+    def entered_time_wait(self, conn: Connection) -> None:
+        """A cleanly closed connection lingers in TIME-WAIT; the application is done with it."""
+        if len(self.time_wait) >= self.max_time_wait:
+            oldest = next(iter(self.time_wait.values()))
+            self.count("tcp_time_wait_recycled")
+            oldest.expire()
+        if self.connections.get(conn.key) is conn:
+            del self.connections[conn.key]
+        self.time_wait[conn.key] = conn
+        conn.close_reported = True
+        self.emit(CLOSED, conn, None)
+
+    # --- application API -----------------------------------------------------------------------
+
+    def listen(self, port: int) -> None:
+        self.listeners.setdefault(port, 0)
+
+    def unlisten(self, port: int) -> None:
+        self.listeners.pop(port, None)
+
+    def _mss_for(self, address: bytes) -> int:
+        return self.mtu - (40 if len(address) == 4 else 60)
+
+    def connect(
+        self, local: bytes, remote: bytes, port: int, now: float, local_port: int = 0
+    ) -> Connection:
+        """Active open; CONNECTED or CLOSED follows as an event. Raises OSError when full."""
+        self._now = now
+        if len(self.connections) >= self.max_connections:
+            raise OSError("too many connections")
+        if local not in self.addresses:
+            raise OSError("not one of this stack's addresses")
+        if not local_port:
+            for _ in range(64):
+                candidate = self.rng.randrange(49152, 65536)
+                if (local, candidate, remote, port) not in self.connections:
+                    local_port = candidate
+                    break
+            else:
+                raise OSError("no free local port")
+        conn = Connection(
+            self,
+            (local, local_port),
+            (remote, port),
+            iss=self.rng.getrandbits(32),
+            now=now,
+            receive_buffer=self.receive_buffer,
+            mss=self._mss_for(local),
+        )
+        self.connections[conn.key] = conn
+        conn.open_active(now)
+        return conn
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def receive(self, packet: bytes, now: float) -> None:
+        """One IP packet for us; never raises on hostile input."""
+        self._now = now
+        try:
+            self._receive(packet, now)
+        except IPError:
+            self.count("drop_bad_ip")
+
+    def _receive(self, packet: bytes, now: float) -> None:
+        if not packet:
+            raise IPError("empty")
+        if packet[0] >> 4 == 4 and len(packet) >= 20 and packet[9] == PROTO_TCP:
+            # the hot path: IPv4 TCP without building a Packet
+            ihl = (packet[0] & 0x0F) * 4
+            total = (packet[2] << 8) | packet[3]
+            if ihl < 20 or total < ihl + 20 or total > len(packet):
+                raise IPError("bad IPv4 lengths")
+            if packet[6] & 0x3F or packet[7]:
+                raise IPError("IPv4 fragment")
+            src, dst = packet[12:16], packet[16:20]
+            segment = packet[ihl:total]
+            if self.verify_checksums and not verify(packet[:ihl]):
+                raise IPError("bad IPv4 header checksum")
+        else:
+            parsed = parse(packet, self.verify_checksums)
+            src, dst = parsed.src, parsed.dst
+            if parsed.protocol in (PROTO_ICMP, PROTO_ICMPV6):
+                self._icmp(parsed)
+                return
+            if parsed.protocol != PROTO_TCP:
+                self.count("drop_protocol")
+                return
+            segment = parsed.payload
+        if dst not in self.addresses:
+            self.count("drop_not_for_us")
+            return
+        self._tcp(src, dst, segment, now)
+
+    def _icmp(self, packet: Any) -> None:
+        if packet.dst not in self.addresses:
+            self.count("drop_not_for_us")
+            return
+        request = icmp.parse_echo_request(packet)
+        if request is not None:
+            self.count("icmp_echo_answered")
+            self.outgoing.append(icmp.echo_reply(request))
+            return
+        reply = icmp.parse_echo_reply(packet)
+        if reply is not None:
+            self.events.append((ECHO_REPLY, None, reply))
+            return
+        self.count("drop_icmp")
+
+    def _tcp(self, src: bytes, dst: bytes, segment: bytes, now: float) -> None:
+        if len(segment) < 20:
+            self.count("drop_tcp_short")
+            return
+        sport, dport, seq, ack, offset, flags, window, _, _ = HEADER.unpack_from(segment)
+        header_len = (offset >> 4) * 4
+        if header_len < 20 or header_len > len(segment):
+            self.count("drop_tcp_header")
+            return
+        if self.verify_checksums and not verify(
+            pseudo_header(src, dst, PROTO_TCP, len(segment)), segment
+        ):
+            self.count("drop_tcp_checksum")
+            return
+        if header_len > 20:
+            options = parse_options(segment[20:header_len])
+            if options is None:
+                self.count("drop_tcp_options")
+                return
+        else:
+            options = _NO_OPTIONS
+        key = (dst, dport, src, sport)
+        conn = self.connections.get(key) or self.time_wait.get(key)
+        payload = segment[header_len:]
+        if conn is not None:
+            conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+            return
+        if flags & RST:
+            return
+        if flags & SYN and not flags & ACK and dport in self.listeners:
+            self._syn(src, dst, sport, dport, seq, window, options, now)
+            return
+        self.count("tcp_reset_sent")
+        if flags & ACK:
+            self.outgoing.append(PacketBuilder(dst, src).build(dport, sport, ack, 0, RST, 0))
+        else:
+            length = len(payload) + (1 if flags & SYN else 0) + (1 if flags & 1 else 0)
+            self.outgoing.append(
+                PacketBuilder(dst, src).build(dport, sport, 0, seq + length, RST | ACK, 0)
+            )
+
+    def _syn(
+        self,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        window: int,
+        options: Any,
+        now: float,
+    ) -> None:
+        if self.listeners[dport] >= self.syn_backlog:
+            self.count("tcp_syn_backlog_full")
+            return
+        if len(self.connections) >= self.max_connections:
+            self.count("tcp_connections_full")
+            return
+        conn = Connection(
+            self,
+            (dst, dport),
+            (src, sport),
+            iss=self.rng.getrandbits(32),
+            now=now,
+            receive_buffer=self.receive_buffer,
+            mss=self._mss_for(dst),
+        )
+        self.connections[conn.key] = conn
+        self.listeners[dport] += 1
+        conn.half_open = True
+        conn.open_passive(seq, window, options, now)
+
+    # --- output and timers ---------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Let every connection with something to say send it."""
+        self._now = now
+        while self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for conn in dirty:
+                conn.output(now)
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for table in (self.connections, self.time_wait):
+            for conn in table.values():
+                t = conn.next_deadline()
+                if t is not None and (best is None or t < best):
+                    best = t
+        return best
+
+    def tick(self, now: float) -> None:
+        self._now = now
+        for table in (self.connections, self.time_wait):
+            for conn in list(table.values()):
+                t = conn.next_deadline()
+                if t is not None and t <= now:
+                    conn.tick(now)
+        self.flush(now)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out["tcp_connections"] = len(self.connections)
+        out["tcp_time_wait"] = len(self.time_wait)
+        return out
+
+
+__all__ = ["ECHO_REPLY", "Stack", "tcp"]
