@@ -31,7 +31,7 @@ class Constants:
 
     @property
     def max_timer_handshakes(self) -> int:
-        return int(self.rekey_attempt_time / self.rekey_timeout)
+        return round(self.rekey_attempt_time / self.rekey_timeout)
 
     @property
     def zero_key_material_after(self) -> float:

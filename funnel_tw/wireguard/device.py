@@ -366,6 +366,10 @@ class Device:
             return
         hs.last_timestamp = opened.payload
         hs.last_initiation_consumption = now
+        # as wireguard-go: answering counts as our handshake, so we do not start a racing one,
+        # and the initiation counts as an authenticated packet received
+        peer.last_sent_handshake = now
+        peer.t_new_handshake = None
         if hs.local_index:
             self._handshakes.pop(hs.local_index, None)
         ephemeral = X25519PrivateKey.generate()
@@ -415,6 +419,7 @@ class Device:
         hs.remote_index = msg.sender
         hs.state = noise.State.RESPONSE_CONSUMED
         peer.endpoint = source
+        peer.t_new_handshake = None  # an authenticated packet received
         self._begin_session(peer, now, initiator=True)
         self._handshake_complete(peer, now, initiator=True)
         self._send_keepalive(peer, now)
@@ -522,7 +527,7 @@ class Device:
             peer.tx_packets += 1
             if peer.t_new_handshake is None:
                 peer.t_new_handshake = now + self.constants.new_handshake_after + self._jitter()
-        if counter > self.constants.rekey_after_messages or (
+        if counter >= self.constants.rekey_after_messages or (
             keypair.is_initiator and now - keypair.created > self.constants.rekey_after_time
         ):
             self._send_initiation(peer, now, retry=False)
