@@ -49,10 +49,13 @@ class Tunnel:
         listen_port: int = 0,
         listen_host: str = "",
         packet_handler: PacketHandler | None = None,
+        batch_handler: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.device = device
         self.packet_handler: PacketHandler = packet_handler or (lambda packet, peer: None)
+        # called after each run of decrypted packets, so the layer above can answer in bulk
+        self.batch_handler = batch_handler
         self.event_handlers: list[Callable[[str, Peer, bool], None]] = []
         self._timer: IDelayedCall | None = None
         self._timer_at = float("inf")
@@ -104,6 +107,10 @@ class Tunnel:
         self._flush_call = None
         self._after_work()
 
+    def after_work(self) -> None:
+        """Send what the device produced; for callers that fed it directly."""
+        self._after_work()
+
     def _after_work(self) -> None:
         device = self.device
         while device.outgoing or device.incoming or device.events:
@@ -115,6 +122,8 @@ class Tunnel:
                 handler = self.packet_handler
                 for packet, peer in incoming:
                     handler(packet, peer)
+                if self.batch_handler is not None:
+                    self.batch_handler()
             if device.events:
                 events, device.events = device.events, []
                 for event in events:

@@ -1,0 +1,213 @@
+"""Overlay TCP connections as Twisted transports.
+
+:class:`OverlayTCPTransport` wraps one sans-IO :class:`~funnel_tw.netstack.tcp.Connection` so
+any Twisted protocol runs on it unchanged: ``ITCPTransport`` (with overlay addresses),
+``IPushProducer`` (pausing reads closes the TCP window, so a slow consumer slows the sender) and
+``IConsumer`` (a registered producer is paused while the send buffer is above its high-water
+mark and resumed when it drains). Half-close reaches protocols that provide
+``IHalfCloseableProtocol``.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IPushProducer,
+    ITCPTransport,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..netstack.tcp import Connection, State
+
+if TYPE_CHECKING:
+    from .interface import OverlayInterface
+
+log = Logger()
+
+SEND_HIGH_WATER = 1 << 20  # pause the registered producer above this many unacknowledged bytes
+
+
+def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
+    host = str(ip_address(pair[0]))
+    if len(pair[0]) == 4:
+        return IPv4Address("TCP", host, pair[1])
+    return IPv6Address("TCP", host, pair[1])
+
+
+@implementer(ITCPTransport, IPushProducer, IConsumer)
+class OverlayTCPTransport:
+    def __init__(self, overlay: OverlayInterface, conn: Connection, protocol: IProtocol) -> None:
+        self.overlay = overlay
+        self.conn = conn
+        self.protocol = protocol
+        self.connected = True
+        self.disconnecting = False
+        self.disconnected = False
+        self._write_closed = False
+        self._read_closed = False
+        self.producer: Any = None
+        self._streaming = True
+        self._producer_paused = False
+        self._tcp_nodelay = True
+        self._pull_scheduled = False
+        conn.app = self
+
+    # --- events from the stack -----------------------------------------------------------------
+
+    def _data(self, data: bytes) -> None:
+        if self.disconnecting or self._read_closed:
+            return  # the application said it wants no more
+        self.protocol.dataReceived(data)
+
+    def _eof(self) -> None:
+        self._read_closed = True
+        half = IHalfCloseableProtocol(self.protocol, None)
+        if half is not None:
+            half.readConnectionLost()
+        else:
+            self.loseConnection()
+
+    def _drained(self) -> None:
+        if self.producer is not None and self._producer_paused:
+            self._producer_paused = False
+            self.producer.resumeProducing()
+
+    def _pull(self) -> None:
+        """Ask a pull (non-streaming) producer for more while there is room."""
+        self._pull_scheduled = False
+        if self.producer is None or self._streaming or self.disconnected:
+            return
+        if self.conn.send_buffered > SEND_HIGH_WATER:
+            self._producer_paused = True  # the DRAINED event asks again
+        else:
+            self.producer.resumeProducing()
+
+    def _closed(self, reason: str | None) -> None:
+        if self.disconnected:
+            return
+        self.connected = False
+        self.disconnected = True
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            try:
+                producer.stopProducing()
+            except Exception:
+                log.failure("producer.stopProducing failed")
+        if reason is None:
+            failure = Failure(error.ConnectionDone())
+        else:
+            failure = Failure(error.ConnectionLost(reason))
+        self.protocol.connectionLost(failure)
+
+    # --- ITransport ----------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting or self._write_closed or self.disconnected or not data:
+            return
+        self.conn.send(bytes(data))
+        self.overlay.flush_soon()
+        if self.producer is None or self._producer_paused:
+            return
+        if not self._streaming:
+            if not self._pull_scheduled:
+                self._pull_scheduled = True
+                self.overlay.reactor.callLater(0, self._pull)
+        elif self.conn.send_buffered > SEND_HIGH_WATER:
+            self._producer_paused = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if self.disconnecting or self.disconnected:
+            return
+        self.disconnecting = True
+        self.conn.close()
+        self.overlay.flush_soon()
+
+    def abortConnection(self) -> None:
+        if self.disconnected:
+            return
+        self.disconnecting = True
+        self.conn.abort()
+        self.overlay.flush_soon()
+
+    def loseWriteConnection(self) -> None:
+        if self._write_closed or self.disconnected:
+            return
+        self._write_closed = True
+        self.conn.close()
+        self.overlay.flush_soon()
+
+    def getPeer(self) -> IPv4Address | IPv6Address:
+        return to_address(self.conn.remote)
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        return to_address(self.conn.local)
+
+    # --- ITCPTransport options -----------------------------------------------------------------
+
+    def getTcpNoDelay(self) -> bool:
+        return self._tcp_nodelay
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        # writes are coalesced per reactor pass and sent at once either way
+        self._tcp_nodelay = bool(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.conn.keepalive_idle > 0
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.conn.keepalive_idle = 7200.0 if enabled else 0.0
+        if not enabled:
+            self.conn.t_keepalive = None
+
+    # --- IPushProducer: the application pausing what we read ---------------------------------
+
+    def pauseProducing(self) -> None:
+        self.conn.pause_reading()
+
+    def resumeProducing(self) -> None:
+        if self.conn.state is State.CLOSED:
+            return
+        self.conn.resume_reading()
+        self.overlay.dispatch_and_flush()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # --- IConsumer: a producer writing to us ---------------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is already registered")
+        if self.disconnected:
+            producer.stopProducing()
+            return
+        self.producer = producer
+        self._streaming = streaming
+        self._producer_paused = False
+        if not streaming:
+            self._pull_scheduled = True
+            self.overlay.reactor.callLater(0, self._pull)
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self._producer_paused = False
+
+    @staticmethod
+    def address_of(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
+        return to_address(pair)
+
+    def __repr__(self) -> str:
+        return f"<OverlayTCPTransport {self.getHost()} -> {self.getPeer()} {self.conn.state.value}>"
