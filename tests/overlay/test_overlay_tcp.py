@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -150,7 +150,7 @@ class PacketFilterTests(TestCase):
         )
         self.assertEqual(await client.done, b"5 " + hashlib.sha256(b"hello").hexdigest().encode())
         before = node.stats()["drop_filtered"]
-        with self.assertRaises(Exception):
+        with self.assertRaises(TimeoutError):
             await relay.client_endpoint("100.64.0.2", 5001, timeout=1.5).connect(
                 protocol.Factory.forProtocol(lambda: Client(b"x"))
             )
