@@ -72,8 +72,9 @@ MAX_SYN_RETRANSMITS = 5
 TIME_WAIT_SECONDS = 30.0
 DUP_THRESH = 3
 RECEIVE_WSCALE = 7  # offered window scale: windows up to 8 MiB
-SEND_BUFFER_LOW = 64 * 1024  # DRAINED fires when unsent+unacked data falls below this
+SEND_BUFFER_LOW = 1 << 20  # default: DRAINED fires when unsent+unacked data falls below this
 MAX_OOO_SEGMENTS = 1024
+ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
 
 
 class Connection:
@@ -119,6 +120,7 @@ class Connection:
         self.fin_queued = False
         self.fin_seq: int | None = None  # sequence number of our FIN once it has one
         self.drained_pending = False
+        self.send_low_water = SEND_BUFFER_LOW
         # congestion control and recovery
         self.cwnd = 10 * self.mss
         self.ssthresh = 1 << 30
@@ -594,7 +596,8 @@ class Connection:
                 self.rexmit_next = self.snd_una
                 self.cwnd = max(self.cwnd - acked + mss, mss)
         elif self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, 2 * mss)
+            # slow start counts every byte a (possibly stretch) ACK covers, at most doubling
+            self.cwnd = min(self.cwnd + min(acked, self.cwnd), max(self.ssthresh, 2 * mss))
         else:
             self.ca_acked += acked
             if self.ca_acked >= self.cwnd:
@@ -609,7 +612,7 @@ class Connection:
             self._our_fin_acked(now)
         if (
             self.drained_pending
-            and self.send_buffered < SEND_BUFFER_LOW
+            and self.send_buffered < self.send_low_water
             and self.state in _CAN_SEND
         ):
             self.drained_pending = False
@@ -672,6 +675,8 @@ class Connection:
                 self.ack_now = True  # a gap was filled: tell the sender at once
             else:
                 self.ack_pending += 1
+                if self.ack_pending >= ACK_EVERY_SEGMENTS:
+                    self.send_ack()  # inside a large batch: keep the sender's clock ticking
         else:
             self._store_ooo(seq, payload)
             self.ack_now = True  # duplicate ACK with SACK blocks, immediately
@@ -752,7 +757,7 @@ class Connection:
             self.send_ack()
         elif not sent_any and self.ack_pending and self.t_delack is None:
             self.t_delack = now + DELAYED_ACK
-        if self.send_buffered >= SEND_BUFFER_LOW:
+        if self.send_buffered >= self.send_low_water:
             self.drained_pending = True
 
     def _data_end(self) -> int:

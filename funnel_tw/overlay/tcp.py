@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-SEND_HIGH_WATER = 1 << 20  # pause the registered producer above this many unacknowledged bytes
+# Pause the registered producer above this many unacknowledged bytes, resume below half of it.
+# It must exceed the peer's window (1 MiB by default) or the pipe runs dry before resuming.
+SEND_HIGH_WATER = 2 << 20
 
 
 def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
@@ -60,6 +62,7 @@ class OverlayTCPTransport:
         self._tcp_nodelay = True
         self._pull_scheduled = False
         conn.app = self
+        conn.send_low_water = SEND_HIGH_WATER // 2
 
     # --- events from the stack -----------------------------------------------------------------
 
