@@ -1,0 +1,1 @@
+"""Serve: what the node does with a flow, mirroring Tailscale's ServeConfig."""

@@ -1,0 +1,254 @@
+"""peerAPI gate, /v0/ingress checks and the hijack, over loopback TCP with a real reactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from funnel_tw.peerapi.ingress import (
+    SWITCHING_PROTOCOLS,
+    IngressResource,
+    parse_host_port,
+    parse_ip_port,
+)
+from funnel_tw.peerapi.site import PeerAPIRoot, PeerAPISite
+from funnel_tw.serve.interfaces import Flow
+
+
+class Recorder(protocol.Protocol):
+    """What the serve layer would get: the raw stream after the 101."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if data.startswith(b"echo:"):
+            self.transport.write(data[5:])
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+class RawClient(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.closed.callback(self.data)
+
+
+def request(
+    target: str = "node.example.com:443",
+    src: str = "203.0.113.9:5555",
+    host: str = "peer",
+    method: str = "POST",
+    extra: str = "",
+) -> bytes:
+    lines = [f"{method} /v0/ingress HTTP/1.1", f"Host: {host}"]
+    if src is not None:
+        lines.append(f"Tailscale-Ingress-Src: {src}")
+    if target is not None:
+        lines.append(f"Tailscale-Ingress-Target: {target}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+class IngressTests(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.callers: dict[str, tuple[str, bool]] = {"127.0.0.1": ("relay", True)}
+        self.flows: list[Flow] = []
+        self.recorders: list[Recorder] = []
+
+        def accept(flow: Flow) -> Recorder:
+            self.flows.append(flow)
+            recorder = Recorder()
+            self.recorders.append(recorder)
+            return recorder
+
+        self.ingress = IngressResource(
+            reactor=reactor,
+            caller_name=self.callers.get,
+            admits_funnel=lambda host, port: (host, port) == ("node.example.com", 443),
+            accept=accept,
+        )
+        self.site = PeerAPISite(PeerAPIRoot(lambda: self.valid, self.ingress), reactor, timeout=2)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.valid = {f"127.0.0.1:{self.port.getHost().port}"}
+
+    async def exchange(self, data: bytes, close_after: float | None = 0.3) -> bytes:
+        client = RawClient()
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.port.getHost().port
+        )
+        client.transport.write(data)
+        if close_after is not None:
+            await task.deferLater(reactor, close_after, lambda: None)
+            client.transport.loseConnection()
+        return await client.closed
+
+    async def assertRefused(self, data: bytes, code: int, body: str) -> None:
+        answer = await self.exchange(data)
+        self.assertTrue(answer.startswith(f"HTTP/1.1 {code} ".encode()), answer[:80])
+        self.assertTrue(answer.endswith(body.encode() + b"\n"), answer[-80:])
+        self.assertEqual(self.flows, [])
+
+    async def test_no_ingress_cap(self) -> None:
+        self.callers["127.0.0.1"] = ("laptop", False)
+        await self.assertRefused(request(), 403, "denied; no ingress cap")
+
+    async def test_unknown_caller(self) -> None:
+        self.callers.clear()
+        await self.assertRefused(request(method="GET"), 403, "denied; no ingress cap")
+
+    async def test_cap_checked_before_method(self) -> None:
+        self.callers["127.0.0.1"] = ("laptop", False)
+        await self.assertRefused(request(method="GET"), 403, "denied; no ingress cap")
+
+    async def test_not_post(self) -> None:
+        await self.assertRefused(request(method="GET"), 405, "only POST allowed")
+
+    async def test_src_missing_and_invalid(self) -> None:
+        await self.assertRefused(
+            request(src=None),
+            400,  # type: ignore[arg-type]
+            "Tailscale-Ingress-Src header not set",
+        )
+        await self.assertRefused(
+            request(src="example.com:5"), 400, "Tailscale-Ingress-Src header invalid; want ip:port"
+        )
+
+    async def test_target_missing_and_invalid(self) -> None:
+        await self.assertRefused(
+            request(target=None),
+            400,  # type: ignore[arg-type]
+            "Tailscale-Ingress-Target header not set",
+        )
+        await self.assertRefused(
+            request(target="node.example.com"),
+            400,
+            "Tailscale-Ingress-Target header invalid; want host:port",
+        )
+
+    async def test_target_not_admitted(self) -> None:
+        await self.assertRefused(request(target="node.example.com:8443"), 403, "denied")
+        await self.assertRefused(request(target="other.example.com:443"), 403, "denied")
+
+    async def test_gate(self) -> None:
+        await self.assertRefused(
+            request(extra="Referer: http://x/\r\n"), 403, "invalid peerapi request"
+        )
+        await self.assertRefused(
+            request(extra="Origin: http://x\r\n"), 403, "invalid peerapi request"
+        )
+        await self.assertRefused(request(host="evil.example.com"), 403, "invalid peerapi request")
+        await self.assertRefused(request(host="127.0.0.1:1"), 403, "invalid peerapi request")
+
+    async def test_other_route(self) -> None:
+        answer = await self.exchange(b"GET /v0/other HTTP/1.1\r\nHost: peer\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 404 "))
+
+    async def test_accept_exact_101_then_raw_stream(self) -> None:
+        own_host = next(iter(self.valid))
+        client = RawClient()
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.port.getHost().port
+        )
+        # bytes right after the head, in the same segment, belong to the stream
+        client.transport.write(request(host=own_host) + b"echo:hello")
+        for _ in range(50):
+            if client.data.endswith(b"hello"):
+                break
+            await task.deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(client.data, SWITCHING_PROTOCOLS + b"hello")
+        # later bytes, including what looks like HTTP, are raw stream now
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n")
+        await task.deferLater(reactor, 0.2, lambda: None)
+        client.transport.loseConnection()
+        await client.closed
+        await self.recorders[0].lost
+        self.assertEqual(
+            self.recorders[0].data, b"echo:hello" + b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n"
+        )
+        self.assertEqual(
+            self.flows,
+            [
+                Flow(
+                    client=("203.0.113.9", 5555),
+                    host="node.example.com",
+                    port=443,
+                    funnel=True,
+                    peer="relay",
+                )
+            ],
+        )
+
+    async def test_ipv6_source(self) -> None:
+        client = RawClient()
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.port.getHost().port
+        )
+        client.transport.write(request(src="[2001:db8::7]:443"))
+        await task.deferLater(reactor, 0.2, lambda: None)
+        client.transport.loseConnection()
+        await client.closed
+        self.assertEqual(client.data, SWITCHING_PROTOCOLS)
+        self.assertEqual(self.flows[0].client, ("2001:db8::7", 443))
+
+    async def test_client_closes_mid_request(self) -> None:
+        answer = await self.exchange(request()[:30], close_after=0.1)
+        self.assertEqual(answer, b"")
+        self.assertEqual(self.flows, [])
+
+    async def test_silent_caller_times_out(self) -> None:
+        answer = await self.exchange(b"POST /v0/ingress HTTP/1.1\r\n", close_after=None)
+        self.assertNotIn(SWITCHING_PROTOCOLS, answer)
+        self.assertEqual(self.flows, [])
+
+    async def test_oversized_head_refused(self) -> None:
+        # many header lines adding up past the 16 KiB cap: 400 and closed
+        many = "".join(f"X-Junk-{i}: {'a' * 400}\r\n" for i in range(50))
+        answer = await self.exchange(request(extra=many))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:60])
+        # one line longer than the cap: dropped without an answer
+        answer = await self.exchange(request(extra="X-Junk: " + "a" * 20000 + "\r\n"))
+        self.assertEqual(answer, b"")
+        self.assertEqual(self.flows, [])
+
+
+class ParseTests(TestCase):
+    def test_ip_port(self) -> None:
+        good: dict[str, Any] = {
+            "1.2.3.4:5": ("1.2.3.4", 5),
+            "[2001:db8::1]:443": ("2001:db8::1", 443),
+        }
+        for text, expected in good.items():
+            self.assertEqual(parse_ip_port(text), expected)
+        for text in (
+            "1.2.3.4",
+            "host:80",
+            "1.2.3.4:99999",
+            "2001:db8::1:443",
+            "[1.2.3.4]:5",
+            "1.2.3.4:-1",
+            "1.2.3.4: 5",
+            "",
+        ):
+            self.assertIsNone(parse_ip_port(text), text)
+
+    def test_host_port(self) -> None:
+        self.assertEqual(parse_host_port("node.example.com:443"), ("node.example.com", 443))
+        self.assertEqual(parse_host_port("[::1]:80"), ("::1", 80))
+        for text in ("node.example.com", "a:b:80", "x:", "x:65536"):
+            self.assertIsNone(parse_host_port(text), text)
