@@ -67,6 +67,11 @@ class Stack:
         self._challenge_count = 0
         self._now = 0.0
 
+    @property
+    def now(self) -> float:
+        """The time of the call being handled (for connections that need it mid-call)."""
+        return self._now
+
     # --- used by connections -------------------------------------------------------------------
 
     def count(self, name: str, n: int = 1) -> None:

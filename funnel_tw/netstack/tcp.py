@@ -74,6 +74,7 @@ DUP_THRESH = 3
 RECEIVE_WSCALE = 7  # offered window scale: windows up to 8 MiB
 SEND_BUFFER_LOW = 1 << 20  # default: DRAINED fires when unsent+unacked data falls below this
 MAX_OOO_SEGMENTS = 1024
+OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
 
 
@@ -164,6 +165,10 @@ class Connection:
         self.ack_now = False
         self.fin_received = False
         self.eof_delivered = False
+        self.pending_fin: int | None = None  # a FIN that arrived beyond a gap
+        self.last_ooo: tuple[int, int] | None = None  # the out-of-order segment received last
+        self._last_oow_ack = float("-inf")
+        self.active_open = False
 
     def __repr__(self) -> str:
         return f"<TCP {self.local[1]}->{self.remote[1]} {self.state.value}>"
@@ -203,6 +208,16 @@ class Connection:
                 )
             )
         self._terminate("aborted")
+
+    def set_keepalive(self, idle: float, now: float) -> None:
+        """Probe after ``idle`` seconds of silence (0: off); takes effect at once."""
+        self.keepalive_idle = idle
+        self.keepalive_sent = 0
+        if idle and self.state in _SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            self.t_keepalive = now + idle
+            self.stack.mark_output(self)
+        else:
+            self.t_keepalive = None
 
     def pause_reading(self) -> None:
         self.reading_paused = True
@@ -247,8 +262,13 @@ class Connection:
                 blocks[-1] = (blocks[-1][0], max(blocks[-1][1], end))
             else:
                 blocks.append((start, end))
-        # the most recently changed block first would be ideal; the highest is a fair proxy
+        # RFC 2018: the first block holds the segment received last; then the highest ones
         blocks.reverse()
+        if self.last_ooo is not None:
+            for i, (s, e) in enumerate(blocks):
+                if s <= self.last_ooo[0] and self.last_ooo[1] <= e:
+                    blocks.insert(0, blocks.pop(i))
+                    break
         return [(s & MASK, e & MASK) for s, e in blocks[:3]]
 
     def _ack_options(self) -> bytes:
@@ -274,7 +294,16 @@ class Connection:
             self.t_delack = None
 
     def send_ack(self) -> None:
-        self._send_segment(self.snd_nxt, ACK)
+        # at the highest sequence number sent, as BSD does: after a timeout snd_nxt goes back,
+        # and an ACK below what the peer expects next would be rejected unread
+        self._send_segment(max(self.snd_nxt, self.snd_max), ACK)
+
+    def _out_of_window_ack(self, now: float) -> None:
+        """Answer an unacceptable segment, at most every 0.5 s (as Linux does), so two ends
+        that disagree cannot bounce ACKs at each other without end."""
+        if now - self._last_oow_ack >= OUT_OF_WINDOW_ACK_INTERVAL:
+            self._last_oow_ack = now
+            self.send_ack()
 
     def _challenge_ack(self) -> None:
         if self.stack.allow_challenge_ack():
@@ -306,6 +335,7 @@ class Connection:
         )
 
     def open_active(self, now: float) -> None:
+        self.active_open = True
         self.state = State.SYN_SENT
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_wscale = RECEIVE_WSCALE
@@ -370,11 +400,20 @@ class Connection:
         if self.state is State.SYN_SENT:
             self._syn_sent_input(seq_w, ack_w, flags, window, options, now)
             return
+        if (
+            self.state is State.SYN_RECEIVED
+            and flags & SYN
+            and not flags & ACK
+            and seq_w == self.irs & MASK
+        ):
+            self._send_syn(now)  # the peer's SYN again: our SYN-ACK was lost
+            return
         seq = unwrap(seq_w, self.rcv_nxt)
         n = len(payload)
-        # 1. acceptability (RFC 9293 3.10.7.4)
+        # 1. acceptability (RFC 9293 3.10.7.4); SYN and FIN occupy sequence space too
+        seg_len = n + (1 if flags & FIN else 0) + (1 if flags & SYN else 0)
         rcv_wnd = max(self.rcv_adv - self.rcv_nxt, 0)
-        if n == 0:
+        if seg_len == 0:
             acceptable = (
                 (seq == self.rcv_nxt)
                 if rcv_wnd == 0
@@ -383,15 +422,20 @@ class Connection:
         else:
             acceptable = rcv_wnd > 0 and (
                 self.rcv_nxt <= seq < self.rcv_nxt + rcv_wnd
-                or self.rcv_nxt <= seq + n - 1 < self.rcv_nxt + rcv_wnd
-                or seq < self.rcv_nxt < seq + n
+                or self.rcv_nxt <= seq + seg_len - 1 < self.rcv_nxt + rcv_wnd
+                or seq < self.rcv_nxt < seq + seg_len
             )
-        if flags & FIN and seq + n == self.rcv_nxt - 1 and self.fin_received:
-            acceptable = False  # a retransmitted FIN: ack it below
+        if not acceptable and rcv_wnd == 0 and seq == self.rcv_nxt and flags & ACK:
+            # a zero window accepts no data, but its ACK (and RST) still count
+            payload, n = b"", 0
+            flags &= ~FIN
+            self.stack.count("tcp_zero_window_drops")
+            self.ack_now = True
+            acceptable = True
         if not acceptable:
             if not flags & RST:
                 self.stack.count("tcp_out_of_window")
-                self.send_ack()
+                self._out_of_window_ack(now)
             return
         self.last_heard = now
         self.keepalive_sent = 0
@@ -407,9 +451,6 @@ class Connection:
             return
         # 4. SYN in a synchronized state (RFC 5961 4.2)
         if flags & SYN:
-            if self.state is State.SYN_RECEIVED and seq == self.irs:
-                self._send_syn(now)  # the peer's SYN again: our SYN-ACK was lost
-                return
             self.stack.count("tcp_syn_challenged")
             self._challenge_ack()
             return
@@ -426,7 +467,7 @@ class Connection:
                 self.max_snd_wnd = self.snd_wnd
                 self._sample_rtt(ack, now)
                 self._established(now)
-                self.stack.connection_established(self, passive=True)
+                self.stack.connection_established(self, passive=not self.active_open)
             else:
                 self.stack.emit_packet(
                     self.builder.build(self.local[1], self.remote[1], ack, 0, RST, 0)
@@ -448,7 +489,7 @@ class Connection:
             if fin_at == self.rcv_nxt and not self.fin_received:
                 self._fin_arrived(now)
             elif fin_at > self.rcv_nxt:
-                pass  # FIN beyond a gap: it comes again once the gap is filled
+                self.pending_fin = fin_at  # beyond a gap: it counts once the gap is filled
             else:
                 self.ack_now = True
         if self.ack_now or self.ack_pending:
@@ -679,7 +720,9 @@ class Connection:
                     self.send_ack()  # inside a large batch: keep the sender's clock ticking
         else:
             self._store_ooo(seq, payload)
-            self.ack_now = True  # duplicate ACK with SACK blocks, immediately
+            # one duplicate ACK per out-of-order segment, at once (RFC 5681 4.2): a sender
+            # without SACK counts them to start a fast retransmit
+            self.send_ack()
 
     def _deliver(self, payload: bytes) -> None:
         self.rcv_nxt += len(payload)
@@ -700,6 +743,7 @@ class Connection:
         self.ooo.append((seq, payload))
         self.ooo.sort(key=lambda item: item[0])
         self.ooo_bytes += len(payload)
+        self.last_ooo = (seq, end)
 
     def _drain_ooo(self) -> None:
         while self.ooo and self.ooo[0][0] <= self.rcv_nxt:
@@ -708,6 +752,9 @@ class Connection:
             end = start + len(data)
             if end > self.rcv_nxt:
                 self._deliver(data[self.rcv_nxt - start :])
+        if self.pending_fin is not None and self.pending_fin == self.rcv_nxt and not self.ooo:
+            self.pending_fin = None
+            self._fin_arrived(self.stack.now)
 
     def _fin_arrived(self, now: float) -> None:
         self.fin_received = True
@@ -849,7 +896,8 @@ class Connection:
 
     def _send_data(self, now: float) -> bool:
         sent = False
-        mss = self.mss
+        # SACK blocks ride on data segments too: leave room for them within the MTU
+        mss = self.mss - len(self._ack_options())
         # 1. retransmit lost holes during recovery
         if self.in_recovery:
             pipe = self._pipe()

@@ -171,9 +171,8 @@ class OverlayTCPTransport:
         return self.conn.keepalive_idle > 0
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
-        self.conn.keepalive_idle = 7200.0 if enabled else 0.0
-        if not enabled:
-            self.conn.t_keepalive = None
+        self.conn.set_keepalive(7200.0 if enabled else 0.0, self.overlay.reactor.seconds())
+        self.overlay.flush_soon()  # reschedules the stack's timers
 
     # --- IPushProducer: the application pausing what we read ---------------------------------
 

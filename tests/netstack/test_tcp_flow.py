@@ -1,0 +1,201 @@
+"""Flow control: a receiver that stops reading closes the window; probes; DRAINED."""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from funnel_tw.netstack import tcp
+from funnel_tw.netstack.segment import ACK
+
+from .tcp_harness import (
+    MASK,
+    T0,
+    Host,
+    Net,
+    connected_pair,
+    listening_stack,
+    payload,
+    raw_established,
+)
+
+BUFFER = 64 * 1024
+SIZE = 300_000
+
+
+class ZeroWindowTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.net = Net.pair(receive_buffer=BUFFER)
+        self.client, self.server = connected_pair(self.net)
+        self.server.pause_reading()
+        self.data = payload(SIZE)
+        self.client.send(self.data)
+        # the sender fills the window and stops
+        self.net.run(lambda: self.client.snd_wnd == 0 and self.client.t_persist is not None)
+
+    def sent_data(self) -> int:
+        return sum(len(s.payload) for s in self.net.a.segments())
+
+    def test_window_closes_and_sender_stops(self) -> None:
+        client, server, net = self.client, self.server, self.net
+        self.assertEqual(net.b.data_received(), b"")  # nothing delivered while paused
+        self.assertEqual(server.held_bytes, client.snd_una - client.iss - 1)
+        self.assertLessEqual(server.held_bytes, BUFFER)
+        self.assertGreater(server.held_bytes, BUFFER - 2 * client.mss)
+        self.assertEqual(net.b.segments()[-1].window, 0)
+        self.assertEqual(self.sent_data(), server.held_bytes)  # nothing beyond the window
+        self.assertEqual(client.snd_max, client.snd_una)
+
+    def test_zero_window_probes_back_off(self) -> None:
+        net, client = self.net, self.client
+        before = len(net.a.sent)
+        start = net.now
+        net.run_for(60)
+        probes = net.a.segments()[before:]
+        times = [t - start for t in net.a.sent_times[before:]]
+        self.assertEqual(net.a.stack.counters["tcp_window_probes"], len(probes))
+        self.assertGreaterEqual(len(probes), 6)
+        for seg in probes:
+            self.assertTrue(seg.is_pure_ack)
+            self.assertEqual(seg.seq, (client.snd_una - 1) & MASK)  # an old sequence number
+        gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+        self.assertAlmostEqual(gaps[0], 0.2)  # one RTO after the window closed
+        for a, b in itertools.pairwise(gaps):
+            self.assertAlmostEqual(b, min(2 * a, tcp.MAX_RTO), places=6)
+        # every probe was answered with the (still zero) window
+        answers = net.b.segments()[-len(probes) :]
+        self.assertEqual([s.window for s in answers], [0] * len(probes))
+        self.assertEqual(self.sent_data(), self.server.held_bytes)
+
+    def test_resume_completes_the_transfer(self) -> None:
+        net, server = self.net, self.server
+        net.run_for(5)
+        server.resume_reading()
+        net.run(lambda: len(net.b.data_received()) == SIZE, timeout=30)
+        self.assertEqual(net.b.data_received(), self.data)
+        self.assertEqual(net.problems, [])
+        self.assertEqual(server.held_bytes, 0)
+
+    def test_resume_announces_the_window_at_once(self) -> None:
+        net, server = self.net, self.server
+        net.run_for(5)
+        before = len(net.b.sent)
+        server.resume_reading()
+        net.pump()
+        update = net.b.segments()[before]
+        self.assertTrue(update.is_pure_ack)
+        self.assertEqual(update.window << 7, BUFFER)
+
+    def test_lost_window_update_found_by_a_probe(self) -> None:
+        net, server = self.net, self.server
+        net.run_for(1)
+        lost: list[bytes] = []
+
+        def drop(sender: Host, packet: bytes) -> bool:
+            if sender is net.b and not lost:
+                lost.append(packet)
+                return True
+            return False
+
+        net.drop = drop
+        server.resume_reading()
+        net.run(lambda: len(net.b.data_received()) == SIZE, timeout=60)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(net.b.data_received(), self.data)
+
+    def test_eof_held_while_paused(self) -> None:
+        net, client, server = self.net, self.client, self.server
+        client.close()
+        net.run_for(2)
+        self.assertNotIn(server, net.b.eof)
+        server.resume_reading()
+        net.run(lambda: server in net.b.eof, timeout=30)
+        self.assertEqual(net.b.data_received(), self.data)
+        kinds = net.b.kinds(server)
+        self.assertEqual(kinds[-1], tcp.EOF)
+
+
+class DrainedTests(SynchronousTestCase):
+    def run_transfer(self, size: int, low_water: int | None) -> tuple[Net, list[int]]:
+        net = Net.pair()
+        client, _ = connected_pair(net)
+        if low_water is not None:
+            client.send_low_water = low_water
+        buffered_at_event: list[int] = []
+
+        def on_event(kind: int, conn: tcp.Connection, data: object) -> None:
+            if kind == tcp.DRAINED:
+                buffered_at_event.append(conn.send_buffered)
+
+        net.a.on_event = on_event
+        client.send(payload(size))
+        net.run(lambda: client.send_buffered == 0)
+        net.run_for(1)
+        self.assertEqual(net.a.drained.count(client), len(buffered_at_event))
+        return net, buffered_at_event
+
+    def test_drained_fires_once_below_the_low_water_mark(self) -> None:
+        _, at = self.run_transfer(300_000, 64 * 1024)
+        self.assertEqual(len(at), 1)
+        self.assertLess(at[0], 64 * 1024)
+
+    def test_default_low_water_mark(self) -> None:
+        _, at = self.run_transfer(3_000_000, None)
+        self.assertEqual(len(at), 1)
+        self.assertLess(at[0], tcp.SEND_BUFFER_LOW)
+
+    def test_no_drained_when_never_above_the_mark(self) -> None:
+        _, at = self.run_transfer(50_000, 64 * 1024)
+        self.assertEqual(at, [])
+
+    def test_drained_waits_for_a_paused_reader(self) -> None:
+        net = Net.pair(receive_buffer=BUFFER)
+        client, server = connected_pair(net)
+        client.send_low_water = 64 * 1024
+        server.pause_reading()
+        client.send(payload(SIZE))
+        net.run_for(10)
+        self.assertEqual(net.a.drained, [])
+        server.resume_reading()
+        net.run(lambda: bool(net.a.drained), timeout=30)
+        self.assertLess(client.send_buffered, 64 * 1024)
+
+
+class ReceiveWindowTests(SynchronousTestCase):
+    def test_data_beyond_the_window_is_trimmed(self) -> None:
+        stack = listening_stack(receive_buffer=4096)
+        peer, conn, _ = raw_established(stack)
+        conn.pause_reading()
+        out = peer.push(bytes(10_000), T0)
+        stack.tick(T0 + tcp.DELAYED_ACK)
+        out += peer.take()
+        self.assertEqual(conn.held_bytes, 4096)
+        self.assertEqual(out[-1].ack, (peer.seq - 10_000 + 4096) & MASK)
+        self.assertEqual(out[-1].window, 0)
+        # data at the edge of a closed window: the data is dropped (counted), its ACK field
+        # still processed (RFC 9293 3.10.7.4), and the answer repeats the zero window
+        peer.seq -= 10_000 - 4096
+        out = peer.push(b"more", T0)
+        self.assertEqual(conn.held_bytes, 4096)
+        self.assertEqual(len(out), 1)
+        self.assertEqual(out[0].window, 0)
+        self.assertEqual(stack.counters["tcp_zero_window_drops"], 1)
+        # a segment entirely beyond the window: out of window, acknowledged
+        peer.seq += 100
+        out = peer.push(b"more", T0 + 1)
+        self.assertEqual(len(out), 1)
+        self.assertEqual(stack.counters["tcp_out_of_window"], 1)
+
+    def test_pure_ack_accepted_with_zero_window(self) -> None:
+        stack = listening_stack(receive_buffer=4096)
+        peer, conn, _ = raw_established(stack)
+        conn.pause_reading()
+        peer.push(bytes(4096), T0)
+        conn.send(b"x" * 100)
+        stack.flush(T0)
+        sent = [s for s in peer.take() if s.payload]
+        self.assertEqual(len(sent), 1)
+        peer.send(ACK, T0, ack=(sent[0].seq + 100) & MASK)
+        self.assertEqual(conn.snd_una, conn.snd_max)
+        self.assertEqual(conn.send_buffered, 0)
