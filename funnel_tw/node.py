@@ -1,15 +1,29 @@
-"""NodeService: the node daemon, composed of the overlay and (in later layers) peerAPI,
-serve and TLS."""
+"""NodeService: the node daemon, composed of overlay + peerAPI + serve + TLS."""
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig, PeerConfig
+from .overlay.factory import build_overlay
 from .overlay.interface import OverlayInterface
+from .overlay.tun import TunError
+from .peerapi.ingress import IngressResource
+from .peerapi.site import PeerAPIRoot, PeerAPISite
+from .serve.dispatch import Dispatcher
+from .serve.interfaces import Flow, IIngressHandler
+from .serve.model import ServeConfig
+from .serve.plugins import UnknownHandler, create_handler
+from .serve.proxy import Backends, ProxyResource
+from .tls.sources import FilesSource, SelfSignedSource
+from .tls.store import CertificateStore
 
 log = Logger()
 
@@ -22,30 +36,142 @@ class OverlayService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.overlay.start()
+        try:
+            self.overlay.start()
+        except (OSError, TunError) as e:  # a clear line, not a traceback
+            raise SystemExit(f"funnel-tw: cannot start the overlay: {e}") from None
 
     def stopService(self) -> None:
         self.overlay.stop()
         return super().stopService()  # type: ignore[no-any-return]
 
 
+def build_handlers(config: NodeConfig) -> dict[int, IIngressHandler]:
+    """Plugin handlers for ``[serve PORT] handler = NAME``, their options checked now."""
+    handlers: dict[int, IIngressHandler] = {}
+    for port in config.serve:
+        if port.handler is None:
+            continue
+        try:
+            handlers[port.port] = create_handler(port.handler, dict(port.options))
+        except (UnknownHandler, ValueError) as e:
+            raise ConfigError(f"{config.path}: [serve {port.port}] handler: {e}") from None
+    return handlers
+
+
+class _ServeFactory(Factory):
+    """Tailnet "serve": a peer connects to a serve port on our overlay address directly."""
+
+    def __init__(self, node: NodeService, port: int) -> None:
+        self.node = node
+        self.port = port
+
+    def buildProtocol(self, addr: Any) -> Any:
+        peer = self.node.caller(getattr(addr, "host", ""))
+        flow = Flow(
+            client=(getattr(addr, "host", ""), getattr(addr, "port", 0)),
+            host=self.node.config.hostnames[0] if self.node.config.hostnames else "",
+            port=self.port,
+            funnel=False,
+            peer=peer[0] if peer else "",
+        )
+        return self.node.dispatcher.protocol_for(flow)
+
+
 class NodeService(MultiService):
-    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        reactor: Any = None,
+        handlers: dict[int, IIngressHandler] | None = None,
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        self.reactor = reactor
         self.config = config
-        self.overlay = OverlayInterface(
+        self.peers_by_name: dict[str, PeerConfig] = {p.name: p for p in config.peers}
+        ingress_port = frozenset({config.peerapi_port})
+        self.overlay = build_overlay(
             reactor,
+            network=config.network,
             private_key=config.private_key,
             addresses=config.addresses,
             peers=config.peers,
             listen_port=config.listen_port,
             mtu=config.mtu,
+            # funnel-ingress peers (relays) reach the peerAPI port and nothing else
+            restricted={p.name: ingress_port for p in config.peers if p.funnel_ingress},
         )
         OverlayService(self.overlay).setServiceParent(self)
+        self.store = CertificateStore(config.hostnames)
+        tls_dir = config.state_dir / "tls"
+        if config.tls.source == "files":
+            assert config.tls.cert_file is not None and config.tls.key_file is not None
+            self.certificates: Any = FilesSource(
+                self.store, config.tls.cert_file, config.tls.key_file, reactor
+            )
+        elif config.tls.source == "self-signed":
+            self.certificates = SelfSignedSource(self.store, tls_dir, reactor)
+        else:
+            raise ConfigError(
+                f"{config.path}: [tls] source: {config.tls.source} is not "
+                "available in this version (use self-signed or files)"
+            )
+        self.serve = ServeConfig.from_node_config(config)
+        self.backends = Backends(reactor)
+        self.dispatcher = Dispatcher(
+            serve=self.serve,
+            store=self.store,
+            reactor=reactor,
+            overlay_addresses=[str(a.ip) for a in config.addresses],
+            handlers=handlers if handlers is not None else build_handlers(config),
+            proxy_factory=lambda target, prefix, flow: ProxyResource(
+                target, prefix, flow, reactor, self.backends
+            ),
+        )
+        self.ingress = IngressResource(
+            reactor=reactor,
+            caller_name=self.caller,
+            admits_funnel=self.admits_funnel,
+            accept=self.accept,
+        )
+        self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
+        self.listening: list[IListeningPort] = []
+
+    # --- decisions ---------------------------------------------------------------------------
+
+    def caller(self, overlay_ip: str) -> tuple[str, bool] | None:
+        """The WireGuard peer owning ``overlay_ip`` and whether it has the ingress capability."""
+        try:
+            packed = ip_address(overlay_ip).packed
+        except ValueError:
+            return None
+        routes = self.overlay.device.routes
+        peer = routes.lookup_v4(packed) if len(packed) == 4 else routes.lookup_v6(packed)
+        if peer is None:
+            return None
+        spec = self.peers_by_name.get(peer.name)
+        return peer.name, bool(spec and spec.funnel_ingress)
+
+    def admits_funnel(self, host: str, port: int) -> bool:
+        return host.lower() in self.config.hostnames and self.serve.admits_funnel(
+            host.lower(), port
+        )
+
+    def accept(self, flow: Flow) -> IProtocol | None:
+        return self.dispatcher.protocol_for(flow)
+
+    def valid_hosts(self) -> set[str]:
+        port = self.config.peerapi_port
+        return {
+            f"{a.ip}:{port}" if a.version == 4 else f"[{a.ip}]:{port}"
+            for a in self.config.addresses
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------------
 
     def startService(self) -> None:
         log.info(
@@ -53,4 +179,23 @@ class NodeService(MultiService):
             addresses=", ".join(str(a) for a in self.config.addresses),
             hostnames=", ".join(self.config.hostnames) or "(none)",
         )
+        self.certificates.start()
         super().startService()
+        d = self.overlay.server_endpoint(self.config.peerapi_port).listen(self.peerapi_site)
+        d.addCallback(self.listening.append)
+        for port in self.serve.tcp:
+            serve = self.overlay.server_endpoint(port).listen(_ServeFactory(self, port))
+            serve.addCallback(self.listening.append)
+        log.info(
+            "peerAPI on port {port}; serving {ports}",
+            port=self.config.peerapi_port,
+            ports=", ".join(str(p) for p in sorted(self.serve.tcp)) or "nothing",
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        self.certificates.stop()
+        for port in self.listening:
+            port.stopListening()
+        self.listening = []
+        self.backends.close()
+        return super().stopService()  # type: ignore[no-any-return]

@@ -44,7 +44,10 @@ def hijack(request: Request, protocol: IProtocol, reactor: Any, preamble: bytes 
     transport.unregisterProducer()
     if preamble:
         transport.write(preamble)
-    transport.protocol = protocol
+    if hasattr(transport, "wrappedProtocol"):
+        transport.wrappedProtocol = protocol  # e.g. TLS: the wrapper delivers to it
+    else:
+        transport.protocol = protocol
 
     def complete() -> None:
         leftover = bytes(getattr(channel, "_buffer", b""))

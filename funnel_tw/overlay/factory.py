@@ -1,0 +1,42 @@
+"""Build the overlay a configuration asks for: userspace (our stack) or a kernel TUN device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Interface, IPv6Interface
+from typing import Any
+
+from ..wireguard.constants import DEFAULT, Constants
+from .interface import OverlayInterface, PeerSpec
+
+
+def build_overlay(
+    reactor: Any,
+    *,
+    network: str,
+    private_key: bytes,
+    addresses: Sequence[IPv4Interface | IPv6Interface],
+    peers: Sequence[PeerSpec],
+    listen_port: int,
+    mtu: int,
+    constants: Constants = DEFAULT,
+    restricted: Mapping[str, frozenset[int]] | None = None,
+) -> OverlayInterface:
+    """``network = userspace`` (the default, no privileges) or ``tun`` (CAP_NET_ADMIN)."""
+    cls: type[OverlayInterface] = OverlayInterface
+    if network == "tun":
+        from .tun import TunOverlayInterface
+
+        cls = TunOverlayInterface
+    elif network != "userspace":
+        raise ValueError(f"unknown network {network!r}")
+    return cls(
+        reactor,
+        private_key=private_key,
+        addresses=addresses,
+        peers=peers,
+        listen_port=listen_port,
+        mtu=mtu,
+        constants=constants,
+        restricted=restricted,
+    )

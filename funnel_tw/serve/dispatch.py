@@ -1,0 +1,163 @@
+"""The dispatcher: which protocol takes a flow, from the serve configuration.
+
+https mounts         TLS ends here (SNI certificate, ALPN h2/http1.1) -> HTTP site
+tcp-forward          the raw stream (still TLS) spliced to the backend, PROXY header optional
+tls-terminated-tcp   TLS ends here, plaintext spliced to the backend, PROXY header optional
+handler = NAME       a plugin's protocol, behind TLS if the plugin asks for it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from ipaddress import ip_address
+from typing import Any
+
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from .. import splice
+from ..tls.store import HTTP_ALPN, CertificateStore
+from . import proxyproto
+from .interfaces import Flow, IIngressHandler
+from .model import ServeConfig, TCPPortHandler
+from .web import MountRouter, ServeSite
+
+log = Logger()
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    if target.startswith("["):
+        host, _, port = target[1:].partition("]:")
+    else:
+        host, _, port = target.rpartition(":")
+    return host, int(port)
+
+
+class _Single(Factory):
+    """A factory for exactly one prebuilt protocol (for wrapping one hijacked stream)."""
+
+    def __init__(self, protocol: IProtocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol_instance
+
+
+class BackendConnector(splice.SpliceEnd):
+    """The client-facing end of a forward: connects to the backend when the stream starts."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, target: str, flow: Flow, proxy_protocol: int | None
+    ) -> None:
+        super().__init__("client")
+        self.dispatcher = dispatcher
+        self.target = target
+        self.flow = flow
+        self.proxy_protocol = proxy_protocol
+
+    def connectionMade(self) -> None:
+        host, port = split_host_port(self.target)
+        backend = splice.SpliceEnd("backend")
+        endpoint = endpoints.HostnameEndpoint(self.dispatcher.reactor, host, port, timeout=10)
+        d = endpoint.connect(_Single(backend))
+
+        def connected(_: Any) -> None:
+            if self.proxy_protocol:
+                backend.transport.write(
+                    self.dispatcher.proxy_header(self.proxy_protocol, self.flow, port)
+                )
+            splice.join(self, backend)
+
+        def failed(failure: Any) -> None:
+            self.dispatcher.count("backend_unreachable")
+            log.info(
+                "backend {target} for {host}:{port} unreachable: {error}",
+                target=self.target,
+                host=self.flow.host,
+                port=self.flow.port,
+                error=failure.getErrorMessage(),
+            )
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+        d.addCallbacks(connected, failed)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        serve: ServeConfig,
+        store: CertificateStore,
+        reactor: Any,
+        overlay_addresses: list[str],
+        handlers: Mapping[int, IIngressHandler] | None = None,
+        proxy_factory: Any = None,
+    ) -> None:
+        self.serve = serve
+        self.store = store
+        self.reactor = reactor
+        self.overlay_addresses = overlay_addresses
+        self.handlers = dict(handlers or {})
+        self.proxy_factory = proxy_factory
+        self.counters: dict[str, int] = {}
+        self._sites: dict[int, ServeSite] = {}
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def proxy_header(self, version: int, flow: Flow, backend_port: int) -> bytes:
+        family = ip_address(flow.client[0]).version
+        own = next(
+            (a for a in self.overlay_addresses if ip_address(a).version == family),
+            self.overlay_addresses[0],
+        )
+        return proxyproto.header(version, flow.client, (own, backend_port))
+
+    def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
+        factory = TLSMemoryBIOFactory(self.store.creator(alpn), False, _Single(inner))
+        wrapped = factory.buildProtocol(None)
+        assert wrapped is not None
+        return wrapped
+
+    def protocol_for(self, flow: Flow) -> IProtocol | None:
+        """The protocol that takes ``flow``'s stream, or None (refused and counted)."""
+        handler = self.serve.tcp.get(flow.port)
+        if handler is None:
+            self.count("no_handler")
+            return None
+        self.count("flows")
+        return self._build(handler, flow)
+
+    def _build(self, handler: TCPPortHandler, flow: Flow) -> IProtocol | None:
+        if handler.https:
+            site = ServeSite(
+                MountRouter(self.serve, flow.port, flow, self.proxy_factory), self.reactor
+            )
+            inner = site.buildProtocol(None)
+            assert inner is not None
+            return self._tls(inner, HTTP_ALPN)
+        if handler.tcp_forward is not None:
+            connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
+            if handler.terminate_tls is not None:
+                return self._tls(connector, ())
+            return connector
+        if handler.handler is not None:
+            plugin = self.handlers.get(flow.port)
+            if plugin is None:
+                self.count("no_handler")
+                return None
+            protocol = plugin.build_protocol(flow)
+            if protocol is None:
+                self.count("plugin_refused")
+                return None
+            return self._tls(protocol, HTTP_ALPN) if plugin.terminate_tls else protocol
+        self.count("no_handler")
+        return None
+
+
+def make_factory(protocol: IProtocol) -> IProtocolFactory:
+    return _Single(protocol)

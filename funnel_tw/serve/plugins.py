@@ -1,0 +1,36 @@
+"""Finding handler plugins: ``twisted.plugin`` over ``funnel_tw.plugins`` and
+``twisted.plugins``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.plugin import getPlugins
+
+from .interfaces import IIngressHandler, IIngressHandlerFactory
+
+
+class UnknownHandler(LookupError):
+    pass
+
+
+def handler_factories() -> dict[str, IIngressHandlerFactory]:
+    """Every installed handler kind by name."""
+    import twisted.plugins
+
+    found: dict[str, IIngressHandlerFactory] = {}
+    for factory in getPlugins(IIngressHandlerFactory, twisted.plugins):
+        found.setdefault(factory.name, factory)
+    return found
+
+
+def create_handler(name: str, options: Mapping[str, str]) -> IIngressHandler:
+    """Build handler ``name`` with ``options``; ValueError for bad options."""
+    factory = handler_factories().get(name)
+    if factory is None:
+        known = ", ".join(sorted(handler_factories())) or "none installed"
+        raise UnknownHandler(f"no handler plugin named {name!r} (installed: {known})")
+    handler = factory.create(dict(options))
+    if not IIngressHandler.providedBy(handler):
+        raise ValueError(f"plugin {name!r} did not return an IIngressHandler")
+    return handler

@@ -1,0 +1,373 @@
+"""The streaming reverse proxy behind HTTPS mounts.
+
+- Bodies stream both ways with backpressure: the upload through :mod:`.streaming` into an
+  HTTP/1.1 keep-alive pool to the backend (twisted.web.client.Agent), the response back through
+  the client's HTTP/1.1 or HTTP/2 connection, pausing the backend while the client is slow.
+- Headers as tailscaled sets them: client-sent ``Forwarded`` and ``X-Forwarded-*`` are
+  dropped; ``X-Forwarded-Host`` (the original Host), ``X-Forwarded-Proto: https`` and
+  ``X-Forwarded-For: <client ip>`` are set; the Tailscale identity headers a client might forge
+  are dropped, and ``Tailscale-Funnel-Request: ?1`` marks funnel requests. Host is passed
+  through unchanged.
+- Paths: the mount prefix is stripped and the target URL's own path prepended.
+- Backends: ``http://``, ``https://``, ``https+insecure://`` (no verification), ``unix:/path``.
+- A refused or dead backend gives 502 at once; one that does not answer within the timeout,
+  504. A backend that fails mid-body aborts the client's stream (the status is already sent).
+- ``Upgrade`` requests (WebSocket and others, HTTP/1.1): the rewritten request head goes to
+  the backend on a connection of its own and the two connections are spliced, so the 101 and
+  everything after it pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from OpenSSL import SSL
+from twisted.internet import defer, endpoints, error, protocol
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client, http
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from .. import splice
+from ..peerapi.hijack import HijackError, hijack
+from .interfaces import Flow
+from .streaming import BodySource, StreamingRequest
+
+log = Logger()
+
+DEFAULT_TIMEOUT = 60.0
+
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+}
+DROPPED = {
+    b"forwarded",
+    b"tailscale-user-login",
+    b"tailscale-user-name",
+    b"tailscale-user-profile-pic",
+    b"tailscale-funnel-request",
+    b"tailscale-headers-info",
+}
+
+
+def join_path(base: str, rest: str) -> str:
+    """Go's singleJoiningSlash."""
+    if base.endswith("/") and rest.startswith("/"):
+        return base + rest[1:]
+    if not base.endswith("/") and not rest.startswith("/"):
+        return base + "/" + rest
+    return base + rest
+
+
+class Target:
+    """A parsed backend: scheme, network location, base path, and how to reach it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("unix:"):
+            self.scheme = "unix"
+            self.socket_path = url[5:]
+            self.netloc = "localhost"
+            self.base_path = ""
+            self.base_query = ""
+            return
+        insecure = url.startswith("https+insecure://")
+        parts = urlsplit("https://" + url[len("https+insecure://") :] if insecure else url)
+        self.scheme = "https+insecure" if insecure else parts.scheme
+        self.netloc = parts.netloc
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path
+        self.base_query = parts.query
+        self.socket_path = ""
+
+    def outgoing_path(self, request_path: str, query: str, prefix: str) -> str:
+        stripped = request_path[len(prefix) :] if prefix != "/" else request_path
+        if prefix != "/" and request_path == prefix:
+            path = self.base_path or "/"
+        else:
+            path = join_path(self.base_path, stripped) if self.base_path else (stripped or "/")
+        if not path.startswith("/"):
+            path = "/" + path
+        queries = [q for q in (self.base_query, query) if q]
+        return path + ("?" + "&".join(queries) if queries else "")
+
+    def agent_url(self, path: str) -> bytes:
+        scheme = "http" if self.scheme in ("http", "unix") else "https"
+        return f"{scheme}://{self.netloc}{path}".encode()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _InsecureCreator:
+    """TLS to a backend without verifying it (``https+insecure://``); SNI is still sent."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self.ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self.ctx, None)
+        if self.hostname and not self.hostname.replace(".", "").isdigit():
+            conn.set_tlsext_host_name(self.hostname.encode("idna"))
+        conn.set_connect_state()
+        return conn
+
+
+class _InsecurePolicy:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> _InsecureCreator:
+        return _InsecureCreator(hostname.decode())
+
+
+class Backends:
+    """Agents and their keep-alive pool, shared by every proxy mount of a node."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.pool = client.HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 16
+        self.pool.cachedConnectionTimeout = 60
+        self._agents: dict[str, client.Agent] = {}
+
+    def agent_for(self, target: Target) -> Any:
+        key = target.url if target.scheme == "unix" else target.scheme
+        agent = self._agents.get(key)
+        if agent is None:
+            if target.scheme == "unix":
+                path = target.socket_path
+
+                class _Unix:
+                    def endpointForURI(self, uri: Any) -> Any:
+                        return endpoints.UNIXClientEndpoint(reactor, path)
+
+                reactor = self.reactor
+                agent = client.Agent.usingEndpointFactory(reactor, _Unix(), pool=self.pool)
+            elif target.scheme == "https+insecure":
+                agent = client.Agent(self.reactor, contextFactory=_InsecurePolicy(), pool=self.pool)
+            else:
+                agent = client.Agent(self.reactor, pool=self.pool)
+            self._agents[key] = agent
+        return agent
+
+    def endpoint_for(self, target: Target) -> Any:
+        """A raw connection to the backend (for Upgrade requests)."""
+        if target.scheme == "unix":
+            return endpoints.UNIXClientEndpoint(self.reactor, target.socket_path)
+        plain = endpoints.HostnameEndpoint(self.reactor, target.host, target.port, timeout=10)
+        if target.scheme == "http":
+            return plain
+        if target.scheme == "https+insecure":
+            creator: Any = _InsecureCreator(target.host)
+        else:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            creator = optionsForClientTLS(target.host)
+        return endpoints.wrapClientTLS(creator, plain)
+
+    def close(self) -> defer.Deferred[None]:
+        return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+
+
+def forwarded_headers(request: Request, flow: Flow, keep_upgrade: bool = False) -> Headers:
+    out = Headers()
+    connection_tokens: set[bytes] = set()
+    for value in request.requestHeaders.getRawHeaders(b"connection", []):
+        connection_tokens.update(t.strip().lower() for t in value.split(b","))
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        lower = name.lower()
+        if lower in DROPPED or lower.startswith(b"x-forwarded-"):
+            continue
+        upgrade_kept = keep_upgrade and lower in (b"upgrade", b"connection")
+        if (lower in HOP_BY_HOP or lower in connection_tokens) and not upgrade_kept:
+            continue
+        out.setRawHeaders(name, values)
+    host = request.getHeader(b"host") or b""
+    if host:
+        out.setRawHeaders(b"X-Forwarded-Host", [host])
+    out.setRawHeaders(b"X-Forwarded-Proto", [b"https"])
+    out.setRawHeaders(b"X-Forwarded-For", [flow.client[0].encode()])
+    if flow.funnel:
+        out.setRawHeaders(b"Tailscale-Funnel-Request", [b"?1"])
+    return out
+
+
+class _ResponseRelay(protocol.Protocol):
+    """The backend's response body into the client's response, with backpressure."""
+
+    def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
+        self.request = request
+        self.done = done
+
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.request.finished and not getattr(self.request, "_disconnected", False):
+            self.request.write(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.request.unregisterProducer()
+        if reason.check(client.ResponseDone, http.PotentialDataLoss):
+            if not self.request.finished and not getattr(self.request, "_disconnected", False):
+                self.request.finish()
+        else:
+            log.info("backend failed mid-body: {error}", error=reason.getErrorMessage())
+            transport = getattr(self.request, "transport", None) or self.request.channel
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+        self.done.callback(None)
+
+
+class ProxyResource(Resource):
+    isLeaf = True
+    streams_request_body = True
+
+    def __init__(
+        self,
+        target: str,
+        prefix: str,
+        flow: Flow,
+        reactor: Any,
+        backends: Backends | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__()
+        self.target = Target(target)
+        self.prefix = prefix
+        self.flow = flow
+        self.reactor = reactor
+        self.backends = backends or Backends(reactor)
+        self.timeout = timeout
+
+    def render(self, request: Request) -> int | bytes:
+        raw_path = request.uri.split(b"?", 1)
+        path = raw_path[0].decode("utf-8", "surrogateescape")
+        query = raw_path[1].decode("utf-8", "surrogateescape") if len(raw_path) > 1 else ""
+        outgoing = self.target.outgoing_path(path, query, self.prefix)
+        if self._is_upgrade(request):
+            return self._upgrade(request, outgoing)
+        headers = forwarded_headers(request, self.flow)
+        body: Any = None
+        if isinstance(request, StreamingRequest) and request.body is not None:
+            body = request.body
+        else:
+            content = request.content.read() if request.content is not None else b""
+            if content or request.method in (b"POST", b"PUT", b"PATCH"):
+                body = client.FileBodyProducer(_bytes_io(content))
+        agent = self.backends.agent_for(self.target)
+        d = agent.request(request.method, self.target.agent_url(outgoing), headers, body)
+        timeout = self.reactor.callLater(self.timeout, d.cancel)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: d.cancel())  # the client went away
+
+        def got_response(response: Any) -> defer.Deferred[None] | None:
+            if timeout.active():
+                timeout.cancel()
+            request.setResponseCode(response.code, response.phrase)
+            for name, values in response.headers.getAllRawHeaders():
+                if name.lower() not in HOP_BY_HOP:
+                    request.responseHeaders.setRawHeaders(name, values)
+            if request.method == b"HEAD" or response.code in (204, 304):
+                response.deliverBody(protocol.Protocol())
+                request.finish()
+                return None
+            done: defer.Deferred[None] = defer.Deferred()
+            response.deliverBody(_ResponseRelay(request, done))
+            return done
+
+        def failed(failure: Failure) -> None:
+            if getattr(request, "_disconnected", False) or request.finished:
+                return
+            if failure.check(defer.CancelledError) and not timeout.active():
+                code, message = 504, "Gateway Timeout"
+            else:
+                code, message = 502, "Bad Gateway"
+            if timeout.active():
+                timeout.cancel()
+            log.info(
+                "proxy to {target} failed: {code} {error}",
+                target=self.target.url,
+                code=code,
+                error=failure.getErrorMessage(),
+            )
+            request.setResponseCode(code)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(f"{code} {message}\n".encode())
+            request.finish()
+
+        d.addCallbacks(got_response, failed)
+        d.addErrback(lambda f: log.failure("proxy response relay failed", f))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _is_upgrade(request: Request) -> bool:
+        if request.clientproto == b"HTTP/2" or not request.getHeader(b"upgrade"):
+            return False
+        tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", []))
+        return b"upgrade" in [t.strip().lower() for t in tokens.split(b",")]
+
+    def _upgrade(self, request: Request, outgoing: str) -> int | bytes:
+        headers = forwarded_headers(request, self.flow, keep_upgrade=True)
+        head = [f"{request.method.decode()} {outgoing} HTTP/1.1".encode()]
+        for name, values in headers.getAllRawHeaders():
+            head.extend(name + b": " + v for v in values)
+        head_bytes = b"\r\n".join(head) + b"\r\n\r\n"
+        client_end = splice.SpliceEnd("client")
+        backend_end = splice.SpliceEnd("backend")
+        try:
+            hijack(request, client_end, self.reactor)
+        except HijackError as e:
+            request.setResponseCode(400)
+            return f"cannot upgrade: {e}\n".encode()
+        d = self.backends.endpoint_for(self.target).connect(_Prebuilt(backend_end))
+
+        def connected(_: Any) -> None:
+            backend_end.transport.write(head_bytes)
+            splice.join(client_end, backend_end)
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "upgrade to {target} failed: {error}",
+                target=self.target.url,
+                error=failure.getErrorMessage(),
+            )
+            answer = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            if client_end.transport is not None:
+                client_end.transport.write(answer)
+                client_end.transport.loseConnection()
+            else:
+                self.reactor.callLater(0, failed, failure)
+
+        d.addCallbacks(connected, failed)
+        return NOT_DONE_YET
+
+
+class _Prebuilt(protocol.Factory):
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+
+def _bytes_io(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+__all__ = ["Backends", "BodySource", "ProxyResource", "Target", "error"]

@@ -1,0 +1,129 @@
+"""HTTPS mounts: the HTTP site that runs behind the node's TLS, routing by SNI and path.
+
+The TLS server name picks the ``host:port`` entry of the Web config (the ingress target only
+gated the funnel check), then Tailscale's mount lookup picks the handler: ``text:`` answers
+with text, a path serves files below it, a URL is reverse-proxied (serve/proxy.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath, InsecurePath
+from twisted.web import resource, static
+from twisted.web.server import Request, Site
+
+from .interfaces import Flow
+from .model import HTTPHandler, ServeConfig, match_mount
+from .streaming import StreamingRequest
+
+log = Logger()
+
+
+def tls_server_name(request: Request) -> str | None:
+    """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
+    channel = request.channel
+    for holder in (channel, getattr(channel, "_conn", None)):
+        transport = getattr(holder, "transport", None)
+        get_handle = getattr(transport, "getHandle", None)
+        if get_handle is None:
+            continue
+        try:
+            name = get_handle().get_servername()
+        except Exception:
+            return None
+        return name.decode("ascii", "replace").lower() if name else None
+    return None
+
+
+class TextResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.body = text.encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return self.body
+
+    def render_HEAD(self, request: Request) -> bytes:
+        return self.render_GET(request)
+
+
+class ContainedFile(static.File):
+    """static.File that never leaves its root, not even through a symbolic link."""
+
+    def __init__(self, path: str, root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.root = os.path.realpath(root if root is not None else path)
+
+    def createSimilarFile(self, path: str) -> ContainedFile:
+        f = ContainedFile(path, self.root, defaultType=self.defaultType)
+        f.processors = self.processors
+        f.indexNames = self.indexNames[:]
+        f.childNotFound = self.childNotFound
+        return f
+
+    def getChild(self, path: bytes, request: Request) -> Any:
+        try:
+            child = FilePath(self.path).child(path.decode("utf-8", "surrogateescape"))
+        except (InsecurePath, UnicodeDecodeError):
+            return self.childNotFound
+        real = os.path.realpath(child.path)
+        if real != self.root and not real.startswith(self.root + os.sep):
+            return self.childNotFound
+        return super().getChild(path, request)
+
+
+class MountRouter(resource.Resource):
+    """Routes every request of one HTTPS port by SNI host and mount path."""
+
+    def __init__(self, serve: ServeConfig, port: int, flow: Flow, proxy_factory: Any) -> None:
+        super().__init__()
+        self.serve = serve
+        self.port = port
+        self.flow = flow
+        self.proxy_factory = proxy_factory
+
+    def getChildWithDefault(self, name: bytes, request: Request) -> Any:
+        host = tls_server_name(request) or (self.serve.hostnames[0] if self.serve.hostnames else "")
+        mounts = self.serve.mounts_for(host, self.port)
+        if mounts is None:
+            return resource.NoResource("no such site")
+        path = unquote(request.path.decode("utf-8", "replace"))
+        found = match_mount(mounts, path)
+        if found is None:
+            return resource.NoResource()
+        prefix, handler = found
+        return self._handler(prefix, handler, request, path)
+
+    def render(self, request: Request) -> Any:
+        child = resource.getChildForRequest(self.getChildWithDefault(b"", request), request)
+        return child.render(request)
+
+    def _handler(self, prefix: str, handler: HTTPHandler, request: Request, path: str) -> Any:
+        if handler.text is not None:
+            return TextResource(handler.text)
+        if handler.path is not None:
+            rest = path[len(prefix) :] if path.startswith(prefix) else ""
+            segments = [s.encode() for s in rest.split("/") if s]
+            if path.endswith("/"):
+                segments.append(b"")  # a directory: its index (or listing)
+            request.postpath = segments
+            return resource.getChildForRequest(ContainedFile(handler.path), request)
+        return self.proxy_factory(handler.proxy, prefix, self.flow)
+
+
+class ServeSite(Site):
+    requestFactory = StreamingRequest
+
+    def __init__(self, root: resource.Resource, reactor: Any, timeout: float = 300) -> None:
+        super().__init__(root, timeout=timeout, reactor=reactor)
+        self.displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass

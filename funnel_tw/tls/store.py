@@ -1,0 +1,164 @@
+"""The node's certificates, and TLS server connections that pick one by SNI.
+
+A handshake whose SNI is not one of the node's hostnames fails (and is counted): there is no
+default certificate to fall back to and never a plaintext fallback. A client that sends no
+SNI (an overlay peer dialling an IP address) gets the first hostname's certificate.
+
+Installing a certificate replaces the one for its names at once: new handshakes use it,
+connections already open keep theirs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .pem import names_of
+
+log = Logger()
+
+HTTP_ALPN = (b"h2", b"http/1.1")
+ACME_ALPN = b"acme-tls/1"
+
+
+class UnknownServerName(Exception):
+    """A TLS client asked for a name this node does not serve."""
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return False
+
+
+class Certificate:
+    """A key and its chain (leaf first), with the contexts built from them."""
+
+    def __init__(
+        self, key: PrivateKeyTypes, chain: Sequence[x509.Certificate], source: str = ""
+    ) -> None:
+        self.key = key
+        self.chain = list(chain)
+        self.names = names_of(self.chain[0])
+        self.source = source
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.chain[0].not_valid_after_utc
+
+    def context(self, alpn: tuple[bytes, ...], store: CertificateStore) -> SSL.Context:
+        ctx = self._contexts.get(alpn)
+        if ctx is None:
+            ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+            ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+            ctx.use_certificate(crypto.X509.from_cryptography(self.chain[0]))
+            for extra in self.chain[1:]:
+                ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            ctx.use_privatekey(crypto.PKey.from_cryptography_key(self.key))  # type: ignore[arg-type]
+            ctx.check_privatekey()
+            store.configure(ctx, alpn)
+            self._contexts[alpn] = ctx
+        return ctx
+
+
+class CertificateStore:
+    """The certificates for a node's hostnames."""
+
+    def __init__(self, hostnames: Sequence[str]) -> None:
+        self.hostnames = [h.lower() for h in hostnames]
+        self._certs: dict[str, Certificate] = {}  # configured hostname -> certificate
+        self.counters: dict[str, int] = {}
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def install(self, cert: Certificate) -> list[str]:
+        """Use ``cert`` for every configured hostname it covers; returns those names."""
+        covered = [
+            h for h in self.hostnames if any(name_matches(n, h) or n == h for n in cert.names)
+        ]
+        for name in covered:
+            self._certs[name] = cert
+        if covered:
+            log.info(
+                "certificate for {names} installed ({source}), valid until {until}",
+                names=", ".join(covered),
+                source=cert.source,
+                until=cert.not_after.isoformat(),
+            )
+        return covered
+
+    def lookup(self, server_name: str | None) -> Certificate | None:
+        if server_name is None:
+            return self._certs.get(self.hostnames[0]) if self.hostnames else None
+        server_name = server_name.lower().rstrip(".")
+        cert = self._certs.get(server_name)
+        if cert is not None:
+            return cert
+        for pattern, candidate in self._certs.items():
+            if name_matches(pattern, server_name):
+                return candidate
+        return None
+
+    def certificates(self) -> dict[str, Certificate]:
+        return dict(self._certs)
+
+    def serves(self, server_name: str) -> bool:
+        return any(name_matches(h, server_name.lower()) for h in self.hostnames)
+
+    # --- contexts ---------------------------------------------------------------------------
+
+    def configure(self, ctx: SSL.Context, alpn: tuple[bytes, ...]) -> None:
+        """ALPN must be set on every context, the switched-to ones included."""
+
+        def select(conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+            for proto in alpn:
+                if proto in offered:
+                    return proto
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+
+        if alpn:
+            ctx.set_alpn_select_callback(select)
+
+        def on_server_name(conn: SSL.Connection) -> None:
+            raw = conn.get_servername()
+            name = raw.decode("ascii", "replace") if raw else None
+            cert = self.lookup(name)
+            if cert is None or (name is not None and not self.serves(name)):
+                self._count("tls_unknown_server_name")
+                log.info("TLS handshake for unknown name {name!r} refused", name=name)
+                raise UnknownServerName(name)
+            conn.set_context(cert.context(alpn, self))
+
+        ctx.set_tlsext_servername_callback(on_server_name)
+
+    def creator(self, alpn: tuple[bytes, ...] = HTTP_ALPN) -> SNIServerCreator:
+        return SNIServerCreator(self, alpn)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIServerCreator:
+    """What TLSMemoryBIOFactory asks for a server connection."""
+
+    def __init__(self, store: CertificateStore, alpn: tuple[bytes, ...]) -> None:
+        self.store = store
+        self.alpn = alpn
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        default = self.store.lookup(None)
+        if default is None:
+            raise UnknownServerName("no certificate installed")
+        return SSL.Connection(default.context(self.alpn, self.store), None)
