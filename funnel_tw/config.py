@@ -118,6 +118,7 @@ class ServePort:
     proxy_protocol: int | None
     handler: str | None
     options: tuple[tuple[str, str], ...]
+    proxy_timeout: float = 60.0  # seconds a proxied backend has to start answering (504)
 
 
 @attrs.frozen
@@ -753,7 +754,14 @@ _TLS_KEY_SOURCE = {
     "acme-dns-hook": "acme",
     "acme-ca-file": "acme",
 }
-_SERVE_KEYS = ("funnel", "tcp-forward", "tls-terminated-tcp", "proxy-protocol", "handler")
+_SERVE_KEYS = (
+    "funnel",
+    "tcp-forward",
+    "tls-terminated-tcp",
+    "proxy-protocol",
+    "handler",
+    "proxy-timeout",
+)
 _SERVE_CHOICES = ("tcp-forward", "tls-terminated-tcp", "handler")
 
 
@@ -903,6 +911,12 @@ def _serve(section: _Section, peerapi_port: int | None) -> ServePort | None:
             proxy_protocol = section.opt("proxy-protocol", _proxy_protocol, None)
         else:
             section.error("proxy-protocol", "is only used with tcp-forward or tls-terminated-tcp")
+    proxy_timeout = 60.0
+    if "proxy-timeout" in section.values:
+        if mount_keys:
+            proxy_timeout = section.opt("proxy-timeout", _seconds, 60.0)
+        else:
+            section.error("proxy-timeout", "is only used with /PATH = URL mounts")
     mounts = []
     for key in mount_keys:
         try:
@@ -920,6 +934,7 @@ def _serve(section: _Section, peerapi_port: int | None) -> ServePort | None:
         proxy_protocol=proxy_protocol,
         handler=handler,
         options=options,
+        proxy_timeout=proxy_timeout,
     )
 
 

@@ -21,7 +21,7 @@ from .serve.dispatch import Dispatcher
 from .serve.interfaces import Flow, IIngressHandler
 from .serve.model import ServeConfig
 from .serve.plugins import UnknownHandler, create_handler
-from .serve.proxy import Backends, ProxyResource
+from .serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
 from .tls.sources import FilesSource, SelfSignedSource
 from .tls.store import CertificateStore
 
@@ -122,6 +122,7 @@ class NodeService(MultiService):
             )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
+        self.proxy_timeouts = {p.port: p.proxy_timeout for p in config.serve}
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,
@@ -129,7 +130,12 @@ class NodeService(MultiService):
             overlay_addresses=[str(a.ip) for a in config.addresses],
             handlers=handlers if handlers is not None else build_handlers(config),
             proxy_factory=lambda target, prefix, flow: ProxyResource(
-                target, prefix, flow, reactor, self.backends
+                target,
+                prefix,
+                flow,
+                reactor,
+                self.backends,
+                timeout=self.proxy_timeouts.get(flow.port, DEFAULT_TIMEOUT),
             ),
         )
         self.ingress = IngressResource(

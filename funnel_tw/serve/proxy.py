@@ -3,6 +3,9 @@
 - Bodies stream both ways with backpressure: the upload through :mod:`.streaming` into an
   HTTP/1.1 keep-alive pool to the backend (twisted.web.client.Agent), the response back through
   the client's HTTP/1.1 or HTTP/2 connection, pausing the backend while the client is slow.
+- Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. On responses, headers a
+  backend names in its own ``Connection`` header cannot be recognised (Twisted's client keeps
+  that header to itself) and pass through.
 - Headers as tailscaled sets them: client-sent ``Forwarded`` and ``X-Forwarded-*`` are
   dropped; ``X-Forwarded-Host`` (the original Host), ``X-Forwarded-Proto: https`` and
   ``X-Forwarded-For: <client ip>`` are set; the Tailscale identity headers a client might forge
@@ -54,6 +57,8 @@ HOP_BY_HOP = {
     b"upgrade",
 }
 DROPPED = {
+    # our own front already answered any "100-continue"; the backend client cannot do it
+    b"expect",
     b"forwarded",
     b"tailscale-user-login",
     b"tailscale-user-name",
@@ -181,15 +186,23 @@ class Backends:
         return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
 
 
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    """Header names a Connection header declares hop-by-hop."""
+    tokens: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
 def forwarded_headers(request: Request, flow: Flow, keep_upgrade: bool = False) -> Headers:
     out = Headers()
-    connection_tokens: set[bytes] = set()
-    for value in request.requestHeaders.getRawHeaders(b"connection", []):
-        connection_tokens.update(t.strip().lower() for t in value.split(b","))
+    connection_tokens = _connection_tokens(request.requestHeaders)
     for name, values in request.requestHeaders.getAllRawHeaders():
         lower = name.lower()
         if lower in DROPPED or lower.startswith(b"x-forwarded-"):
             continue
+        if lower == b"content-length" and not keep_upgrade:
+            continue  # the backend client frames the body itself (never twice: smuggling)
         upgrade_kept = keep_upgrade and lower in (b"upgrade", b"connection")
         if (lower in HOP_BY_HOP or lower in connection_tokens) and not upgrade_kept:
             continue
@@ -270,7 +283,13 @@ class ProxyResource(Resource):
                 body = client.FileBodyProducer(_bytes_io(content))
         agent = self.backends.agent_for(self.target)
         d = agent.request(request.method, self.target.agent_url(outgoing), headers, body)
-        timeout = self.reactor.callLater(self.timeout, d.cancel)
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timeout = self.reactor.callLater(self.timeout, expire)
         finished = request.notifyFinish()
         finished.addErrback(lambda _: d.cancel())  # the client went away
 
@@ -278,8 +297,9 @@ class ProxyResource(Resource):
             if timeout.active():
                 timeout.cancel()
             request.setResponseCode(response.code, response.phrase)
+            listed = _connection_tokens(response.headers)
             for name, values in response.headers.getAllRawHeaders():
-                if name.lower() not in HOP_BY_HOP:
+                if name.lower() not in HOP_BY_HOP and name.lower() not in listed:
                     request.responseHeaders.setRawHeaders(name, values)
             if request.method == b"HEAD" or response.code in (204, 304):
                 response.deliverBody(protocol.Protocol())
@@ -292,7 +312,7 @@ class ProxyResource(Resource):
         def failed(failure: Failure) -> None:
             if getattr(request, "_disconnected", False) or request.finished:
                 return
-            if failure.check(defer.CancelledError) and not timeout.active():
+            if timed_out:
                 code, message = 504, "Gateway Timeout"
             else:
                 code, message = 502, "Bad Gateway"

@@ -58,15 +58,21 @@ class BodySource:
         if self.consumer is not None and self._done is not None and not self._done.called:
             self._done.callback(None)
 
+    def _reader(self) -> Any:
+        """What stops the client's upload: the connection for HTTP/1.1 (the channel's own
+        pause is about the response), the stream's flow control for HTTP/2."""
+        channel = self.request.channel
+        return getattr(channel, "_networkProducer", channel)
+
     def _pause_client(self) -> None:
-        if not self._paused_client:
+        if not self._paused_client and self.request.channel is not None:
             self._paused_client = True
-            self.request.channel.pauseProducing()
+            self._reader().pauseProducing()
 
     def _resume_client(self) -> None:
-        if self._paused_client:
+        if self._paused_client and self.request.channel is not None:
             self._paused_client = False
-            self.request.channel.resumeProducing()
+            self._reader().resumeProducing()
 
     # IBodyProducer, driven by the backend connection
     def startProducing(self, consumer: IConsumer) -> defer.Deferred[None]:

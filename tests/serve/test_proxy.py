@@ -1,0 +1,179 @@
+"""The streaming reverse proxy through the ingress path: curl (HTTP/1.1, HTTP/2), a WebSocket
+client (wsproto) over TLS, large bodies both ways, dead and hung backends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import ssl
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.trial.unittest import TestCase
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
+
+from .backend import HungBackend, WebSocketEcho, backend_site, listen
+from .harness import HOSTNAME, ServeHarness, run
+
+
+class ProxyTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        if shutil.which("curl") is None:
+            self.skipTest("curl not installed")
+        backend = listen(backend_site())
+        self.addCleanup(backend.stopListening)
+        hung = listen(protocol.Factory.forProtocol(HungBackend))
+        self.addCleanup(hung.stopListening)
+        ws = listen(protocol.Factory.forProtocol(WebSocketEcho))
+        self.addCleanup(ws.stopListening)
+        b, h, w = backend.getHost().port, hung.getHost().port, ws.getHost().port
+        self.h = ServeHarness(
+            self,
+            f"""[serve 443]
+funnel = yes
+proxy-timeout = 1
+/ = http://127.0.0.1:{b}
+/api = http://127.0.0.1:{b}/base
+/dead/ = http://127.0.0.1:1
+/hung = http://127.0.0.1:{h}
+/ws = http://127.0.0.1:{w}
+""",
+        )
+        self.front, self.port = self.h.front(443)
+
+    async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
+        return await run(
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            self.h.ca_file,
+            "--resolve",
+            f"{HOSTNAME}:{self.port}:127.0.0.1",
+            f"https://{HOSTNAME}:{self.port}{path}",
+            *extra,
+        )
+
+    async def echo(self, path: str, *extra: str) -> dict[str, Any]:
+        code, out, err = await self.curl(path, *extra)
+        self.assertEqual(code, 0, err)
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    async def test_headers_http1_and_http2(self) -> None:
+        for version in ("--http1.1", "--http2"):
+            seen = await self.echo(
+                "/x/y?q=1",
+                version,
+                "-H",
+                "X-Forwarded-For: 6.6.6.6",
+                "-H",
+                "Forwarded: for=6.6.6.6",
+                "-H",
+                "X-Forwarded-Proto: http",
+                "-H",
+                "Tailscale-User-Login: mallory",
+                "-H",
+                "Tailscale-Funnel-Request: ?0",
+                "-H",
+                "Tailscale-Headers-Info: x",
+                "-H",
+                "X-Custom: kept",
+            )
+            headers = seen["headers"]
+            self.assertEqual(seen["uri"], "/x/y?q=1")
+            # one value: the public client (the test front reports curl's loopback address)
+            self.assertEqual(headers["x-forwarded-for"], ["127.0.0.1"])
+            self.assertEqual(headers["x-forwarded-proto"], ["https"])
+            self.assertEqual(headers["x-forwarded-host"], [f"{HOSTNAME}:{self.port}"])
+            self.assertEqual(headers["host"], [f"{HOSTNAME}:{self.port}"])  # unchanged
+            self.assertEqual(headers["tailscale-funnel-request"], ["?1"])
+            self.assertNotIn("forwarded", headers)
+            self.assertNotIn("tailscale-user-login", headers)
+            self.assertNotIn("tailscale-headers-info", headers)
+            self.assertEqual(headers["x-custom"], ["kept"])
+
+    async def test_hop_by_hop_response_headers_dropped(self) -> None:
+        code, out, err = await self.curl("/h", "-D", "-", "-o", "/dev/null")
+        self.assertEqual(code, 0, err)
+        head = out.lower()
+        self.assertIn(b"x-backend: yes", head)
+        self.assertNotIn(b"proxy-authenticate", head)
+
+    async def test_prefix_stripped_and_target_path_prepended(self) -> None:
+        self.assertEqual((await self.echo("/api/v1/things?a=b"))["uri"], "/base/v1/things?a=b")
+        self.assertEqual((await self.echo("/api"))["uri"], "/base")
+        self.assertEqual((await self.echo("/apix"))["uri"], "/apix")  # the "/" mount
+
+    async def test_upload_streams(self) -> None:
+        data = os.urandom(3 << 20)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        for version in ("--http1.1", "--http2"):
+            for how in (
+                ["--data-binary", f"@{path}"],
+                ["-T", path, "-H", "Transfer-Encoding: chunked"],
+            ):
+                seen = await self.echo("/up", version, *how)
+                self.assertEqual(seen["bytes"], len(data), (version, how))
+                self.assertEqual(seen["sha256"], hashlib.sha256(data).hexdigest())
+
+    async def test_download_streams(self) -> None:
+        size = 8 << 20
+        expected = hashlib.sha256((bytes(range(256)) * 4096 * 8)[:size]).hexdigest()
+        for version in ("--http1.1", "--http2"):
+            code, out, err = await self.curl(f"/download/{size}", version)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(len(out), size)
+            self.assertEqual(hashlib.sha256(out).hexdigest(), expected)
+
+    async def test_dead_backend_502(self) -> None:
+        code, out, err = await self.curl("/dead/x", "-o", "/dev/null", "-w", "%{http_code}")
+        self.assertEqual(out, b"502")
+
+    async def test_hung_backend_504(self) -> None:
+        code, out, err = await self.curl("/hung", "-o", "/dev/null", "-w", "%{http_code}")
+        self.assertEqual(out, b"504")
+
+    async def test_websocket(self) -> None:
+        answers = await threads.deferToThread(self._websocket_client, ["hello", "again"])
+        self.assertEqual(answers, ["echo: hello", "echo: again"])
+
+    def _websocket_client(self, messages: list[str]) -> list[str]:
+        import socket
+
+        context = ssl.create_default_context(cafile=self.h.ca_file)
+        context.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        sock = context.wrap_socket(raw, server_hostname=HOSTNAME)
+        ws = WSConnection(ConnectionType.CLIENT)
+        sock.sendall(ws.send(Request(host=HOSTNAME, target="/ws")))
+        answers: list[str] = []
+        pending = list(messages)
+        accepted = False
+        while len(answers) < len(messages):
+            data = sock.recv(65536)
+            if not data:
+                break
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    accepted = True
+                    sock.sendall(ws.send(Message(data=pending.pop(0))))
+                elif isinstance(event, TextMessage):
+                    answers.append(event.data)
+                    if pending:
+                        sock.sendall(ws.send(Message(data=pending.pop(0))))
+        assert accepted
+        sock.sendall(ws.send(CloseConnection(code=1000)))
+        sock.close()
+        return answers
+
+
+__all__ = ["defer"]
