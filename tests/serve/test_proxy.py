@@ -10,7 +10,7 @@ import shutil
 import ssl
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, protocol, threads
 from twisted.trial.unittest import TestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
@@ -134,11 +134,11 @@ proxy-timeout = 1
             self.assertEqual(hashlib.sha256(out).hexdigest(), expected)
 
     async def test_dead_backend_502(self) -> None:
-        code, out, err = await self.curl("/dead/x", "-o", "/dev/null", "-w", "%{http_code}")
+        _, out, _ = await self.curl("/dead/x", "-o", "/dev/null", "-w", "%{http_code}")
         self.assertEqual(out, b"502")
 
     async def test_hung_backend_504(self) -> None:
-        code, out, err = await self.curl("/hung", "-o", "/dev/null", "-w", "%{http_code}")
+        _, out, _ = await self.curl("/hung", "-o", "/dev/null", "-w", "%{http_code}")
         self.assertEqual(out, b"504")
 
     async def test_websocket(self) -> None:
