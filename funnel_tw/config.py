@@ -167,6 +167,10 @@ class RelayConfig:
     max_connections: int
     mtu: int
     nodes: tuple[RelayNode, ...]
+    max_connections_per_ip: int = 256
+    idle_timeout: float = 600.0
+    http_redirect_port: int | None = None
+    shutdown_timeout: float = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -974,6 +978,10 @@ _RELAY_KEYS = (
     "public-ports",
     "client-hello-timeout",
     "max-connections",
+    "max-connections-per-ip",
+    "idle-timeout",
+    "http-redirect-port",
+    "shutdown-timeout",
     "mtu",
 )
 _RELAY_NODE_KEYS = (
@@ -1019,6 +1027,12 @@ def _relay(section: _Section) -> RelayConfig | None:
     public_ports = section.opt("public-ports", _ports, (443,))
     timeout = section.opt("client-hello-timeout", _seconds, 10.0)
     max_connections = section.opt("max-connections", lambda v: _int(v, 1, 1_000_000), 10000)
+    per_ip = section.opt("max-connections-per-ip", lambda v: _int(v, 1, 1_000_000), 256)
+    idle_timeout = section.opt("idle-timeout", _seconds, 600.0)
+    redirect_port = section.opt("http-redirect-port", _port, None)
+    shutdown_timeout = section.opt("shutdown-timeout", _seconds, 10.0)
+    if redirect_port is not None and redirect_port in public_ports:
+        section.error("http-redirect-port", "is also one of public-ports")
     if wireguard is None:
         return None
     return RelayConfig(
@@ -1032,6 +1046,10 @@ def _relay(section: _Section) -> RelayConfig | None:
         max_connections=max_connections,
         mtu=wireguard.mtu,
         nodes=(),
+        max_connections_per_ip=per_ip,
+        idle_timeout=idle_timeout,
+        http_redirect_port=redirect_port,
+        shutdown_timeout=shutdown_timeout,
     )
 
 

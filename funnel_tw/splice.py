@@ -43,9 +43,12 @@ class SpliceEnd(protocol.Protocol):
         self.lost = False
         self.received = 0
         self.on_lost: Any = None  # called once with the reason when this end is gone
+        self.on_activity: Any = None  # called on every chunk (idle timeouts)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
+        if self.on_activity is not None:
+            self.on_activity()
         if self.other is not None and self.other.transport is not None:
             self.other.transport.write(data)
             return

@@ -1,15 +1,20 @@
-"""RelayService: the relay daemon's overlay (public listeners come in the relay layer)."""
+"""RelayService: the relay daemon: the overlay, the public listeners, graceful shutdown."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import RelayConfig
 from ..node import OverlayService
 from ..overlay.interface import OverlayInterface
+from .public import ConnectionLimits, PublicFactory
+from .redirect import redirect_site
+from .routes import Routes
 
 log = Logger()
 
@@ -21,6 +26,7 @@ class RelayService(MultiService):
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        self.reactor = reactor
         self.config = config
         self.overlay = OverlayInterface(
             reactor,
@@ -31,6 +37,20 @@ class RelayService(MultiService):
             mtu=config.mtu,
         )
         OverlayService(self.overlay).setServiceParent(self)
+        self.routes = Routes(config.nodes)
+        self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        self.ports: list[IListeningPort] = []
+
+    def factory_for(self, public_port: int) -> PublicFactory:
+        return PublicFactory(
+            reactor=self.reactor,
+            routes=self.routes,
+            node_endpoint=lambda host, port: self.overlay.client_endpoint(host, port, 10.0),
+            public_port=public_port,
+            client_hello_timeout=self.config.client_hello_timeout,
+            idle_timeout=self.config.idle_timeout,
+            limits=self.limits,
+        )
 
     def startService(self) -> None:
         log.info(
@@ -39,3 +59,47 @@ class RelayService(MultiService):
             nodes=len(self.config.nodes),
         )
         super().startService()
+        address = self.config.public_address
+        try:
+            for port in self.config.public_ports:
+                self.ports.append(
+                    self.reactor.listenTCP(
+                        port, self.factory_for(port), interface=address, backlog=1024
+                    )
+                )
+            if self.config.http_redirect_port is not None:
+                https_port = self.config.public_ports[0]
+                self.ports.append(
+                    self.reactor.listenTCP(
+                        self.config.http_redirect_port, redirect_site(https_port), interface=address
+                    )
+                )
+        except OSError as e:
+            raise SystemExit(f"funnel-tw relay: cannot listen on {address}: {e}") from None
+        log.info(
+            "relay listening on {address} ports {ports}",
+            address=address,
+            ports=", ".join(str(self.public_port(i)) for i in range(len(self.ports))),
+        )
+
+    def public_port(self, index: int = 0) -> int:
+        return int(getattr(self.ports[index].getHost(), "port", 0))
+
+    async def _stop(self) -> None:
+        for port in self.ports:
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
+        self.ports = []
+        open_now = len(self.limits.open)
+        if open_now:
+            log.info(
+                "draining {n} connections for up to {t} s",
+                n=open_now,
+                t=self.config.shutdown_timeout,
+            )
+        await self.limits.drain(self.reactor, self.config.shutdown_timeout)
+        await super().stopService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())

@@ -1,0 +1,295 @@
+"""The relay's public side: accept, read the ClientHello, ask the node, splice.
+
+For each public connection:
+
+1. read the TLS ClientHello (sans-IO parser) within ``client-hello-timeout``; no SNI, an
+   unknown name, a malformed or oversized hello or a timeout closes the connection (counted);
+2. open TCP over the overlay to the node's peerAPI and send ``POST /v0/ingress``; anything but
+   the exact 101 closes the public connection;
+3. replay the buffered ClientHello to the node and splice the two connections until both
+   sides are done. The relay never holds a key that could decrypt the stream.
+
+Limits: ``max-connections`` in all, ``max-connections-per-ip`` per source address, and an
+idle timeout on spliced connections. Shutdown stops accepting and lets open connections drain
+for ``shutdown-timeout`` seconds before closing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import splice
+from ..config import RelayNode
+from .clienthello import ClientHelloError, ClientHelloParser
+from .ingress import IngressClientEnd, ingress_request
+from .routes import Routes
+
+log = Logger()
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Prebuilt(protocol.Factory):
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+
+class PublicConnection(splice.SpliceEnd):
+    """One public client, from its first byte until the splice ends."""
+
+    def __init__(self, factory: PublicFactory, public_port: int) -> None:
+        super().__init__("public")
+        self.factory = factory
+        self.public_port = public_port
+        self.parser = ClientHelloParser()
+        self.state = "hello"
+        self.source = ("", 0)
+        self.node_end: IngressClientEnd | None = None
+        self._timer: IDelayedCall | None = None
+        self.last_activity = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.source = (peer.host, peer.port)
+        if not self.factory.admit(self):
+            self.transport.abortConnection()
+            return
+        reactor = self.factory.reactor
+        self.last_activity = reactor.seconds()
+        self._timer = reactor.callLater(self.factory.client_hello_timeout, self._hello_timeout)
+
+    def _hello_timeout(self) -> None:
+        self._timer = None
+        if self.state in ("hello", "ingress"):
+            self.factory.count("client_hello_timeout" if self.state == "hello" else "node_timeout")
+            self._close(
+                f"no {'ClientHello' if self.state == 'hello' else 'answer from node'} in time"
+            )
+
+    def _close(self, why: str) -> None:
+        log.debug(
+            "public connection from {src} closed: {why}", src=host_port(*self.source), why=why
+        )
+        self.state = "closed"
+        if self.node_end is not None and self.node_end.transport is not None:
+            self.node_end.transport.abortConnection()
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.release(self)
+        node_transport = self.node_end.transport if self.node_end is not None else None
+        if self.state != "spliced" and node_transport is not None:
+            node_transport.abortConnection()
+        self.state = "closed"
+        super().connectionLost(reason)
+
+    # --- the ClientHello -------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_activity = self.factory.reactor.seconds()
+        if self.state == "spliced":
+            super().dataReceived(data)
+            return
+        if self.state != "hello":
+            # bytes after the hello, before the node answered: kept for the replay
+            self.parser.buffer += data
+            if len(self.parser.buffer) > 2 * self.parser.max_hello:
+                self.factory.count("early_data_overflow")
+                self._close("too much data before the node answered")
+            return
+        try:
+            hello = self.parser.feed(data)
+        except ClientHelloError as e:
+            self.factory.count("bad_client_hello")
+            self._close(str(e))
+            return
+        if hello is None:
+            return
+        if hello.server_name is None:
+            self.factory.count("no_sni")
+            self._close("no SNI")
+            return
+        node = self.factory.routes.lookup(hello.server_name)
+        if node is None:
+            self.factory.count("unknown_name")
+            self._close(f"no node serves {hello.server_name}")
+            return
+        self.state = "ingress"
+        self.transport.pauseProducing()
+        self._ask_node(node, hello.server_name)
+
+    # --- the node ---------------------------------------------------------------------------
+
+    def _ask_node(self, node: RelayNode, server_name: str) -> None:
+        peerapi_ip, peerapi_port = node.peerapi
+        request = ingress_request(
+            host_port(str(peerapi_ip), peerapi_port),
+            self.source,
+            f"{server_name}:{self.public_port}",
+        )
+        self.node_end = IngressClientEnd(request, self._accepted, self._refused)
+        self.node_name = node.name
+        endpoint = self.factory.node_endpoint(str(peerapi_ip), peerapi_port)
+        d = endpoint.connect(_Prebuilt(self.node_end))
+        d.addErrback(self._unreachable)
+
+    def _unreachable(self, failure: Failure) -> None:
+        if self.state == "closed":
+            return
+        self.factory.count("node_unreachable")
+        log.info(
+            "node {node} unreachable for {src}: {error}",
+            node=self.node_name,
+            src=host_port(*self.source),
+            error=failure.getErrorMessage(),
+        )
+        self._close("node unreachable")
+
+    def _refused(self, why: str) -> None:
+        if self.state == "closed":
+            return
+        self.factory.count("node_refused")
+        log.info(
+            "node {node} refused {src}: {why}",
+            node=self.node_name,
+            src=host_port(*self.source),
+            why=why,
+        )
+        self._close(why)
+
+    def _accepted(self, node_end: IngressClientEnd) -> None:
+        if self.state != "ingress":
+            node_end.transport.abortConnection()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.state = "spliced"
+        self.factory.count("spliced")
+        node_end.transport.write(self.parser.raw)  # the ClientHello, exactly as received
+        self.parser = ClientHelloParser()  # drop the buffered copy
+        splice.join(self, node_end)
+        self.transport.resumeProducing()
+        self._timer = self.factory.reactor.callLater(self.factory.idle_timeout, self._idle)
+        node_end.on_activity = self._touch
+
+    def _touch(self) -> None:
+        self.last_activity = self.factory.reactor.seconds()
+
+    def _idle(self) -> None:
+        self._timer = None
+        reactor = self.factory.reactor
+        quiet = reactor.seconds() - self.last_activity
+        if quiet >= self.factory.idle_timeout:
+            self.factory.count("idle_closed")
+            self._close("idle")
+        else:
+            self._timer = reactor.callLater(self.factory.idle_timeout - quiet, self._idle)
+
+
+class PublicFactory(protocol.Factory):
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        routes: Routes,
+        node_endpoint: Callable[[str, int], IStreamClientEndpoint],
+        public_port: int,
+        client_hello_timeout: float,
+        idle_timeout: float,
+        limits: ConnectionLimits,
+    ) -> None:
+        self.reactor = reactor
+        self.routes = routes
+        self.node_endpoint = node_endpoint
+        self.public_port = public_port
+        self.client_hello_timeout = client_hello_timeout
+        self.idle_timeout = idle_timeout
+        self.limits = limits
+
+    def buildProtocol(self, addr: Any) -> PublicConnection:
+        return PublicConnection(self, self.public_port)
+
+    def count(self, what: str) -> None:
+        self.limits.count(what)
+
+    def admit(self, conn: PublicConnection) -> bool:
+        return self.limits.admit(conn)
+
+    def release(self, conn: PublicConnection) -> None:
+        self.limits.release(conn)
+
+
+class ConnectionLimits:
+    """Connection counts shared by all public ports; also the relay's counters."""
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.open: set[PublicConnection] = set()
+        self.per_ip: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
+        self.accepting = True
+        self._drained: defer.Deferred[None] | None = None
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def admit(self, conn: PublicConnection) -> bool:
+        ip = conn.source[0]
+        if not self.accepting:
+            self.count("refused_shutting_down")
+            return False
+        if len(self.open) >= self.max_total:
+            self.count("refused_max_connections")
+            return False
+        if self.per_ip.get(ip, 0) >= self.max_per_ip:
+            self.count("refused_per_ip")
+            return False
+        self.open.add(conn)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.count("accepted")
+        return True
+
+    def release(self, conn: PublicConnection) -> None:
+        if conn not in self.open:
+            return
+        self.open.discard(conn)
+        ip = conn.source[0]
+        left = self.per_ip.get(ip, 1) - 1
+        if left:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
+        if not self.open and self._drained is not None and not self._drained.called:
+            self._drained.callback(None)
+
+    def drain(self, reactor: Any, timeout: float) -> defer.Deferred[None]:
+        """Stop admitting; fire when every connection is gone, closing stragglers at timeout."""
+        self.accepting = False
+        if not self.open:
+            return defer.succeed(None)
+        self._drained = defer.Deferred()
+
+        def force() -> None:
+            for conn in list(self.open):
+                conn.transport.abortConnection()
+
+        call = reactor.callLater(timeout, force)
+        self._drained.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return self._drained
