@@ -40,6 +40,9 @@ def _free_port(kind: int) -> int:
 class _Backend(resource.Resource):
     isLeaf = True
 
+    def __init__(self) -> None:
+        resource.Resource.__init__(self)  # type: ignore[no-untyped-call]
+
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         forwarded = (request.getHeader(b"x-forwarded-for") or b"?").decode()
