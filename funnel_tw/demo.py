@@ -41,7 +41,7 @@ class _Backend(resource.Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        resource.Resource.__init__(self)  # type: ignore[no-untyped-call]
+        resource.Resource.__init__(self)
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
