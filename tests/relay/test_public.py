@@ -1,0 +1,256 @@
+"""The relay's public side in process (relay + node + backend on loopback, real reactor):
+routing, refusals, limits, timeouts, drain and the HTTP redirect."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+
+from funnel_tw import keys
+from funnel_tw.config import load_node_config, load_relay_config
+from funnel_tw.node import NodeService
+from funnel_tw.relay.service import RelayService
+
+from .test_clienthello import real_hello
+
+NAME = "node.example.test"
+
+
+class Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        return b"hello from the backend"
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Funnel:
+    """relay.ini + node.ini in a folder, both services running in this process."""
+
+    def __init__(self, test: TestCase, relay_extra: str = "", funnel: bool = True) -> None:
+        self.dir = Path(test.mktemp()).absolute()
+        self.dir.mkdir()
+        backend = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
+        test.addCleanup(backend.stopListening)
+        rk, nk = keys.generate_private_key(), keys.generate_private_key()
+        wg = _free(socket.SOCK_DGRAM)
+        self.public = _free(socket.SOCK_STREAM)
+        self.redirect = _free(socket.SOCK_STREAM)
+        (self.dir / "relay.ini").write_text(f"""[relay]
+private-key = {keys.encode_key(rk)}
+listen-port = {wg}
+address = 100.64.0.1/32
+public-address = 127.0.0.1
+public-ports = {self.public}
+http-redirect-port = {self.redirect}
+{relay_extra}
+
+[node n]
+public-key = {keys.encode_key(keys.public_key(nk))}
+allowed-ips = 100.64.0.2/32
+hostnames = {NAME}, *.apps.example.test
+peerapi = 100.64.0.2:41642
+""")
+        (self.dir / "node.ini").write_text(f"""[node]
+private-key = {keys.encode_key(nk)}
+listen-port = 0
+address = 100.64.0.2/32
+hostname = {NAME}, x.apps.example.test
+
+[peer relay]
+public-key = {keys.encode_key(keys.public_key(rk))}
+endpoint = 127.0.0.1:{wg}
+allowed-ips = 100.64.0.1/32
+persistent-keepalive = 25
+funnel-ingress = yes
+
+[serve {self.public}]
+funnel = {"yes" if funnel else "no"}
+/ = http://127.0.0.1:{backend.getHost().port}
+""")
+        self.relay = RelayService(load_relay_config(self.dir / "relay.ini"), reactor)
+        self.node = NodeService(load_node_config(self.dir / "node.ini"), reactor)
+        self.relay.startService()
+        self.node.startService()
+        self.stopped = False
+        test.addCleanup(self.stop)
+        self.ca = str(self.node.config.state_dir / "tls" / "ca.pem")
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await self.node.stopService()
+            await self.relay.stopService()
+
+    async def ready(self) -> None:
+        for _ in range(100):
+            if self.relay.overlay.device.handshakes_completed:
+                return
+            await sleep(0.05)
+        raise AssertionError("no WireGuard handshake between node and relay")
+
+    def counters(self) -> dict[str, int]:
+        return self.relay.limits.counters
+
+    def get(self, name: str = NAME) -> bytes:
+        """An HTTPS GET through the relay (blocking: run it in a thread)."""
+        context = ssl.create_default_context(cafile=self.ca)
+        with (
+            socket.create_connection(("127.0.0.1", self.public), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {name}\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+        return answer
+
+
+def _free(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def raw_exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, float]:
+    """Send ``data``; return what came back and how long until the relay closed."""
+
+    def go() -> tuple[bytes, float]:
+        import time
+
+        started = time.monotonic()
+        received = b""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+                if data:
+                    s.sendall(data)
+                while chunk := s.recv(4096):
+                    received += chunk
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass  # refused connections are reset at once
+        return received, time.monotonic() - started
+
+    return await threads.deferToThread(go)
+
+
+class RelayTests(TestCase):
+    timeout = 60
+
+    async def test_routes_to_the_node(self) -> None:
+        f = Funnel(self)
+        await f.ready()
+        answer = await threads.deferToThread(f.get)
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200"), answer[:60])
+        self.assertTrue(answer.endswith(b"hello from the backend"))
+        self.assertEqual(f.counters()["spliced"], 1)
+
+    async def test_wildcard_route(self) -> None:
+        f = Funnel(self)
+        await f.ready()
+        answer = await threads.deferToThread(f.get, "x.apps.example.test")
+        self.assertTrue(answer.endswith(b"hello from the backend"))
+
+    async def test_garbage_first_byte_closed_at_once(self) -> None:
+        f = Funnel(self)
+        received, took = await raw_exchange(f.public, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(received, b"")
+        self.assertLess(took, 2)
+        self.assertEqual(f.counters()["bad_client_hello"], 1)
+
+    async def test_slowloris_hello_timed_out(self) -> None:
+        f = Funnel(self, "client-hello-timeout = 1")
+        received, took = await raw_exchange(f.public, real_hello(NAME)[:20], wait=5)
+        self.assertEqual(received, b"")
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 3)
+        self.assertEqual(f.counters()["client_hello_timeout"], 1)
+
+    async def test_no_sni_and_unknown_name(self) -> None:
+        f = Funnel(self)
+        await raw_exchange(f.public, real_hello(None))
+        await raw_exchange(f.public, real_hello("other.example.test"))
+        await raw_exchange(f.public, real_hello("a.b.apps.example.test"))
+        self.assertEqual(f.counters()["no_sni"], 1)
+        self.assertEqual(f.counters()["unknown_name"], 2)
+
+    async def test_node_refuses_port_without_funnel(self) -> None:
+        f = Funnel(self, funnel=False)
+        await f.ready()
+        received, _ = await raw_exchange(f.public, real_hello(NAME))
+        self.assertEqual(received, b"")  # the relay never answers for the node
+        self.assertEqual(f.counters()["node_refused"], 1)
+        self.assertEqual(f.node.ingress.counters["ingress_403"], 1)
+
+    async def test_per_ip_limit(self) -> None:
+        f = Funnel(self, "max-connections-per-ip = 3")
+        held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(3)]
+        self.addCleanup(lambda: [s.close() for s in held])
+        await sleep(0.2)
+        received, took = await raw_exchange(f.public, b"")
+        self.assertEqual(received, b"")
+        self.assertLess(took, 2)
+        self.assertEqual(f.counters()["refused_per_ip"], 1)
+        self.assertEqual(len(f.relay.limits.open), 3)
+
+    async def test_max_connections(self) -> None:
+        f = Funnel(self, "max-connections = 2")
+        held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(2)]
+        self.addCleanup(lambda: [s.close() for s in held])
+        await sleep(0.2)
+        await raw_exchange(f.public, b"")
+        self.assertEqual(f.counters()["refused_max_connections"], 1)
+
+    async def test_idle_spliced_connection_closed(self) -> None:
+        f = Funnel(self, "idle-timeout = 1")
+        await f.ready()
+
+        def idle() -> float:
+            import time
+
+            context = ssl.create_default_context(cafile=f.ca)
+            with socket.create_connection(("127.0.0.1", f.public), timeout=10) as raw:
+                tls = context.wrap_socket(raw, server_hostname=NAME)
+                started = time.monotonic()
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    tls.recv(1)  # the TLS session is up; stay silent
+                return time.monotonic() - started
+
+        took = await threads.deferToThread(idle)
+        self.assertLess(took, 5)
+        self.assertGreaterEqual(f.counters()["idle_closed"], 1)
+
+    async def test_drain_on_shutdown(self) -> None:
+        f = Funnel(self, "shutdown-timeout = 1")
+        await f.ready()
+        held = socket.create_connection(("127.0.0.1", f.public))
+        self.addCleanup(held.close)
+        await sleep(0.2)
+        started = reactor.seconds()
+        await f.relay.stopService()
+        f.stopped = True
+        await f.node.stopService()
+        took = reactor.seconds() - started
+        self.assertGreaterEqual(took, 0.9)  # it waited for the open connection
+        self.assertLess(took, 5)  # then closed it
+        self.assertEqual(len(f.relay.limits.open), 0)
+
+    async def test_http_redirect(self) -> None:
+        f = Funnel(self)
+        received, _ = await raw_exchange(
+            f.redirect, f"GET /a?b=1 HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n".encode()
+        )
+        self.assertTrue(received.startswith(b"HTTP/1.1 308 "), received[:40])
+        self.assertIn(f"location: https://{NAME}:{f.public}/a?b=1".encode(), received.lower())
+
+
+__all__: list[Any] = []
