@@ -25,8 +25,8 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m tests.run $(TESTS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check funnel_tw tests bench twisted
-	$(BIN)/ruff format --check funnel_tw tests bench twisted
+	$(BIN)/ruff check funnel_tw tests bench twisted examples
+	$(BIN)/ruff format --check funnel_tw tests bench twisted examples
 
 type: $(STAMP)
 	$(BIN)/mypy

@@ -1,12 +1,13 @@
-"""The `funnel-tw` command: key tools that match wg's, a config checker, and the demo.
+"""The `funnel-tw` command: key tools that match wg's, a config checker, status, and the demo.
 
-Exit codes: 0 success, 1 a bad key or config (a message on stderr, never a traceback), 2 bad
-command-line usage (argparse's own convention).
+Exit codes: 0 success, 1 a bad key or config, or no running node for `status` (a message on
+stderr, never a traceback), 2 bad command-line usage (argparse's own convention).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
 import sys
@@ -82,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
         )
     check.set_defaults(run=_check_config, kind=None)
 
+    status = sub.add_parser(
+        "status", help="ask the running node for its peers, serve and certificates"
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print the serve config as `tailscale serve status --json` does",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        default="node.ini",
+        help="the node's node.ini: its state-dir holds the socket (default: node.ini)",
+    )
+    where.add_argument(
+        "--socket", metavar="PATH", help="the local API socket (default: STATE-DIR/funnel-tw.sock)"
+    )
+    status.set_defaults(run=_status)
+
     # Listed for --help only: main() hands "demo ..." over before argparse sees it.
     sub.add_parser("demo", help="run a node, a relay and a backend on this machine", add_help=False)
     return parser
@@ -141,6 +162,10 @@ def _check_config(options: argparse.Namespace) -> int:
             config = load_relay_config(path)
         else:
             config = load_config(path)
+        if isinstance(config, NodeConfig):
+            from funnel_tw.serve.plugins import build_handlers
+
+            build_handlers(config)  # plugin handlers check their options too
     except ConfigError as e:
         for line in e.errors:
             sys.stderr.write(line + "\n")
@@ -157,6 +182,40 @@ def _check_config(options: argparse.Namespace) -> int:
 
 def _count(items: tuple[object, ...], noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _status(options: argparse.Namespace) -> int:
+    """Ask the running node over its local API (a UNIX socket in state-dir)."""
+    from funnel_tw import localapi
+
+    if options.socket is not None:
+        path = options.socket
+    elif not os.path.exists(options.config):
+        sys.stderr.write(
+            f"{PROG} status: {options.config} not found: "
+            "name the node's config with --config FILE or its socket with --socket PATH\n"
+        )
+        return 1
+    else:
+        try:
+            path = str(localapi.socket_path(load_node_config(options.config).state_dir))
+        except ConfigError as e:
+            for line in e.errors:
+                sys.stderr.write(line + "\n")
+            return 1
+    try:
+        if options.json:
+            doc = localapi.fetch(path, localapi.SERVE_STATUS_PATH)
+        else:
+            doc = localapi.fetch(path, localapi.STATUS_PATH)
+    except localapi.LocalAPIUnavailable as e:
+        sys.stderr.write(f"{PROG} status: {e}\n")
+        return 1
+    if options.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(localapi.format_status(doc))
+    return 0
 
 
 def _demo(argv: list[str]) -> int:

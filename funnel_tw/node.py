@@ -11,7 +11,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import ConfigError, NodeConfig, PeerConfig
+from .config import NodeConfig, PeerConfig
+from .localapi import LocalAPIService
 from .overlay.factory import build_overlay
 from .overlay.interface import OverlayInterface
 from .overlay.tun import TunError
@@ -20,7 +21,7 @@ from .peerapi.site import PeerAPIRoot, PeerAPISite
 from .serve.dispatch import Dispatcher
 from .serve.interfaces import Flow, IIngressHandler
 from .serve.model import ServeConfig
-from .serve.plugins import UnknownHandler, create_handler
+from .serve.plugins import build_handlers
 from .serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
 from .tls.sources import FilesSource, SelfSignedSource
 from .tls.store import CertificateStore
@@ -46,17 +47,39 @@ class OverlayService(Service):
         return super().stopService()  # type: ignore[no-any-return]
 
 
-def build_handlers(config: NodeConfig) -> dict[int, IIngressHandler]:
-    """Plugin handlers for ``[serve PORT] handler = NAME``, their options checked now."""
-    handlers: dict[int, IIngressHandler] = {}
-    for port in config.serve:
-        if port.handler is None:
-            continue
-        try:
-            handlers[port.port] = create_handler(port.handler, dict(port.options))
-        except (UnknownHandler, ValueError) as e:
-            raise ConfigError(f"{config.path}: [serve {port.port}] handler: {e}") from None
-    return handlers
+def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any) -> Any:
+    """``[tls] source = acme``: the issuing service with its responder and HTTP client."""
+    import treq
+    from twisted.internet import ssl
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+    from .tls.acme import ACMEClient
+    from .tls.challenges import DNSHookResponder, TLSALPNResponder
+    from .tls.issuer import ACMESource
+
+    tls = config.tls
+    assert tls.acme_directory is not None
+    trust = ssl.Certificate.loadPEM(tls.acme_ca_file.read_bytes()) if tls.acme_ca_file else None
+    http = treq.client.HTTPClient(
+        Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
+    )
+    directory = tls.acme_directory
+    if tls.acme_challenge == "dns-01":
+        assert tls.acme_dns_hook is not None
+        responder: Any = DNSHookResponder(tls.acme_dns_hook, reactor)
+    else:
+        responder = TLSALPNResponder(store)
+    return ACMESource(
+        store=store,
+        names=list(config.hostnames),
+        directory=config.state_dir / "acme",
+        client=None,
+        client_factory=lambda key: ACMEClient(directory, key, http, reactor),
+        email=tls.acme_email,
+        responder=responder,
+        fallback=SelfSignedSource(store, config.state_dir / "tls", reactor),
+        reactor=reactor,
+    )
 
 
 class _ServeFactory(Factory):
@@ -105,6 +128,7 @@ class NodeService(MultiService):
             # funnel-ingress peers (relays) reach the peerAPI port and nothing else
             restricted={p.name: ingress_port for p in config.peers if p.funnel_ingress},
         )
+        LocalAPIService(self, reactor).setServiceParent(self)  # first: a second node stops here
         OverlayService(self.overlay).setServiceParent(self)
         self.store = CertificateStore(config.hostnames)
         tls_dir = config.state_dir / "tls"
@@ -116,10 +140,7 @@ class NodeService(MultiService):
         elif config.tls.source == "self-signed":
             self.certificates = SelfSignedSource(self.store, tls_dir, reactor)
         else:
-            raise ConfigError(
-                f"{config.path}: [tls] source: {config.tls.source} is not "
-                "available in this version (use self-signed or files)"
-            )
+            self.certificates = build_acme_source(config, self.store, reactor)
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
         self.proxy_timeouts = {p.port: p.proxy_timeout for p in config.serve}
@@ -163,9 +184,7 @@ class NodeService(MultiService):
         return peer.name, bool(spec and spec.funnel_ingress)
 
     def admits_funnel(self, host: str, port: int) -> bool:
-        return host.lower() in self.config.hostnames and self.serve.admits_funnel(
-            host.lower(), port
-        )
+        return self.serve.admits_funnel(host, port)
 
     def accept(self, flow: Flow) -> IProtocol | None:
         return self.dispatcher.protocol_for(flow)

@@ -63,11 +63,15 @@ class SpliceEnd(protocol.Protocol):
         if other is None:
             return
         if other.transport is not None and not other.lost:
-            close_write = getattr(other.transport, "loseWriteConnection", None)
+            # looked up on the class: a TLS wrapper has no half-close of its own, and its
+            # attribute lookup would fall through to the TCP connection underneath
+            close_write = getattr(type(other.transport), "loseWriteConnection", None)
             if close_write is not None:
-                close_write()
+                close_write(other.transport)
                 other.write_done = True
             else:
+                # TLS sends close_notify only once no producer is registered
+                other.transport.unregisterProducer()
                 other.transport.loseConnection()
         self._maybe_finish()
 

@@ -34,7 +34,11 @@ class NodeOptions(_ConfigOptions):
     longdesc = "Run a funnel-tw node: WireGuard, peerAPI ingress, TLS and serve handlers."
 
     def load(self, path: str) -> NodeConfig:
-        return load_node_config(path)
+        from .serve.plugins import build_handlers
+
+        config = load_node_config(path)
+        self.handlers = build_handlers(config)  # plugin options are checked now
+        return config
 
 
 class RelayOptions(_ConfigOptions):
@@ -47,7 +51,7 @@ class RelayOptions(_ConfigOptions):
 def make_node_service(options: NodeOptions) -> IService:
     from .node import NodeService
 
-    return NodeService(options.loaded)
+    return NodeService(options.loaded, handlers=options.handlers)
 
 
 def make_relay_service(options: RelayOptions) -> IService:

@@ -131,6 +131,7 @@ class OverlayInterface:
             if call is not None and call.active():
                 call.cancel()
         self._flush_call = self._timer = None
+        self.stack.flush(self.reactor.seconds())  # owed ACKs (e.g. for a FIN) go out first
         for conn in list(self.stack.connections.values()):
             conn.abort()
         self._dispatch()

@@ -47,6 +47,11 @@ class ClientHelloParser:
         self.buffer += data
         if self.hello is not None:
             return self.hello
+        if self._offset == 0 and self.buffer:  # reject garbage at its first byte
+            if self.buffer[0] != _RECORD_HANDSHAKE:
+                raise ClientHelloError(f"not a TLS handshake record (first byte {self.buffer[0]})")
+            if len(self.buffer) > 1 and self.buffer[1] != 3:
+                raise ClientHelloError("not a TLS record version")
         while True:
             if len(self.buffer) - self._offset < 5:
                 return None

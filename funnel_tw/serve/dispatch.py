@@ -13,13 +13,19 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IProtocol,
+    IProtocolFactory,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from .. import splice
-from ..tls.store import HTTP_ALPN, CertificateStore
+from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
 from . import proxyproto
 from .interfaces import Flow, IIngressHandler
 from .model import ServeConfig, TCPPortHandler
@@ -44,6 +50,50 @@ class _Single(Factory):
 
     def buildProtocol(self, addr: Any) -> Any:
         return self.protocol_instance
+
+
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
+class CloseAfterACMEHandshake(Protocol):
+    """RFC 8737: a connection that negotiated ``acme-tls/1`` is closed right after its
+    handshake and never reaches the handler; every other one is passed straight through."""
+
+    def __init__(self, inner: IProtocol) -> None:
+        self.inner = inner
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        self.inner.makeConnection(transport)
+
+    def handshakeCompleted(self) -> None:
+        if getattr(self.transport, "negotiatedProtocol", None) == ACME_ALPN:
+            self.inner = _Discard()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        listener = IHandshakeListener(self.inner, None)
+        if listener is not None:
+            listener.handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None:
+            half.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None:
+            half.writeConnectionLost()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.inner.connectionLost(reason)
+
+
+class _Discard(Protocol):
+    pass
 
 
 class BackendConnector(splice.SpliceEnd):
@@ -118,7 +168,9 @@ class Dispatcher:
         return proxyproto.header(version, flow.client, (own, backend_port))
 
     def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
-        factory = TLSMemoryBIOFactory(self.store.creator(alpn), False, _Single(inner))
+        factory = TLSMemoryBIOFactory(
+            self.store.creator(alpn), False, _Single(CloseAfterACMEHandshake(inner))
+        )
         wrapped = factory.buildProtocol(None)
         assert wrapped is not None
         return wrapped
@@ -154,7 +206,8 @@ class Dispatcher:
             if protocol is None:
                 self.count("plugin_refused")
                 return None
-            return self._tls(protocol, HTTP_ALPN) if plugin.terminate_tls else protocol
+            alpn = tuple(getattr(plugin, "alpn", ()))  # a plugin may name its protocols
+            return self._tls(protocol, alpn) if plugin.terminate_tls else protocol
         self.count("no_handler")
         return None
 

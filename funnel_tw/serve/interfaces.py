@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IProtocol
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 
@@ -42,8 +43,9 @@ class IIngressHandler(Interface):
         """The Protocol for this flow, or None to refuse it (the connection is closed)."""
 
 
-class IIngressHandlerFactory(Interface):
-    """A named handler kind: what ``twisted.plugin.getPlugins`` finds."""
+class IIngressHandlerFactory(IPlugin):
+    """A named handler kind: what ``twisted.plugin.getPlugins`` finds (a plugin object must
+    provide IPlugin, which this interface extends, or getPlugins skips it)."""
 
     name = Attribute("The name used in [serve PORT] handler = NAME.")
 

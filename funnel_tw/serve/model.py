@@ -109,15 +109,31 @@ class ServeConfig:
                     funnel[f"{name}:{port.port}"] = True
         return cls(tcp, web, funnel, tuple(hostnames))
 
+    def site_name(self, host: str) -> str | None:
+        """The configured hostname serving ``host``: itself, or a ``*.suffix`` covering it."""
+        host = host.lower().rstrip(".")
+        if host in self.hostnames:
+            return host
+        label, dot, rest = host.partition(".")
+        if label and dot and f"*.{rest}" in self.hostnames:
+            return f"*.{rest}"
+        return None
+
     def admits_funnel(self, host: str, port: int) -> bool:
         """Tailscale's HasFunnelForTarget, plus a handler must exist for the port."""
-        return self.allow_funnel.get(f"{host}:{port}", False) and port in self.tcp
+        name = self.site_name(host)
+        return (
+            name is not None
+            and self.allow_funnel.get(f"{name}:{port}", False)
+            and (port in self.tcp)
+        )
 
     def admits_serve(self, port: int) -> bool:
         return port in self.tcp
 
     def mounts_for(self, host: str, port: int) -> dict[str, HTTPHandler] | None:
-        return self.web.get(f"{host}:{port}")
+        name = self.site_name(host)
+        return None if name is None else self.web.get(f"{name}:{port}")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

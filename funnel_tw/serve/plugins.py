@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from twisted.plugin import getPlugins
 
+from ..config import ConfigError, NodeConfig
 from .interfaces import IIngressHandler, IIngressHandlerFactory
 
 
@@ -22,6 +23,20 @@ def handler_factories() -> dict[str, IIngressHandlerFactory]:
     for factory in getPlugins(IIngressHandlerFactory, twisted.plugins):
         found.setdefault(factory.name, factory)
     return found
+
+
+def build_handlers(config: NodeConfig) -> dict[int, IIngressHandler]:
+    """Plugin handlers for ``[serve PORT] handler = NAME``, built (their options checked)
+    when the configuration is loaded, not at the first connection."""
+    handlers: dict[int, IIngressHandler] = {}
+    for port in config.serve:
+        if port.handler is None:
+            continue
+        try:
+            handlers[port.port] = create_handler(port.handler, dict(port.options))
+        except (UnknownHandler, ValueError) as e:
+            raise ConfigError(f"{config.path}: [serve {port.port}] handler: {e}") from None
+    return handlers
 
 
 def create_handler(name: str, options: Mapping[str, str]) -> IIngressHandler:

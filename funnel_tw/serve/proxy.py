@@ -143,7 +143,7 @@ class Backends:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.pool = client.HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 16
+        self.pool.maxPersistentPerHost = 64
         self.pool.cachedConnectionTimeout = 60
         self._agents: dict[str, client.Agent] = {}
 
@@ -289,7 +289,17 @@ class ProxyResource(Resource):
             timed_out.append(True)
             d.cancel()
 
+        # as Go's ResponseHeaderTimeout: the backend's time starts once the body is all sent
         timeout = self.reactor.callLater(self.timeout, expire)
+        if isinstance(body, BodySource) and not body.complete:
+            timeout.cancel()
+
+            def body_sent(_: object) -> None:
+                nonlocal timeout
+                if not d.called:
+                    timeout = self.reactor.callLater(self.timeout, expire)
+
+            body.received_all.addCallback(body_sent)
         finished = request.notifyFinish()
         finished.addErrback(lambda _: d.cancel())  # the client went away
 

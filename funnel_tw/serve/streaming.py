@@ -39,6 +39,7 @@ class BodySource:
         self.received = 0
         self._done: defer.Deferred[None] | None = None
         self._paused_client = False
+        self.received_all: defer.Deferred[None] = defer.Deferred()  # the client sent it all
 
     # fed by the request
     def feed(self, data: bytes) -> None:
@@ -55,6 +56,8 @@ class BodySource:
 
     def finish(self) -> None:
         self.complete = True
+        if not self.received_all.called:
+            self.received_all.callback(None)
         if self.consumer is not None and self._done is not None and not self._done.called:
             self._done.callback(None)
 

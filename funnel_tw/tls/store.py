@@ -80,6 +80,8 @@ class CertificateStore:
     def __init__(self, hostnames: Sequence[str]) -> None:
         self.hostnames = [h.lower() for h in hostnames]
         self._certs: dict[str, Certificate] = {}  # configured hostname -> certificate
+        self._challenges: dict[str, Certificate] = {}  # name -> tls-alpn-01 certificate
+        self._refusal = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
         self.counters: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -113,11 +115,19 @@ class CertificateStore:
                 return candidate
         return None
 
+    def set_challenge(self, name: str, key: PrivateKeyTypes, cert: x509.Certificate) -> None:
+        """Answer ``acme-tls/1`` handshakes for ``name`` with this certificate."""
+        self._challenges[name.lower()] = Certificate(key, [cert], source="tls-alpn-01")
+
+    def clear_challenge(self, name: str) -> None:
+        self._challenges.pop(name.lower(), None)
+
     def certificates(self) -> dict[str, Certificate]:
         return dict(self._certs)
 
     def serves(self, server_name: str) -> bool:
-        return any(name_matches(h, server_name.lower()) for h in self.hostnames)
+        name = server_name.lower().rstrip(".")
+        return any(name_matches(h, name) for h in self.hostnames)
 
     # --- contexts ---------------------------------------------------------------------------
 
@@ -125,25 +135,43 @@ class CertificateStore:
         """ALPN must be set on every context, the switched-to ones included."""
 
         def select(conn: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+            if ACME_ALPN in offered:
+                return self._acme_alpn(conn)
             for proto in alpn:
                 if proto in offered:
                     return proto
             return SSL.NO_OVERLAPPING_PROTOCOLS
 
-        if alpn:
-            ctx.set_alpn_select_callback(select)
+        ctx.set_alpn_select_callback(select)
 
         def on_server_name(conn: SSL.Connection) -> None:
             raw = conn.get_servername()
-            name = raw.decode("ascii", "replace") if raw else None
+            name = raw.decode("ascii", "replace").lower().rstrip(".") if raw else None
             cert = self.lookup(name)
             if cert is None or (name is not None and not self.serves(name)):
                 self._count("tls_unknown_server_name")
                 log.info("TLS handshake for unknown name {name!r} refused", name=name)
-                raise UnknownServerName(name)
+                # a context without any certificate: the handshake fails, cleanly, here
+                # (raising from this callback would only print a traceback)
+                conn.set_context(self._refusal)
+                return
             conn.set_context(cert.context(alpn, self))
 
         ctx.set_tlsext_servername_callback(on_server_name)
+
+    def _acme_alpn(self, conn: SSL.Connection) -> bytes | Any:
+        """RFC 8737: a validator's handshake gets the challenge certificate, nothing else."""
+        raw = conn.get_servername()
+        name = raw.decode("ascii", "replace").lower() if raw else ""
+        challenge = self._challenges.get(name)
+        if challenge is None:
+            self._count("tls_acme_alpn_without_challenge")
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+        conn.use_certificate(crypto.X509.from_cryptography(challenge.chain[0]))
+        conn.use_privatekey(crypto.PKey.from_cryptography_key(challenge.key))  # type: ignore[arg-type]
+        self._count("tls_alpn_01_answered")
+        log.info("answered a tls-alpn-01 validation for {name}", name=name)
+        return ACME_ALPN
 
     def creator(self, alpn: tuple[bytes, ...] = HTTP_ALPN) -> SNIServerCreator:
         return SNIServerCreator(self, alpn)

@@ -1,0 +1,139 @@
+"""Answering ACME challenges: the responder interface and its two built-in kinds.
+
+A responder starts answering one challenge for one name and stops afterwards:
+
+- ``tls-alpn-01`` (RFC 8737), in-process: while a challenge is pending for a name, a TLS
+  handshake for that name offering ``acme-tls/1`` gets a self-signed certificate carrying the
+  critical acmeIdentifier extension (the SHA-256 of the key authorization), and the connection
+  is closed after the handshake. Every other client keeps getting the normal certificate. The
+  ACME server's validator reaches the node through the relay like any public client.
+- ``dns-01``, through a hook executable called as ``HOOK set NAME VALUE`` and
+  ``HOOK clear NAME VALUE`` (NAME is ``_acme-challenge.<domain>``); for wildcard names and nodes
+  that are not funneled. DNS-provider plugins implement the same interface.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, utils
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from .acme import dns01_value
+from .store import CertificateStore
+
+log = Logger()
+
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+class IChallengeResponder(Interface):
+    challenge_type = Attribute("The ACME challenge type answered, e.g. 'tls-alpn-01'.")
+
+    def start_responding(name: str, token: str, key_authorization: str) -> defer.Deferred[None]:
+        """Begin answering; fires when the answer is in place (e.g. the DNS record is set)."""
+
+    def stop_responding(name: str, token: str, key_authorization: str) -> defer.Deferred[None]:
+        """Stop answering (also after a failed validation)."""
+
+
+class ChallengeError(Exception):
+    """A responder could not put its answer in place."""
+
+
+def tls_alpn_certificate(
+    name: str, key_authz: str
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """RFC 8737 3: a certificate for ``name`` with the acmeIdentifier extension."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authz.encode()).digest()
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        # the extension's value is the DER OCTET STRING holding the digest
+        .add_extension(
+            x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@implementer(IChallengeResponder)
+class TLSALPNResponder:
+    challenge_type = "tls-alpn-01"
+
+    def __init__(self, store: CertificateStore) -> None:
+        self.store = store
+
+    def start_responding(
+        self, name: str, token: str, key_authorization: str
+    ) -> defer.Deferred[None]:
+        self.store.set_challenge(name, *tls_alpn_certificate(name, key_authorization))
+        return defer.succeed(None)
+
+    def stop_responding(
+        self, name: str, token: str, key_authorization: str
+    ) -> defer.Deferred[None]:
+        self.store.clear_challenge(name)
+        return defer.succeed(None)
+
+
+@implementer(IChallengeResponder)
+class DNSHookResponder:
+    challenge_type = "dns-01"
+
+    def __init__(self, hook: Path, reactor: Any, timeout: float = 120.0) -> None:
+        self.hook = hook
+        self.reactor = reactor
+        self.timeout = timeout
+
+    async def _run(self, action: str, name: str, value: str) -> None:
+        record = f"_acme-challenge.{name.removeprefix('*.')}"
+        d = utils.getProcessOutputAndValue(
+            str(self.hook), (action, record, value), reactor=self.reactor
+        )
+        timer = self.reactor.callLater(self.timeout, d.cancel)
+        try:
+            out, err, code = await d
+        except defer.CancelledError:
+            raise ChallengeError(
+                f"{self.hook} {action} {record}: no answer after {self.timeout:.0f} s"
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        if code != 0:
+            said = (err or out).decode("utf-8", "replace").strip()[-500:]
+            raise ChallengeError(
+                f"{self.hook} {action} {record} failed with status {code}"
+                + (f": {said}" if said else "")
+            )
+
+    def start_responding(
+        self, name: str, token: str, key_authorization: str
+    ) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._run("set", name, dns01_value(key_authorization)))
+
+    def stop_responding(
+        self, name: str, token: str, key_authorization: str
+    ) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(
+            self._run("clear", name, dns01_value(key_authorization))
+        )

@@ -1,0 +1,1 @@
+"""End-to-end tests: the relay and nodes as separate twistd processes, real clients in front."""

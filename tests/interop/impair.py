@@ -1,0 +1,204 @@
+"""A seeded UDP impairment relay: delay, reordering and loss between two UDP endpoints.
+
+    python -m tests.interop.impair --listen HOST:PORT --forward HOST:PORT --seed S
+        [--delay-ms D] [--reorder-pct R] [--reorder-ms E] [--loss-pct L] [--duration S]
+
+Datagrams arriving on ``--listen`` go to ``--forward`` from a second socket; answers coming
+back to that socket go to whoever last sent to ``--listen``. So a WireGuard peer whose endpoint
+is the relay talks to the forward address, and the other peer sees the relay's second socket
+as its endpoint (WireGuard roams to it).
+
+Each datagram, in each direction, is dropped with probability L %; otherwise it is sent D ms
+after it arrived, and with probability R % it is held back E ms more, so the datagrams behind
+it overtake it. The decisions come from ``random.Random`` seeded with (S, direction), drawn in
+arrival order: the n-th datagram of a direction meets the same fate on every run with the same
+seed, so a failing run can be repeated.
+
+Prints {"event": "ready", "listen", "upstream"} when both sockets are bound, and
+{"event": "stats", "up": {...}, "down": {...}} when it ends (SIGTERM/SIGINT or ``--duration``).
+"up" is listen -> forward, "down" is forward -> listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_BUFFER = 8 << 20
+_MAX_QUEUE = 100_000  # datagrams held at once; beyond this, drop (and count) rather than grow
+
+
+def emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class Impairment:
+    delay: float = 0.0  # seconds
+    reorder: float = 0.0  # probability
+    reorder_extra: float = 0.0  # seconds
+    loss: float = 0.0  # probability
+
+
+@dataclass
+class Direction:
+    """One direction's seeded decisions and counters."""
+
+    name: str
+    seed: int
+    impairment: Impairment
+    rng: random.Random = field(init=False)
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"received": 0, "sent": 0, "lost": 0, "reordered": 0, "full": 0}
+    )
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"{self.seed}/{self.name}")
+
+    def fate(self) -> float | None:
+        """Extra time to hold the next datagram, or None to drop it (three draws each)."""
+        i = self.impairment
+        self.counters["received"] += 1
+        lost = self.rng.random() < i.loss
+        reordered = self.rng.random() < i.reorder
+        self.rng.random()  # reserved, keeps the draw count fixed per datagram
+        if lost:
+            self.counters["lost"] += 1
+            return None
+        if reordered:
+            self.counters["reordered"] += 1
+            return i.delay + i.reorder_extra
+        return i.delay
+
+
+class Relay:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        forward: tuple[str, int],
+        seed: int,
+        impairment: Impairment,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        self.outer = socket.socket(family, socket.SOCK_DGRAM)
+        self.outer.bind(listen)
+        forward_family = socket.AF_INET6 if ":" in forward[0] else socket.AF_INET
+        self.inner = socket.socket(forward_family, socket.SOCK_DGRAM)
+        self.inner.connect(forward)
+        for s in (self.outer, self.inner):
+            s.setblocking(False)
+            for option, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *FORCE
+                try:  # root ignores net.core.*mem_max: the relay must not be the bottleneck
+                    s.setsockopt(socket.SOL_SOCKET, force, _BUFFER)
+                except OSError:
+                    s.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
+        self.client: Any = None
+        self.up = Direction("up", seed, impairment)
+        self.down = Direction("down", seed, impairment)
+        self.queue: list[tuple[float, int, bool, bytes]] = []  # (due, n, upward, datagram)
+        self.n = 0
+        self.running = True
+
+    def _take(self, sock: socket.socket, upward: bool) -> None:
+        direction = self.up if upward else self.down
+        for _ in range(256):
+            try:
+                data, address = sock.recvfrom(65535)
+            except (BlockingIOError, ConnectionRefusedError):
+                return
+            if upward:
+                self.client = address
+            hold = direction.fate()
+            if hold is None:
+                continue
+            if len(self.queue) >= _MAX_QUEUE:
+                direction.counters["full"] += 1
+                continue
+            self.n += 1
+            heapq.heappush(self.queue, (time.monotonic() + hold, self.n, upward, data))
+
+    def _send_due(self) -> None:
+        now = time.monotonic()
+        queue = self.queue
+        while queue and queue[0][0] <= now:
+            _, _, upward, data = heapq.heappop(queue)
+            try:
+                if upward:
+                    self.inner.send(data)
+                elif self.client is not None:
+                    self.outer.sendto(data, self.client)
+                else:
+                    continue
+            except (BlockingIOError, ConnectionRefusedError):
+                continue  # a full socket buffer is loss too; the counters show it
+            (self.up if upward else self.down).counters["sent"] += 1
+
+    def run(self, duration: float) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.outer, selectors.EVENT_READ, True)
+        selector.register(self.inner, selectors.EVENT_READ, False)
+        end = time.monotonic() + duration
+        emit(
+            event="ready",
+            listen=list(self.outer.getsockname()[:2]),
+            upstream=list(self.inner.getsockname()[:2]),
+        )
+        while self.running:
+            now = time.monotonic()
+            if now >= end:
+                break
+            timeout = min(end - now, 0.2)  # notice a signal soon
+            if self.queue:
+                timeout = min(timeout, max(self.queue[0][0] - now, 0.0))
+            for key, _ in selector.select(timeout):
+                self._take(key.fileobj, key.data)  # type: ignore[arg-type]
+            self._send_due()
+        selector.close()
+        emit(event="stats", up=self.up.counters, down=self.down.counters, held=len(self.queue))
+
+    def stop(self, *_: Any) -> None:
+        self.running = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listen", required=True, help="HOST:PORT the near peer sends to")
+    parser.add_argument("--forward", required=True, help="HOST:PORT of the far peer")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added each way")
+    parser.add_argument("--reorder-pct", type=float, default=0.0)
+    parser.add_argument("--reorder-ms", type=float, default=5.0, help="extra hold when reordered")
+    parser.add_argument("--loss-pct", type=float, default=0.0)
+    parser.add_argument("--duration", type=float, default=120.0, help="hard bound, seconds")
+    options = parser.parse_args(argv)
+    impairment = Impairment(
+        delay=options.delay_ms / 1000,
+        reorder=options.reorder_pct / 100,
+        reorder_extra=options.reorder_ms / 1000,
+        loss=options.loss_pct / 100,
+    )
+    relay = Relay(_host_port(options.listen), _host_port(options.forward), options.seed, impairment)
+    signal.signal(signal.SIGTERM, relay.stop)
+    signal.signal(signal.SIGINT, relay.stop)
+    relay.run(options.duration)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
