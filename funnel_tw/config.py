@@ -171,6 +171,7 @@ class RelayConfig:
     idle_timeout: float = 600.0
     http_redirect_port: int | None = None
     shutdown_timeout: float = 10.0
+    state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -982,6 +983,7 @@ _RELAY_KEYS = (
     "idle-timeout",
     "http-redirect-port",
     "shutdown-timeout",
+    "state-dir",
     "mtu",
 )
 _RELAY_NODE_KEYS = (
@@ -1031,6 +1033,7 @@ def _relay(section: _Section) -> RelayConfig | None:
     idle_timeout = section.opt("idle-timeout", _seconds, 600.0)
     redirect_port = section.opt("http-redirect-port", _port, None)
     shutdown_timeout = section.opt("shutdown-timeout", _seconds, 10.0)
+    relay_state = section.opt("state-dir", section.path, section.path("state"))
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     if wireguard is None:
@@ -1050,6 +1053,7 @@ def _relay(section: _Section) -> RelayConfig | None:
         idle_timeout=idle_timeout,
         http_redirect_port=redirect_port,
         shutdown_timeout=shutdown_timeout,
+        state_dir=relay_state,
     )
 
 

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from ..config import RelayConfig
 from ..node import OverlayService
 from ..overlay.interface import OverlayInterface
+from .endpoints import EndpointMemory
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site
 from .routes import Routes
@@ -40,6 +41,12 @@ class RelayService(MultiService):
         self.routes = Routes(config.nodes)
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         self.ports: list[IListeningPort] = []
+        self.endpoints = EndpointMemory(
+            self.overlay,
+            config.state_dir / "endpoints.json",
+            {n.name for n in config.nodes if n.endpoint is not None},
+            reactor,
+        )
 
     def factory_for(self, public_port: int) -> PublicFactory:
         return PublicFactory(
@@ -59,6 +66,7 @@ class RelayService(MultiService):
             nodes=len(self.config.nodes),
         )
         super().startService()
+        self.endpoints.start()
         address = self.config.public_address
         try:
             for port in self.config.public_ports:
@@ -99,6 +107,7 @@ class RelayService(MultiService):
                 t=self.config.shutdown_timeout,
             )
         await self.limits.drain(self.reactor, self.config.shutdown_timeout)
+        self.endpoints.stop()
         await super().stopService()
 
     def stopService(self) -> defer.Deferred[None]:

@@ -152,6 +152,10 @@ class Device:
             if peer.persistent_keepalive and peer.endpoint is not None:
                 self._send_keepalive(peer, now)
 
+    def greet(self, peer: Peer, now: float) -> None:
+        """Start a session with ``peer`` now (a keepalive, so a handshake if there is none)."""
+        self._send_keepalive(peer, now)
+
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _drop(self, reason: str) -> None:

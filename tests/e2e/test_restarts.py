@@ -64,12 +64,9 @@ class RestartTests(SynchronousTestCase):
                 f"{new.count('handshake with relay complete')}"
             )
 
-    # Found: WireGuard keepalives never trigger a new handshake, so a node whose relay was
-    # restarted keeps sending on its dead session until REKEY_AFTER_TIME (120 s; measured
-    # ~120 s with persistent-keepalive = 5). Meanwhile the new relay cannot reach the node.
-    test_relay_restart_without_node_endpoint.todo = (  # type: ignore[attr-defined]
-        "a restarted relay without the node's endpoint waits ~120 s for the node's rekey"
-    )
+    # WireGuard keepalives never start a new handshake, so without help a node whose relay
+    # was restarted keeps sending on its dead session until it rekeys (120 s). The relay
+    # therefore remembers learned endpoints (relay/endpoints.py) and greets them on start.
 
     def test_node_restart(self) -> None:
         """The relay has no endpoint for the node, and the node's new process listens on a
