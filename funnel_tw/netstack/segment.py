@@ -112,16 +112,32 @@ class PacketBuilder:
             pseudo = self.src + self.dst + bytes((0, PROTO_TCP)) + length.to_bytes(2, "big")
         else:
             pseudo = self.src + self.dst + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
-        csum = ~ones_sum(pseudo + header + options + payload) & 0xFFFF
-        segment = header[:16] + csum.to_bytes(2, "big") + header[18:] + options + payload
+        # Ones'-complement sums add up piecewise (every piece but the last of even length),
+        # so the payload is summed where it lies instead of being copied into one buffer.
+        total = int.from_bytes(pseudo + header + options, "big") % 0xFFFF
+        if payload:
+            odd = len(payload) & 1
+            total += (int.from_bytes(payload, "big") << (8 * odd)) % 0xFFFF
+        total %= 0xFFFF
+        csum = (~total & 0xFFFF) if total else 0  # the header is never all zeros: sum 0xFFFF
+        tcp_header = header[:16] + csum.to_bytes(2, "big") + header[18:]
         if self.v4:
             self.ident = (self.ident + 1) & 0xFFFF
             ip = _IPV4.pack(
                 0x45, 0, 20 + length, self.ident, 0x4000, 64, PROTO_TCP, 0, self.src, self.dst
             )
             ipsum = ~ones_sum(ip) & 0xFFFF
-            return ip[:10] + ipsum.to_bytes(2, "big") + ip[12:] + segment
-        return _IPV6.pack(0x60000000, length, PROTO_TCP, 64, self.src, self.dst) + segment
+            return b"".join(
+                (ip[:10], ipsum.to_bytes(2, "big"), ip[12:], tcp_header, options, payload)
+            )
+        return b"".join(
+            (
+                _IPV6.pack(0x60000000, length, PROTO_TCP, 64, self.src, self.dst),
+                tcp_header,
+                options,
+                payload,
+            )
+        )
 
 
 def build_reset(
