@@ -55,6 +55,9 @@ def hijack(request: Request, protocol: IProtocol, reactor: Any, preamble: bytes 
         channel._dataBuffer = []
         channel._buffer = b""
         channel.transport = None  # the channel must not touch the connection again
+        set_nodelay = getattr(transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)  # a byte stream now: no Nagle delay on small writes
         protocol.makeConnection(transport)
         if leftover and transport.connected:
             protocol.dataReceived(leftover)

@@ -115,6 +115,7 @@ class BackendConnector(splice.SpliceEnd):
         d = endpoint.connect(_Single(backend))
 
         def connected(_: Any) -> None:
+            backend.transport.setTcpNoDelay(True)
             if self.proxy_protocol:
                 backend.transport.write(
                     self.dispatcher.proxy_header(self.proxy_protocol, self.flow, port)
@@ -154,7 +155,7 @@ class Dispatcher:
         self.handlers = dict(handlers or {})
         self.proxy_factory = proxy_factory
         self.counters: dict[str, int] = {}
-        self._sites: dict[int, ServeSite] = {}
+        self.http_timeout = 300.0  # an HTTPS connection idle this long is closed
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -187,7 +188,9 @@ class Dispatcher:
     def _build(self, handler: TCPPortHandler, flow: Flow) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
-                MountRouter(self.serve, flow.port, flow, self.proxy_factory), self.reactor
+                MountRouter(self.serve, flow.port, flow, self.proxy_factory),
+                self.reactor,
+                timeout=self.http_timeout,
             )
             inner = site.buildProtocol(None)
             assert inner is not None

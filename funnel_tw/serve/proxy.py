@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -148,30 +149,34 @@ class Backends:
         self._agents: dict[str, client.Agent] = {}
 
     def agent_for(self, target: Target) -> Any:
-        key = target.url if target.scheme == "unix" else target.scheme
-        agent = self._agents.get(key)
+        """One Agent per backend, on a cached endpoint (Agent would otherwise build a new
+        HostnameEndpoint, with name checks and a resolver round trip, for every request)."""
+        agent = self._agents.get(target.url)
         if agent is None:
-            if target.scheme == "unix":
-                path = target.socket_path
+            endpoint = _NoDelay(self.endpoint_for(target))
 
-                class _Unix:
-                    def endpointForURI(self, uri: Any) -> Any:
-                        return endpoints.UNIXClientEndpoint(reactor, path)
+            class _Fixed:
+                def endpointForURI(self, uri: Any) -> Any:
+                    return endpoint
 
-                reactor = self.reactor
-                agent = client.Agent.usingEndpointFactory(reactor, _Unix(), pool=self.pool)
-            elif target.scheme == "https+insecure":
-                agent = client.Agent(self.reactor, contextFactory=_InsecurePolicy(), pool=self.pool)
-            else:
-                agent = client.Agent(self.reactor, pool=self.pool)
-            self._agents[key] = agent
+            agent = client.Agent.usingEndpointFactory(self.reactor, _Fixed(), pool=self.pool)
+            self._agents[target.url] = agent
         return agent
 
     def endpoint_for(self, target: Target) -> Any:
-        """A raw connection to the backend (for Upgrade requests)."""
+        """A connection to the backend: for the Agent, and raw for Upgrade requests."""
         if target.scheme == "unix":
             return endpoints.UNIXClientEndpoint(self.reactor, target.socket_path)
-        plain = endpoints.HostnameEndpoint(self.reactor, target.host, target.port, timeout=10)
+        try:
+            address = ip_address(target.host)
+            cls = (
+                endpoints.TCP4ClientEndpoint
+                if address.version == 4
+                else (endpoints.TCP6ClientEndpoint)
+            )
+            plain: Any = cls(self.reactor, target.host, target.port, timeout=10)
+        except ValueError:
+            plain = endpoints.HostnameEndpoint(self.reactor, target.host, target.port, timeout=10)
         if target.scheme == "http":
             return plain
         if target.scheme == "https+insecure":
@@ -217,22 +222,73 @@ def forwarded_headers(request: Request, flow: Flow, keep_upgrade: bool = False) 
     return out
 
 
+class _NoDelay:
+    """An endpoint whose connections send small writes at once (no Nagle delay)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        def connected(proto: Any) -> Any:
+            set_nodelay = getattr(proto.transport, "setTcpNoDelay", None)
+            if set_nodelay is not None:
+                set_nodelay(True)
+            return proto
+
+        d: defer.Deferred[Any] = self.endpoint.connect(factory)
+        return d.addCallback(connected)
+
+
 class _ResponseRelay(protocol.Protocol):
-    """The backend's response body into the client's response, with backpressure."""
+    """The backend's response body into the client's response, with backpressure.
+
+    For HTTP/1.1 the client connection pauses the backend when its buffer fills. Twisted's
+    HTTP/2 pauses a stream's producer only when the client's flow-control window runs out, so
+    a client advertising a huge window and not reading would make the node buffer without
+    bound; the relay therefore also pauses while the HTTP/2 connection itself is blocked.
+    """
 
     def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
         self.request = request
         self.done = done
+        self._waiting = False
 
     def connectionMade(self) -> None:
         self.request.registerProducer(self.transport, True)
 
+    def client_gone(self) -> None:
+        """The client left mid-response: close the backend connection rather than leave it
+        paused (it could not go back to the pool with half a body in it)."""
+        backend: Any = self.transport
+        if backend is not None:
+            backend.stopProducing()
+
     def dataReceived(self, data: bytes) -> None:
+        if self.request.finished or getattr(self.request, "_disconnected", False):
+            return
+        self.request.write(data)
+        h2 = getattr(self.request.channel, "_conn", None)
+        blocked = getattr(h2, "_consumerBlocked", None)
+        if blocked is not None and not self._waiting:
+            self._waiting = True
+            backend: Any = self.transport
+            backend.pauseProducing()
+            blocked.addBoth(self._pass_through_unblocked)
+
+    def _pass_through_unblocked(self, result: object) -> object:
+        self._unblocked(None)
+        return result
+
+    def _unblocked(self, result: object) -> None:
+        """Ours is a side branch of Twisted's own chain: never pass a failure back into it."""
+        self._waiting = False
         if not self.request.finished and not getattr(self.request, "_disconnected", False):
-            self.request.write(data)
+            backend: Any = self.transport
+            backend.resumeProducing()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.request.unregisterProducer()
+        if self.request.channel is not None:  # None: the client is already gone
+            self.request.unregisterProducer()
         if reason.check(client.ResponseDone, http.PotentialDataLoss):
             if not self.request.finished and not getattr(self.request, "_disconnected", False):
                 self.request.finish()
@@ -300,8 +356,15 @@ class ProxyResource(Resource):
                     timeout = self.reactor.callLater(self.timeout, expire)
 
             body.received_all.addCallback(body_sent)
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: d.cancel())  # the client went away
+        relays: list[_ResponseRelay] = []
+
+        def client_gone(_: object) -> None:
+            if relays:
+                relays[0].client_gone()  # the response had started: drop the backend
+            else:
+                d.cancel()  # still waiting for the backend: give up on it
+
+        request.notifyFinish().addErrback(client_gone)
 
         def got_response(response: Any) -> defer.Deferred[None] | None:
             if timeout.active():
@@ -316,7 +379,8 @@ class ProxyResource(Resource):
                 request.finish()
                 return None
             done: defer.Deferred[None] = defer.Deferred()
-            response.deliverBody(_ResponseRelay(request, done))
+            relays.append(_ResponseRelay(request, done))
+            response.deliverBody(relays[0])
             return done
 
         def failed(failure: Failure) -> None:

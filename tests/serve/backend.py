@@ -40,6 +40,7 @@ class Download(resource.Resource):
     """GET /download/N: N bytes of a repeating pattern, written as the client reads them."""
 
     isLeaf = True
+    written = 0  # bytes written by all downloads so far (tests check backpressure with it)
 
     def render_GET(self, request: server.Request) -> int:
         total = int(request.postpath[0]) if request.postpath and request.postpath[0] else 0
@@ -55,6 +56,7 @@ class Download(resource.Resource):
                 while self.left > 0 and not self.paused:
                     n = min(len(chunk), self.left)
                     self.left -= n
+                    Download.written += n
                     request.write(chunk[:n])
                 if self.left <= 0 and not request.finished:
                     request.unregisterProducer()

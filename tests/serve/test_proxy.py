@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import ssl
+import threading
 from typing import Any
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
@@ -132,6 +134,56 @@ proxy-timeout = 1
             self.assertEqual(code, 0, err)
             self.assertEqual(len(out), size)
             self.assertEqual(hashlib.sha256(out).hexdigest(), expected)
+
+    async def test_http2_client_that_stops_reading_stalls_the_backend(self) -> None:
+        """A client may open a 2 GiB HTTP/2 window and then read nothing: the node must pause
+        the backend once its own connection backs up, not buffer the whole response."""
+        from .backend import Download
+
+        # a stalled connection is paused, so it sees the client leave only at its idle timeout
+        self.h.node.dispatcher.http_timeout = 1.0
+        before = Download.written
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        d = threads.deferToThread(self._h2_greedy_client, stop)
+        await deferLater(reactor, 4.0, lambda: None)
+        sent = Download.written - before
+        stop.set()
+        await d
+        await deferLater(reactor, 2.5, lambda: None)  # the node closes the stalled connection
+        self.assertGreater(sent, 0)
+        self.assertLess(sent, 64 << 20, f"the backend sent {sent >> 20} MiB to a stalled client")
+
+    def _h2_greedy_client(self, stop: threading.Event) -> None:
+        import socket
+
+        import h2.config
+        import h2.connection
+        import h2.settings
+
+        context = ssl.create_default_context(cafile=self.h.ca_file)
+        context.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock = context.wrap_socket(raw, server_hostname=HOSTNAME)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.increment_flow_control_window(2**31 - 1 - 65535)
+        conn.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":path", "/download/1073741824"),
+                (":authority", f"{HOSTNAME}:{self.port}"),
+                (":scheme", "https"),
+            ],
+            end_stream=True,
+        )
+        sock.sendall(conn.data_to_send())
+        sock.recv(65536)  # the first bytes, then nothing
+        stop.wait(20)
+        sock.close()
 
     async def test_dead_backend_502(self) -> None:
         _, out, _ = await self.curl("/dead/x", "-o", "/dev/null", "-w", "%{http_code}")
