@@ -362,20 +362,24 @@ class Connection:
     def open_passive(self, seq: int, window: int, options: Any, now: float) -> None:
         """A SYN arrived on a listening port: answer with SYN-ACK."""
         self.state = State.SYN_RECEIVED
-        self.irs = seq
-        self.rcv_nxt = seq + 1
-        if options.mss:
-            self.mss = min(options.mss, self.local_mss)
-        else:
-            self.mss = min(536, self.local_mss)
-        if options.wscale is not None:
-            self.snd_wscale = options.wscale
-            self.rcv_wscale = RECEIVE_WSCALE
-        self.sack_ok = options.sack_ok
+        self.rcv_wscale = RECEIVE_WSCALE
+        self._peer_syn(seq, options)
         self.snd_wnd = window  # SYN windows are never scaled
         self.snd_nxt = self.snd_max = self.iss + 1
         self.cwnd = 10 * self.mss
         self._send_syn(now)
+
+    def _peer_syn(self, seq: int, options: Any) -> None:
+        """What the peer's SYN tells us: its sequence numbers, MSS, window scale and SACK.
+        Window scaling is used only if both sides offer it (RFC 7323 2.2)."""
+        self.irs = seq
+        self.rcv_nxt = seq + 1
+        self.mss = min(options.mss or 536, self.local_mss)
+        if options.wscale is not None:
+            self.snd_wscale = options.wscale
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = options.sack_ok
 
     def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
@@ -513,17 +517,7 @@ class Connection:
             return
         if not flags & SYN:
             return
-        self.irs = seq_w
-        self.rcv_nxt = seq_w + 1
-        if options.mss:
-            self.mss = min(options.mss, self.local_mss)
-        else:
-            self.mss = min(536, self.local_mss)
-        if options.wscale is not None:
-            self.snd_wscale = options.wscale
-        else:
-            self.rcv_wscale = 0
-        self.sack_ok = options.sack_ok
+        self._peer_syn(seq_w, options)
         if flags & ACK:
             self.snd_una = self.iss + 1
             self.snd_wnd = window  # unscaled in a SYN
