@@ -119,7 +119,7 @@ def receiver_main(args: argparse.Namespace) -> None:
     from funnel_tw.overlay.tunnel import Tunnel
     from funnel_tw.overlay.udp import UDPSocket
 
-    state = {"count": 0, "first": 0.0, "last": 0.0, "credited": 0}
+    state = {"count": 0, "first": 0.0, "last": 0.0, "credited": 0, "stopping": 0}
     credits = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     credit_to = ("127.0.0.1", args.credit_port)
 
@@ -132,7 +132,8 @@ def receiver_main(args: argparse.Namespace) -> None:
         if state["count"] - state["credited"] >= _CREDIT_EVERY or state["count"] >= args.packets:
             state["credited"] = state["count"]
             credits.sendto(struct.pack("!Q", state["count"]), credit_to)
-        if state["count"] >= args.packets and reactor.running:
+        if state["count"] >= args.packets and not state["stopping"]:
+            state["stopping"] = 1
             reactor.stop()
 
     if args.mode == "plain":
@@ -149,7 +150,12 @@ def receiver_main(args: argparse.Namespace) -> None:
         tunnel.start()
         port = tunnel.port
     print(json.dumps({"port": port}), flush=True)
-    reactor.callLater(args.seconds, lambda: reactor.running and reactor.stop())
+    def give_up() -> None:
+        if not state["stopping"]:
+            state["stopping"] = 1
+            reactor.stop()
+
+    reactor.callLater(args.seconds, give_up)
     reactor.run()
     span = state["last"] - state["first"]
     print(json.dumps({"count": state["count"], "span": span}), flush=True)
