@@ -23,7 +23,7 @@ from .serve.interfaces import Flow, IIngressHandler
 from .serve.model import ServeConfig
 from .serve.plugins import build_handlers
 from .serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
-from .tls.sources import FilesSource, SelfSignedSource
+from .tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
 from .tls.store import CertificateStore
 
 log = Logger()
@@ -204,7 +204,10 @@ class NodeService(MultiService):
             addresses=", ".join(str(a) for a in self.config.addresses),
             hostnames=", ".join(self.config.hostnames) or "(none)",
         )
-        self.certificates.start()
+        try:
+            self.certificates.start()
+        except CertificateSourceError as e:
+            raise SystemExit(f"funnel-tw: no certificate to serve: {e}") from None
         super().startService()
         d = self.overlay.server_endpoint(self.config.peerapi_port).listen(self.peerapi_site)
         d.addCallback(self.listening.append)

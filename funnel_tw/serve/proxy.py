@@ -294,11 +294,29 @@ class _ResponseRelay(protocol.Protocol):
                 self.request.finish()
         else:
             log.info("backend failed mid-body: {error}", error=reason.getErrorMessage())
-            transport = getattr(self.request, "transport", None) or self.request.channel
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
+            _abort(self.request)
         self.done.callback(None)
+
+
+def _abort(request: Request) -> None:
+    """End a response that cannot be completed so the client knows it is cut short: close
+    the HTTP/1.1 connection, or reset the HTTP/2 stream with INTERNAL_ERROR (Twisted's own
+    stream abort says NO_ERROR, which a client may take for a normal end)."""
+    channel = request.channel
+    h2 = getattr(channel, "_conn", None)
+    stream_id = getattr(channel, "streamID", None)
+    if h2 is not None and stream_id is not None and hasattr(h2, "conn"):
+        try:
+            h2.conn.reset_stream(stream_id, error_code=2)  # INTERNAL_ERROR
+            h2._tryToWriteControlData()
+            h2._requestDone(stream_id)
+            return
+        except Exception:
+            log.failure("resetting the HTTP/2 stream failed; aborting it")
+    transport = getattr(request, "transport", None) or channel
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
 
 
 class ProxyResource(Resource):
@@ -374,6 +392,10 @@ class ProxyResource(Resource):
             for name, values in response.headers.getAllRawHeaders():
                 if name.lower() not in HOP_BY_HOP and name.lower() not in listed:
                     request.responseHeaders.setRawHeaders(name, values)
+            if isinstance(response.length, int) and response.code not in (204, 304):
+                # Twisted's client keeps Content-Length to itself; pass it on, so the client
+                # can tell a complete body from a cut one (and HTTP/1.1 needs no chunking)
+                request.setHeader(b"content-length", str(response.length).encode())
             if request.method == b"HEAD" or response.code in (204, 304):
                 response.deliverBody(protocol.Protocol())
                 request.finish()
