@@ -59,7 +59,15 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
 
     tls = config.tls
     assert tls.acme_directory is not None
-    trust = ssl.Certificate.loadPEM(tls.acme_ca_file.read_bytes()) if tls.acme_ca_file else None
+    trust = None
+    if tls.acme_ca_file:  # every certificate in the file is trusted, not only the first
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        roots = x509.load_pem_x509_certificates(tls.acme_ca_file.read_bytes())
+        trust = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in roots]
+        )
     http = treq.client.HTTPClient(
         Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
     )

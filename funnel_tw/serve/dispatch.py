@@ -59,22 +59,21 @@ class CloseAfterACMEHandshake(Protocol):
 
     def __init__(self, inner: IProtocol) -> None:
         self.inner = inner
-
-    def makeConnection(self, transport: Any) -> None:
-        super().makeConnection(transport)
-        self.inner.makeConnection(transport)
+        self.started = False  # the handler is connected only once the handshake is done
 
     def handshakeCompleted(self) -> None:
         if getattr(self.transport, "negotiatedProtocol", None) == ACME_ALPN:
-            self.inner = _Discard()
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
+        self.started = True
+        self.inner.makeConnection(self.transport)  # type: ignore[arg-type]
         listener = IHandshakeListener(self.inner, None)
         if listener is not None:
             listener.handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:
-        self.inner.dataReceived(data)
+        if self.started:
+            self.inner.dataReceived(data)
 
     def readConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self.inner, None)
@@ -89,11 +88,8 @@ class CloseAfterACMEHandshake(Protocol):
             half.writeConnectionLost()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.inner.connectionLost(reason)
-
-
-class _Discard(Protocol):
-    pass
+        if self.started:
+            self.inner.connectionLost(reason)
 
 
 class BackendConnector(splice.SpliceEnd):

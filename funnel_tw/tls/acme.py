@@ -144,7 +144,12 @@ class ACMEClient:
                     f"directory {self.directory_url}: HTTP {response.code}", status=response.code
                 )
             try:
-                self.directory = messages.Directory.from_json(response.json())
+                data = response.json()
+                if not isinstance(data, dict) or not all(
+                    k in data for k in ("newNonce", "newAccount", "newOrder")
+                ):
+                    raise TypeError("not an ACME directory object")
+                self.directory = messages.Directory.from_json(data)
             except (jose_errors.DeserializationError, TypeError) as e:
                 raise ACMEError(f"invalid ACME directory: {e}") from None
         return self.directory
@@ -165,8 +170,10 @@ class ACMEClient:
             body = (
                 b""
                 if payload is None
-                else json.dumps(
-                    payload.to_partial_json() if hasattr(payload, "to_partial_json") else payload
+                else (
+                    payload.json_dumps()  # josepy objects serialise their nested fields too
+                    if hasattr(payload, "json_dumps")
+                    else json.dumps(payload)
                 ).encode()
             )
             kid = None if use_jwk else self.account_url
@@ -239,7 +246,7 @@ class ACMEClient:
         for _ in range(MAX_POLLS):
             response = await self.post(url, None)
             resource = self._parse(kind, response)
-            if str(resource.status) in done:
+            if status_of(resource) in done:
                 return resource
             wait = _retry_after(response.headers, interval) or interval
             await task.deferLater(self.reactor, min(wait, 30.0), lambda: None)
@@ -277,9 +284,17 @@ class ACMEClient:
     @staticmethod
     def _parse(kind: type[Any], response: Response) -> Any:
         try:
-            return kind.from_json(response.json())
+            data = response.json()
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            return kind.from_json(data)
         except (jose_errors.DeserializationError, TypeError, KeyError) as e:
             raise ACMEError(f"invalid {kind.__name__} from the ACME server: {e}") from None
+
+
+def status_of(resource: Any) -> str:
+    """A resource's status as its plain name ("valid"); str() of it is "Status(valid)"."""
+    return str(getattr(resource.status, "name", ""))
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, names: list[str]) -> bytes:

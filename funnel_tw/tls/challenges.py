@@ -14,8 +14,10 @@ A responder starts answering one challenge for one name and stops afterwards:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import defer, utils
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
@@ -95,6 +97,23 @@ class TLSALPNResponder:
         return defer.succeed(None)
 
 
+class _HookProcess(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[tuple[bytes, bytes, int]] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data[: 65536 - len(self.out)]
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data[: 65536 - len(self.err)]
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback((self.out, self.err, -1 if code is None else int(code)))
+
+
 @implementer(IChallengeResponder)
 class DNSHookResponder:
     challenge_type = "dns-01"
@@ -106,19 +125,28 @@ class DNSHookResponder:
 
     async def _run(self, action: str, name: str, value: str) -> None:
         record = f"_acme-challenge.{name.removeprefix('*.')}"
-        d = utils.getProcessOutputAndValue(
-            str(self.hook), (action, record, value), reactor=self.reactor
+        hook = _HookProcess()
+        # the daemon's environment is passed on: a DNS provider's token usually lives there
+        process = self.reactor.spawnProcess(
+            hook, str(self.hook), [str(self.hook), action, record, value], env=dict(os.environ)
         )
-        timer = self.reactor.callLater(self.timeout, d.cancel)
+        timed_out: list[bool] = []
+
+        def kill() -> None:
+            timed_out.append(True)
+            with contextlib.suppress(Exception):
+                process.signalProcess("KILL")
+
+        timer = self.reactor.callLater(self.timeout, kill)
         try:
-            out, err, code = await d
-        except defer.CancelledError:
-            raise ChallengeError(
-                f"{self.hook} {action} {record}: no answer after {self.timeout:.0f} s"
-            ) from None
+            out, err, code = await hook.ended
         finally:
             if timer.active():
                 timer.cancel()
+        if timed_out:
+            raise ChallengeError(
+                f"{self.hook} {action} {record}: no answer after {self.timeout:g} s; stopped it"
+            )
         if code != 0:
             said = (err or out).decode("utf-8", "replace").strip()[-500:]
             raise ChallengeError(

@@ -23,10 +23,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from .acme import ACMEClient, ACMEError, key_authorization, make_csr
+from .acme import ACMEClient, ACMEError, key_authorization, make_csr, status_of
 from .challenges import ChallengeError, IChallengeResponder
 from .pem import PEMError, key_pem, load_combined, load_key_and_chain, new_key, write_private
-from .store import Certificate, CertificateStore
+from .store import Certificate, CertificateStore, name_matches
 
 log = Logger()
 
@@ -85,6 +85,7 @@ class ACMESource:
         self.last_error: str | None = None
         self.next_check: float | None = None
         self._call: IDelayedCall | None = None
+        self._stopped = False
         self._running: defer.Deferred[None] | None = None
 
     @property
@@ -104,11 +105,14 @@ class ACMESource:
         self._schedule(0.0)
 
     def stop(self) -> None:
+        self._stopped = True  # a check still waiting on the server schedules nothing more
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
 
     def _schedule(self, delay: float) -> None:
+        if self._stopped:
+            return
         if self._call is not None and self._call.active():
             self._call.cancel()
         self.next_check = self.reactor.seconds() + delay
@@ -131,10 +135,16 @@ class ACMESource:
             self._schedule(CHECK_EVERY + self.rng.uniform(0, CHECK_JITTER))
         except (ACMEError, ChallengeError, OSError) as e:
             self._failed(e)
+        except Exception as e:  # a bug must not end renewal for good: log it and retry
+            log.failure("unexpected error while renewing certificates")
+            self._failed(e)
 
     async def _due(self) -> bool:
         if self.current is None:
             return True
+        covered = self.current.names
+        if not all(any(name_matches(c, n) for c in covered) for n in self.names):
+            return True  # a hostname was added since: a new certificate now
         window = None
         try:
             assert self.client is not None or self.client_factory is not None
@@ -200,13 +210,13 @@ class ACMESource:
         for authz_url in order.authorizations:
             await self._authorize(client, authz_url)
         order = await client.poll(order_url, messages.Order, {"ready", "valid", "invalid"})
-        if str(order.status) == "invalid":
+        if status_of(order) == "invalid":
             raise ACMEError(f"order {order_url} became invalid")
         key = new_key()
-        if str(order.status) == "ready":
+        if status_of(order) == "ready":
             await client.finalize(order, make_csr(key, self.names))
             order = await client.poll(order_url, messages.Order, {"valid", "invalid"})
-        if str(order.status) != "valid" or not order.certificate:
+        if status_of(order) != "valid" or not order.certificate:
             raise ACMEError(f"order {order_url} did not produce a certificate")
         chain_pem = await client.certificate(order.certificate)
         try:
@@ -225,7 +235,7 @@ class ACMESource:
 
     async def _authorize(self, client: ACMEClient, url: str) -> None:
         authz = await client.authorization(url)
-        if str(authz.status) == "valid":
+        if status_of(authz) == "valid":
             return
         name = authz.identifier.value
         wanted = self.responder.challenge_type
@@ -252,7 +262,7 @@ class ACMESource:
                     name=name,
                     error=e,
                 )
-        if str(authz.status) != "valid":
+        if status_of(authz) != "valid":
             details = [
                 c.to_partial_json().get("error", {}).get("detail", "") for c in authz.challenges
             ]
