@@ -295,14 +295,14 @@ class ClientTests(TestCase):
         self.assertIn("directory", str(error))
 
     async def test_directory_json_string(self) -> None:
-        """Regression test (fixed); before the fix: a JSON string as the directory raises AttributeError out of get_directory()
+        """Was a bug: a JSON string as the directory raises AttributeError out of get_directory()
         ('str' object has no attribute 'pop'), not ACMEError."""
         self.fake.directory = lambda: (200, {}, b'"a string"')
         error = await self.raises(self.client.register(None))
         self.assertIn("directory", str(error))
 
     async def test_directory_without_urls(self) -> None:
-        """Regression test (fixed); before the fix: a directory object without newNonce/newAccount is accepted, and the first use
+        """Was a bug: a directory object without newNonce/newAccount is accepted, and the first use
         raises KeyError ('Directory field "newNonce" not found'), not ACMEError."""
         self.fake.directory = lambda: (200, {}, b'{"meta": {}}')
         error = await self.raises(self.client.register(None))
@@ -324,7 +324,7 @@ class ClientTests(TestCase):
         self.assertIn("invalid Authorization", str(error))
 
     async def test_resource_that_is_not_an_object(self) -> None:
-        """Regression test (fixed); before the fix: JSON that is not an object is accepted as a resource with every field None
+        """Was a bug: JSON that is not an object is accepted as a resource with every field None
         (josepy does not check); issue() then fails outside ACMEError (AttributeError on
         authz.identifier.value, TypeError iterating order.authorizations). For an Order, a
         JSON string raises AttributeError from _parse instead."""
@@ -355,7 +355,7 @@ class ClientTests(TestCase):
         raise AssertionError(f"only {len(self.fake.posts)} POSTs")
 
     async def test_poll_returns_when_done(self) -> None:
-        """Regression test (fixed); before the fix: poll() compares str(resource.status), which is 'Status(valid)', with 'valid':
+        """Was a bug: poll() compares str(resource.status), which is 'Status(valid)', with 'valid':
         it never sees a finished resource and polls MAX_POLLS times (60 s), then fails."""
         self.fake.routes["/order/1"] = lambda p, body: (
             200,
@@ -554,7 +554,7 @@ acme-ca-file = ca.pem
         await self._directory_through([ca[1]], ca)
 
     async def test_ca_file_with_several_certificates(self) -> None:
-        """Regression test (fixed); before the fix: build_acme_source loads acme-ca-file with ssl.Certificate.loadPEM, which reads
+        """Was a bug: build_acme_source loads acme-ca-file with ssl.Certificate.loadPEM, which reads
         the first certificate only; a bundle whose right CA is not first is not trusted
         (ACMEError: ... certificate verify failed)."""
         ca, other = self._ca("the ACME server's CA"), self._ca("another CA")

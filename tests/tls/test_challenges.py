@@ -234,7 +234,7 @@ class CloseAfterACMEHandshakeTests(TestCase):
         self.assertNotIn("handshake", inner.events)
 
     def test_the_inner_protocol_is_not_left_behind(self) -> None:
-        """Regression test (fixed); before the fix: after an acme-tls/1 handshake the inner protocol (the HTTP channel the
+        """Was a bug: after an acme-tls/1 handshake the inner protocol (the HTTP channel the
         Dispatcher built, connected before the handshake) is swapped for _Discard and never
         gets connectionLost. Its idle timer (ServeSite, 300 s) stays behind for every
         validation, and, registered as the TLS transport's producer, it keeps
@@ -309,7 +309,7 @@ class DNSHookTests(TestCase):
         self.assertIn("zone not found", str(caught.exception))
 
     async def test_the_hook_gets_the_node_environment(self) -> None:
-        """Regression test (fixed); before the fix: the hook is started through utils.getProcessOutputAndValue's default env={}:
+        """Was a bug: the hook is started through utils.getProcessOutputAndValue's default env={}:
         it runs with an empty environment, so the credentials a DNS provider needs (given to
         the daemon with systemd's Environment=/EnvironmentFile=) never reach it; no HOME,
         no PATH beyond the shell's default."""
@@ -323,7 +323,7 @@ class DNSHookTests(TestCase):
         self.assertEqual((hook.parent / "env").read_text(), "s3cret")
 
     async def test_a_hanging_hook_times_out_and_is_stopped(self) -> None:
-        """Regression test (fixed); before the fix: on timeout the Deferred is cancelled but the hook process is not killed
+        """Was a bug: on timeout the Deferred is cancelled but the hook process is not killed
         (getProcessOutputAndValue has no canceller): a hung hook stays running, one more per
         attempt."""
         hook = self.hook(

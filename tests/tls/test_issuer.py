@@ -657,7 +657,7 @@ class SourceTests(TestCase):
     # --- bugs --------------------------------------------------------------------------------
 
     def test_stop_during_a_check_leaves_nothing_scheduled(self) -> None:
-        """Regression test (fixed); before the fix: stop() cancels only the timer; a check in flight (waiting on the ACME server)
+        """Was a bug: stop() cancels only the timer; a check in flight (waiting on the ACME server)
         schedules the next check when it ends, after the service stopped, so the node keeps
         ordering certificates after stopService and the reactor is left with a DelayedCall."""
         h = Harness(self)
