@@ -150,6 +150,7 @@ def receiver_main(args: argparse.Namespace) -> None:
         tunnel.start()
         port = tunnel.port
     print(json.dumps({"port": port}), flush=True)
+
     def give_up() -> None:
         if not state["stopping"]:
             state["stopping"] = 1
