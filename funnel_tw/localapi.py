@@ -181,6 +181,8 @@ def status_document(node: NodeService, now: float) -> dict[str, Any]:
         "serve": serve_status(node),
         "ports": _ports(node),
         "certificates": _certificates(node, now),
+        # the ACME issuer's state (failures, last error, next attempt); None for other sources
+        "renewal": node.certificates.status() if hasattr(node.certificates, "status") else None,
         "ingress": {"open": open_ingress_connections(node)},
         "counters": {
             "ingress": dict(node.ingress.counters),
@@ -590,6 +592,14 @@ def format_status(doc: dict[str, Any]) -> str:
                 ]
             )
         lines += _table(rows)
+    renewal = doc.get("renewal") or {}
+    if renewal.get("failures"):
+        next_in = renewal.get("next_check_in")
+        lines.append(
+            f"  RENEWAL FAILING ({_plural(int(renewal['failures']), 'ATTEMPT')}): "
+            f"{renewal.get('last_error') or 'unknown error'}"
+            + (f"; next try in {next_in:.0f} s" if next_in is not None else "")
+        )
 
     open_ingress = (doc.get("ingress") or {}).get("open")
     lines += ["", "ingress:"]

@@ -661,3 +661,29 @@ class FormatTests(SynchronousTestCase):
             {"certificates": [{"hostname": HOSTNAME, "source": None, "not_after": None}]}
         )
         self.assertRegex(text, rf"{HOSTNAME}\s+NO CERTIFICATE")
+
+
+class RenewalStatusTests(SynchronousTestCase):
+    def test_failing_renewal_is_loud(self) -> None:
+        from funnel_tw.localapi import format_status
+
+        doc: dict[str, object] = {
+            "hostnames": ["node.example.com"],
+            "peers": [],
+            "serve": {},
+            "ports": [],
+            "certificates": [
+                {
+                    "hostname": "node.example.com",
+                    "not_after": "2030-01-01T00:00:00+00:00",
+                    "expires_in": 3 * 86400,
+                    "source": "acme",
+                }
+            ],
+            "renewal": {"failures": 2, "last_error": "HTTP 429 rateLimited", "next_check_in": 60},
+            "ingress": {"open": 0},
+            "counters": {},
+        }
+        text = format_status(doc)
+        self.assertIn("EXPIRES IN 3 DAYS", text)
+        self.assertIn("RENEWAL FAILING (2 ATTEMPTS): HTTP 429 rateLimited; next try in 60 s", text)
