@@ -230,6 +230,12 @@ class GoodFilesTests(ConfigTestCase):
                         preshared_key=None,
                     ),
                 ),
+                # the defaults of the keys DESIGN.md's example leaves out
+                max_connections_per_ip=256,
+                idle_timeout=600.0,
+                http_redirect_port=None,
+                shutdown_timeout=10.0,
+                state_dir=Path(os.path.abspath(path)).parent / "state",
             ),
         )
 
