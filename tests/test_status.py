@@ -18,7 +18,6 @@ from ipaddress import ip_interface, ip_network
 from pathlib import Path
 from typing import Any
 
-import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,7 +43,7 @@ from funnel_tw.localapi import (
     format_status,
 )
 from funnel_tw.node import NodeService
-from funnel_tw.overlay.interface import OverlayInterface
+from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
 from funnel_tw.serve.interfaces import Flow, IIngressHandler
 from funnel_tw.tls.store import Certificate
@@ -110,16 +109,6 @@ proxy-protocol = 1
 funnel = yes
 handler = echo
 """
-
-
-@attrs.frozen
-class _Peer:
-    name: str
-    public_key: bytes
-    allowed_ips: tuple[Any, ...]
-    endpoint: tuple[str, int] | None
-    persistent_keepalive: int = 0
-    preshared_key: bytes | None = None
 
 
 @implementer(IIngressHandler)
@@ -330,7 +319,7 @@ class RunningNodeTests(TestCase):
             private_key=relay_key,
             addresses=relay_addr,
             listen_port=0,
-            peers=[_Peer("node", keys.public_key(node_key), node_nets, None)],
+            peers=[StaticPeer("node", keys.public_key(node_key), node_nets, None)],
         )
         self.relay.start()
         self.addCleanup(self.relay.stop)

@@ -21,6 +21,7 @@ from ipaddress import (
 )
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
 from twisted.logger import Logger
@@ -53,6 +54,18 @@ class PeerSpec(Protocol):
     def persistent_keepalive(self) -> int: ...
     @property
     def preshared_key(self) -> bytes | None: ...
+
+
+@attrs.frozen
+class StaticPeer:
+    """A PeerSpec given directly rather than read from a configuration file."""
+
+    name: str
+    public_key: bytes
+    allowed_ips: tuple[IPv4Network | IPv6Network, ...]
+    endpoint: tuple[str, int] | None
+    persistent_keepalive: int = 0
+    preshared_key: bytes | None = None
 
 
 class PingTimeout(Exception):

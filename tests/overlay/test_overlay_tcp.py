@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from ipaddress import ip_interface, ip_network
-from typing import Any
 
-import attrs
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -16,17 +14,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from funnel_tw import keys
-from funnel_tw.overlay.interface import OverlayInterface
-
-
-@attrs.frozen
-class _Peer:
-    name: str
-    public_key: bytes
-    allowed_ips: tuple[Any, ...]
-    endpoint: tuple[str, int] | None
-    persistent_keepalive: int = 0
-    preshared_key: bytes | None = None
+from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
 
 
 def overlay_pair(
@@ -41,7 +29,9 @@ def overlay_pair(
         private_key=rk,
         addresses=r_addr,
         listen_port=0,
-        peers=[_Peer("node", keys.public_key(nk), tuple(ip_network(str(a)) for a in n_addr), None)],
+        peers=[
+            StaticPeer("node", keys.public_key(nk), tuple(ip_network(str(a)) for a in n_addr), None)
+        ],
     )
     relay.start()
     node = OverlayInterface(
@@ -51,7 +41,7 @@ def overlay_pair(
         listen_port=0,
         restricted=restricted,
         peers=[
-            _Peer(
+            StaticPeer(
                 "relay",
                 keys.public_key(rk),
                 tuple(ip_network(str(a)) for a in r_addr),

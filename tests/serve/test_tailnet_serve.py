@@ -6,26 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
 from twisted.internet import defer, endpoints, protocol, reactor, ssl
 from twisted.trial.unittest import TestCase
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
 from funnel_tw.node import NodeService
-from funnel_tw.overlay.interface import OverlayInterface
+from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
 
 NAME = "node.example.com"
-
-
-@attrs.frozen
-class _Peer:
-    name: str
-    public_key: bytes
-    allowed_ips: tuple[Any, ...]
-    endpoint: tuple[str, int] | None
-    persistent_keepalive: int = 0
-    preshared_key: bytes | None = None
 
 
 class Fetch(protocol.Protocol):
@@ -74,7 +63,7 @@ allowed-ips = 100.64.0.3/32
             addresses=[ip_interface("100.64.0.3/32")],
             listen_port=0,
             peers=[
-                _Peer(
+                StaticPeer(
                     "node",
                     keys.public_key(node_key),
                     (ip_network("100.64.0.2/32"),),
