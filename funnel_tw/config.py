@@ -103,6 +103,7 @@ class TLSConfig:
     acme_email: str | None = None
     acme_challenge: str = "tls-alpn-01"
     acme_dns_hook: Path | None = None
+    acme_dns_plugin: str | None = None  # a DNS provider plugin instead of a hook
     acme_ca_file: Path | None = None
 
 
@@ -748,6 +749,7 @@ _TLS_KEYS = (
     "acme-email",
     "acme-challenge",
     "acme-dns-hook",
+    "acme-dns-plugin",
     "acme-ca-file",
 )
 _TLS_KEY_SOURCE = {
@@ -757,6 +759,7 @@ _TLS_KEY_SOURCE = {
     "acme-email": "acme",
     "acme-challenge": "acme",
     "acme-dns-hook": "acme",
+    "acme-dns-plugin": "acme",
     "acme-ca-file": "acme",
 }
 _SERVE_KEYS = (
@@ -863,11 +866,18 @@ def _tls(section: _Section) -> TLSConfig | None:
         directory = section.req("acme-directory", lambda v: _url(v, ("https", "http")))
         email = section.opt("acme-email", _email, None)
         challenge = section.opt("acme-challenge", _choice("tls-alpn-01", "dns-01"), "tls-alpn-01")
-        hook = None
-        if challenge == "dns-01":
+        hook: Path | None = None
+        plugin: str | None = None
+        if challenge == "dns-01" and "acme-dns-plugin" in section.values:
+            plugin = section.opt("acme-dns-plugin", _handler_name, None)
+            if "acme-dns-hook" in section.values:
+                section.error("acme-dns-hook", "cannot be combined with acme-dns-plugin")
+        elif challenge == "dns-01":
             hook = section.req("acme-dns-hook", lambda v: _executable(section.path(v)))
-        elif "acme-dns-hook" in section.values:
-            section.error("acme-dns-hook", "is only used with acme-challenge = dns-01")
+        else:
+            for option in ("acme-dns-hook", "acme-dns-plugin"):
+                if option in section.values:
+                    section.error(option, "is only used with acme-challenge = dns-01")
         ca_file = section.opt("acme-ca-file", lambda v: _existing_file(section.path(v)), None)
         return TLSConfig(
             source=source,
@@ -875,6 +885,7 @@ def _tls(section: _Section) -> TLSConfig | None:
             acme_email=email,
             acme_challenge=challenge,
             acme_dns_hook=hook,
+            acme_dns_plugin=plugin,
             acme_ca_file=ca_file,
         )
     return TLSConfig(source=source)

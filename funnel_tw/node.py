@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import NodeConfig, PeerConfig
+from .config import ConfigError, NodeConfig, PeerConfig
 from .localapi import LocalAPIService
 from .overlay.factory import build_overlay
 from .overlay.interface import OverlayInterface
@@ -54,7 +54,7 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
     from .tls.acme import ACMEClient
-    from .tls.challenges import DNSHookResponder, TLSALPNResponder
+    from .tls.challenges import ChallengeError, DNSHookResponder, TLSALPNResponder, dns_plugin
     from .tls.issuer import ACMESource
 
     tls = config.tls
@@ -72,9 +72,14 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
         Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
     )
     directory = tls.acme_directory
-    if tls.acme_challenge == "dns-01":
+    if tls.acme_challenge == "dns-01" and tls.acme_dns_plugin is not None:
+        try:
+            responder: Any = dns_plugin(tls.acme_dns_plugin, reactor)
+        except ChallengeError as e:
+            raise ConfigError(f"{config.path}: [tls] acme-dns-plugin: {e}") from None
+    elif tls.acme_challenge == "dns-01":
         assert tls.acme_dns_hook is not None
-        responder: Any = DNSHookResponder(tls.acme_dns_hook, reactor)
+        responder = DNSHookResponder(tls.acme_dns_hook, reactor)
     else:
         responder = TLSALPNResponder(store)
     return ACMESource(

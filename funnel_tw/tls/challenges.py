@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
 from .acme import dns01_value
@@ -45,6 +46,35 @@ class IChallengeResponder(Interface):
 
     def stop_responding(name: str, token: str, key_authorization: str) -> defer.Deferred[None]:
         """Stop answering (also after a failed validation)."""
+
+
+class IChallengeResponderFactory(IPlugin):
+    """A DNS provider plugin (``[tls] acme-dns-plugin = NAME``), found with twisted.plugin.
+
+    ``create`` returns the responder; a plugin reads its own credentials (from the daemon's
+    environment or a file of its own) and raises ChallengeError if they are missing.
+    """
+
+    name = Attribute("The name used in acme-dns-plugin = NAME.")
+
+    def create(reactor: Any) -> IChallengeResponder:
+        """Build the responder for this node."""
+
+
+def dns_plugin(name: str, reactor: Any) -> IChallengeResponder:
+    """The responder of DNS provider plugin ``name``; ChallengeError if none is installed."""
+    from twisted.plugin import getPlugins
+
+    import twisted.plugins
+
+    found = {f.name: f for f in getPlugins(IChallengeResponderFactory, twisted.plugins)}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise ChallengeError(f"no DNS provider plugin named {name!r} (installed: {known})")
+    responder = found[name].create(reactor)
+    if not IChallengeResponder.providedBy(responder):
+        raise ChallengeError(f"DNS provider plugin {name!r} did not return a responder")
+    return responder
 
 
 class ChallengeError(Exception):
