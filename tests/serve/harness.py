@@ -100,6 +100,23 @@ funnel-ingress = yes
     def ca_file(self) -> str:
         return str(self.config.state_dir / "tls" / "ca.pem")
 
+    async def curl(
+        self, port: int, path: str, *extra: str, max_time: int = 20
+    ) -> tuple[int, bytes, bytes]:
+        """curl through a front on ``port``, trusting only the node's CA."""
+        return await run(
+            "curl",
+            "-sS",
+            "--max-time",
+            str(max_time),
+            "--cacert",
+            self.ca_file,
+            "--resolve",
+            f"{HOSTNAME}:{port}:127.0.0.1",
+            f"https://{HOSTNAME}:{port}{path}",
+            *extra,
+        )
+
     def front(self, target_port: int, host: str = HOSTNAME) -> tuple[Front, int]:
         front = Front(self.peerapi.getHost().port, f"{host}:{target_port}")
         port = reactor.listenTCP(0, front, interface="127.0.0.1")

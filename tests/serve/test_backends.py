@@ -16,7 +16,7 @@ from twisted.internet import protocol, reactor, ssl
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
-from .harness import HOSTNAME, ServeHarness, run
+from .harness import ServeHarness
 
 
 class Hello(resource.Resource):
@@ -96,18 +96,7 @@ funnel = yes
         self.front, self.port = self.h.front(443)
 
     async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--cacert",
-            self.h.ca_file,
-            "--resolve",
-            f"{HOSTNAME}:{self.port}:127.0.0.1",
-            f"https://{HOSTNAME}:{self.port}{path}",
-            *extra,
-        )
+        return await self.h.curl(self.port, path, *extra)
 
     async def test_unix_socket_backend(self) -> None:
         code, out, err = await self.curl("/unix")

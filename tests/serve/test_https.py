@@ -39,18 +39,7 @@ funnel = yes
         self.front, self.port = self.h.front(443)
 
     async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--cacert",
-            self.h.ca_file,
-            "--resolve",
-            f"{HOSTNAME}:{self.port}:127.0.0.1",
-            f"https://{HOSTNAME}:{self.port}{path}",
-            *extra,
-        )
+        return await self.h.curl(self.port, path, *extra)
 
     async def test_text_http1_and_http2(self) -> None:
         for version in ("--http1.1", "--http2"):

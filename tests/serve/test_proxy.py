@@ -18,7 +18,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
 
 from .backend import HungBackend, WebSocketEcho, backend_site, listen
-from .harness import HOSTNAME, ServeHarness, run
+from .harness import HOSTNAME, ServeHarness
 
 
 class ProxyTests(TestCase):
@@ -49,18 +49,7 @@ proxy-timeout = 1
         self.front, self.port = self.h.front(443)
 
     async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "60",
-            "--cacert",
-            self.h.ca_file,
-            "--resolve",
-            f"{HOSTNAME}:{self.port}:127.0.0.1",
-            f"https://{HOSTNAME}:{self.port}{path}",
-            *extra,
-        )
+        return await self.h.curl(self.port, path, *extra, max_time=60)
 
     async def echo(self, path: str, *extra: str) -> dict[str, Any]:
         code, out, err = await self.curl(path, *extra)
