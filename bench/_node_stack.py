@@ -45,7 +45,7 @@ from twisted.logger import (
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
-from funnel_tw.node import NodeService
+from funnel_tw.node.service import NodeService
 
 _PR_SET_PDEATHSIG = 1
 reactor: Any = _reactor  # the global reactor, typed loosely as Twisted's interfaces are

@@ -186,7 +186,7 @@ def _count(items: tuple[object, ...], noun: str) -> str:
 
 def _status(options: argparse.Namespace) -> int:
     """Ask the running node over its local API (a UNIX socket in state-dir)."""
-    from funnel_tw import localapi
+    from funnel_tw.node.status import address, client, text
 
     if options.socket is not None:
         path = options.socket
@@ -198,23 +198,23 @@ def _status(options: argparse.Namespace) -> int:
         return 1
     else:
         try:
-            path = str(localapi.socket_path(load_node_config(options.config).state_dir))
+            path = str(address.socket_path(load_node_config(options.config).state_dir))
         except ConfigError as e:
             for line in e.errors:
                 sys.stderr.write(line + "\n")
             return 1
     try:
         if options.json:
-            doc = localapi.fetch(path, localapi.SERVE_STATUS_PATH)
+            doc = client.fetch(path, address.SERVE_STATUS_PATH)
         else:
-            doc = localapi.fetch(path, localapi.STATUS_PATH)
-    except localapi.LocalAPIUnavailable as e:
+            doc = client.fetch(path, address.STATUS_PATH)
+    except address.LocalAPIUnavailable as e:
         sys.stderr.write(f"{PROG} status: {e}\n")
         return 1
     if options.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        sys.stdout.write(localapi.format_status(doc))
+        sys.stdout.write(text.format_status(doc))
     return 0
 
 

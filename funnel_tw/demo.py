@@ -122,7 +122,7 @@ def fetch(port: int, ca_file: str) -> tuple[int, str]:
 
 
 async def _run(reactor: Any, folder: Path, keep_running: bool) -> int:
-    from .node import NodeService
+    from .node.service import NodeService
     from .relay.service import RelayService
 
     site = server.Site(_Backend())

@@ -29,23 +29,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 import funnel_tw
-from funnel_tw import keys, localapi
+from funnel_tw import keys
 from funnel_tw.config import load_node_config
-from funnel_tw.localapi import (
-    LocalAPIError,
-    LocalAPIService,
-    LocalAPIUnavailable,
-    SocketAddress,
-    UnixHTTPConnection,
-    format_age,
-    format_bytes,
-    format_expiry,
-    format_status,
-)
-from funnel_tw.node import NodeService
+from funnel_tw.flow import Flow, IIngressHandler
+from funnel_tw.node.service import NodeService
+from funnel_tw.node.status.address import LocalAPIError, LocalAPIUnavailable, SocketAddress
+from funnel_tw.node.status.client import UnixHTTPConnection, fetch
+from funnel_tw.node.status.server import LocalAPIService
+from funnel_tw.node.status.text import format_age, format_bytes, format_expiry, format_status
 from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
-from funnel_tw.serve.interfaces import Flow, IIngressHandler
 from funnel_tw.tls.store import Certificate
 from tests.test_cli import run as run_cli
 
@@ -230,7 +223,7 @@ async def status_cli(
 
 def get(path: Path, url: str) -> defer.Deferred[Any]:
     """The blocking stdlib client, in a thread so that the reactor answers it."""
-    return threads.deferToThread(localapi.fetch, path, url)
+    return threads.deferToThread(fetch, path, url)
 
 
 def raw(path: Path, method: str, url: str) -> defer.Deferred[tuple[int, bytes]]:
@@ -654,7 +647,6 @@ class FormatTests(SynchronousTestCase):
 
 class RenewalStatusTests(SynchronousTestCase):
     def test_failing_renewal_is_loud(self) -> None:
-        from funnel_tw.localapi import format_status
 
         doc: dict[str, object] = {
             "hostnames": ["node.example.com"],

@@ -22,8 +22,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..serve.interfaces import Flow
-from .hijack import HijackError, hijack
+from ..flow import Flow
+from ..web.hijack import HijackError, hijack
 
 log = Logger()
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from .. import splice
+from ..web import splice
 
 EXPECTED = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 MAX_ANSWER = 4096

@@ -24,8 +24,8 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import splice
 from ..config import RelayNode
+from ..web import splice
 from .clienthello import ClientHelloError, ClientHelloParser
 from .ingress import IngressClientEnd, ingress_request
 from .routes import Routes

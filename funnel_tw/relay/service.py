@@ -10,8 +10,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import RelayConfig
-from ..node import OverlayService
 from ..overlay.interface import OverlayInterface
+from ..overlay.service import OverlayService
 from .endpoints import EndpointMemory
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site

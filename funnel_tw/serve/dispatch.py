@@ -24,10 +24,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from .. import splice
+from ..flow import Flow, IIngressHandler
 from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
+from ..web import splice
 from . import proxyproto
-from .interfaces import Flow, IIngressHandler
 from .model import ServeConfig, TCPPortHandler
 from .web import MountRouter, ServeSite
 

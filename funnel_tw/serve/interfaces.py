@@ -1,46 +1,16 @@
-"""What a handler plugin implements, and what it is given for each flow."""
+"""The plugin API: IIngressHandlerFactory, and (from flow.py) Flow and IIngressHandler."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
-from twisted.internet.interfaces import IProtocol
 from twisted.plugin import IPlugin
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute
 
+from ..flow import Flow, IIngressHandler
 
-@attrs.frozen
-class Flow:
-    """One incoming stream: who it is from and where it was addressed.
-
-    ``client`` is the public client's (ip, port) for funnel flows (from
-    Tailscale-Ingress-Src), else the overlay peer's address. ``peer`` is the name of the
-    WireGuard peer the stream came through (the relay for funnel flows).
-    """
-
-    client: tuple[str, int]
-    host: str
-    port: int
-    funnel: bool
-    peer: str
-
-
-class IIngressHandler(Interface):
-    """A handler for ``[serve PORT] handler = NAME``, found with ``twisted.plugin``.
-
-    Plugins provide ``IIngressHandlerFactory``; the factory validates the section's options
-    when the configuration is loaded and returns an ``IIngressHandler``.
-    """
-
-    terminate_tls = Attribute(
-        "True: the node terminates TLS and the protocol sees plaintext; "
-        "False: the protocol sees the raw (still encrypted) stream."
-    )
-
-    def build_protocol(flow: Flow) -> IProtocol | None:
-        """The Protocol for this flow, or None to refuse it (the connection is closed)."""
+__all__ = ["Flow", "IIngressHandler", "IIngressHandlerFactory", "describe"]
 
 
 class IIngressHandlerFactory(IPlugin):

@@ -37,9 +37,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from .. import splice
-from ..peerapi.hijack import HijackError, hijack
-from .interfaces import Flow
+from ..flow import Flow
+from ..web import splice
+from ..web.hijack import HijackError, hijack
 from .streaming import BodySource, StreamingRequest
 
 log = Logger()

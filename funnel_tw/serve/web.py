@@ -16,7 +16,7 @@ from twisted.python.filepath import FilePath, InsecurePath
 from twisted.web import resource, static
 from twisted.web.server import Request, Site
 
-from .interfaces import Flow
+from ..flow import Flow
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
 

@@ -48,7 +48,7 @@ from twisted.trial.unittest import TestCase
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config, load_relay_config
-from funnel_tw.node import NodeService, build_acme_source
+from funnel_tw.node.service import NodeService, build_acme_source
 from funnel_tw.relay.service import RelayService
 from funnel_tw.tls import issuer
 from funnel_tw.tls.acme import ACMEError

@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
-from funnel_tw.splice import SpliceEnd
+from funnel_tw.web.splice import SpliceEnd
 from tests.interop.netns import kill_group, require_interop
 from tests.serve.harness import HOSTNAME, Front, ServeHarness
 

@@ -9,6 +9,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from funnel_tw.flow import Flow
 from funnel_tw.peerapi.ingress import (
     SWITCHING_PROTOCOLS,
     IngressResource,
@@ -16,7 +17,6 @@ from funnel_tw.peerapi.ingress import (
     parse_ip_port,
 )
 from funnel_tw.peerapi.site import PeerAPIRoot, PeerAPISite
-from funnel_tw.serve.interfaces import Flow
 
 
 class Recorder(protocol.Protocol):

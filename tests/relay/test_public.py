@@ -15,7 +15,7 @@ from twisted.web import resource, server
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config, load_relay_config
-from funnel_tw.node import NodeService
+from funnel_tw.node.service import NodeService
 from funnel_tw.relay.service import RelayService
 
 from .test_clienthello import real_hello

@@ -11,10 +11,11 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
-from funnel_tw import keys, splice
+from funnel_tw import keys
 from funnel_tw.config import load_node_config
-from funnel_tw.node import NodeService
+from funnel_tw.node.service import NodeService
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
+from funnel_tw.web import splice
 
 HOSTNAME = "node.example.com"
 

@@ -16,10 +16,10 @@ from zope.interface.verify import verifyObject
 
 from funnel_tw import keys
 from funnel_tw.config import ConfigError, load_node_config
-from funnel_tw.node import build_handlers
+from funnel_tw.node.service import build_handlers
 from funnel_tw.serve.interfaces import Flow, IIngressHandler, IIngressHandlerFactory
 from funnel_tw.serve.plugins import handler_factories
-from funnel_tw.splice import SpliceEnd
+from funnel_tw.web.splice import SpliceEnd
 
 from .harness import HOSTNAME, Front, ServeHarness
 

@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
-from funnel_tw.node import NodeService
+from funnel_tw.node.service import NodeService
 from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
 
 NAME = "node.example.com"

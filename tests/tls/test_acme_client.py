@@ -28,7 +28,7 @@ from twisted.web.client import Agent
 
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
-from funnel_tw.node import build_acme_source
+from funnel_tw.node.service import build_acme_source
 from funnel_tw.tls.acme import (
     ACMEClient,
     ACMEError,

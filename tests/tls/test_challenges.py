@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from funnel_tw.flow import Flow
 from funnel_tw.serve.dispatch import CloseAfterACMEHandshake
-from funnel_tw.serve.interfaces import Flow
 from funnel_tw.tls.challenges import (
     ACME_IDENTIFIER_OID,
     ChallengeError,

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import twisted.plugins
 from funnel_tw import keys
 from funnel_tw.config import ConfigError, load_node_config
-from funnel_tw.node import build_acme_source
+from funnel_tw.node.service import build_acme_source
 from funnel_tw.tls.challenges import ChallengeError, dns_plugin
 from funnel_tw.tls.store import CertificateStore
 

@@ -5,46 +5,27 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from .config import ConfigError, NodeConfig, PeerConfig
-from .localapi import LocalAPIService
-from .overlay.factory import build_overlay
-from .overlay.interface import OverlayInterface
-from .overlay.tun import TunError
-from .peerapi.ingress import IngressResource
-from .peerapi.site import PeerAPIRoot, PeerAPISite
-from .serve.dispatch import Dispatcher
-from .serve.interfaces import Flow, IIngressHandler
-from .serve.model import ServeConfig
-from .serve.plugins import build_handlers
-from .serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
-from .tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
-from .tls.store import CertificateStore
+from ..config import ConfigError, NodeConfig, PeerConfig
+from ..flow import Flow, IIngressHandler
+from ..overlay.factory import build_overlay
+from ..overlay.service import OverlayService
+from ..peerapi.ingress import IngressResource
+from ..peerapi.site import PeerAPIRoot, PeerAPISite
+from ..serve.dispatch import Dispatcher
+from ..serve.model import ServeConfig
+from ..serve.plugins import build_handlers
+from ..serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
+from ..tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
+from ..tls.store import CertificateStore
+from .status.server import LocalAPIService
 
 log = Logger()
-
-
-class OverlayService(Service):
-    """Runs an OverlayInterface for the lifetime of the daemon."""
-
-    def __init__(self, overlay: OverlayInterface) -> None:
-        self.overlay = overlay
-
-    def startService(self) -> None:
-        super().startService()
-        try:
-            self.overlay.start()
-        except (OSError, TunError) as e:  # a clear line, not a traceback
-            raise SystemExit(f"funnel-tw: cannot start the overlay: {e}") from None
-
-    def stopService(self) -> None:
-        self.overlay.stop()
-        return super().stopService()  # type: ignore[no-any-return]
 
 
 def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any) -> Any:
@@ -53,9 +34,9 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
     from twisted.internet import ssl
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-    from .tls.acme import ACMEClient
-    from .tls.challenges import ChallengeError, DNSHookResponder, TLSALPNResponder, dns_plugin
-    from .tls.issuer import ACMESource
+    from ..tls.acme import ACMEClient
+    from ..tls.challenges import ChallengeError, DNSHookResponder, TLSALPNResponder, dns_plugin
+    from ..tls.issuer import ACMESource
 
     tls = config.tls
     assert tls.acme_directory is not None

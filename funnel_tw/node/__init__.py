@@ -1,0 +1,1 @@
+"""The node daemon: NodeService, its status API and its twistd entry point."""

@@ -1,0 +1,181 @@
+"""The human summary ``funnel-tw status`` prints from the status document."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from .address import _EXPIRY_WARNING
+
+
+def format_age(seconds: float) -> str:
+    """``12s``, ``3m05s``, ``2h07m``, ``4d03h``."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    """As ``wg show`` prints transfer: ``512 B``, ``1.50 KiB``, ``3.20 MiB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.2f} {unit}"
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 'S'}"
+
+
+def format_expiry(expires_in: float) -> str:
+    """``in 89 days``; under 7 days, in capitals so it is seen."""
+    if expires_in <= 0:
+        ago = -expires_in
+        if ago < 86400:
+            return f"EXPIRED {_plural(int(ago // 3600), 'HOUR')} AGO"
+        return f"EXPIRED {_plural(int(ago // 86400), 'DAY')} AGO"
+    if expires_in < 86400:
+        return f"EXPIRES IN {_plural(int(expires_in // 3600), 'HOUR')}"
+    days = int(expires_in // 86400)
+    if expires_in < _EXPIRY_WARNING:
+        return f"EXPIRES IN {_plural(days, 'DAY')}"
+    return f"in {days} days"
+
+
+def _mount_text(handler: dict[str, Any]) -> str:
+    if "Proxy" in handler:
+        return f"proxy {handler['Proxy']}"
+    if "Path" in handler:
+        return f"files {handler['Path']}"
+    return f"text {json.dumps(handler.get('Text', ''))}"
+
+
+def _port_text(entry: dict[str, Any]) -> str:
+    kind = entry.get("kind", "?")
+    if kind in ("tcp-forward", "tls-terminated-tcp"):
+        text = f"{kind} -> {entry.get('target')}"
+    elif kind == "handler":
+        text = f"handler {entry.get('handler')}"
+    else:
+        text = kind
+    if entry.get("proxy_protocol"):
+        text += f", PROXY protocol v{entry['proxy_protocol']}"
+    return text
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        (indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()
+        for r in rows
+    ]
+
+
+_SUMMARY_COUNTERS = ("handshakes", "rx_datagrams", "tcp_connections")
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """The readable ``funnel-tw status`` summary of a ``/v0/status`` document."""
+    lines: list[str] = []
+    names = ", ".join(doc.get("hostnames") or []) or "(no hostname)"
+    lines.append(f"funnel-tw {doc.get('version', '?')} node {names}")
+    udp = doc.get("listen_port")
+    lines.append(
+        f"  overlay {', '.join(doc.get('addresses') or [])} ({doc.get('network')}), "
+        f"WireGuard UDP port {udp if udp is not None else '(not listening)'}, "
+        f"peerAPI port {doc.get('peerapi_port')}"
+    )
+
+    lines += ["", "peers:"]
+    peers = doc.get("peers") or []
+    if not peers:
+        lines.append("  (none)")
+    else:
+        rows = []
+        for p in peers:
+            age = p.get("last_handshake_age")
+            rows.append(
+                [
+                    p["name"],
+                    p.get("endpoint") or "(no endpoint)",
+                    "handshake " + ("never" if age is None else f"{format_age(age)} ago"),
+                    f"rx {format_bytes(p.get('rx_bytes', 0))}",
+                    f"tx {format_bytes(p.get('tx_bytes', 0))}",
+                    "funnel-ingress" if p.get("funnel_ingress") else "",
+                ]
+            )
+        lines += _table(rows)
+
+    lines += ["", "serve:"]
+    ports = doc.get("ports") or []
+    if not ports:
+        lines.append("  (nothing)")
+    else:
+        width = max(len(str(e["port"])) for e in ports)
+        for e in ports:
+            reach = ("funnel" if e.get("funnel") else "tailnet only").ljust(12)
+            lines.append(f"  {str(e['port']).ljust(width)}  {reach}  {_port_text(e)}")
+            mounts = e.get("mounts") or {}
+            if mounts:
+                path_width = max(len(p) for p in mounts)
+                for path, handler in mounts.items():
+                    lines.append(
+                        f"  {' ' * width}    {path.ljust(path_width)}  {_mount_text(handler)}"
+                    )
+
+    lines += ["", "certificates:"]
+    certs = doc.get("certificates") or []
+    if not certs:
+        lines.append("  (no hostnames)")
+    else:
+        rows = []
+        for c in certs:
+            if c.get("not_after") is None:
+                rows.append([c["hostname"], "NO CERTIFICATE", ""])
+                continue
+            until = datetime.datetime.fromisoformat(c["not_after"]).astimezone(datetime.UTC)
+            rows.append(
+                [
+                    c["hostname"],
+                    f"expires {until:%Y-%m-%d %H:%M} UTC ({format_expiry(c['expires_in'])})",
+                    c.get("source") or "",
+                ]
+            )
+        lines += _table(rows)
+    renewal = doc.get("renewal") or {}
+    if renewal.get("failures"):
+        next_in = renewal.get("next_check_in")
+        lines.append(
+            f"  RENEWAL FAILING ({_plural(int(renewal['failures']), 'ATTEMPT')}): "
+            f"{renewal.get('last_error') or 'unknown error'}"
+            + (f"; next try in {next_in:.0f} s" if next_in is not None else "")
+        )
+
+    open_ingress = (doc.get("ingress") or {}).get("open")
+    lines += ["", "ingress:"]
+    lines.append(
+        "  open connections: "
+        + ("unknown (the kernel owns TCP)" if open_ingress is None else str(open_ingress))
+    )
+
+    counters = doc.get("counters") or {}
+    shown: list[tuple[str, int]] = []
+    for group in ("ingress", "serve", "tls"):
+        shown += sorted((counters.get(group) or {}).items())
+    overlay = counters.get("overlay") or {}
+    shown += [(k, overlay[k]) for k in _SUMMARY_COUNTERS if k in overlay]
+    drops = sum(v for k, v in overlay.items() if k.startswith("drop_"))
+    shown.append(("overlay_drops", drops))
+    lines += ["", "counters:"]
+    lines += _table([[k, str(v)] for k, v in shown])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+"""twistd ``funnel``: the node daemon's Options and makeService."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+
+from ..config import NodeConfig, load_node_config
+from ..options import ConfigOptions
+
+
+class Options(ConfigOptions):
+    longdesc = "Run a funnel-tw node: WireGuard, peerAPI ingress, TLS and serve handlers."
+
+    def load(self, path: str) -> NodeConfig:
+        from ..serve.plugins import build_handlers
+
+        config = load_node_config(path)
+        self.handlers = build_handlers(config)  # plugin options are checked now
+        return config
+
+
+def makeService(options: Options) -> IService:
+    from .service import NodeService
+
+    return NodeService(options.loaded, handlers=options.handlers)

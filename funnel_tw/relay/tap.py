@@ -1,0 +1,21 @@
+"""twistd ``funnel-relay``: the relay daemon's Options and makeService."""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+
+from ..config import RelayConfig, load_relay_config
+from ..options import ConfigOptions
+
+
+class Options(ConfigOptions):
+    longdesc = "Run a funnel-tw relay: public listeners that route TLS by SNI to nodes."
+
+    def load(self, path: str) -> RelayConfig:
+        return load_relay_config(path)
+
+
+def makeService(options: Options) -> IService:
+    from .service import RelayService
+
+    return RelayService(options.loaded)

@@ -1,0 +1,1 @@
+"""Twisted glue shared below serve, peerapi and relay: hijack, splice, factories, host:port."""
