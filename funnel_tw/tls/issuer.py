@@ -35,6 +35,14 @@ CHECK_JITTER = 300.0
 FIRST_BACKOFF = 60.0
 MAX_BACKOFF = 6 * 3600.0
 LOUD_BEFORE = datetime.timedelta(days=7)
+# what an operator should look at when the CA could not validate a name
+LIKELY_CAUSE = {
+    "tls-alpn-01": "the CA connects to {name}:443 with ALPN acme-tls/1: check that public DNS "
+    "for {name} points at the relay, that the relay lists {name} in this node's [node] "
+    "hostnames, and that port 443 of the relay is reachable from the internet",
+    "dns-01": "the CA looks up the TXT record _acme-challenge.{name}: check that the DNS hook "
+    "or plugin sets it in the zone the public DNS serves for {name}",
+}
 
 
 def _now() -> datetime.datetime:
@@ -139,11 +147,17 @@ class ACMESource:
             log.failure("unexpected error while renewing certificates")
             self._failed(e)
 
+    def uncovered(self) -> list[str]:
+        """The configured names the current certificate does not cover (all without one)."""
+        if self.current is None:
+            return list(self.names)
+        covered = self.current.names
+        return [n for n in self.names if not any(name_matches(c, n) for c in covered)]
+
     async def _due(self) -> bool:
         if self.current is None:
             return True
-        covered = self.current.names
-        if not all(any(name_matches(c, n) for c in covered) for n in self.names):
+        if self.uncovered():
             return True  # a hostname was added since: a new certificate now
         window = None
         try:
@@ -162,7 +176,17 @@ class ACMESource:
             delay = max(delay, retry_after)
         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
         expiring = self.current is not None and (self.current.not_after - _now() < LOUD_BEFORE)
-        if expiring or self.current is None:
+        uncovered = self.uncovered()
+        if uncovered and self.current is not None:
+            # a hostname added since the current certificate: it is not served until this works
+            log.error(
+                "no certificate for {missing} (configured since the current certificate was "
+                "issued): {error}; retrying in {delay:.0f} s",
+                missing=", ".join(uncovered),
+                error=error,
+                delay=delay,
+            )
+        elif expiring or self.current is None:
             log.error(
                 "certificate for {names} could not be {what}: {error}; "
                 "{left}; retrying in {delay:.0f} s",
@@ -268,7 +292,8 @@ class ACMESource:
             ]
             raise ACMEError(
                 f"{wanted} validation of {name} failed: "
-                f"{'; '.join(d for d in details if d) or 'invalid'}"
+                f"{'; '.join(d for d in details if d) or 'invalid'} "
+                f"({LIKELY_CAUSE.get(wanted, 'check the challenge set-up').format(name=name)})"
             )
 
     def status(self) -> dict[str, Any]:

@@ -82,6 +82,7 @@ class CertificateStore:
         self._certs: dict[str, Certificate] = {}  # configured hostname -> certificate
         self._challenges: dict[str, Certificate] = {}  # name -> tls-alpn-01 certificate
         self._refusal = SSL.Context(SSL.TLS_SERVER_METHOD)  # no certificate: every handshake fails
+        self._challenge_contexts: dict[tuple[bytes, ...], SSL.Context] = {}
         self.counters: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -147,22 +148,42 @@ class CertificateStore:
         def on_server_name(conn: SSL.Connection) -> None:
             raw = conn.get_servername()
             name = raw.decode("ascii", "replace").lower().rstrip(".") if raw else None
-            cert = self.lookup(name)
-            if cert is None or (name is not None and not self.serves(name)):
+            if name is not None and not self.serves(name):
                 self._count("tls_unknown_server_name")
                 log.info("TLS handshake for unknown name {name!r} refused", name=name)
                 # a context without any certificate: the handshake fails, cleanly, here
                 # (raising from this callback would only print a traceback)
                 conn.set_context(self._refusal)
                 return
-            conn.set_context(cert.context(alpn, self))
+            cert = self.lookup(name)
+            if cert is not None:
+                conn.set_context(cert.context(alpn, self))
+            elif name is not None and name in self._challenges:
+                # A configured name without a certificate yet (first issue, or a name added
+                # later): only a validator offering acme-tls/1 completes the handshake, with the
+                # challenge certificate _acme_alpn installs; anyone else finds no certificate.
+                conn.set_context(self._challenge_only(alpn))
+            else:
+                self._count("tls_no_certificate")
+                log.info("TLS handshake for {name!r} refused: no certificate yet", name=name)
+                conn.set_context(self._refusal)
 
         ctx.set_tlsext_servername_callback(on_server_name)
+
+    def _challenge_only(self, alpn: tuple[bytes, ...]) -> SSL.Context:
+        """A context without a certificate whose ALPN callback can install the challenge one."""
+        ctx = self._challenge_contexts.get(alpn)
+        if ctx is None:
+            ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+            self.configure(ctx, alpn)
+            self._challenge_contexts[alpn] = ctx
+        return ctx
 
     def _acme_alpn(self, conn: SSL.Connection) -> bytes | Any:
         """RFC 8737: a validator's handshake gets the challenge certificate, nothing else."""
         raw = conn.get_servername()
-        name = raw.decode("ascii", "replace").lower() if raw else ""
+        name = raw.decode("ascii", "replace").lower().rstrip(".") if raw else ""
         challenge = self._challenges.get(name)
         if challenge is None:
             self._count("tls_acme_alpn_without_challenge")

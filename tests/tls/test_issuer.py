@@ -586,7 +586,9 @@ class SourceTests(TestCase):
         h.clock.advance(0)
         self.assertEqual(
             h.source.last_error,
-            f"tls-alpn-01 validation of {NAME} failed: Failed to connect to {NAME}:443",
+            f"tls-alpn-01 validation of {NAME} failed: Failed to connect to {NAME}:443 ("
+            + issuer.LIKELY_CAUSE["tls-alpn-01"].format(name=NAME)
+            + ")",
         )
         # the challenge answer is removed after a failed validation too
         self.assertEqual([a for a, _, _ in h.responder.calls], ["start", "stop"])
