@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService
 
 from ..config import NodeConfig, load_node_config
-from ..options import ConfigOptions
+from ..options import ConfigOptions, prepare_state_dir
 
 
 class Options(ConfigOptions):
@@ -21,5 +21,7 @@ class Options(ConfigOptions):
 
 def makeService(options: Options) -> IService:
     from .service import NodeService
+
+    prepare_state_dir(options.loaded.state_dir, options.loaded.path, "node")
 
     return NodeService(options.loaded, handlers=options.handlers)

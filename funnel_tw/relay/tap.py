@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.application.service import IService
 
 from ..config import RelayConfig, load_relay_config
-from ..options import ConfigOptions
+from ..options import ConfigOptions, prepare_state_dir
 
 
 class Options(ConfigOptions):
@@ -17,5 +17,7 @@ class Options(ConfigOptions):
 
 def makeService(options: Options) -> IService:
     from .service import RelayService
+
+    prepare_state_dir(options.loaded.state_dir, options.loaded.path, "relay")
 
     return RelayService(options.loaded)
