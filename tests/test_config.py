@@ -17,12 +17,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.config import (
     ConfigError,
+    HTTPSMounts,
     NodeConfig,
     PeerConfig,
+    PluginHandler,
     RelayConfig,
     RelayNode,
     ServePort,
+    TCPForward,
     TLSConfig,
+    TLSTerminatedTCP,
     load_config,
     load_node_config,
     load_relay_config,
@@ -184,20 +188,18 @@ class GoodFilesTests(ConfigTestCase):
                     ServePort(
                         port=443,
                         funnel=True,
-                        mounts=(
-                            ("/", "http://127.0.0.1:8080"),
-                            ("/static/", "/srv/www"),
-                            ("/healthz", "text:ok"),
+                        handler=HTTPSMounts(
+                            mounts=(
+                                ("/", "http://127.0.0.1:8080"),
+                                ("/static/", "/srv/www"),
+                                ("/healthz", "text:ok"),
+                            ),
+                            proxy_timeout=60.0,
                         ),
-                        tcp_forward=None,
-                        tls_terminated_tcp=None,
-                        proxy_protocol=None,
-                        handler=None,
-                        options=(),
                     ),
-                    ServePort(8443, True, (), "127.0.0.1:9443", None, 2, None, ()),
-                    ServePort(5432, False, (), None, "127.0.0.1:5432", None, None, ()),
-                    ServePort(10000, True, (), None, None, None, "echo", ()),
+                    ServePort(8443, True, TCPForward("127.0.0.1:9443", proxy_protocol=2)),
+                    ServePort(5432, False, TLSTerminatedTCP("127.0.0.1:5432", proxy_protocol=None)),
+                    ServePort(10000, True, PluginHandler("echo", options=())),
                 ),
             ),
         )
@@ -285,7 +287,10 @@ class GoodFilesTests(ConfigTestCase):
         self.assertEqual(config.state_dir, base / "var/state")
         self.assertEqual(config.tls.cert_file, base / "cert.pem")
         self.assertEqual(config.tls.key_file, base / "key.pem")
-        self.assertEqual(config.serve[0].mounts, (("/", str(base / "www")), ("/abs", "/srv/www")))
+        self.assertEqual(
+            config.serve[0].handler,
+            HTTPSMounts((("/", str(base / "www")), ("/abs", "/srv/www"))),
+        )
 
     def test_serve_forms(self) -> None:
         """Bare ports mean 127.0.0.1; IPv6 keeps brackets; handler options keep file order."""
@@ -301,20 +306,39 @@ class GoodFilesTests(ConfigTestCase):
         )
         s80, s81, s82, s83 = config.serve
         self.assertEqual(
-            s80.mounts,
-            (
-                ("/", "http://127.0.0.1:8080"),
-                ("/sock", "unix:/run/app.sock"),
-                ("/x", "https+insecure://10.0.0.1:8443/base"),
-                ("/y", "https://example.com"),
+            s80.handler,
+            HTTPSMounts(
+                (
+                    ("/", "http://127.0.0.1:8080"),
+                    ("/sock", "unix:/run/app.sock"),
+                    ("/x", "https+insecure://10.0.0.1:8443/base"),
+                    ("/y", "https://example.com"),
+                )
             ),
         )
-        self.assertEqual((s81.tcp_forward, s81.proxy_protocol), ("127.0.0.1:9000", 1))
-        self.assertEqual(s82.tls_terminated_tcp, "[::1]:5432")
-        self.assertEqual(s83.handler, "echo")
-        self.assertEqual(s83.options, (("zeta", "1"), ("alpha", "two words")))
+        self.assertEqual(s81.handler, TCPForward("127.0.0.1:9000", proxy_protocol=1))
+        self.assertEqual(s82.handler, TLSTerminatedTCP("[::1]:5432"))
+        self.assertEqual(
+            s83.handler, PluginHandler("echo", options=(("zeta", "1"), ("alpha", "two words")))
+        )
         self.assertTrue(s83.funnel)
         self.assertFalse(s80.funnel)
+
+    def test_proxy_timeout_belongs_to_mounts(self) -> None:
+        """proxy-timeout is a property of HTTPS mounts; without it they wait 60 seconds."""
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "[serve 80]\n/ = 8080\nproxy-timeout = 2.5\n[serve 81]\n/ = 8081\n",
+            )
+        )
+        self.assertEqual(
+            [port.handler for port in config.serve],
+            [
+                HTTPSMounts((("/", "http://127.0.0.1:8080"),), proxy_timeout=2.5),
+                HTTPSMounts((("/", "http://127.0.0.1:8081"),), proxy_timeout=60.0),
+            ],
+        )
 
     def test_tls_sources(self) -> None:
         hook = self.write("hook.sh", "#!/bin/sh\n", mode=0o700)
@@ -430,7 +454,7 @@ class GoodFilesTests(ConfigTestCase):
         config = load_node_config(
             self.write("node.ini", NODE + "[serve 80]\n/a = text:x;y ; a comment\n")
         )
-        self.assertEqual(config.serve[0].mounts, (("/a", "text:x;y"),))
+        self.assertEqual(config.serve[0].handler, HTTPSMounts((("/a", "text:x;y"),)))
 
     def test_crlf_and_bom(self) -> None:
         """Files edited on Windows read the same."""
@@ -795,6 +819,20 @@ class ErrorTests(ConfigTestCase):
             "27: [serve 86] /f: needs a target",
             "28: [serve 41642]: port 41642 is the peerapi-port",
             "30: [serve http]: 'http' is not a port number (expected [serve PORT])",
+        )
+
+    def test_serve_value_errors(self) -> None:
+        """A wrong value of the key that picks the handler, and proxy-timeout off mounts."""
+        self.assertErrors(
+            NODE + "[serve 80]\nhandler = bad name\n"
+            "[serve 81]\ntcp-forward = x\nproxy-timeout = 1\n"
+            "[serve 82]\ntls-terminated-tcp = 0\n"
+            "[serve 83]\n/ = 80\nproxy-timeout = 0\n",
+            "5: [serve 80] handler: 'bad name' is not a handler name",
+            "7: [serve 81] tcp-forward: 'x' is not HOST:PORT",
+            "8: [serve 81] proxy-timeout: is only used with /PATH = URL mounts",
+            "10: [serve 82] tls-terminated-tcp: 0 is out of range (1..65535)",
+            "13: [serve 83] proxy-timeout: must be more than 0 seconds",
         )
 
     def test_tls_errors(self) -> None:

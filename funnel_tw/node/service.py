@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from ..config import ConfigError, NodeConfig, PeerConfig
+from ..config import ConfigError, HTTPSMounts, NodeConfig, PeerConfig
 from ..flow import Flow, IIngressHandler
 from ..overlay.factory import build_overlay
 from ..overlay.service import OverlayService
@@ -137,7 +137,11 @@ class NodeService(MultiService):
             self.certificates = build_acme_source(config, self.store, reactor)
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
-        self.proxy_timeouts = {p.port: p.proxy_timeout for p in config.serve}
+        self.proxy_timeouts = {
+            p.port: p.handler.proxy_timeout
+            for p in config.serve
+            if isinstance(p.handler, HTTPSMounts)
+        }
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,

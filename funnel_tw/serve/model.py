@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, assert_never
 
 import attrs
 
-from ..config import NodeConfig, ServePort
+from ..config import (
+    HTTPSMounts,
+    NodeConfig,
+    PluginHandler,
+    ServePort,
+    TCPForward,
+    TLSTerminatedTCP,
+)
 
 
 @attrs.frozen
@@ -61,7 +68,7 @@ class TCPPortHandler:
 
 
 def mount_handler(target: str) -> HTTPHandler:
-    """config.py has already normalised targets: URLs, ``unix:``, ``text:``, absolute paths."""
+    """funnel_tw.config has normalised targets: URLs, ``unix:``, ``text:``, absolute paths."""
     if target.startswith("text:"):
         return HTTPHandler(text=target[5:])
     if target.startswith(("http://", "https://", "https+insecure://", "unix:")):
@@ -87,23 +94,25 @@ class ServeConfig:
         funnel: dict[str, bool] = {}
         primary = hostnames[0] if hostnames else None
         for port in ports:
-            if port.mounts:
-                tcp[port.port] = TCPPortHandler(https=True)
-                handlers = {path: mount_handler(target) for path, target in port.mounts}
-                for name in hostnames:
-                    web[f"{name}:{port.port}"] = handlers
-            elif port.tcp_forward is not None:
-                tcp[port.port] = TCPPortHandler(
-                    tcp_forward=port.tcp_forward, proxy_protocol=port.proxy_protocol
-                )
-            elif port.tls_terminated_tcp is not None:
-                tcp[port.port] = TCPPortHandler(
-                    tcp_forward=port.tls_terminated_tcp,
-                    terminate_tls=primary,
-                    proxy_protocol=port.proxy_protocol,
-                )
-            elif port.handler is not None:
-                tcp[port.port] = TCPPortHandler(handler=port.handler)
+            match port.handler:
+                case HTTPSMounts(mounts=mounts):
+                    tcp[port.port] = TCPPortHandler(https=True)
+                    handlers = {path: mount_handler(target) for path, target in mounts}
+                    for name in hostnames:
+                        web[f"{name}:{port.port}"] = handlers
+                case TCPForward(target=target, proxy_protocol=proxy_protocol):
+                    tcp[port.port] = TCPPortHandler(
+                        tcp_forward=target, proxy_protocol=proxy_protocol
+                    )
+                case TLSTerminatedTCP(target=target, proxy_protocol=proxy_protocol):
+                    # no hostname, no certificate: the TLS bytes are forwarded as they come
+                    tcp[port.port] = TCPPortHandler(
+                        tcp_forward=target, terminate_tls=primary, proxy_protocol=proxy_protocol
+                    )
+                case PluginHandler(name=name):
+                    tcp[port.port] = TCPPortHandler(handler=name)
+                case unreachable:
+                    assert_never(unreachable)
             if port.funnel:
                 for name in hostnames:
                     funnel[f"{name}:{port.port}"] = True

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from twisted.plugin import getPlugins
 
-from ..config import ConfigError, NodeConfig
+from ..config import ConfigError, NodeConfig, PluginHandler
 from .interfaces import IIngressHandler, IIngressHandlerFactory
 
 
@@ -30,10 +30,10 @@ def build_handlers(config: NodeConfig) -> dict[int, IIngressHandler]:
     when the configuration is loaded, not at the first connection."""
     handlers: dict[int, IIngressHandler] = {}
     for port in config.serve:
-        if port.handler is None:
+        if not isinstance(port.handler, PluginHandler):
             continue
         try:
-            handlers[port.port] = create_handler(port.handler, dict(port.options))
+            handlers[port.port] = create_handler(port.handler.name, dict(port.handler.options))
         except (UnknownHandler, ValueError) as e:
             raise ConfigError(f"{config.path}: [serve {port.port}] handler: {e}") from None
     return handlers

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from ... import __version__
+from ...config import HTTPSMounts, PluginHandler, TCPForward, TLSTerminatedTCP
 from ...overlay.tunnel import display_endpoint
 
 if TYPE_CHECKING:
@@ -18,31 +19,35 @@ def serve_status(node: NodeService) -> dict[str, Any]:
 
 
 def _ports(node: NodeService) -> list[dict[str, Any]]:
+    """One entry per [serve PORT], by port: what it serves, as the config's handler says."""
     serve = node.serve
     out: list[dict[str, Any]] = []
-    for port, handler in sorted(serve.tcp.items()):
+    for port in sorted(node.config.serve, key=lambda p: p.port):
+        number = port.port
         entry: dict[str, Any] = {
-            "port": port,
-            "funnel": any(serve.allow_funnel.get(f"{h}:{port}", False) for h in serve.hostnames),
+            "port": number,
+            "funnel": any(serve.allow_funnel.get(f"{h}:{number}", False) for h in serve.hostnames),
         }
-        if handler.https:
-            entry["kind"] = "https"
-            mounts = next(
-                (serve.web[f"{h}:{port}"] for h in serve.hostnames if f"{h}:{port}" in serve.web),
-                {},
-            )
-            entry["mounts"] = {path: h.to_json() for path, h in mounts.items()}
-        elif handler.terminate_tls is not None:
-            entry["kind"] = "tls-terminated-tcp"
-            entry["target"] = handler.tcp_forward
-        elif handler.tcp_forward is not None:
-            entry["kind"] = "tcp-forward"
-            entry["target"] = handler.tcp_forward
-        elif handler.handler is not None:
-            entry["kind"] = "handler"
-            entry["handler"] = handler.handler
-        if handler.proxy_protocol:
-            entry["proxy_protocol"] = handler.proxy_protocol
+        match port.handler:
+            case HTTPSMounts():
+                # the mounts the web side serves: none on a node without a hostname
+                site = serve.mounts_for(serve.hostnames[0], number) if serve.hostnames else None
+                mounts = {path: h.to_json() for path, h in (site or {}).items()}
+                entry.update(kind="https", mounts=mounts)
+            case TCPForward(target=target, proxy_protocol=version):
+                entry.update(kind="tcp-forward", target=target)
+                if version:
+                    entry["proxy_protocol"] = version
+            case TLSTerminatedTCP(target=target, proxy_protocol=version):
+                # with no hostname there is no certificate, and the port forwards TLS as it comes
+                kind = "tls-terminated-tcp" if serve.hostnames else "tcp-forward"
+                entry.update(kind=kind, target=target)
+                if version:
+                    entry["proxy_protocol"] = version
+            case PluginHandler(name=name):
+                entry.update(kind="handler", handler=name)
+            case unreachable:
+                assert_never(unreachable)
         out.append(entry)
     return out
 

@@ -1,0 +1,60 @@
+"""node.ini and relay.ini -> frozen attrs objects, or one ConfigError listing every problem.
+
+Every error reads "FILE:LINE: [SECTION] KEY: WHY" and the whole file is checked before failing,
+so `funnel-tw check-config` can show all problems at once. Nothing here touches the network.
+
+    ini.py     the line-numbered INI engine and ConfigError
+    values.py  the value converters (ports, durations, addresses, host names, URLs, key files)
+    node.py    the node.ini schema        relay.py  the relay.ini schema
+    model.py   the frozen objects, a serve port's handler as a tagged union
+"""
+
+from __future__ import annotations
+
+import os
+
+from .ini import MAX_FILE_SIZE, ConfigError, IniFile, format_error
+from .model import (
+    HTTPSMounts,
+    NodeConfig,
+    PeerConfig,
+    PluginHandler,
+    PortHandler,
+    RelayConfig,
+    RelayNode,
+    ServePort,
+    TCPForward,
+    TLSConfig,
+    TLSTerminatedTCP,
+)
+from .node import load_node_config, node_config
+from .relay import load_relay_config, relay_config
+
+__all__ = [
+    "MAX_FILE_SIZE",
+    "ConfigError",
+    "HTTPSMounts",
+    "NodeConfig",
+    "PeerConfig",
+    "PluginHandler",
+    "PortHandler",
+    "RelayConfig",
+    "RelayNode",
+    "ServePort",
+    "TCPForward",
+    "TLSConfig",
+    "TLSTerminatedTCP",
+    "format_error",
+    "load_config",
+    "load_node_config",
+    "load_relay_config",
+]
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig | RelayConfig:
+    """Read either file: one with a [relay] section and no [node] section is a relay.ini."""
+    file = IniFile(path)
+    headers = {section.header.strip() for section in file.sections}
+    if "relay" in headers and "node" not in headers:
+        return relay_config(file)
+    return node_config(file)

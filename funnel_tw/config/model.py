@@ -1,0 +1,169 @@
+"""The objects a config file becomes: frozen attrs, compared whole in tests, read everywhere.
+
+A serve port says what it serves as a tagged union (`PortHandler`): exactly one of HTTPS mounts,
+a TCP forward, a TLS-terminated TCP forward, or a plugin handler, so that a consumer matches on
+the type and no combination the file format forbids can be built.
+"""
+
+from __future__ import annotations
+
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+from pathlib import Path
+
+import attrs
+
+__all__ = [
+    "HTTPSMounts",
+    "IPAddress",
+    "IPInterface",
+    "IPNetwork",
+    "NodeConfig",
+    "PeerConfig",
+    "PluginHandler",
+    "PortHandler",
+    "RelayConfig",
+    "RelayNode",
+    "ServePort",
+    "TCPForward",
+    "TLSConfig",
+    "TLSTerminatedTCP",
+]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+IPInterface = IPv4Interface | IPv6Interface
+
+DEFAULT_PROXY_TIMEOUT = 60.0
+"""Seconds a proxied backend has to start answering before the client gets a 504."""
+
+
+@attrs.frozen
+class PeerConfig:
+    """A WireGuard peer of the node ([peer NAME] in node.ini)."""
+
+    name: str
+    public_key: bytes
+    endpoint: tuple[str, int] | None
+    allowed_ips: tuple[IPNetwork, ...]
+    persistent_keepalive: int
+    funnel_ingress: bool
+    preshared_key: bytes | None
+
+
+@attrs.frozen
+class TLSConfig:
+    """Where the node's certificates come from ([tls] in node.ini)."""
+
+    source: str
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    acme_directory: str | None = None
+    acme_email: str | None = None
+    acme_challenge: str = "tls-alpn-01"
+    acme_dns_hook: Path | None = None
+    acme_dns_plugin: str | None = None  # a DNS provider plugin instead of a hook
+    acme_ca_file: Path | None = None
+
+
+@attrs.frozen
+class HTTPSMounts:
+    """``/PATH = TARGET`` lines: HTTPS with the node's certificate, routed by path."""
+
+    mounts: tuple[tuple[str, str], ...]  # (path, normalised target), in file order
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
+
+
+@attrs.frozen
+class TCPForward:
+    """``tcp-forward = HOST:PORT``: the raw TCP bytes (TLS included) go to the backend."""
+
+    target: str  # normalised HOST:PORT, [IPV6]:PORT
+    proxy_protocol: int | None = None  # PROXY protocol version 1 or 2 sent first, or none
+
+
+@attrs.frozen
+class TLSTerminatedTCP:
+    """``tls-terminated-tcp = HOST:PORT``: the node ends TLS, the plain bytes go to the backend."""
+
+    target: str
+    proxy_protocol: int | None = None
+
+
+@attrs.frozen
+class PluginHandler:
+    """``handler = NAME``: an installed plugin; every other key of the section is its option."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()  # in file order
+
+
+PortHandler = HTTPSMounts | TCPForward | TLSTerminatedTCP | PluginHandler
+
+
+@attrs.frozen
+class ServePort:
+    """One TCP port of the node ([serve PORT]) and the one thing it serves."""
+
+    port: int
+    funnel: bool
+    handler: PortHandler
+
+
+@attrs.frozen
+class NodeConfig:
+    """A parsed node.ini."""
+
+    path: Path
+    private_key: bytes
+    listen_port: int
+    addresses: tuple[IPInterface, ...]
+    hostnames: tuple[str, ...]
+    peerapi_port: int
+    mtu: int
+    network: str
+    state_dir: Path
+    peers: tuple[PeerConfig, ...]
+    tls: TLSConfig
+    serve: tuple[ServePort, ...]
+
+
+@attrs.frozen
+class RelayNode:
+    """A node the relay forwards to ([node NAME] in relay.ini)."""
+
+    name: str
+    public_key: bytes
+    allowed_ips: tuple[IPNetwork, ...]
+    hostnames: tuple[str, ...]
+    peerapi: tuple[IPAddress, int]
+    endpoint: tuple[str, int] | None
+    persistent_keepalive: int
+    preshared_key: bytes | None
+
+
+@attrs.frozen
+class RelayConfig:
+    """A parsed relay.ini."""
+
+    path: Path
+    private_key: bytes
+    listen_port: int
+    addresses: tuple[IPInterface, ...]
+    public_address: str
+    public_ports: tuple[int, ...]
+    client_hello_timeout: float
+    max_connections: int
+    mtu: int
+    nodes: tuple[RelayNode, ...]
+    max_connections_per_ip: int = 256
+    idle_timeout: float = 600.0
+    http_redirect_port: int | None = None
+    shutdown_timeout: float = 10.0
+    state_dir: Path = Path("state")  # learned node endpoints, kept across restarts

@@ -1,0 +1,270 @@
+"""The node.ini schema: [node], [peer NAME], [tls] and [serve PORT] into a NodeConfig."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+
+from funnel_tw.keys import decode_key
+
+from . import values
+from .ini import IniFile, Section, group_sections
+from .interface import check_peers, wireguard_keys
+from .model import (
+    DEFAULT_PROXY_TIMEOUT,
+    HTTPSMounts,
+    NodeConfig,
+    PeerConfig,
+    PluginHandler,
+    PortHandler,
+    ServePort,
+    TCPForward,
+    TLSConfig,
+    TLSTerminatedTCP,
+)
+
+__all__ = ["load_node_config", "node_config"]
+
+_NODE_KEYS = (
+    "private-key",
+    "private-key-file",
+    "listen-port",
+    "address",
+    "hostname",
+    "peerapi-port",
+    "mtu",
+    "network",
+    "state-dir",
+)
+_PEER_KEYS = (
+    "public-key",
+    "endpoint",
+    "allowed-ips",
+    "persistent-keepalive",
+    "funnel-ingress",
+    "preshared-key",
+    "preshared-key-file",
+)
+_TLS_KEYS = (
+    "source",
+    "cert-file",
+    "key-file",
+    "acme-directory",
+    "acme-email",
+    "acme-challenge",
+    "acme-dns-hook",
+    "acme-dns-plugin",
+    "acme-ca-file",
+)
+_TLS_KEY_SOURCE = {
+    "cert-file": "files",
+    "key-file": "files",
+    "acme-directory": "acme",
+    "acme-email": "acme",
+    "acme-challenge": "acme",
+    "acme-dns-hook": "acme",
+    "acme-dns-plugin": "acme",
+    "acme-ca-file": "acme",
+}
+_SERVE_KEYS = (
+    "funnel",
+    "tcp-forward",
+    "tls-terminated-tcp",
+    "proxy-protocol",
+    "handler",
+    "proxy-timeout",
+)
+_SERVE_CHOICES = ("tcp-forward", "tls-terminated-tcp", "handler")
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read node.ini; raise ConfigError listing every problem found."""
+    return node_config(IniFile(path))
+
+
+def node_config(file: IniFile) -> NodeConfig:
+    """The NodeConfig of a file already read; ConfigError listing every problem found."""
+    groups = group_sections(file, singles=("node", "tls"), named=("peer", "serve"), required="node")
+    node = _node(groups["node"][0]) if groups["node"] else None
+    peers = [_peer(section) for section in groups["peer"]]
+    if node is not None:
+        check_peers(
+            [
+                (s, p.public_key, p.allowed_ips)
+                for s, p in zip(groups["peer"], peers, strict=True)
+                if p
+            ],
+            node.private_key,
+        )
+    tls = _tls(groups["tls"][0]) if groups["tls"] else TLSConfig(source="self-signed")
+    serve = [_serve(section, node.peerapi_port if node else None) for section in groups["serve"]]
+    file.check()
+    assert node is not None and tls is not None  # else an error was recorded
+    return attrs.evolve(
+        node,
+        peers=tuple(p for p in peers if p),
+        tls=tls,
+        serve=tuple(s for s in serve if s),
+    )
+
+
+def _node(section: Section) -> NodeConfig | None:
+    section.reject_unknown(_NODE_KEYS)
+    wireguard = wireguard_keys(section)
+    hostnames = section.opt("hostname", values.hostnames, ())
+    peerapi_port = section.opt("peerapi-port", values.port, 41642)
+    network = section.opt("network", values.choice("userspace", "tun"), "userspace")
+    state_dir = section.opt("state-dir", section.path, section.path("state"))
+    if wireguard is None:
+        return None
+    return NodeConfig(
+        path=section.file.path,
+        private_key=wireguard.private_key,
+        listen_port=wireguard.listen_port,
+        addresses=wireguard.addresses,
+        hostnames=hostnames,
+        peerapi_port=peerapi_port,
+        mtu=wireguard.mtu,
+        network=network,
+        state_dir=state_dir,
+        peers=(),
+        tls=TLSConfig(source="self-signed"),
+        serve=(),
+    )
+
+
+def _peer(section: Section) -> PeerConfig | None:
+    section.reject_unknown(_PEER_KEYS)
+    key = section.req("public-key", decode_key)
+    endpoint = section.opt("endpoint", values.endpoint, None)
+    allowed_ips = section.req("allowed-ips", values.networks)
+    keepalive = section.opt("persistent-keepalive", values.keepalive, 0)
+    funnel_ingress = section.opt("funnel-ingress", values.boolean, False)
+    preshared_key = section.secret("preshared-key", required=False)
+    if key is None or allowed_ips is None:
+        return None
+    return PeerConfig(
+        name=section.name,
+        public_key=key,
+        endpoint=endpoint,
+        allowed_ips=allowed_ips,
+        persistent_keepalive=keepalive,
+        funnel_ingress=funnel_ingress,
+        preshared_key=preshared_key,
+    )
+
+
+def _tls(section: Section) -> TLSConfig | None:
+    section.reject_unknown(_TLS_KEYS)
+    errors = len(section.file.errors)
+    source = section.opt("source", values.choice("self-signed", "files", "acme"), "self-signed")
+    if len(section.file.errors) > errors:
+        return None
+    for name, needs in _TLS_KEY_SOURCE.items():
+        if name in section.values and source != needs:
+            section.error(name, f"is only used with source = {needs}")
+    if source == "files":
+        cert = section.req("cert-file", lambda v: values.existing_file(section.path(v)))
+        key = section.req("key-file", lambda v: values.existing_file(section.path(v), secret=True))
+        return TLSConfig(source=source, cert_file=cert, key_file=key)
+    if source == "acme":
+        return _acme(section)
+    return TLSConfig(source=source)
+
+
+def _acme(section: Section) -> TLSConfig:
+    directory = section.req("acme-directory", lambda v: values.url(v, ("https", "http")))
+    email = section.opt("acme-email", values.email, None)
+    challenge = section.opt("acme-challenge", values.choice("tls-alpn-01", "dns-01"), "tls-alpn-01")
+    hook: Path | None = None
+    plugin: str | None = None
+    if challenge == "dns-01" and "acme-dns-plugin" in section.values:
+        plugin = section.opt("acme-dns-plugin", values.plugin_name, None)
+        if "acme-dns-hook" in section.values:
+            section.error("acme-dns-hook", "cannot be combined with acme-dns-plugin")
+    elif challenge == "dns-01":
+        hook = section.req("acme-dns-hook", lambda v: values.executable(section.path(v)))
+    else:
+        for option in ("acme-dns-hook", "acme-dns-plugin"):
+            if option in section.values:
+                section.error(option, "is only used with acme-challenge = dns-01")
+    ca_file = section.opt("acme-ca-file", lambda v: values.existing_file(section.path(v)), None)
+    return TLSConfig(
+        source="acme",
+        acme_directory=directory,
+        acme_email=email,
+        acme_challenge=challenge,
+        acme_dns_hook=hook,
+        acme_dns_plugin=plugin,
+        acme_ca_file=ca_file,
+    )
+
+
+def _serve(section: Section, peerapi_port: int | None) -> ServePort | None:
+    """[serve PORT]: what it serves is decided by its keys, exactly one of the PortHandlers."""
+    try:
+        port = values.port(section.name)
+        if str(port) != section.name:
+            raise ValueError(f"{section.name!r} is not a plain port number")
+    except ValueError as e:
+        section.error(None, f"{e} (expected [serve PORT])")
+        return None
+    if port == peerapi_port:
+        section.error(None, f"port {port} is the peerapi-port")
+    mount_keys = [key for key in section.values if key.startswith("/")]
+    # What the section serves, keyed by the first key that says so, in file order.
+    chosen = {key: key for key in section.values if key in _SERVE_CHOICES}
+    if mount_keys:
+        chosen[mount_keys[0]] = "mounts"
+    if not chosen:
+        section.error(None, f"needs one of: /PATH = TARGET mounts, {', '.join(_SERVE_CHOICES)}")
+        return None
+    if len(chosen) > 1:
+        (_, first), (second_key, _) = sorted(chosen.items(), key=lambda kv: section.line(kv[0]))[:2]
+        section.error(second_key, f"cannot be combined with {first}: use one per [serve PORT]")
+        return None
+    (kind,) = chosen.values()
+    # The other keys are checked even when the one that picks the kind is wrong: all errors show.
+    plugin = section.opt("handler", values.plugin_name, None)
+    if kind == "handler":
+        options = tuple((k, v) for k, v in section.values.items() if k not in _SERVE_KEYS)
+    else:
+        section.reject_unknown([*_SERVE_KEYS, *mount_keys])
+        options = ()
+    forwards = kind in ("tcp-forward", "tls-terminated-tcp")
+    target = section.opt(kind, values.forward, None) if forwards else None
+    proxy_protocol = None
+    if "proxy-protocol" in section.values:
+        if forwards:
+            proxy_protocol = section.opt("proxy-protocol", values.proxy_protocol, None)
+        else:
+            section.error("proxy-protocol", "is only used with tcp-forward or tls-terminated-tcp")
+    proxy_timeout = DEFAULT_PROXY_TIMEOUT
+    if "proxy-timeout" in section.values:
+        if mount_keys:
+            proxy_timeout = section.opt("proxy-timeout", values.seconds, DEFAULT_PROXY_TIMEOUT)
+        else:
+            section.error("proxy-timeout", "is only used with /PATH = URL mounts")
+    mounts = []
+    for key in mount_keys:
+        try:
+            if not values.MOUNT_PATH.match(key):
+                raise ValueError("a mount path starts with '/' and has no spaces")
+            mounts.append((key, values.mount_target(section.values[key], section.file.base)))
+        except ValueError as e:
+            section.error(key, str(e))
+    funnel = section.opt("funnel", values.boolean, False)
+    handler: PortHandler
+    if kind == "mounts":
+        handler = HTTPSMounts(tuple(mounts), proxy_timeout)
+    elif target is not None and kind == "tcp-forward":
+        handler = TCPForward(target, proxy_protocol)
+    elif target is not None and kind == "tls-terminated-tcp":
+        handler = TLSTerminatedTCP(target, proxy_protocol)
+    elif plugin is not None:
+        handler = PluginHandler(plugin, options)
+    else:
+        return None  # the bad value is recorded: the file fails
+    return ServePort(port=port, funnel=funnel, handler=handler)

@@ -1,0 +1,130 @@
+"""The relay.ini schema: [relay] and [node NAME] into a RelayConfig."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from funnel_tw.keys import decode_key
+
+from . import values
+from .ini import IniFile, Section, group_sections
+from .interface import check_peers, wireguard_keys
+from .model import RelayConfig, RelayNode
+
+__all__ = ["load_relay_config", "relay_config"]
+
+_RELAY_KEYS = (
+    "private-key",
+    "private-key-file",
+    "listen-port",
+    "address",
+    "public-address",
+    "public-ports",
+    "client-hello-timeout",
+    "max-connections",
+    "max-connections-per-ip",
+    "idle-timeout",
+    "http-redirect-port",
+    "shutdown-timeout",
+    "state-dir",
+    "mtu",
+)
+_RELAY_NODE_KEYS = (
+    "public-key",
+    "allowed-ips",
+    "hostnames",
+    "peerapi",
+    "endpoint",
+    "persistent-keepalive",
+    "preshared-key",
+    "preshared-key-file",
+)
+
+
+def load_relay_config(path: str | os.PathLike[str]) -> RelayConfig:
+    """Read relay.ini; raise ConfigError listing every problem found."""
+    return relay_config(IniFile(path))
+
+
+def relay_config(file: IniFile) -> RelayConfig:
+    """The RelayConfig of a file already read; ConfigError listing every problem found."""
+    groups = group_sections(file, singles=("relay",), named=("node",), required="relay")
+    relay = _relay(groups["relay"][0]) if groups["relay"] else None
+    nodes = [_relay_node(section) for section in groups["node"]]
+    pairs = [(s, n) for s, n in zip(groups["node"], nodes, strict=True) if n]
+    if relay is not None:
+        check_peers([(s, n.public_key, n.allowed_ips) for s, n in pairs], relay.private_key)
+    claimed: dict[str, Section] = {}
+    for section, node in pairs:
+        for name in node.hostnames:
+            first = claimed.setdefault(name, section)
+            if first is not section:
+                where = f"[{first.header}] (line {first.line('hostnames')})"
+                section.error("hostnames", f"{name} is already claimed by {where}")
+    file.check()
+    assert relay is not None  # else an error was recorded
+    return attrs.evolve(relay, nodes=tuple(n for n in nodes if n))
+
+
+def _relay(section: Section) -> RelayConfig | None:
+    section.reject_unknown(_RELAY_KEYS)
+    wireguard = wireguard_keys(section)
+    public_address = section.opt("public-address", values.ip_address_text, "0.0.0.0")
+    public_ports = section.opt("public-ports", values.ports, (443,))
+    timeout = section.opt("client-hello-timeout", values.seconds, 10.0)
+    max_connections = section.opt(
+        "max-connections", lambda v: values.integer(v, 1, 1_000_000), 10000
+    )
+    per_ip = section.opt("max-connections-per-ip", lambda v: values.integer(v, 1, 1_000_000), 256)
+    idle_timeout = section.opt("idle-timeout", values.seconds, 600.0)
+    redirect_port = section.opt("http-redirect-port", values.port, None)
+    shutdown_timeout = section.opt("shutdown-timeout", values.seconds, 10.0)
+    relay_state = section.opt("state-dir", section.path, section.path("state"))
+    if redirect_port is not None and redirect_port in public_ports:
+        section.error("http-redirect-port", "is also one of public-ports")
+    if wireguard is None:
+        return None
+    return RelayConfig(
+        path=section.file.path,
+        private_key=wireguard.private_key,
+        listen_port=wireguard.listen_port,
+        addresses=wireguard.addresses,
+        public_address=public_address,
+        public_ports=public_ports,
+        client_hello_timeout=timeout,
+        max_connections=max_connections,
+        mtu=wireguard.mtu,
+        nodes=(),
+        max_connections_per_ip=per_ip,
+        idle_timeout=idle_timeout,
+        http_redirect_port=redirect_port,
+        shutdown_timeout=shutdown_timeout,
+        state_dir=relay_state,
+    )
+
+
+def _relay_node(section: Section) -> RelayNode | None:
+    section.reject_unknown(_RELAY_NODE_KEYS)
+    key = section.req("public-key", decode_key)
+    allowed_ips = section.req("allowed-ips", values.networks)
+    hostnames = section.req("hostnames", values.some_hostnames)
+    peerapi = section.req("peerapi", values.peerapi)
+    endpoint = section.opt("endpoint", values.endpoint, None)
+    keepalive = section.opt("persistent-keepalive", values.keepalive, 0)
+    preshared_key = section.secret("preshared-key", required=False)
+    if key is None or allowed_ips is None or hostnames is None or peerapi is None:
+        return None
+    if not any(peerapi[0] in network for network in allowed_ips):
+        section.error("peerapi", f"{peerapi[0]} is not inside allowed-ips")
+    return RelayNode(
+        name=section.name,
+        public_key=key,
+        allowed_ips=allowed_ips,
+        hostnames=hostnames,
+        peerapi=peerapi,
+        endpoint=endpoint,
+        persistent_keepalive=keepalive,
+        preshared_key=preshared_key,
+    )
