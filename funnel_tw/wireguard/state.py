@@ -1,0 +1,89 @@
+"""What every part of a Device shares: its tables, queues, counters and events.
+
+The parts (send.py, handshake.py, receive.py, timers.py) are classes stacked on this one, each
+adding the methods of one concern; device.py composes them. Keeping the state here, in one
+place, lets each part read and write it as plain attributes of ``self``, which the per-packet
+loops need to stay fast.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from . import crypto
+from .allowedips import AllowedIPs
+from .constants import DEFAULT, Constants
+from .cookie import CookieChecker
+from .keypair import Keypair
+from .peer import Endpoint, Peer
+from .ratelimit import RateLimiter
+
+__all__ = ["DeviceState", "Event"]
+
+
+class Event(NamedTuple):
+    kind: str  # handshake-complete | handshake-failed | keys-zeroed | handshake-initiated
+    peer: Peer
+    initiator: bool = False
+
+
+class DeviceState:
+    """A WireGuard interface's state: our static key, our peers, the index table, the outputs."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        mtu: int = 1420,
+        constants: Constants = DEFAULT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.private = X25519PrivateKey.from_private_bytes(private_key)
+        self.public_key = crypto.public_key(self.private)
+        self.mtu = mtu
+        self.constants = constants
+        self.rng = rng or random.SystemRandom()
+        self.cookie_checker = CookieChecker(
+            self.public_key, constants.cookie_refresh_time, self._random_bytes
+        )
+        self.rate_limiter = RateLimiter()
+        self.peers: list[Peer] = []
+        self.peers_by_key: dict[bytes, Peer] = {}
+        self.routes: AllowedIPs[Peer] = AllowedIPs()
+        self._source_owner: dict[bytes, Peer | None] = {}  # inner source address -> owner
+        self._keypairs: dict[int, Keypair] = {}  # local index -> keypair
+        self._handshakes: dict[int, Peer] = {}  # local index -> peer with a handshake under way
+        self._handshake_queue: deque[tuple[bytes, Endpoint]] = deque()
+        self._under_load_until = float("-inf")
+        self.outgoing: list[tuple[bytes, Endpoint]] = []
+        self.incoming: list[tuple[bytes, Peer]] = []
+        self.events: list[Event] = []
+        self.rx_datagrams = 0
+        self.drops: dict[str, int] = {}
+        self.handshakes_completed = 0
+        self.cookie_replies_sent = 0
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _random_bytes(self, n: int) -> bytes:
+        return self.rng.getrandbits(8 * n).to_bytes(n, "little")
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def _new_index(self) -> int:
+        while True:
+            index = self.rng.getrandbits(32)
+            if index and index not in self._keypairs and index not in self._handshakes:
+                return index
+
+    def _forget_keypairs(self, dropped: list[Keypair]) -> None:
+        for keypair in dropped:
+            self._keypairs.pop(keypair.local_index, None)
+
+    def _jitter(self) -> float:
+        return self.rng.uniform(0.0, self.constants.rekey_timeout_jitter)
