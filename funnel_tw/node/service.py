@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
 
@@ -28,8 +29,17 @@ from .status.server import LocalAPIService
 log = Logger()
 
 
-def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any) -> Any:
-    """``[tls] source = acme``: the issuing service with its responder and HTTP client."""
+def build_acme_source(
+    config: NodeConfig,
+    store: CertificateStore,
+    reactor: Any,
+    relay_session: Callable[[], bool] | None = None,
+) -> Any:
+    """``[tls] source = acme``: the issuing service with its responder and HTTP client.
+
+    ``relay_session()`` tells whether a funnel relay can reach us yet: tls-alpn-01 checks wait
+    for it, rather than fail and back off before the tunnel is up.
+    """
     import treq
     from twisted.internet import ssl
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
@@ -63,6 +73,7 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
         responder = DNSHookResponder(tls.acme_dns_hook, reactor)
     else:
         responder = TLSALPNResponder(store)
+    tls_alpn = tls.acme_challenge != "dns-01"
     return ACMESource(
         store=store,
         names=list(config.hostnames),
@@ -73,6 +84,7 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
         responder=responder,
         fallback=SelfSignedSource(store, config.state_dir / "tls", reactor),
         reactor=reactor,
+        reachable=relay_session if tls_alpn else None,
     )
 
 
@@ -134,7 +146,9 @@ class NodeService(MultiService):
         elif config.tls.source == "self-signed":
             self.certificates = SelfSignedSource(self.store, tls_dir, reactor)
         else:
-            self.certificates = build_acme_source(config, self.store, reactor)
+            self.certificates = build_acme_source(
+                config, self.store, reactor, relay_session=self.relay_session
+            )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
         self.proxy_timeouts = {
@@ -180,6 +194,14 @@ class NodeService(MultiService):
             return None
         spec = self.peers_by_name.get(peer.name)
         return peer.name, bool(spec and spec.funnel_ingress)
+
+    def relay_session(self) -> bool:
+        """Whether a funnel-ingress peer (a relay) has completed a handshake with us."""
+        return any(
+            peer.last_handshake is not None
+            for peer in self.overlay.device.peers
+            if (spec := self.peers_by_name.get(peer.name)) is not None and spec.funnel_ingress
+        )
 
     def admits_funnel(self, host: str, port: int) -> bool:
         return self.serve.admits_funnel(host, port)
