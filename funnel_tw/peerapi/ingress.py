@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ..flow import Flow
 from ..web.hijack import HijackError, hijack
-from ..web.hostport import parse_host_port
+from ..web.hostport import format_host_port, parse_host_port
 from .errors import plain_error
 
 log = Logger()
@@ -126,7 +126,7 @@ class IngressResource(Resource):
         self._count("ingress_accepted")
         log.info(
             "ingress {src} -> {host}:{port} via {peer}",
-            src=f"{src[0]}:{src[1]}",
+            src=format_host_port(*src),
             host=host,
             port=port,
             peer=caller[0],
