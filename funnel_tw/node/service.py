@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -24,6 +24,7 @@ from ..serve.plugins import build_handlers
 from ..serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
 from ..tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
 from ..tls.store import CertificateStore
+from ..web.hostport import format_host_port
 from .status.server import LocalAPIService
 
 log = Logger()
@@ -174,8 +175,8 @@ class NodeService(MultiService):
         self.ingress = IngressResource(
             reactor=reactor,
             caller_name=self.caller,
-            admits_funnel=self.admits_funnel,
-            accept=self.accept,
+            policy=self.serve,
+            dispatcher=self.dispatcher,
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
@@ -206,15 +207,9 @@ class NodeService(MultiService):
     def admits_funnel(self, host: str, port: int) -> bool:
         return self.serve.admits_funnel(host, port)
 
-    def accept(self, flow: Flow) -> IProtocol | None:
-        return self.dispatcher.protocol_for(flow)
-
     def valid_hosts(self) -> set[str]:
         port = self.config.peerapi_port
-        return {
-            f"{a.ip}:{port}" if a.version == 4 else f"[{a.ip}]:{port}"
-            for a in self.config.addresses
-        }
+        return {format_host_port(str(a.ip), port) for a in self.config.addresses}
 
     # --- lifecycle ---------------------------------------------------------------------------
 

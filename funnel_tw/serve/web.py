@@ -17,6 +17,7 @@ from twisted.web import resource, static
 from twisted.web.server import Request, Site
 
 from ..flow import Flow
+from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
 
@@ -25,8 +26,7 @@ log = Logger()
 
 def tls_server_name(request: Request) -> str | None:
     """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
-    channel = request.channel
-    for holder in (channel, getattr(channel, "_conn", None)):
+    for holder in (request.channel, h2_connection(request)):
         transport = getattr(holder, "transport", None)
         get_handle = getattr(transport, "getHandle", None)
         if get_handle is None:
