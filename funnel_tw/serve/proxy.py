@@ -15,18 +15,19 @@
 - Backends: ``http://``, ``https://``, ``https+insecure://`` (no verification), ``unix:/path``.
 - A refused or dead backend gives 502 at once; one that does not answer within the timeout,
   504. A backend that fails mid-body aborts the client's stream (the status is already sent).
-- ``Upgrade`` requests (WebSocket and others, HTTP/1.1): the rewritten request head goes to
-  the backend on a connection of its own and the two connections are spliced, so the 101 and
-  everything after it pass through unchanged.
+- ``Upgrade`` requests (WebSocket and others, HTTP/1.1): see :mod:`.upgrade`; the connections
+  are spliced only after the backend's own 101 for a protocol the client asked for.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator
@@ -39,9 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ..flow import Flow
-from ..web import splice
-from ..web.factories import OneProtocolFactory
-from ..web.hijack import HijackError, hijack
+from . import upgrade
 from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
 from .streaming import BodySource, StreamingRequest
 
@@ -454,45 +453,44 @@ class ProxyResource(Resource):
 
     @staticmethod
     def _is_upgrade(request: Request) -> bool:
+        """An HTTP/1.1 Upgrade without a body (one with a body is proxied as a plain request,
+        its Upgrade headers dropped as hop-by-hop)."""
         if request.clientproto == b"HTTP/2" or not request.getHeader(b"upgrade"):
+            return False
+        if request.getHeader(b"transfer-encoding") or request.getHeader(b"content-length") not in (
+            None,
+            b"0",
+        ):
             return False
         tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", []))
         return b"upgrade" in [t.strip().lower() for t in tokens.split(b",")]
 
-    def _upgrade(self, request: Request, outgoing: str) -> int | bytes:
+    def _upgrade(self, request: Request, outgoing: str) -> int:
         headers = forwarded_headers(request, self.flow, keep_upgrade=True)
-        head = [f"{request.method.decode()} {outgoing} HTTP/1.1".encode()]
-        for name, values in headers.getAllRawHeaders():
-            head.extend(name + b": " + v for v in values)
-        head_bytes = b"\r\n".join(head) + b"\r\n\r\n"
-        client_end = splice.SpliceEnd("client")
-        backend_end = splice.SpliceEnd("backend")
-        try:
-            hijack(request, client_end, self.reactor)
-        except HijackError as e:
-            request.setResponseCode(400)
-            return f"cannot upgrade: {e}\n".encode()
-        d = self.backends.endpoint_for(self.target).connect(OneProtocolFactory(backend_end))
-
-        def connected(_: Any) -> None:
-            backend_end.transport.write(head_bytes)
-            splice.join(client_end, backend_end)
-
-        def failed(failure: Failure) -> None:
-            log.info(
-                "upgrade to {target} failed: {error}",
-                target=self.target.url,
-                error=failure.getErrorMessage(),
-            )
-            answer = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            if client_end.transport is not None:
-                client_end.transport.write(answer)
-                client_end.transport.loseConnection()
-            else:
-                self.reactor.callLater(0, failed, failure)
-
-        d.addCallbacks(connected, failed)
+        head = h11.Request(
+            method=request.method,
+            target=outgoing.encode("utf-8", "surrogateescape"),
+            headers=[(name, v) for name, values in headers.getAllRawHeaders() for v in values],
+        )
+        upgrade.start(
+            request,
+            head,
+            self.backends.endpoint_for(self.target),
+            self.reactor,
+            self.timeout,
+            response_headers,
+            self.target.url,
+        )
         return NOT_DONE_YET
+
+
+def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A backend's response headers less the hop-by-hop ones and those its Connection names."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(t.strip().lower() for t in value.split(b","))
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in listed]
 
 
 __all__ = ["Backends", "BodySource", "ProxyResource", "Target", "error"]
