@@ -166,7 +166,7 @@ class Dispatcher:
     def _build(self, handler: TCPPortHandler, flow: Flow) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
-                MountRouter(self.serve, flow.port, flow, self.proxy_factory),
+                MountRouter(self.serve, flow.port, flow, self.proxy_factory, self.count),
                 self.reactor,
                 timeout=self.http_timeout,
             )

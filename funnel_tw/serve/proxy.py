@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ..flow import Flow
+from ..web.paths import PathError, request_target
 from . import upgrade
 from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
 from .streaming import BodySource, StreamingRequest
@@ -442,9 +443,11 @@ class ProxyResource(Resource):
         self.timeout = timeout
 
     def render(self, request: Request) -> int | bytes:
-        raw_path = request.uri.split(b"?", 1)
-        path = raw_path[0].decode("utf-8", "surrogateescape")
-        query = raw_path[1].decode("utf-8", "surrogateescape") if len(raw_path) > 1 else ""
+        try:
+            path, query = request_target(request)  # as routing saw it: one normalization
+        except PathError as e:
+            request.setResponseCode(e.status)
+            return f"{e}\n".encode()
         outgoing = self.target.outgoing_path(path, query, self.prefix)
         if self._is_upgrade(request):
             return self._upgrade(request, outgoing)

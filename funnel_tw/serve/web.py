@@ -8,15 +8,18 @@ with text, a path serves files below it, a URL is reverse-proxied (serve/proxy.p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath, InsecurePath
 from twisted.web import resource, static
+from twisted.web.http import RESPONSES
 from twisted.web.server import Request, Site
 
 from ..flow import Flow
+from ..web.hostport import format_host_port
+from ..web.paths import PathError, decoded_segments, request_target
 from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
@@ -82,19 +85,38 @@ class ContainedFile(static.File):
 class MountRouter(resource.Resource):
     """Routes every request of one HTTPS port by SNI host and mount path."""
 
-    def __init__(self, serve: ServeConfig, port: int, flow: Flow, proxy_factory: Any) -> None:
+    def __init__(
+        self,
+        serve: ServeConfig,
+        port: int,
+        flow: Flow,
+        proxy_factory: Any,
+        count: Callable[[str], None] = lambda what: None,
+    ) -> None:
         super().__init__()
         self.serve = serve
         self.port = port
         self.flow = flow
         self.proxy_factory = proxy_factory
+        self.count = count
 
     def getChildWithDefault(self, name: bytes, request: Request) -> Any:
         host = tls_server_name(request) or (self.serve.hostnames[0] if self.serve.hostnames else "")
         mounts = self.serve.mounts_for(host, self.port)
         if mounts is None:
             return resource.NoResource("no such site")
-        path = unquote(request.path.decode("utf-8", "replace"))
+        try:
+            path, _ = request_target(request)
+        except PathError as e:
+            self.count("refused_path")
+            log.info(
+                "refused {method} from {client} for {host}: {why}",
+                method=request.method.decode("ascii", "replace"),
+                client=format_host_port(*self.flow.client),
+                host=host,
+                why=e,
+            )
+            return resource.ErrorPage(e.status, RESPONSES[e.status].decode(), str(e))
         found = match_mount(mounts, path)
         if found is None:
             return resource.NoResource()
@@ -110,7 +132,7 @@ class MountRouter(resource.Resource):
             return TextResource(handler.text)
         if handler.path is not None:
             rest = path[len(prefix) :] if path.startswith(prefix) else ""
-            segments = [s.encode() for s in rest.split("/") if s]
+            segments = [s.encode("utf-8", "surrogateescape") for s in decoded_segments(rest)]
             if path.endswith("/"):
                 segments.append(b"")  # a directory: its index (or listing)
             request.postpath = segments
