@@ -64,11 +64,19 @@ DROPPED = {
     # our own front already answered any "100-continue"; the backend client cannot do it
     b"expect",
     b"forwarded",
-    b"tailscale-user-login",
-    b"tailscale-user-name",
-    b"tailscale-user-profile-pic",
-    b"tailscale-funnel-request",
-    b"tailscale-headers-info",
+}
+# Tailscale-* (identity, Funnel-Request), X-Forwarded-*, Remote-* (identity from a gate)
+OWNED_PREFIXES = (b"tailscale-", b"x-forwarded-", b"remote-")
+# the client address as other proxies pass it: a backend may trust any of them
+CLIENT_ADDRESS = {
+    b"x-real-ip",
+    b"true-client-ip",
+    b"cf-connecting-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"client-ip",
+    b"fastly-client-ip",
+    b"x-originating-ip",
 }
 
 
@@ -202,12 +210,23 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
-def forwarded_headers(request: Request, flow: Flow, keep_upgrade: bool = False) -> Headers:
+def node_owned(name: bytes) -> bool:
+    """Headers only the node may set, whatever their case or ``_``/``-`` spelling: many
+    backends (CGI, WSGI, PHP) fold ``_`` into ``-``, so ``X_Forwarded_For`` is an alias."""
+    canon = name.lower().replace(b"_", b"-")
+    return canon in DROPPED or canon in CLIENT_ADDRESS or canon.startswith(OWNED_PREFIXES)
+
+
+def forwarded_headers(
+    request: Request, flow: Flow, keep_upgrade: bool = False, underscores: bool = False
+) -> Headers:
+    """The request headers a backend gets. ``underscores``: pass names containing ``_`` (an
+    opt-in per mount; by default they are dropped, as nginx does)."""
     out = Headers()
     connection_tokens = _connection_tokens(request.requestHeaders)
     for name, values in request.requestHeaders.getAllRawHeaders():
         lower = name.lower()
-        if lower in DROPPED or lower.startswith(b"x-forwarded-"):
+        if node_owned(lower) or (b"_" in lower and not underscores):
             continue
         if lower == b"content-length" and not keep_upgrade:
             continue  # the backend client frames the body itself (never twice: smuggling)
