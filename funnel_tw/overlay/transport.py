@@ -10,6 +10,7 @@ mark and resumed when it drains). Half-close reaches protocols that provide
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import ip_address
 from typing import Any, Protocol
 
@@ -141,7 +142,7 @@ class OverlayTCPTransport:
             self._producer_paused = True
             self.producer.pauseProducing()
 
-    def writeSequence(self, data: Any) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
