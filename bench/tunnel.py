@@ -101,7 +101,7 @@ class Bench:
         def transfer(nbytes: int) -> tuple[float, dict[str, int]]:
             # --duration keeps the sender up after its connection closes, so the sink's FIN
             # is acknowledged before we stop it (ourpeer exiting at once would leave the sink
-            # in LAST-ACK: OverlayInterface.stop() does not flush owed ACKs).
+            # in LAST-ACK: UserspaceOverlayInterface.stop() does not flush owed ACKs).
             sender = h.run_our_peer(
                 self.stack.callback, x, work, ini_x,
                 "--tcp-send", f"{Y4}:{SINK_PORT}", "--bytes", str(nbytes), "--timeout", "4",

@@ -45,7 +45,6 @@ NOT_YET: dict[str, object] = {
             "funnel_tw.node.status.document",
             "funnel_tw.node.status.server",
         ],
-        ["funnel_tw.overlay.endpoints", "funnel_tw.overlay.interface", "funnel_tw.overlay.tcp"],
     ],
     "big": {"funnel_tw.netstack.tcp": 1035},
 }

@@ -37,7 +37,8 @@ from funnel_tw.node.status.address import LocalAPIError, LocalAPIUnavailable, So
 from funnel_tw.node.status.client import UnixHTTPConnection, fetch
 from funnel_tw.node.status.server import LocalAPIService
 from funnel_tw.node.status.text import format_age, format_bytes, format_expiry, format_status
-from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
+from funnel_tw.overlay.interface import StaticPeer
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
 from funnel_tw.tls.store import Certificate
 from tests.test_cli import run as run_cli
@@ -307,7 +308,7 @@ class RunningNodeTests(TestCase):
         node_key = keys.generate_private_key()
         relay_addr = [ip_interface("100.64.0.1/32"), ip_interface("fd7a:115c:a1e0::1/128")]
         node_nets = (ip_network("100.64.0.2/32"), ip_network("fd7a:115c:a1e0::2/128"))
-        self.relay = OverlayInterface(
+        self.relay = UserspaceOverlayInterface(
             reactor,
             private_key=relay_key,
             addresses=relay_addr,

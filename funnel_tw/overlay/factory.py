@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Interface, IPv6Interface
-from typing import Any
 
 from ..wireguard.constants import DEFAULT, Constants
-from .interface import OverlayInterface, PeerSpec
+from .interface import IOverlayReactor, OverlayInterface, PeerSpec
+from .userspace import UserspaceOverlayInterface
 
 
 def build_overlay(
-    reactor: Any,
+    reactor: IOverlayReactor,
     *,
     network: str,
     private_key: bytes,
@@ -23,14 +23,22 @@ def build_overlay(
     restricted: Mapping[str, frozenset[int]] | None = None,
 ) -> OverlayInterface:
     """``network = userspace`` (the default, no privileges) or ``tun`` (CAP_NET_ADMIN)."""
-    cls: type[OverlayInterface] = OverlayInterface
     if network == "tun":
         from .tun import TunOverlayInterface
 
-        cls = TunOverlayInterface
-    elif network != "userspace":
+        return TunOverlayInterface(
+            reactor,
+            private_key=private_key,
+            addresses=addresses,
+            peers=peers,
+            listen_port=listen_port,
+            mtu=mtu,
+            constants=constants,
+            restricted=restricted,
+        )
+    if network != "userspace":
         raise ValueError(f"unknown network {network!r}")
-    return cls(
+    return UserspaceOverlayInterface(
         reactor,
         private_key=private_key,
         addresses=addresses,

@@ -1,15 +1,17 @@
-"""An overlay interface: a WireGuard tunnel plus the TCP/IP stack on the overlay addresses.
+"""The overlay interface: a WireGuard tunnel plus a TCP/IP stack on the overlay addresses.
 
 Both daemons build one from their configuration: the node from ``[node]`` and its ``[peer]``
-sections, the relay from ``[relay]`` and its ``[node]`` sections. Overlay TCP is reached
-through Twisted endpoints (:meth:`OverlayInterface.server_endpoint`,
-:meth:`OverlayInterface.client_endpoint`), so the layers above never see packets.
+sections, the relay from ``[relay]`` and its ``[node]`` sections. Two siblings implement
+:class:`OverlayInterface`: :class:`~funnel_tw.overlay.userspace.UserspaceOverlayInterface` (our
+own TCP/IP stack, no privileges) and :class:`~funnel_tw.overlay.tun.TunOverlayInterface` (a
+kernel TUN interface, the kernel's TCP); :func:`~funnel_tw.overlay.factory.build_overlay` picks
+one. Overlay TCP is reached through Twisted endpoints (``server_endpoint``,
+``client_endpoint``), so the layers above never see packets nor know which one carries them.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -17,26 +19,23 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     IPv6Network,
-    ip_address,
 )
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
-from twisted.logger import Logger
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTCP, IStreamClientEndpoint, IStreamServerEndpoint
 
-from ..netstack import tcp
-from ..netstack.icmp import Echo
-from ..netstack.stack import ECHO_REPLY, Stack
-from ..wireguard.constants import DEFAULT, Constants
-from ..wireguard.device import Device, Peer
-from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
-from .filter import PacketFilter
-from .tcp import OverlayTCPTransport
-from .tunnel import Tunnel, resolve_endpoint
+from ..wireguard.device import Device
+from .tunnel import ITunnelReactor, Tunnel
 
-log = Logger()
+#: (local address, local port, remote address, remote port) of one TCP connection
+ConnectionKey = tuple[bytes, int, bytes, int]
+
+
+class IOverlayReactor(ITunnelReactor, IReactorTCP):
+    """The reactor an overlay runs on: timers, file descriptors and (``network = tun``) the
+    kernel's TCP."""
 
 
 class PeerSpec(Protocol):
@@ -72,306 +71,56 @@ class PingTimeout(Exception):
     """No echo reply within the timeout."""
 
 
-class OverlayInterface:
-    """WireGuard on a UDP port with a TCP/IP stack (and ICMP echo) on ``addresses``.
+def source_address(
+    addresses: Sequence[IPv4Interface | IPv6Interface], dst: IPv4Address | IPv6Address
+) -> bytes:
+    """Our first overlay address of ``dst``'s family (packed): the source towards ``dst``."""
+    for interface in addresses:
+        if interface.version == dst.version:
+            return interface.ip.packed
+    raise ValueError(f"no overlay address of IPv{dst.version}")
 
-    ``restricted`` maps peer names to the only TCP ports those peers may reach on our
-    addresses (funnel-ingress peers reach the peerAPI and nothing else); every other packet
-    from them is dropped and counted.
-    """
 
-    def __init__(
-        self,
-        reactor: Any,
-        *,
-        private_key: bytes,
-        addresses: Sequence[IPv4Interface | IPv6Interface],
-        peers: Sequence[PeerSpec],
-        listen_port: int = 0,
-        mtu: int = 1280,
-        constants: Constants = DEFAULT,
-        restricted: Mapping[str, frozenset[int]] | None = None,
-        receive_buffer: int = 1 << 20,
-    ) -> None:
-        self.reactor = reactor
-        self.addresses = tuple(addresses)
-        self.device = Device(private_key, mtu=mtu, constants=constants)
-        for spec in peers:
-            endpoint = resolve_endpoint(*spec.endpoint) if spec.endpoint else None
-            self.device.add_peer(
-                spec.public_key,
-                name=spec.name,
-                allowed_ips=spec.allowed_ips,
-                endpoint=endpoint,
-                persistent_keepalive=spec.persistent_keepalive,
-                preshared_key=spec.preshared_key,
-            )
-        self.listen_port = listen_port
-        self.tunnel: Tunnel | None = None
-        self.stack = Stack(
-            [a.ip.packed for a in self.addresses], mtu=mtu, receive_buffer=receive_buffer
-        )
-        self.filter = PacketFilter(
-            {
-                p: restricted[p.name]
-                for p in self.device.peers
-                if restricted and p.name in restricted
-            },
-            self.stack.addresses,
-        )
-        self.factories: dict[int, IProtocolFactory] = {}
-        self._ping_ident = itertools.count(1)
-        self._ping_waiters: dict[tuple[int, int], defer.Deferred[Echo]] = {}
-        self._pending: dict[tcp.Connection, tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = {}
-        self._flush_call: IDelayedCall | None = None
-        self._timer: IDelayedCall | None = None
-        self._timer_at = float("inf")
+class OverlayInterface(Protocol):
+    """What the node, the relay, the status document and the demo use of an overlay."""
 
-    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def device(self) -> Device:
+        """The WireGuard Device: its peers, routes and counters."""
+        ...
 
-    def start(self) -> None:
-        self.tunnel = Tunnel(
-            self.reactor,
-            self.device,
-            listen_port=self.listen_port,
-            packet_handler=self._packet,
-            batch_handler=self._after_batch,
-        )
-        self.tunnel.start()
-
-    def stop(self) -> None:
-        for call in (self._flush_call, self._timer):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._timer = None
-        self.stack.flush(self.reactor.seconds())  # owed ACKs (e.g. for a FIN) go out first
-        for conn in list(self.stack.connections.values()):
-            conn.abort()
-        self._dispatch()
-        if self.tunnel is not None:
-            self._to_tunnel()
-            self.tunnel.stop()
-            self.tunnel = None
+    @property
+    def tunnel(self) -> Tunnel | None:
+        """The running tunnel (its UDP port, event handlers); None unless started."""
+        ...
 
     @property
     def port(self) -> int:
-        assert self.tunnel is not None
-        return self.tunnel.port
+        """The WireGuard UDP port, once started."""
+        ...
 
-    # --- packets -------------------------------------------------------------------------------
+    def start(self) -> None: ...
 
-    def _packet(self, packet: bytes, peer: Peer) -> None:
-        if self.filter.allows(packet, peer):
-            self.stack.receive(packet, self.reactor.seconds())
+    def stop(self) -> None: ...
 
-    def _after_batch(self) -> None:
-        """After a run of packets from the tunnel: wake the applications, answer in bulk."""
-        now = self.reactor.seconds()
-        self._dispatch()
-        self.stack.flush(now)
-        self._dispatch()
-        self._to_tunnel(now, direct=True)
-        self._schedule()
+    def server_endpoint(self, port: int) -> IStreamServerEndpoint:
+        """Listen on ``port`` of our overlay addresses."""
+        ...
 
-    def _to_tunnel(self, now: float | None = None, direct: bool = False) -> None:
-        if not self.stack.outgoing:
-            return
-        packets, self.stack.outgoing = self.stack.outgoing, []
-        if now is None:
-            now = self.reactor.seconds()
-        send = self.device.send_packet
-        for packet in packets:
-            send(packet, now)
-        if not direct and self.tunnel is not None:
-            self.tunnel.after_work()
-
-    def flush_soon(self) -> None:
-        """Applications wrote: send at the end of this reactor pass, once for all of them."""
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        self.dispatch_and_flush()
-
-    def dispatch_and_flush(self) -> None:
-        now = self.reactor.seconds()
-        self._dispatch()
-        self.stack.flush(now)
-        self._dispatch()
-        self._to_tunnel(now)
-        self._schedule()
-
-    def _dispatch(self) -> None:
-        stack = self.stack
-        while stack.events:
-            events, stack.events = stack.events, []
-            for kind, conn, data in events:
-                if kind == tcp.DATA:
-                    conn.app._data(data)
-                elif kind == tcp.ACCEPTED:
-                    self._accepted(conn)
-                elif kind == tcp.CONNECTED:
-                    self._connected(conn)
-                elif kind == tcp.EOF:
-                    if conn.app is not None:
-                        conn.app._eof()
-                elif kind == tcp.CLOSED:
-                    self._closed(conn, data)
-                elif kind == tcp.DRAINED:
-                    if conn.app is not None:
-                        conn.app._drained()
-                elif kind == ECHO_REPLY:
-                    waiter = self._ping_waiters.pop((data.ident, data.sequence), None)
-                    if waiter is not None:
-                        waiter.callback(data)
-
-    def _attach(self, conn: tcp.Connection, factory: IProtocolFactory) -> IProtocol | None:
-        protocol = factory.buildProtocol(OverlayTCPTransport.address_of(conn.remote))
-        if protocol is None:
-            conn.abort()
-            return None
-        transport = OverlayTCPTransport(self, conn, protocol)
-        protocol.makeConnection(transport)
-        return protocol
-
-    def _accepted(self, conn: tcp.Connection) -> None:
-        factory = self.factories.get(conn.local[1])
-        if factory is None:
-            conn.abort()
-            return
-        self._attach(conn, factory)
-
-    def _connected(self, conn: tcp.Connection) -> None:
-        pending = self._pending.pop(conn, None)
-        if pending is None:
-            conn.abort()
-            return
-        factory, result = pending
-        protocol = self._attach(conn, factory)
-        if protocol is None:
-            result.errback(error.ConnectError("factory refused the connection"))
-        else:
-            result.callback(protocol)
-
-    def _closed(self, conn: tcp.Connection, reason: str | None) -> None:
-        pending = self._pending.pop(conn, None)
-        if pending is not None:
-            _, result = pending
-            if reason == "connection refused":
-                result.errback(error.ConnectionRefusedError(reason))
-            elif reason == "connection timed out":
-                result.errback(error.TimeoutError(reason))
-            else:
-                result.errback(error.ConnectError(reason or "closed"))
-            return
-        if conn.app is not None:
-            conn.app._closed(reason)
-
-    # --- timers --------------------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        deadline = self.stack.next_deadline()
-        if deadline is None or deadline >= self._timer_at:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.reactor.callLater(
-            max(0.0, deadline - self.reactor.seconds()), self._fire
-        )
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
-        self.stack.tick(self.reactor.seconds())
-        self.dispatch_and_flush()
-
-    # --- TCP for the layers above --------------------------------------------------------------
-
-    def server_endpoint(self, port: int) -> OverlayServerEndpoint:
-        return OverlayServerEndpoint(self, port)
-
-    def client_endpoint(self, host: str, port: int, timeout: float = 30.0) -> OverlayClientEndpoint:
-        return OverlayClientEndpoint(self, host, port, timeout)
-
-    def add_listener(self, port: int, factory: IProtocolFactory) -> None:
-        if port in self.factories:
-            raise error.CannotListenError("overlay", port, OSError("port in use"))
-        self.factories[port] = factory
-        self.stack.listen(port)
-
-    def remove_listener(self, port: int) -> None:
-        self.factories.pop(port, None)
-        self.stack.unlisten(port)
-
-    def connect_tcp(
-        self, host: str, port: int, factory: IProtocolFactory, timeout: float = 30.0
-    ) -> defer.Deferred[IProtocol]:
-        """Dial ``host:port`` over the overlay; fires with the connected protocol."""
-        try:
-            dst = ip_address(host)
-            src = self.source_for(dst)
-            conn = self.stack.connect(src, dst.packed, port, self.reactor.seconds())
-        except (ValueError, OSError) as e:
-            return defer.fail(error.ConnectError(str(e)))
-        result: defer.Deferred[IProtocol] = defer.Deferred()
-        self._pending[conn] = (factory, result)
-
-        def expire() -> None:
-            if conn in self._pending:
-                conn.abort()
-                self._pending.pop(conn)
-                result.errback(error.TimeoutError(f"connecting to {host}:{port}"))
-                self.dispatch_and_flush()
-
-        call = self.reactor.callLater(timeout, expire)
-        result.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
-        self._to_tunnel()
-        self._schedule()
-        return result
-
-    # --- ICMP ----------------------------------------------------------------------------------
-
-    def source_for(self, dst: IPv4Address | IPv6Address) -> bytes:
-        for interface in self.addresses:
-            if interface.version == dst.version:
-                return interface.ip.packed
-        raise ValueError(f"no overlay address of IPv{dst.version}")
+    def client_endpoint(self, host: str, port: int, timeout: float = 30.0) -> IStreamClientEndpoint:
+        """Dial ``host:port`` over the overlay, from our address of the same family."""
+        ...
 
     def ping(
         self, dst: IPv4Address | IPv6Address, seq: int, timeout: float = 2.0, size: int = 56
     ) -> defer.Deferred[float]:
         """Echo ``dst``; fires with the round-trip time or fails with PingTimeout."""
-        from ..netstack.icmp import echo_request
-
-        started = self.reactor.seconds()
-        ident = next(self._ping_ident) & 0xFFFF
-        waiter: defer.Deferred[Echo] = defer.Deferred()
-        self._ping_waiters[(ident, seq)] = waiter
-        result: defer.Deferred[float] = defer.Deferred()
-
-        def replied(_: Echo) -> None:
-            if call.active():
-                call.cancel()
-            result.callback(self.reactor.seconds() - started)
-
-        def expired() -> None:
-            self._ping_waiters.pop((ident, seq), None)
-            result.errback(PingTimeout(f"no reply from {dst} seq {seq}"))
-
-        call = self.reactor.callLater(timeout, expired)
-        waiter.addCallback(replied)
-        self.stack.outgoing.append(
-            echo_request(self.source_for(dst), dst.packed, ident, seq, bytes(size))
-        )
-        self._to_tunnel()
-        return result
+        ...
 
     def stats(self) -> dict[str, int]:
-        counters = self.device.stats()
-        counters.update(self.stack.stats())
-        counters.update(self.filter.stats())
-        if self.tunnel is not None:
-            counters["udp_send_errors"] = self.tunnel.udp.send_errors
-        return counters
+        """Every counter of the overlay (WireGuard, filter, TCP/IP or TUN), by name."""
+        ...
+
+    def tcp_connections(self) -> list[ConnectionKey] | None:
+        """Our TCP connections; None where the kernel owns TCP (``network = tun``)."""
+        ...

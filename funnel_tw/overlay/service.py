@@ -5,11 +5,11 @@ from __future__ import annotations
 from twisted.application.service import Service
 
 from .interface import OverlayInterface
-from .tun import TunError
+from .tun_device import TunError
 
 
 class OverlayService(Service):
-    """Runs an OverlayInterface for the lifetime of the daemon."""
+    """Runs an overlay (userspace or TUN) for the lifetime of the daemon."""
 
     def __init__(self, overlay: OverlayInterface) -> None:
         self.overlay = overlay

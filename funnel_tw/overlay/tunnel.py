@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from ..keys import encode_key
@@ -19,6 +18,11 @@ from ..wireguard.device import Device, Peer
 from .udp import Address, Batch, UDPSocket
 
 PacketHandler = Callable[[bytes, Peer], None]
+
+
+class ITunnelReactor(IReactorTime, IReactorFDSet):
+    """What a tunnel needs of its reactor: a clock and timers, and the UDP socket's reads."""
+
 
 log = Logger()
 
@@ -48,7 +52,7 @@ class Tunnel:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ITunnelReactor,
         device: Device,
         *,
         listen_port: int = 0,

@@ -10,8 +10,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import RelayConfig
-from ..overlay.interface import OverlayInterface
 from ..overlay.service import OverlayService
+from ..overlay.userspace import UserspaceOverlayInterface
 from .endpoints import EndpointMemory
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site
@@ -29,7 +29,7 @@ class RelayService(MultiService):
             reactor = default_reactor
         self.reactor = reactor
         self.config = config
-        self.overlay = OverlayInterface(
+        self.overlay = UserspaceOverlayInterface(
             reactor,
             private_key=config.private_key,
             addresses=config.addresses,

@@ -28,7 +28,8 @@ from twisted.internet import defer, error, protocol
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from funnel_tw.overlay.tun import TunError, TunOverlayInterface
+from funnel_tw.overlay.tun import TunOverlayInterface
+from funnel_tw.overlay.tun_device import TunError
 from tests.interop import netns as h
 
 OUR4, OUR6 = "100.64.0.2", "fd7a:115c:a1e0::2"
@@ -107,7 +108,7 @@ print(json.dumps({"bytes": total, "sha256": digest.hexdigest(),
 #: Try to create a TUN interface with our code; print the TunError message (or "created").
 CREATE_TUN_SCRIPT = """
 from twisted.internet import reactor
-from funnel_tw.overlay.tun import TunDevice, TunError
+from funnel_tw.overlay.tun_device import TunDevice, TunError
 try:
     TunDevice(reactor, lambda packets: None).close()
 except TunError as e:

@@ -1,4 +1,4 @@
-"""Overlay TCP between two OverlayInterfaces over loopback UDP, with a real reactor."""
+"""Overlay TCP between two UserspaceOverlayInterfaces over loopback UDP, with a real reactor."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from funnel_tw import keys
-from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
+from funnel_tw.overlay.interface import StaticPeer
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 
 
 def overlay_pair(
     restricted: dict[str, frozenset[int]] | None = None,
-) -> tuple[OverlayInterface, OverlayInterface]:
+) -> tuple[UserspaceOverlayInterface, UserspaceOverlayInterface]:
     """A 'relay' (100.64.0.1) and a 'node' (100.64.0.2) joined over loopback."""
     rk, nk = keys.generate_private_key(), keys.generate_private_key()
     r_addr = [ip_interface("100.64.0.1/32"), ip_interface("fd7a:115c:a1e0::1/128")]
     n_addr = [ip_interface("100.64.0.2/32"), ip_interface("fd7a:115c:a1e0::2/128")]
-    relay = OverlayInterface(
+    relay = UserspaceOverlayInterface(
         reactor,
         private_key=rk,
         addresses=r_addr,
@@ -34,7 +35,7 @@ def overlay_pair(
         ],
     )
     relay.start()
-    node = OverlayInterface(
+    node = UserspaceOverlayInterface(
         reactor,
         private_key=nk,
         addresses=n_addr,

@@ -12,7 +12,8 @@ from twisted.trial.unittest import TestCase
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
 from funnel_tw.node.service import NodeService
-from funnel_tw.overlay.interface import OverlayInterface, StaticPeer
+from funnel_tw.overlay.interface import StaticPeer
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 
 NAME = "node.example.com"
 
@@ -57,7 +58,7 @@ allowed-ips = 100.64.0.3/32
         node = NodeService(load_node_config(folder / "node.ini"), reactor)
         node.startService()
         self.addCleanup(node.stopService)
-        laptop = OverlayInterface(
+        laptop = UserspaceOverlayInterface(
             reactor,
             private_key=laptop_key,
             addresses=[ip_interface("100.64.0.3/32")],

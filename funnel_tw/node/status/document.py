@@ -96,10 +96,11 @@ def _certificates(node: NodeService, now: float) -> list[dict[str, Any]]:
 def open_ingress_connections(node: NodeService) -> int | None:
     """TCP connections from funnel-ingress peers to the peerAPI port: each one is a public
     client once the node has answered 101. None where the kernel owns TCP (network = tun)."""
-    if node.config.network != "userspace":
+    connections = node.overlay.tcp_connections()
+    if connections is None:
         return None
     count = 0
-    for _local, local_port, remote, _remote_port in list(node.overlay.stack.connections):
+    for _local, local_port, remote, _remote_port in connections:
         if local_port != node.config.peerapi_port:
             continue
         try:

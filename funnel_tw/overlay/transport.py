@@ -10,8 +10,9 @@ mark and resumed when it drains). Half-close reaches protocols that provide
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocol,
     IPushProducer,
+    IReactorTime,
     ITCPTransport,
 )
 from twisted.logger import Logger
@@ -28,14 +30,26 @@ from zope.interface import implementer
 
 from ..netstack.tcp import Connection, State
 
-if TYPE_CHECKING:
-    from .interface import OverlayInterface
-
 log = Logger()
 
 # Pause the registered producer above this many unacknowledged bytes, resume below half of it.
 # It must exceed the peer's window (1 MiB by default) or the pipe runs dry before resuming.
 SEND_HIGH_WATER = 2 << 20
+
+
+class TransportOwner(Protocol):
+    """What a transport needs from whoever runs its connection's stack (no back-pointer to it)."""
+
+    @property
+    def reactor(self) -> IReactorTime: ...
+
+    def flush_soon(self) -> None:
+        """Send what the stack has for the wire at the end of this reactor pass."""
+        ...
+
+    def dispatch_and_flush(self) -> None:
+        """Run the stack now: deliver its events, send what it has for the wire."""
+        ...
 
 
 def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
@@ -47,8 +61,8 @@ def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
 
 @implementer(ITCPTransport, IPushProducer, IConsumer)
 class OverlayTCPTransport:
-    def __init__(self, overlay: OverlayInterface, conn: Connection, protocol: IProtocol) -> None:
-        self.overlay = overlay
+    def __init__(self, owner: TransportOwner, conn: Connection, protocol: IProtocol) -> None:
+        self.owner = owner
         self.conn = conn
         self.protocol = protocol
         self.connected = True
@@ -117,18 +131,18 @@ class OverlayTCPTransport:
         if self.disconnecting or self._write_closed or self.disconnected or not data:
             return
         self.conn.send(bytes(data))
-        self.overlay.flush_soon()
+        self.owner.flush_soon()
         if self.producer is None or self._producer_paused:
             return
         if not self._streaming:
             if not self._pull_scheduled:
                 self._pull_scheduled = True
-                self.overlay.reactor.callLater(0, self._pull)
+                self.owner.reactor.callLater(0, self._pull)
         elif self.conn.send_buffered > SEND_HIGH_WATER:
             self._producer_paused = True
             self.producer.pauseProducing()
 
-    def writeSequence(self, data: Any) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
@@ -136,21 +150,21 @@ class OverlayTCPTransport:
             return
         self.disconnecting = True
         self.conn.close()
-        self.overlay.flush_soon()
+        self.owner.flush_soon()
 
     def abortConnection(self) -> None:
         if self.disconnected:
             return
         self.disconnecting = True
         self.conn.abort()
-        self.overlay.flush_soon()
+        self.owner.flush_soon()
 
     def loseWriteConnection(self) -> None:
         if self._write_closed or self.disconnected:
             return
         self._write_closed = True
         self.conn.close()
-        self.overlay.flush_soon()
+        self.owner.flush_soon()
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return to_address(self.conn.remote)
@@ -171,8 +185,8 @@ class OverlayTCPTransport:
         return self.conn.keepalive_idle > 0
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
-        self.conn.set_keepalive(7200.0 if enabled else 0.0, self.overlay.reactor.seconds())
-        self.overlay.flush_soon()  # reschedules the stack's timers
+        self.conn.set_keepalive(7200.0 if enabled else 0.0, self.owner.reactor.seconds())
+        self.owner.flush_soon()  # reschedules the stack's timers
 
     # --- IPushProducer: the application pausing what we read ---------------------------------
 
@@ -183,7 +197,7 @@ class OverlayTCPTransport:
         if self.conn.state is State.CLOSED:
             return
         self.conn.resume_reading()
-        self.overlay.dispatch_and_flush()
+        self.owner.dispatch_and_flush()
 
     def stopProducing(self) -> None:
         self.loseConnection()
@@ -201,7 +215,7 @@ class OverlayTCPTransport:
         self._producer_paused = False
         if not streaming:
             self._pull_scheduled = True
-            self.overlay.reactor.callLater(0, self._pull)
+            self.owner.reactor.callLater(0, self._pull)
 
     def unregisterProducer(self) -> None:
         self.producer = None

@@ -1,0 +1,333 @@
+"""``network = userspace``: UDP <-> WireGuard Device <-> our own TCP/IP Stack, no privileges.
+
+::
+
+    protocols <-> OverlayTCPTransport <-> Stack <-> PacketFilter / Device <-- UDP --> peers
+                  (transport.py)                    (this module: UserspaceOverlayInterface)
+
+It provides :class:`~funnel_tw.overlay.interface.OverlayInterface`, and to its transports and
+endpoints the narrow owners they need (:class:`~funnel_tw.overlay.transport.TransportOwner`,
+:class:`~funnel_tw.overlay.endpoints.EndpointOwner`): flush soon, run the stack now, listen,
+dial.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv6Address,
+    IPv6Interface,
+    ip_address,
+)
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..netstack import tcp
+from ..netstack.icmp import Echo, echo_request
+from ..netstack.stack import ECHO_REPLY, Stack
+from ..wireguard.constants import DEFAULT, Constants
+from ..wireguard.device import Peer
+from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
+from .interface import ConnectionKey, PeerSpec, PingTimeout, source_address
+from .peers import build_device, build_filter
+from .transport import OverlayTCPTransport
+from .tunnel import ITunnelReactor, Tunnel
+
+log = Logger()
+
+
+class UserspaceOverlayInterface:
+    """WireGuard on a UDP port with a TCP/IP stack (and ICMP echo) on ``addresses``.
+
+    ``restricted`` maps peer names to the only TCP ports those peers may reach on our
+    addresses (funnel-ingress peers reach the peerAPI and nothing else); every other packet
+    from them is dropped and counted.
+    """
+
+    def __init__(
+        self,
+        reactor: ITunnelReactor,
+        *,
+        private_key: bytes,
+        addresses: Sequence[IPv4Interface | IPv6Interface],
+        peers: Sequence[PeerSpec],
+        listen_port: int = 0,
+        mtu: int = 1280,
+        constants: Constants = DEFAULT,
+        restricted: Mapping[str, frozenset[int]] | None = None,
+        receive_buffer: int = 1 << 20,
+    ) -> None:
+        self.reactor = reactor
+        self.addresses = tuple(addresses)
+        self.device = build_device(private_key, peers, mtu=mtu, constants=constants)
+        self.listen_port = listen_port
+        self.tunnel: Tunnel | None = None
+        self.stack = Stack(
+            [a.ip.packed for a in self.addresses], mtu=mtu, receive_buffer=receive_buffer
+        )
+        self.filter = build_filter(self.device, restricted, self.stack.addresses)
+        self.factories: dict[int, IProtocolFactory] = {}
+        self._ping_ident = itertools.count(1)
+        self._ping_waiters: dict[tuple[int, int], defer.Deferred[Echo]] = {}
+        self._pending: dict[tcp.Connection, tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = {}
+        self._flush_call: IDelayedCall | None = None
+        self._timer: IDelayedCall | None = None
+        self._timer_at = float("inf")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.tunnel = Tunnel(
+            self.reactor,
+            self.device,
+            listen_port=self.listen_port,
+            packet_handler=self._packet,
+            batch_handler=self._after_batch,
+        )
+        self.tunnel.start()
+
+    def stop(self) -> None:
+        for call in (self._flush_call, self._timer):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._timer = None
+        self.stack.flush(self.reactor.seconds())  # owed ACKs (e.g. for a FIN) go out first
+        for conn in list(self.stack.connections.values()):
+            conn.abort()
+        self._dispatch()
+        if self.tunnel is not None:
+            self._to_tunnel()
+            self.tunnel.stop()
+            self.tunnel = None
+
+    @property
+    def port(self) -> int:
+        assert self.tunnel is not None
+        return self.tunnel.port
+
+    # --- packets -------------------------------------------------------------------------------
+
+    def _packet(self, packet: bytes, peer: Peer) -> None:
+        if self.filter.allows(packet, peer):
+            self.stack.receive(packet, self.reactor.seconds())
+
+    def _after_batch(self) -> None:
+        """After a run of packets from the tunnel: wake the applications, answer in bulk."""
+        now = self.reactor.seconds()
+        self._dispatch()
+        self.stack.flush(now)
+        self._dispatch()
+        self._to_tunnel(now, direct=True)
+        self._schedule()
+
+    def _to_tunnel(self, now: float | None = None, direct: bool = False) -> None:
+        if not self.stack.outgoing:
+            return
+        packets, self.stack.outgoing = self.stack.outgoing, []
+        if now is None:
+            now = self.reactor.seconds()
+        send = self.device.send_packet
+        for packet in packets:
+            send(packet, now)
+        if not direct and self.tunnel is not None:
+            self.tunnel.after_work()
+
+    def flush_soon(self) -> None:
+        """Applications wrote: send at the end of this reactor pass, once for all of them."""
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        self.dispatch_and_flush()
+
+    def dispatch_and_flush(self) -> None:
+        now = self.reactor.seconds()
+        self._dispatch()
+        self.stack.flush(now)
+        self._dispatch()
+        self._to_tunnel(now)
+        self._schedule()
+
+    def _dispatch(self) -> None:
+        stack = self.stack
+        while stack.events:
+            events, stack.events = stack.events, []
+            for kind, conn, data in events:
+                if kind == tcp.DATA:
+                    conn.app._data(data)
+                elif kind == tcp.ACCEPTED:
+                    self._accepted(conn)
+                elif kind == tcp.CONNECTED:
+                    self._connected(conn)
+                elif kind == tcp.EOF:
+                    if conn.app is not None:
+                        conn.app._eof()
+                elif kind == tcp.CLOSED:
+                    self._closed(conn, data)
+                elif kind == tcp.DRAINED:
+                    if conn.app is not None:
+                        conn.app._drained()
+                elif kind == ECHO_REPLY:
+                    waiter = self._ping_waiters.pop((data.ident, data.sequence), None)
+                    if waiter is not None:
+                        waiter.callback(data)
+
+    def _attach(self, conn: tcp.Connection, factory: IProtocolFactory) -> IProtocol | None:
+        protocol = factory.buildProtocol(OverlayTCPTransport.address_of(conn.remote))
+        if protocol is None:
+            conn.abort()
+            return None
+        transport = OverlayTCPTransport(self, conn, protocol)
+        protocol.makeConnection(transport)
+        return protocol
+
+    def _accepted(self, conn: tcp.Connection) -> None:
+        factory = self.factories.get(conn.local[1])
+        if factory is None:
+            conn.abort()
+            return
+        self._attach(conn, factory)
+
+    def _connected(self, conn: tcp.Connection) -> None:
+        pending = self._pending.pop(conn, None)
+        if pending is None:
+            conn.abort()
+            return
+        factory, result = pending
+        protocol = self._attach(conn, factory)
+        if protocol is None:
+            result.errback(error.ConnectError("factory refused the connection"))
+        else:
+            result.callback(protocol)
+
+    def _closed(self, conn: tcp.Connection, reason: str | None) -> None:
+        pending = self._pending.pop(conn, None)
+        if pending is not None:
+            _, result = pending
+            if reason == "connection refused":
+                result.errback(error.ConnectionRefusedError(reason))
+            elif reason == "connection timed out":
+                result.errback(error.TimeoutError(reason))
+            else:
+                result.errback(error.ConnectError(reason or "closed"))
+            return
+        if conn.app is not None:
+            conn.app._closed(reason)
+
+    # --- timers --------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        deadline = self.stack.next_deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.reactor.callLater(
+            max(0.0, deadline - self.reactor.seconds()), self._fire
+        )
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self.stack.tick(self.reactor.seconds())
+        self.dispatch_and_flush()
+
+    # --- TCP for the layers above --------------------------------------------------------------
+
+    def server_endpoint(self, port: int) -> OverlayServerEndpoint:
+        return OverlayServerEndpoint(self, port)
+
+    def client_endpoint(self, host: str, port: int, timeout: float = 30.0) -> OverlayClientEndpoint:
+        return OverlayClientEndpoint(self, host, port, timeout)
+
+    def add_listener(self, port: int, factory: IProtocolFactory) -> None:
+        if port in self.factories:
+            raise error.CannotListenError("overlay", port, OSError("port in use"))
+        self.factories[port] = factory
+        self.stack.listen(port)
+
+    def remove_listener(self, port: int) -> None:
+        self.factories.pop(port, None)
+        self.stack.unlisten(port)
+
+    def connect_tcp(
+        self, host: str, port: int, factory: IProtocolFactory, timeout: float = 30.0
+    ) -> defer.Deferred[IProtocol]:
+        """Dial ``host:port`` over the overlay; fires with the connected protocol."""
+        try:
+            dst = ip_address(host)
+            src = self.source_for(dst)
+            conn = self.stack.connect(src, dst.packed, port, self.reactor.seconds())
+        except (ValueError, OSError) as e:
+            return defer.fail(error.ConnectError(str(e)))
+        result: defer.Deferred[IProtocol] = defer.Deferred()
+        self._pending[conn] = (factory, result)
+
+        def expire() -> None:
+            if conn in self._pending:
+                conn.abort()
+                self._pending.pop(conn)
+                result.errback(error.TimeoutError(f"connecting to {host}:{port}"))
+                self.dispatch_and_flush()
+
+        def settled(outcome: IProtocol | Failure) -> IProtocol | Failure:
+            if call.active():
+                call.cancel()
+            return outcome
+
+        call = self.reactor.callLater(timeout, expire)
+        result.addBoth(settled)
+        self._to_tunnel()
+        self._schedule()
+        return result
+
+    # --- ICMP ----------------------------------------------------------------------------------
+
+    def source_for(self, dst: IPv4Address | IPv6Address) -> bytes:
+        return source_address(self.addresses, dst)
+
+    def ping(
+        self, dst: IPv4Address | IPv6Address, seq: int, timeout: float = 2.0, size: int = 56
+    ) -> defer.Deferred[float]:
+        """Echo ``dst``; fires with the round-trip time or fails with PingTimeout."""
+        started = self.reactor.seconds()
+        ident = next(self._ping_ident) & 0xFFFF
+        waiter: defer.Deferred[Echo] = defer.Deferred()
+        self._ping_waiters[(ident, seq)] = waiter
+        result: defer.Deferred[float] = defer.Deferred()
+
+        def replied(_: Echo) -> None:
+            if call.active():
+                call.cancel()
+            result.callback(self.reactor.seconds() - started)
+
+        def expired() -> None:
+            self._ping_waiters.pop((ident, seq), None)
+            result.errback(PingTimeout(f"no reply from {dst} seq {seq}"))
+
+        call = self.reactor.callLater(timeout, expired)
+        waiter.addCallback(replied)
+        self.stack.outgoing.append(
+            echo_request(self.source_for(dst), dst.packed, ident, seq, bytes(size))
+        )
+        self._to_tunnel()
+        return result
+
+    def tcp_connections(self) -> list[ConnectionKey]:
+        return list(self.stack.connections)
+
+    def stats(self) -> dict[str, int]:
+        counters = self.device.stats()
+        counters.update(self.stack.stats())
+        counters.update(self.filter.stats())
+        if self.tunnel is not None:
+            counters["udp_send_errors"] = self.tunnel.udp.send_errors
+        return counters
