@@ -40,11 +40,6 @@ MAX_LINES = 700
 NOT_YET: dict[str, object] = {
     "circles": [
         ["funnel_tw.netstack.stack", "funnel_tw.netstack.tcp"],
-        [
-            "funnel_tw.node.service",
-            "funnel_tw.node.status.document",
-            "funnel_tw.node.status.server",
-        ],
     ],
     "big": {"funnel_tw.netstack.tcp": 1035},
 }

@@ -22,7 +22,12 @@ from ..serve.dispatch import Dispatcher
 from ..serve.model import ServeConfig
 from ..serve.plugins import build_handlers
 from ..serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
-from ..tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
+from ..tls.sources import (
+    CertificateSource,
+    CertificateSourceError,
+    FilesSource,
+    SelfSignedSource,
+)
 from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
 from .status.server import LocalAPIService
@@ -141,7 +146,7 @@ class NodeService(MultiService):
         tls_dir = config.state_dir / "tls"
         if config.tls.source == "files":
             assert config.tls.cert_file is not None and config.tls.key_file is not None
-            self.certificates: Any = FilesSource(
+            self.certificates: CertificateSource = FilesSource(
                 self.store, config.tls.cert_file, config.tls.key_file, reactor
             )
         elif config.tls.source == "self-signed":
@@ -195,6 +200,17 @@ class NodeService(MultiService):
             return None
         spec = self.peers_by_name.get(peer.name)
         return peer.name, bool(spec and spec.funnel_ingress)
+
+    def renewal_status(self) -> dict[str, Any] | None:
+        return self.certificates.status()
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        return {
+            "ingress": dict(self.ingress.counters),
+            "serve": dict(self.dispatcher.counters),
+            "tls": dict(self.store.counters),
+            "overlay": self.overlay.stats(),
+        }
 
     def relay_session(self) -> bool:
         """Whether a funnel-ingress peer (a relay) has completed a handshake with us."""

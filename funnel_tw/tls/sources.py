@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -20,6 +20,15 @@ from .selfsigned import ensure_certificate
 from .store import Certificate, CertificateStore
 
 log = Logger()
+
+
+class CertificateSource(Protocol):
+    """Where a node's certificates come from: self-signed, files, or ACME (tls/issuer.py)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def status(self) -> dict[str, Any] | None:
+        """Renewal state for ``funnel-tw status``; None for sources that do not renew."""
 
 
 class CertificateSourceError(Exception):
@@ -51,6 +60,9 @@ class SelfSignedSource:
         self._loop = task.LoopingCall(self.load)
         self._loop.clock = self.reactor
         self._loop.start(self.CHECK_EVERY, now=False)
+
+    def status(self) -> None:
+        return None
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
@@ -117,6 +129,9 @@ class FilesSource:
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = self.reactor
         self._loop.start(self.CHECK_EVERY, now=False)
+
+    def status(self) -> None:
+        return None
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:

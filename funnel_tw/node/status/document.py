@@ -2,23 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import Any, Protocol, assert_never
 
 from ... import __version__
-from ...config import HTTPSMounts, PluginHandler, TCPForward, TLSTerminatedTCP
+from ...config import (
+    HTTPSMounts,
+    NodeConfig,
+    PeerConfig,
+    PluginHandler,
+    TCPForward,
+    TLSTerminatedTCP,
+)
+from ...overlay.interface import OverlayInterface
 from ...overlay.tunnel import display_endpoint
+from ...serve.model import ServeConfig
+from ...tls.store import CertificateStore
 
-if TYPE_CHECKING:
-    from ..service import NodeService
+
+class StatusSource(Protocol):
+    """What the status documents read from a running node (NodeService provides it)."""
+
+    @property
+    def reactor(self) -> Any: ...
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def serve(self) -> ServeConfig: ...
+    @property
+    def overlay(self) -> OverlayInterface: ...
+    @property
+    def store(self) -> CertificateStore: ...
+    @property
+    def peers_by_name(self) -> Mapping[str, PeerConfig]: ...
+
+    def caller(self, overlay_ip: str) -> tuple[str, bool] | None:
+        """The peer owning an overlay address and whether it is a funnel-ingress peer."""
+
+    def renewal_status(self) -> dict[str, Any] | None:
+        """The ACME issuer's state (failures, last error, next attempt); None otherwise."""
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Counters by component: ingress, serve, tls, overlay."""
 
 
-def serve_status(node: NodeService) -> dict[str, Any]:
+def serve_status(node: StatusSource) -> dict[str, Any]:
     """``tailscale serve status --json``: nothing more, nothing less."""
     return node.serve.to_json()
 
 
-def _ports(node: NodeService) -> list[dict[str, Any]]:
+def _ports(node: StatusSource) -> list[dict[str, Any]]:
     """One entry per [serve PORT], by port: what it serves, as the config's handler says."""
     serve = node.serve
     out: list[dict[str, Any]] = []
@@ -52,7 +86,7 @@ def _ports(node: NodeService) -> list[dict[str, Any]]:
     return out
 
 
-def _peers(node: NodeService, now: float) -> list[dict[str, Any]]:
+def _peers(node: StatusSource, now: float) -> list[dict[str, Any]]:
     out = []
     for peer in node.overlay.device.peers:
         spec = node.peers_by_name.get(peer.name)
@@ -72,7 +106,7 @@ def _peers(node: NodeService, now: float) -> list[dict[str, Any]]:
     return out
 
 
-def _certificates(node: NodeService, now: float) -> list[dict[str, Any]]:
+def _certificates(node: StatusSource, now: float) -> list[dict[str, Any]]:
     installed = node.store.certificates()
     out: list[dict[str, Any]] = []
     for name in node.store.hostnames:
@@ -93,7 +127,7 @@ def _certificates(node: NodeService, now: float) -> list[dict[str, Any]]:
     return out
 
 
-def open_ingress_connections(node: NodeService) -> int | None:
+def open_ingress_connections(node: StatusSource) -> int | None:
     """TCP connections from funnel-ingress peers to the peerAPI port: each one is a public
     client once the node has answered 101. None where the kernel owns TCP (network = tun)."""
     connections = node.overlay.tcp_connections()
@@ -112,7 +146,7 @@ def open_ingress_connections(node: NodeService) -> int | None:
     return count
 
 
-def status_document(node: NodeService, now: float) -> dict[str, Any]:
+def status_document(node: StatusSource, now: float) -> dict[str, Any]:
     """What ``GET /v0/status`` answers; ``now`` is the node's clock (reactor.seconds())."""
     config = node.config
     overlay = node.overlay
@@ -128,12 +162,7 @@ def status_document(node: NodeService, now: float) -> dict[str, Any]:
         "ports": _ports(node),
         "certificates": _certificates(node, now),
         # the ACME issuer's state (failures, last error, next attempt); None for other sources
-        "renewal": node.certificates.status() if hasattr(node.certificates, "status") else None,
+        "renewal": node.renewal_status(),
         "ingress": {"open": open_ingress_connections(node)},
-        "counters": {
-            "ingress": dict(node.ingress.counters),
-            "serve": dict(node.dispatcher.counters),
-            "tls": dict(node.store.counters),
-            "overlay": overlay.stats(),
-        },
+        "counters": node.counters(),
     }

@@ -17,7 +17,7 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -37,10 +37,7 @@ from .address import (
     SocketAddress,
     socket_path,
 )
-from .document import serve_status, status_document
-
-if TYPE_CHECKING:
-    from ..service import NodeService
+from .document import StatusSource, serve_status, status_document
 
 log = Logger()
 
@@ -62,7 +59,7 @@ class _JSONResource(Resource):
 class LocalAPISite(Site):
     """The local API's routes, without an access log of its own."""
 
-    def __init__(self, node: NodeService, reactor: Any) -> None:
+    def __init__(self, node: StatusSource, reactor: Any) -> None:
         root = Resource()
         v0 = Resource()
         root.putChild(b"v0", v0)
@@ -115,7 +112,7 @@ def _free_socket_path(path: Path, address: str) -> None:
 class LocalAPIService(Service):
     """Serves the local API on ``<state-dir>/funnel-tw.sock`` while the node runs."""
 
-    def __init__(self, node: NodeService, reactor: Any = None, path: Path | None = None) -> None:
+    def __init__(self, node: StatusSource, reactor: Any = None, path: Path | None = None) -> None:
         if reactor is None:
             reactor = node.reactor
         self.node = node
