@@ -26,7 +26,7 @@ from .model import (
     TLSTerminatedTCP,
 )
 
-__all__ = ["covers", "load_node_config", "node_config"]
+__all__ = ["load_node_config", "node_config"]
 
 _NODE_KEYS = (
     "private-key",
@@ -259,6 +259,8 @@ def _serve_name(
     """The HOST (None for every name) and PORT of [serve PORT] or [serve HOST:PORT]."""
     host, colon, number = section.name.rpartition(":")
     expected = "[serve HOST:PORT]" if colon else "[serve PORT]"
+    if not section.name:
+        expected = "[serve PORT] or [serve HOST:PORT]"
     try:
         if not number:
             raise ValueError("needs a port")
@@ -269,13 +271,13 @@ def _serve_name(
     except ValueError as e:
         section.error(None, f"{e} (expected {expected})")
         return None
-    if name is not None and hostnames is not None and not covers(hostnames, name):
+    if name is not None and hostnames is not None and not _covers(hostnames, name):
         listed = ", ".join(hostnames) or "none"
-        section.error(None, f"{name} is not one of this node's names (hostname: {listed})")
+        section.error(None, f"{name} is not covered by the node's hostname ({listed})")
     return name, port
 
 
-def covers(hostnames: tuple[str, ...], host: str) -> bool:
+def _covers(hostnames: tuple[str, ...], host: str) -> bool:
     """One of the node's names is `host`, or a ``*.suffix`` covering it (one label, as in TLS)."""
     if host in hostnames:
         return True
