@@ -194,7 +194,7 @@ class NodeService(MultiService):
             hostnames=", ".join(self.config.hostnames) or "(none)",
         )
         for warning in self.config.warnings:
-            log.warn("config: {warning}", warning=warning)
+            log.warn("config: {why}", why=warning)
         try:
             self.certificates.start()
         except CertificateSourceError as e:

@@ -66,7 +66,7 @@ class RelayService(MultiService):
             nodes=len(self.config.nodes),
         )
         for warning in self.config.warnings:
-            log.warn("config: {warning}", warning=warning)
+            log.warn("config: {why}", why=warning)
         super().startService()
         self.endpoints.start()
         address = self.config.public_address
