@@ -46,7 +46,6 @@ NOT_YET: dict[str, object] = {
             "funnel_tw.node.status.server",
         ],
         ["funnel_tw.overlay.endpoints", "funnel_tw.overlay.interface", "funnel_tw.overlay.tcp"],
-        ["funnel_tw.peerapi.ingress", "funnel_tw.peerapi.site"],
     ],
     "big": {"funnel_tw.netstack.tcp": 1035},
 }

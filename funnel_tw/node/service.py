@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IProtocol
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -24,13 +24,23 @@ from ..serve.plugins import build_handlers
 from ..serve.proxy import Backends, ProxyResource
 from ..tls.sources import CertificateSourceError, FilesSource, SelfSignedSource
 from ..tls.store import CertificateStore
+from ..web.hostport import format_host_port
 from .status.server import LocalAPIService
 
 log = Logger()
 
 
-def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any) -> Any:
-    """``[tls] source = acme``: the issuing service with its responder and HTTP client."""
+def build_acme_source(
+    config: NodeConfig,
+    store: CertificateStore,
+    reactor: Any,
+    relay_session: Callable[[], bool] | None = None,
+) -> Any:
+    """``[tls] source = acme``: the issuing service with its responder and HTTP client.
+
+    ``relay_session()`` tells whether a funnel relay can reach us yet: tls-alpn-01 checks wait
+    for it, rather than fail and back off before the tunnel is up.
+    """
     import treq
     from twisted.internet import ssl
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
@@ -64,6 +74,7 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
         responder = DNSHookResponder(tls.acme_dns_hook, reactor)
     else:
         responder = TLSALPNResponder(store)
+    tls_alpn = tls.acme_challenge != "dns-01"
     return ACMESource(
         store=store,
         names=list(config.hostnames),
@@ -74,6 +85,7 @@ def build_acme_source(config: NodeConfig, store: CertificateStore, reactor: Any)
         responder=responder,
         fallback=SelfSignedSource(store, config.state_dir / "tls", reactor),
         reactor=reactor,
+        reachable=relay_session if tls_alpn else None,
     )
 
 
@@ -135,7 +147,9 @@ class NodeService(MultiService):
         elif config.tls.source == "self-signed":
             self.certificates = SelfSignedSource(self.store, tls_dir, reactor)
         else:
-            self.certificates = build_acme_source(config, self.store, reactor)
+            self.certificates = build_acme_source(
+                config, self.store, reactor, relay_session=self.relay_session
+            )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
         self.dispatcher = Dispatcher(
@@ -151,8 +165,8 @@ class NodeService(MultiService):
         self.ingress = IngressResource(
             reactor=reactor,
             caller_name=self.caller,
-            admits_funnel=self.admits_funnel,
-            accept=self.accept,
+            policy=self.serve,
+            dispatcher=self.dispatcher,
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
@@ -172,18 +186,20 @@ class NodeService(MultiService):
         spec = self.peers_by_name.get(peer.name)
         return peer.name, bool(spec and spec.funnel_ingress)
 
+    def relay_session(self) -> bool:
+        """Whether a funnel-ingress peer (a relay) has completed a handshake with us."""
+        return any(
+            peer.last_handshake is not None
+            for peer in self.overlay.device.peers
+            if (spec := self.peers_by_name.get(peer.name)) is not None and spec.funnel_ingress
+        )
+
     def admits_funnel(self, host: str, port: int) -> bool:
         return self.serve.admits_funnel(host, port)
 
-    def accept(self, flow: Flow) -> IProtocol | None:
-        return self.dispatcher.protocol_for(flow)
-
     def valid_hosts(self) -> set[str]:
         port = self.config.peerapi_port
-        return {
-            f"{a.ip}:{port}" if a.version == 4 else f"[{a.ip}]:{port}"
-            for a in self.config.addresses
-        }
+        return {format_host_port(str(a.ip), port) for a in self.config.addresses}
 
     # --- lifecycle ---------------------------------------------------------------------------
 

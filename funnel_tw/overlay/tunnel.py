@@ -14,12 +14,17 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from ..keys import encode_key
 from ..wireguard.device import Device, Peer
 from .udp import Address, Batch, UDPSocket
 
 PacketHandler = Callable[[bytes, Peer], None]
 
 log = Logger()
+
+
+UNKNOWN_LOG_INTERVAL = 60.0  # seconds between two warnings about the same unknown key
+UNKNOWN_LOG_KEYS = 256  # unknown keys remembered for that
 
 
 def display_endpoint(endpoint: Address | None) -> str:
@@ -60,6 +65,7 @@ class Tunnel:
         self._timer: IDelayedCall | None = None
         self._timer_at = float("inf")
         self._flush_call: IDelayedCall | None = None
+        self._unknown_logged: dict[bytes, float] = {}  # claimed key -> when last logged
         self.udp = UDPSocket(reactor, self._on_batch, listen_port, listen_host)
         for peer in device.peers:
             if peer.endpoint is not None:
@@ -128,7 +134,29 @@ class Tunnel:
                 events, device.events = device.events, []
                 for event in events:
                     self._log_event(event.kind, event.peer, event.initiator)
+        if device.unknown_initiations:
+            unknown, device.unknown_initiations = device.unknown_initiations, []
+            self._log_unknown(unknown)
         self._schedule()
+
+    def _log_unknown(self, unknown: list[tuple[bytes, Address]]) -> None:
+        """Say which key knocked, once a minute per key: the usual cause is a key missing from
+        this side's configuration. The key is only claimed (anyone who knows our public key can
+        claim any), so this is a hint for the operator and nothing else."""
+        now = self.reactor.seconds()
+        logged = self._unknown_logged
+        for key, source in unknown:
+            if now - logged.get(key, float("-inf")) < UNKNOWN_LOG_INTERVAL:
+                continue
+            if len(logged) >= UNKNOWN_LOG_KEYS:
+                logged.pop(next(iter(logged)))
+            logged[key] = now
+            log.warn(
+                "handshake from {source} with public key {key}, which is not a peer here: "
+                "ignored (add it to the configuration if it is yours)",
+                source=display_endpoint(source),
+                key=encode_key(key),
+            )
 
     def _log_event(self, kind: str, peer: Peer, initiator: bool) -> None:
         if kind == "handshake-complete":
@@ -139,7 +167,15 @@ class Tunnel:
                 endpoint=display_endpoint(peer.endpoint),
             )
         elif kind == "handshake-failed":
-            log.warn("handshake with {peer} did not complete; giving up for now", peer=peer.name)
+            log.warn(
+                "handshake with {peer} at {endpoint} did not complete; giving up for now{hint}",
+                peer=peer.name,
+                endpoint=display_endpoint(peer.endpoint),
+                hint=""
+                if peer.last_handshake is not None
+                else f" (never answered: check that {peer.name} has this side's public key "
+                f"{encode_key(self.device.public_key)} and that UDP reaches it)",
+            )
         elif kind == "keys-zeroed":
             log.info("session keys for {peer} expired and were erased", peer=peer.name)
         else:

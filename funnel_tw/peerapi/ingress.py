@@ -13,6 +13,7 @@ The checks and answers are tailscaled's, in its order:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
@@ -24,45 +25,37 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ..flow import Flow
 from ..web.hijack import HijackError, hijack
+from ..web.hostport import format_host_port, parse_host_port
+from .errors import plain_error
 
 log = Logger()
 
 SWITCHING_PROTOCOLS = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 
 
+class FunnelPolicy(typing.Protocol):
+    """Who may funnel to which ``host:port`` (the serve configuration)."""
+
+    def admits_funnel(self, host: str, port: int) -> bool: ...
+
+
+class FlowDispatcher(typing.Protocol):
+    """Who takes an accepted stream (the serve dispatcher)."""
+
+    def protocol_for(self, flow: Flow) -> IProtocol | None: ...
+
+
 def parse_ip_port(text: str) -> tuple[str, int] | None:
-    """``1.2.3.4:5`` or ``[2001:db8::1]:5`` (netip.ParseAddrPort's forms)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep or ":" not in host:
-            return None
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or ":" in host:
-            return None
+    """``1.2.3.4:5`` or ``[2001:db8::1]:5`` (netip.ParseAddrPort's forms: brackets for IPv6
+    and only for IPv6)."""
+    parsed = parse_host_port(text)
+    if parsed is None or text.startswith("[") != (":" in parsed[0]):
+        return None
     try:
-        address = ip_address(host)
-        number = int(port, 10)
+        address = ip_address(parsed[0])
     except ValueError:
         return None
-    if not port.isdigit() or not 0 <= number <= 65535:
-        return None
-    return str(address), number
-
-
-def parse_host_port(text: str) -> tuple[str, int] | None:
-    """Go's net.SplitHostPort, with a numeric port (what the funnel lookup needs)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            return None
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or ":" in host:
-            return None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        return None
-    return host, int(port)
+    return str(address), parsed[1]
 
 
 class IngressResource(Resource):
@@ -73,24 +66,22 @@ class IngressResource(Resource):
         *,
         reactor: Any,
         caller_name: Callable[[str], tuple[str, bool] | None],
-        admits_funnel: Callable[[str, int], bool],
-        accept: Callable[[Flow], IProtocol | None],
+        policy: FunnelPolicy,
+        dispatcher: FlowDispatcher,
     ) -> None:
         """``caller_name(overlay ip)`` -> (peer name, has ingress capability) or None;
-        ``accept(flow)`` -> the protocol that takes the stream (None: refuse)."""
+        ``dispatcher.protocol_for(flow)`` -> the protocol that takes the stream (None: refuse)."""
         super().__init__()
         self.reactor = reactor
         self.caller_name = caller_name
-        self.admits_funnel = admits_funnel
-        self.accept = accept
+        self.policy = policy
+        self.dispatcher = dispatcher
         self.counters: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
     def _error(self, request: Request, code: int, message: str) -> bytes:
-        from .site import plain_error
-
         self._count(f"ingress_{code}")
         log.info(
             "ingress from {client} refused: {code} {message}",
@@ -122,10 +113,10 @@ class IngressResource(Resource):
                 request, 400, "Tailscale-Ingress-Target header invalid; want host:port"
             )
         host, port = target
-        if not self.admits_funnel(host, port):
+        if not self.policy.admits_funnel(host, port):
             return self._error(request, 403, "denied")
         flow = Flow(client=src, host=host, port=port, funnel=True, peer=caller[0])
-        protocol = self.accept(flow)
+        protocol = self.dispatcher.protocol_for(flow)
         if protocol is None:
             return self._error(request, 403, "denied")
         try:
@@ -135,7 +126,7 @@ class IngressResource(Resource):
         self._count("ingress_accepted")
         log.info(
             "ingress {src} -> {host}:{port} via {peer}",
-            src=f"{src[0]}:{src[1]}",
+            src=format_host_port(*src),
             host=host,
             port=port,
             peer=caller[0],

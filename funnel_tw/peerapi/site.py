@@ -15,6 +15,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .errors import Refusal, plain_error
 from .ingress import IngressResource
 
 log = Logger()
@@ -22,14 +23,6 @@ log = Logger()
 # seconds a caller may stay silent before the connection is closed; request heads are capped
 IDLE_TIMEOUT = 30
 MAX_HEAD_BYTES = 16384
-
-
-def plain_error(request: Request, code: int, message: str) -> bytes:
-    """Go's http.Error: the message and a newline, as text/plain."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"x-content-type-options", b"nosniff")
-    return message.encode() + b"\n"
 
 
 class PeerAPIRoot(Resource):
@@ -56,25 +49,13 @@ class PeerAPIRoot(Resource):
                 client=request.getClientAddress(),
                 problem=problem,
             )
-            return _Refusal(403, "invalid peerapi request")
+            return Refusal(403, "invalid peerapi request")
         if request.path == b"/v0/ingress":
             return self.ingress
-        return _Refusal(404, "404 page not found")
+        return Refusal(404, "404 page not found")
 
     def render(self, request: Request) -> bytes:
         return plain_error(request, 404, "404 page not found")
-
-
-class _Refusal(Resource):
-    isLeaf = True
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__()
-        self.code = code
-        self.message = message
-
-    def render(self, request: Request) -> bytes:
-        return plain_error(request, self.code, self.message)
 
 
 class PeerAPISite(Site):

@@ -14,17 +14,17 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from ..web import splice
+from ..web.hostport import format_host_port
 
 EXPECTED = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 MAX_ANSWER = 4096
 
 
 def ingress_request(peerapi_host: str, client: tuple[str, int], target: str) -> bytes:
-    src = f"[{client[0]}]:{client[1]}" if ":" in client[0] else f"{client[0]}:{client[1]}"
     return (
         "POST /v0/ingress HTTP/1.1\r\n"
         f"Host: {peerapi_host}\r\n"
-        f"Tailscale-Ingress-Src: {src}\r\n"
+        f"Tailscale-Ingress-Src: {format_host_port(*client)}\r\n"
         f"Tailscale-Ingress-Target: {target}\r\n"
         "Content-Length: 0\r\n"
         "\r\n"

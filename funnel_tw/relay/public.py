@@ -16,6 +16,7 @@ for ``shutdown-timeout`` seconds before closing them.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from twisted.python.failure import Failure
 
 from ..config import RelayNode
 from ..web import splice
+from ..web.factories import OneProtocolFactory
+from ..web.hostport import format_host_port
 from .clienthello import ClientHelloError, ClientHelloParser
 from .ingress import IngressClientEnd, ingress_request
 from .routes import Routes
@@ -33,16 +36,13 @@ from .routes import Routes
 log = Logger()
 
 
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class State(enum.Enum):
+    """Where a public connection is: each stage admits only its own events."""
 
-
-class _Prebuilt(protocol.Factory):
-    def __init__(self, proto: protocol.Protocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.proto
+    HELLO = "hello"  # reading the ClientHello
+    INGRESS = "ingress"  # asking the node; later client bytes are held for the replay
+    SPLICED = "spliced"  # joined to the node: bytes pass both ways
+    CLOSED = "closed"
 
 
 class PublicConnection(splice.SpliceEnd):
@@ -53,7 +53,7 @@ class PublicConnection(splice.SpliceEnd):
         self.factory = factory
         self.public_port = public_port
         self.parser = ClientHelloParser()
-        self.state = "hello"
+        self.state = State.HELLO
         self.source = ("", 0)
         self.node_end: IngressClientEnd | None = None
         self._timer: IDelayedCall | None = None
@@ -73,17 +73,21 @@ class PublicConnection(splice.SpliceEnd):
 
     def _hello_timeout(self) -> None:
         self._timer = None
-        if self.state in ("hello", "ingress"):
-            self.factory.count("client_hello_timeout" if self.state == "hello" else "node_timeout")
+        if self.state in (State.HELLO, State.INGRESS):
+            self.factory.count(
+                "client_hello_timeout" if self.state is State.HELLO else "node_timeout"
+            )
             self._close(
-                f"no {'ClientHello' if self.state == 'hello' else 'answer from node'} in time"
+                f"no {'ClientHello' if self.state is State.HELLO else 'answer from node'} in time"
             )
 
     def _close(self, why: str) -> None:
         log.debug(
-            "public connection from {src} closed: {why}", src=host_port(*self.source), why=why
+            "public connection from {src} closed: {why}",
+            src=format_host_port(*self.source),
+            why=why,
         )
-        self.state = "closed"
+        self.state = State.CLOSED
         if self.node_end is not None and self.node_end.transport is not None:
             self.node_end.transport.abortConnection()
         self.transport.abortConnection()
@@ -94,19 +98,19 @@ class PublicConnection(splice.SpliceEnd):
         self._timer = None
         self.factory.release(self)
         node_transport = self.node_end.transport if self.node_end is not None else None
-        if self.state != "spliced" and node_transport is not None:
+        if self.state is not State.SPLICED and node_transport is not None:
             node_transport.abortConnection()
-        self.state = "closed"
+        self.state = State.CLOSED
         super().connectionLost(reason)
 
     # --- the ClientHello -------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         self.last_activity = self.factory.reactor.seconds()
-        if self.state == "spliced":
+        if self.state is State.SPLICED:
             super().dataReceived(data)
             return
-        if self.state != "hello":
+        if self.state is not State.HELLO:
             # bytes after the hello, before the node answered: kept for the replay
             self.parser.buffer += data
             if len(self.parser.buffer) > 2 * self.parser.max_hello:
@@ -130,7 +134,7 @@ class PublicConnection(splice.SpliceEnd):
             self.factory.count("unknown_name")
             self._close(f"no node serves {hello.server_name}")
             return
-        self.state = "ingress"
+        self.state = State.INGRESS
         self.transport.pauseProducing()
         self._ask_node(node, hello.server_name)
 
@@ -139,47 +143,47 @@ class PublicConnection(splice.SpliceEnd):
     def _ask_node(self, node: RelayNode, server_name: str) -> None:
         peerapi_ip, peerapi_port = node.peerapi
         request = ingress_request(
-            host_port(str(peerapi_ip), peerapi_port),
+            format_host_port(str(peerapi_ip), peerapi_port),
             self.source,
-            f"{server_name}:{self.public_port}",
+            format_host_port(server_name, self.public_port),
         )
         self.node_end = IngressClientEnd(request, self._accepted, self._refused)
         self.node_name = node.name
         endpoint = self.factory.node_endpoint(str(peerapi_ip), peerapi_port)
-        d = endpoint.connect(_Prebuilt(self.node_end))
+        d = endpoint.connect(OneProtocolFactory(self.node_end))
         d.addErrback(self._unreachable)
 
     def _unreachable(self, failure: Failure) -> None:
-        if self.state == "closed":
+        if self.state is State.CLOSED:
             return
         self.factory.count("node_unreachable")
         log.info(
             "node {node} unreachable for {src}: {error}",
             node=self.node_name,
-            src=host_port(*self.source),
+            src=format_host_port(*self.source),
             error=failure.getErrorMessage(),
         )
         self._close("node unreachable")
 
     def _refused(self, why: str) -> None:
-        if self.state == "closed":
+        if self.state is State.CLOSED:
             return
         self.factory.count("node_refused")
         log.info(
             "node {node} refused {src}: {why}",
             node=self.node_name,
-            src=host_port(*self.source),
+            src=format_host_port(*self.source),
             why=why,
         )
         self._close(why)
 
     def _accepted(self, node_end: IngressClientEnd) -> None:
-        if self.state != "ingress":
+        if self.state is not State.INGRESS:
             node_end.transport.abortConnection()
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self.state = "spliced"
+        self.state = State.SPLICED
         self.factory.count("spliced")
         node_end.transport.write(self.parser.raw)  # the ClientHello, exactly as received
         self.parser = ClientHelloParser()  # drop the buffered copy

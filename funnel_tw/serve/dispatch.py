@@ -13,13 +13,8 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    IHandshakeListener,
-    IProtocol,
-    IProtocolFactory,
-)
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
@@ -27,29 +22,13 @@ from zope.interface import implementer
 from ..flow import Flow, IIngressHandler
 from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
 from ..web import splice
+from ..web.factories import OneProtocolFactory
+from ..web.hostport import parse_host_port
 from . import proxyproto
 from .model import ServeConfig, TCPPortHandler
 from .web import MountRouter, ServeSite
 
 log = Logger()
-
-
-def split_host_port(target: str) -> tuple[str, int]:
-    if target.startswith("["):
-        host, _, port = target[1:].partition("]:")
-    else:
-        host, _, port = target.rpartition(":")
-    return host, int(port)
-
-
-class _Single(Factory):
-    """A factory for exactly one prebuilt protocol (for wrapping one hijacked stream)."""
-
-    def __init__(self, protocol: IProtocol) -> None:
-        self.protocol_instance = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.protocol_instance
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
@@ -105,10 +84,13 @@ class BackendConnector(splice.SpliceEnd):
         self.proxy_protocol = proxy_protocol
 
     def connectionMade(self) -> None:
-        host, port = split_host_port(self.target)
+        parsed = parse_host_port(self.target)
+        if parsed is None:  # the configuration writes every target as host:port
+            raise ValueError(f"backend {self.target!r} is not host:port")
+        host, port = parsed
         backend = splice.SpliceEnd("backend")
         endpoint = endpoints.HostnameEndpoint(self.dispatcher.reactor, host, port, timeout=10)
-        d = endpoint.connect(_Single(backend))
+        d = endpoint.connect(OneProtocolFactory(backend))
 
         def connected(_: Any) -> None:
             backend.transport.setTcpNoDelay(True)
@@ -166,7 +148,7 @@ class Dispatcher:
 
     def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
         factory = TLSMemoryBIOFactory(
-            self.store.creator(alpn), False, _Single(CloseAfterACMEHandshake(inner))
+            self.store.creator(alpn), False, OneProtocolFactory(CloseAfterACMEHandshake(inner))
         )
         wrapped = factory.buildProtocol(None)
         assert wrapped is not None
@@ -188,7 +170,7 @@ class Dispatcher:
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
-                MountRouter(self.serve, flow.port, flow, self.proxy_factory),
+                MountRouter(self.serve, flow.port, flow, self.proxy_factory, self.count),
                 self.reactor,
                 timeout=self.http_timeout,
             )
@@ -213,7 +195,3 @@ class Dispatcher:
             return self._tls(protocol, alpn) if plugin.terminate_tls else protocol
         self.count("no_handler")
         return None
-
-
-def make_factory(protocol: IProtocol) -> IProtocolFactory:
-    return _Single(protocol)

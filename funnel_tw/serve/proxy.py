@@ -15,20 +15,22 @@
 - Backends: ``http://``, ``https://``, ``https+insecure://`` (no verification), ``unix:/path``.
 - A refused or dead backend gives 502 at once; one that does not answer within the timeout,
   504. A backend that fails mid-body aborts the client's stream (the status is already sent).
-- ``Upgrade`` requests (WebSocket and others, HTTP/1.1): the rewritten request head goes to
-  the backend on a connection of its own and the two connections are spliced, so the 101 and
-  everything after it pass through unchanged.
+- ``Upgrade`` requests (WebSocket and others, HTTP/1.1): see :mod:`.upgrade`; the connections
+  are spliced only after the backend's own 101 for a protocol the client asked for.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, error, protocol
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client, http
@@ -38,8 +40,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ..flow import Flow
-from ..web import splice
-from ..web.hijack import HijackError, hijack
+from ..web.paths import PathError, request_target
+from . import upgrade
+from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
 from .streaming import BodySource, StreamingRequest
 
 log = Logger()
@@ -239,6 +242,12 @@ class _NoDelay:
         return d.addCallback(connected)
 
 
+def _answering(request: Request) -> bool:
+    """The response is still wanted: not finished, and the client has not gone (twisted.web
+    drops a request's ``channel`` when its connection is lost)."""
+    return not request.finished and request.channel is not None
+
+
 class _ResponseRelay(protocol.Protocol):
     """The backend's response body into the client's response, with backpressure.
 
@@ -264,11 +273,10 @@ class _ResponseRelay(protocol.Protocol):
             backend.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.request.finished or getattr(self.request, "_disconnected", False):
+        if not _answering(self.request):
             return
         self.request.write(data)
-        h2 = getattr(self.request.channel, "_conn", None)
-        blocked = getattr(h2, "_consumerBlocked", None)
+        blocked = connection_blocked(self.request)
         if blocked is not None and not self._waiting:
             self._waiting = True
             backend: Any = self.transport
@@ -282,7 +290,7 @@ class _ResponseRelay(protocol.Protocol):
     def _unblocked(self, result: object) -> None:
         """Ours is a side branch of Twisted's own chain: never pass a failure back into it."""
         self._waiting = False
-        if not self.request.finished and not getattr(self.request, "_disconnected", False):
+        if _answering(self.request):
             backend: Any = self.transport
             backend.resumeProducing()
 
@@ -290,7 +298,7 @@ class _ResponseRelay(protocol.Protocol):
         if self.request.channel is not None:  # None: the client is already gone
             self.request.unregisterProducer()
         if reason.check(client.ResponseDone, http.PotentialDataLoss):
-            if not self.request.finished and not getattr(self.request, "_disconnected", False):
+            if _answering(self.request):
                 self.request.finish()
         else:
             log.info("backend failed mid-body: {error}", error=reason.getErrorMessage())
@@ -300,23 +308,117 @@ class _ResponseRelay(protocol.Protocol):
 
 def _abort(request: Request) -> None:
     """End a response that cannot be completed so the client knows it is cut short: close
-    the HTTP/1.1 connection, or reset the HTTP/2 stream with INTERNAL_ERROR (Twisted's own
-    stream abort says NO_ERROR, which a client may take for a normal end)."""
+    the HTTP/1.1 connection, or reset the HTTP/2 stream with INTERNAL_ERROR."""
     channel = request.channel
-    h2 = getattr(channel, "_conn", None)
-    stream_id = getattr(channel, "streamID", None)
-    if h2 is not None and stream_id is not None and hasattr(h2, "conn"):
-        try:
-            h2.conn.reset_stream(stream_id, error_code=2)  # INTERNAL_ERROR
-            h2._tryToWriteControlData()
-            h2._requestDone(stream_id)
+    try:
+        if reset_stream(request, INTERNAL_ERROR):
             return
-        except Exception:
-            log.failure("resetting the HTTP/2 stream failed; aborting it")
+    except Exception:
+        log.failure("resetting the HTTP/2 stream failed; aborting it")
     transport = getattr(request, "transport", None) or channel
     abort = getattr(transport, "abortConnection", None)
     if abort is not None:
         abort()
+
+
+def _request_body(request: Request) -> Any:
+    """What the backend client sends: the streaming body, the buffered one, or nothing."""
+    if isinstance(request, StreamingRequest) and request.body is not None:
+        return request.body
+    content = request.content.read() if request.content is not None else b""
+    if content or request.method in (b"POST", b"PUT", b"PATCH"):
+        return client.FileBodyProducer(io.BytesIO(content))
+    return None
+
+
+class ProxiedRequest:
+    """One request on its way to the backend, and its response on the way back.
+
+    Holds what the steps share: the backend's pending answer, the response-header timer (as
+    Go's ResponseHeaderTimeout, it starts once the request body is all sent), whether it
+    fired, and the relay once the response body flows.
+    """
+
+    def __init__(self, proxy: ProxyResource, request: Request) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.answer: defer.Deferred[Any] = defer.Deferred()  # the backend's, from start()
+        self.timer: IDelayedCall | None = None
+        self.timed_out = False
+        self.relay: _ResponseRelay | None = None
+
+    def start(self, outgoing: str) -> None:
+        request, target = self.request, self.proxy.target
+        headers = forwarded_headers(request, self.proxy.flow)
+        body = _request_body(request)
+        agent = self.proxy.backends.agent_for(target)
+        self.answer = agent.request(request.method, target.agent_url(outgoing), headers, body)
+        if isinstance(body, BodySource) and not body.complete:
+            body.received_all.addCallback(self._body_sent)
+        else:
+            self._start_timer()
+        request.notifyFinish().addErrback(self._client_gone)
+        self.answer.addCallbacks(self._got_response, self._failed)
+        self.answer.addErrback(lambda f: log.failure("proxy response relay failed", f))
+
+    def _start_timer(self) -> None:
+        self.timer = self.proxy.reactor.callLater(self.proxy.timeout, self._expire)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+    def _body_sent(self, _: object) -> None:
+        if not self.answer.called:
+            self._start_timer()
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.answer.cancel()
+
+    def _client_gone(self, _: object) -> None:
+        if self.relay is not None:
+            self.relay.client_gone()  # the response had started: drop the backend
+        else:
+            self.answer.cancel()  # still waiting for the backend: give up on it
+
+    def _got_response(self, response: Any) -> defer.Deferred[None] | None:
+        self._stop_timer()
+        request = self.request
+        request.setResponseCode(response.code, response.phrase)
+        listed = _connection_tokens(response.headers)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() not in HOP_BY_HOP and name.lower() not in listed:
+                request.responseHeaders.setRawHeaders(name, values)
+        if isinstance(response.length, int) and response.code not in (204, 304):
+            # Twisted's client keeps Content-Length to itself; pass it on, so the client
+            # can tell a complete body from a cut one (and HTTP/1.1 needs no chunking)
+            request.setHeader(b"content-length", str(response.length).encode())
+        if request.method == b"HEAD" or response.code in (204, 304):
+            response.deliverBody(protocol.Protocol())
+            request.finish()
+            return None
+        done: defer.Deferred[None] = defer.Deferred()
+        self.relay = _ResponseRelay(request, done)
+        response.deliverBody(self.relay)
+        return done
+
+    def _failed(self, failure: Failure) -> None:
+        request = self.request
+        if not _answering(request):
+            return
+        code, message = (504, "Gateway Timeout") if self.timed_out else (502, "Bad Gateway")
+        self._stop_timer()
+        log.info(
+            "proxy to {target} failed: {code} {error}",
+            target=self.proxy.target.url,
+            code=code,
+            error=failure.getErrorMessage(),
+        )
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.write(f"{code} {message}\n".encode())
+        request.finish()
 
 
 class ProxyResource(Resource):
@@ -341,149 +443,57 @@ class ProxyResource(Resource):
         self.timeout = timeout
 
     def render(self, request: Request) -> int | bytes:
-        raw_path = request.uri.split(b"?", 1)
-        path = raw_path[0].decode("utf-8", "surrogateescape")
-        query = raw_path[1].decode("utf-8", "surrogateescape") if len(raw_path) > 1 else ""
+        try:
+            path, query = request_target(request)  # as routing saw it: one normalization
+        except PathError as e:
+            request.setResponseCode(e.status)
+            return f"{e}\n".encode()
         outgoing = self.target.outgoing_path(path, query, self.prefix)
         if self._is_upgrade(request):
             return self._upgrade(request, outgoing)
-        headers = forwarded_headers(request, self.flow)
-        body: Any = None
-        if isinstance(request, StreamingRequest) and request.body is not None:
-            body = request.body
-        else:
-            content = request.content.read() if request.content is not None else b""
-            if content or request.method in (b"POST", b"PUT", b"PATCH"):
-                body = client.FileBodyProducer(_bytes_io(content))
-        agent = self.backends.agent_for(self.target)
-        d = agent.request(request.method, self.target.agent_url(outgoing), headers, body)
-        timed_out: list[bool] = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            d.cancel()
-
-        # as Go's ResponseHeaderTimeout: the backend's time starts once the body is all sent
-        timeout = self.reactor.callLater(self.timeout, expire)
-        if isinstance(body, BodySource) and not body.complete:
-            timeout.cancel()
-
-            def body_sent(_: object) -> None:
-                nonlocal timeout
-                if not d.called:
-                    timeout = self.reactor.callLater(self.timeout, expire)
-
-            body.received_all.addCallback(body_sent)
-        relays: list[_ResponseRelay] = []
-
-        def client_gone(_: object) -> None:
-            if relays:
-                relays[0].client_gone()  # the response had started: drop the backend
-            else:
-                d.cancel()  # still waiting for the backend: give up on it
-
-        request.notifyFinish().addErrback(client_gone)
-
-        def got_response(response: Any) -> defer.Deferred[None] | None:
-            if timeout.active():
-                timeout.cancel()
-            request.setResponseCode(response.code, response.phrase)
-            listed = _connection_tokens(response.headers)
-            for name, values in response.headers.getAllRawHeaders():
-                if name.lower() not in HOP_BY_HOP and name.lower() not in listed:
-                    request.responseHeaders.setRawHeaders(name, values)
-            if isinstance(response.length, int) and response.code not in (204, 304):
-                # Twisted's client keeps Content-Length to itself; pass it on, so the client
-                # can tell a complete body from a cut one (and HTTP/1.1 needs no chunking)
-                request.setHeader(b"content-length", str(response.length).encode())
-            if request.method == b"HEAD" or response.code in (204, 304):
-                response.deliverBody(protocol.Protocol())
-                request.finish()
-                return None
-            done: defer.Deferred[None] = defer.Deferred()
-            relays.append(_ResponseRelay(request, done))
-            response.deliverBody(relays[0])
-            return done
-
-        def failed(failure: Failure) -> None:
-            if getattr(request, "_disconnected", False) or request.finished:
-                return
-            if timed_out:
-                code, message = 504, "Gateway Timeout"
-            else:
-                code, message = 502, "Bad Gateway"
-            if timeout.active():
-                timeout.cancel()
-            log.info(
-                "proxy to {target} failed: {code} {error}",
-                target=self.target.url,
-                code=code,
-                error=failure.getErrorMessage(),
-            )
-            request.setResponseCode(code)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.write(f"{code} {message}\n".encode())
-            request.finish()
-
-        d.addCallbacks(got_response, failed)
-        d.addErrback(lambda f: log.failure("proxy response relay failed", f))
+        ProxiedRequest(self, request).start(outgoing)
         return NOT_DONE_YET
 
     @staticmethod
     def _is_upgrade(request: Request) -> bool:
+        """An HTTP/1.1 Upgrade without a body (one with a body is proxied as a plain request,
+        its Upgrade headers dropped as hop-by-hop)."""
         if request.clientproto == b"HTTP/2" or not request.getHeader(b"upgrade"):
+            return False
+        if request.getHeader(b"transfer-encoding") or request.getHeader(b"content-length") not in (
+            None,
+            b"0",
+        ):
             return False
         tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", []))
         return b"upgrade" in [t.strip().lower() for t in tokens.split(b",")]
 
-    def _upgrade(self, request: Request, outgoing: str) -> int | bytes:
+    def _upgrade(self, request: Request, outgoing: str) -> int:
         headers = forwarded_headers(request, self.flow, keep_upgrade=True)
-        head = [f"{request.method.decode()} {outgoing} HTTP/1.1".encode()]
-        for name, values in headers.getAllRawHeaders():
-            head.extend(name + b": " + v for v in values)
-        head_bytes = b"\r\n".join(head) + b"\r\n\r\n"
-        client_end = splice.SpliceEnd("client")
-        backend_end = splice.SpliceEnd("backend")
-        try:
-            hijack(request, client_end, self.reactor)
-        except HijackError as e:
-            request.setResponseCode(400)
-            return f"cannot upgrade: {e}\n".encode()
-        d = self.backends.endpoint_for(self.target).connect(_Prebuilt(backend_end))
-
-        def connected(_: Any) -> None:
-            backend_end.transport.write(head_bytes)
-            splice.join(client_end, backend_end)
-
-        def failed(failure: Failure) -> None:
-            log.info(
-                "upgrade to {target} failed: {error}",
-                target=self.target.url,
-                error=failure.getErrorMessage(),
-            )
-            answer = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            if client_end.transport is not None:
-                client_end.transport.write(answer)
-                client_end.transport.loseConnection()
-            else:
-                self.reactor.callLater(0, failed, failure)
-
-        d.addCallbacks(connected, failed)
+        head = h11.Request(
+            method=request.method,
+            target=outgoing.encode("utf-8", "surrogateescape"),
+            headers=[(name, v) for name, values in headers.getAllRawHeaders() for v in values],
+        )
+        upgrade.start(
+            request,
+            head,
+            self.backends.endpoint_for(self.target),
+            self.reactor,
+            self.timeout,
+            response_headers,
+            self.target.url,
+        )
         return NOT_DONE_YET
 
 
-class _Prebuilt(protocol.Factory):
-    def __init__(self, proto: protocol.Protocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.proto
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
+def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A backend's response headers less the hop-by-hop ones and those its Connection names."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(t.strip().lower() for t in value.split(b","))
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in listed]
 
 
 __all__ = ["Backends", "BodySource", "ProxyResource", "Target", "error"]

@@ -21,12 +21,13 @@ from typing import Any
 
 import h11
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.server import Request
 
 from ..web import splice
+from ..web.factories import OneProtocolFactory
 from ..web.hijack import HijackError, hijack
 
 log = Logger()
@@ -247,7 +248,7 @@ def start(
             return
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.write(f"{code} {'Gateway Timeout' if code == 504 else 'Bad Gateway'}\n".encode())
+        request.write(f"{code} {RESPONSES.get(code, b'').decode()}\n".encode())
         request.finish()
 
     backend = UpgradeBackend(
@@ -263,7 +264,7 @@ def start(
 
     call = reactor.callLater(timeout, expire)
     backend.on_answered = lambda: call.cancel() if call.active() else None
-    connecting: defer.Deferred[Any] = endpoint.connect(_Once(backend))
+    connecting: defer.Deferred[Any] = endpoint.connect(OneProtocolFactory(backend))
 
     def not_connected(failure: Failure) -> None:
         if not failure.check(defer.CancelledError):
@@ -282,11 +283,3 @@ def start(
             backend.transport.abortConnection()  # a response still coming: nobody to read it
 
     request.notifyFinish().addCallbacks(answered_or_gone, client_gone)
-
-
-class _Once(Factory):
-    def __init__(self, proto: UpgradeBackend) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> UpgradeBackend:
-        return self.proto

@@ -9,15 +9,19 @@ below it, a URL is reverse-proxied (serve/proxy.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath, InsecurePath
 from twisted.web import resource, static
+from twisted.web.http import RESPONSES
 from twisted.web.server import Request, Site
 
 from ..flow import Flow
+from ..web.hostport import format_host_port
+from ..web.paths import PathError, decoded_segments, request_target
+from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
 
@@ -26,8 +30,7 @@ log = Logger()
 
 def tls_server_name(request: Request) -> str | None:
     """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
-    channel = request.channel
-    for holder in (channel, getattr(channel, "_conn", None)):
+    for holder in (request.channel, h2_connection(request)):
         transport = getattr(holder, "transport", None)
         get_handle = getattr(transport, "getHandle", None)
         if get_handle is None:
@@ -86,12 +89,20 @@ class MountRouter(resource.Resource):
     ``proxy_factory(target, prefix, flow, timeout)`` builds the resource of a proxy mount;
     the timeout is that of the site's section."""
 
-    def __init__(self, serve: ServeConfig, port: int, flow: Flow, proxy_factory: Any) -> None:
+    def __init__(
+        self,
+        serve: ServeConfig,
+        port: int,
+        flow: Flow,
+        proxy_factory: Any,
+        count: Callable[[str], None] = lambda what: None,
+    ) -> None:
         super().__init__()
         self.serve = serve
         self.port = port
         self.flow = flow
         self.proxy_factory = proxy_factory
+        self.count = count
 
     def getChildWithDefault(self, name: bytes, request: Request) -> Any:
         # without SNI: the ingress target of a funnel flow, the node's first name on the tailnet
@@ -103,7 +114,18 @@ class MountRouter(resource.Resource):
         if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
             # the relay asked for a name with funnel on this port; the SNI names one without
             return resource.ForbiddenResource("no funnel for this name")
-        path = unquote(request.path.decode("utf-8", "replace"))
+        try:
+            path, _ = request_target(request)
+        except PathError as e:
+            self.count("refused_path")
+            log.info(
+                "refused {method} from {client} for {host}: {why}",
+                method=request.method.decode("ascii", "replace"),
+                client=format_host_port(*self.flow.client),
+                host=host,
+                why=e,
+            )
+            return resource.ErrorPage(e.status, RESPONSES[e.status].decode(), str(e))
         found = match_mount(mounts, path)
         if found is None:
             return resource.NoResource()
@@ -121,7 +143,7 @@ class MountRouter(resource.Resource):
             return TextResource(handler.text)
         if handler.path is not None:
             rest = path[len(prefix) :] if path.startswith(prefix) else ""
-            segments = [s.encode() for s in rest.split("/") if s]
+            segments = [s.encode("utf-8", "surrogateescape") for s in decoded_segments(rest)]
             if path.endswith("/"):
                 segments.append(b"")  # a directory: its index (or listing)
             request.postpath = segments

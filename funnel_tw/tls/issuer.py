@@ -35,6 +35,8 @@ CHECK_JITTER = 300.0
 FIRST_BACKOFF = 60.0
 MAX_BACKOFF = 6 * 3600.0
 LOUD_BEFORE = datetime.timedelta(days=7)
+REACH_POLL = 1.0  # seconds between two looks for a relay session before a check
+REACH_WAIT = 120.0  # then the check goes ahead anyway (and fails loudly if unreachable)
 # what an operator should look at when the CA could not validate a name
 LIKELY_CAUSE = {
     "tls-alpn-01": "the CA connects to {name}:443 with ALPN acme-tls/1: check that public DNS "
@@ -75,8 +77,13 @@ class ACMESource:
         fallback: Any,
         reactor: Any,
         rng: random.Random | None = None,
+        reachable: Callable[[], bool] | None = None,
     ) -> None:
-        """``client_factory(account_key)`` builds the client (the key lives in ``directory``)."""
+        """``client_factory(account_key)`` builds the client (the key lives in ``directory``).
+
+        ``reachable()`` says whether the CA can reach the node's challenge answers yet (for
+        tls-alpn-01: a session with a relay exists); checks wait for it, up to REACH_WAIT.
+        """
         self.store = store
         self.names = names
         self.directory = directory
@@ -87,6 +94,8 @@ class ACMESource:
         self.fallback = fallback
         self.reactor = reactor
         self.rng = rng or random.Random()
+        self.reachable = reachable
+        self._waited = 0.0
         self.current: Certificate | None = None
         self.backoff = FIRST_BACKOFF
         self.failures = 0
@@ -128,6 +137,17 @@ class ACMESource:
 
     def _check(self) -> None:
         self._call = None
+        if self.reachable is not None and not self.reachable() and self._waited < REACH_WAIT:
+            if self._waited == 0:
+                log.info(
+                    "waiting for a relay session before asking the CA for {names} "
+                    "(its validation comes through the relay)",
+                    names=", ".join(self.names),
+                )
+            self._waited += REACH_POLL
+            self._schedule(REACH_POLL)
+            return
+        self._waited = 0.0
         self._running = defer.Deferred.fromCoroutine(self.check())
 
     # --- the decision ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ requests that any RFC-following server would treat alike normalize to the same s
 from __future__ import annotations
 
 import re
+from typing import Any
 
 MAX_PATH = 8192  # bytes of a request target's path; beyond it 414
 
@@ -106,6 +107,17 @@ def _remove_dot_segments(path: str) -> str:
     if trailing and kept:
         result += "/"
     return result
+
+
+def request_target(request: Any) -> tuple[str, str]:
+    """(normalized path, raw query or "") of a twisted.web request, computed once per request
+    so that routing, policies and forwarding all use the same one. Raises PathError."""
+    cached: tuple[str, str] | None = getattr(request, "_funnel_target", None)
+    if cached is None:
+        raw_path, query = split_target(request.uri)
+        cached = (normalize(raw_path), (query or b"").decode("utf-8", "surrogateescape"))
+        request._funnel_target = cached
+    return cached
 
 
 def decoded_segments(path: str) -> list[str]:

@@ -18,7 +18,7 @@ from .constants import UNDER_LOAD_QUEUE_SIZE
 from .keypair import Keypair
 from .peer import Endpoint, Peer
 from .send import Sending
-from .state import Event
+from .state import MAX_UNKNOWN_REPORTED, Event
 
 __all__ = ["Handshaking"]
 
@@ -29,8 +29,10 @@ class _StaticLookup(noise.StaticLookup):
     def __init__(self, peers_by_key: dict[bytes, Peer]) -> None:
         self.peers_by_key = peers_by_key
         self.peer: Peer | None = None
+        self.remote_static: bytes | None = None
 
     def static_static(self, remote_static: bytes) -> bytes | None:
+        self.remote_static = remote_static
         self.peer = self.peers_by_key.get(remote_static)
         return None if self.peer is None else self.peer.static_static
 
@@ -84,14 +86,24 @@ class Handshaking(Sending):
     def _consume_initiation(self, data: bytes, source: Endpoint, now: float) -> None:
         msg = messages.unpack_initiation(data)
         lookup = _StaticLookup(self.peers_by_key)
-        opened = noise.initiation_open(
-            local_static=self.private,
-            local_public=self.public_key,
-            ephemeral=msg.ephemeral,
-            encrypted_static=msg.static,
-            encrypted_payload=msg.timestamp,
-            lookup=lookup,
-        )
+        try:
+            opened = noise.initiation_open(
+                local_static=self.private,
+                local_public=self.public_key,
+                ephemeral=msg.ephemeral,
+                encrypted_static=msg.static,
+                encrypted_payload=msg.timestamp,
+                lookup=lookup,
+            )
+        except noise.HandshakeError:
+            if lookup.remote_static is not None and lookup.peer is None:
+                # a sender that knows our public key but is not one of our peers: usually a
+                # node or relay whose key is missing from this side's configuration
+                self._drop("unknown_peer")
+                if len(self.unknown_initiations) < MAX_UNKNOWN_REPORTED:
+                    self.unknown_initiations.append((lookup.remote_static, source))
+                return
+            raise
         peer = lookup.peer
         assert peer is not None
         hs = peer.handshake

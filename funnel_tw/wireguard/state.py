@@ -22,7 +22,9 @@ from .keypair import Keypair
 from .peer import Endpoint, Peer
 from .ratelimit import RateLimiter
 
-__all__ = ["DeviceState", "Event"]
+__all__ = ["MAX_UNKNOWN_REPORTED", "DeviceState", "Event"]
+
+MAX_UNKNOWN_REPORTED = 16  # unknown-key initiations kept for the caller between two reads
 
 
 class Event(NamedTuple):
@@ -62,6 +64,9 @@ class DeviceState:
         self.outgoing: list[tuple[bytes, Endpoint]] = []
         self.incoming: list[tuple[bytes, Peer]] = []
         self.events: list[Event] = []
+        # (claimed static key, source) of initiations from keys that are not our peers; the
+        # claim is unauthenticated, so it is only ever reported, never acted on
+        self.unknown_initiations: list[tuple[bytes, Endpoint]] = []
         self.rx_datagrams = 0
         self.drops: dict[str, int] = {}
         self.handshakes_completed = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
@@ -10,13 +11,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from funnel_tw.flow import Flow
-from funnel_tw.peerapi.ingress import (
-    SWITCHING_PROTOCOLS,
-    IngressResource,
-    parse_host_port,
-    parse_ip_port,
-)
+from funnel_tw.peerapi.ingress import SWITCHING_PROTOCOLS, IngressResource, parse_ip_port
 from funnel_tw.peerapi.site import PeerAPIRoot, PeerAPISite
+from funnel_tw.web.hostport import parse_host_port
 
 
 class Recorder(protocol.Protocol):
@@ -79,8 +76,10 @@ class IngressTests(TestCase):
         self.ingress = IngressResource(
             reactor=reactor,
             caller_name=self.callers.get,
-            admits_funnel=lambda host, port: (host, port) == ("node.example.com", 443),
-            accept=accept,
+            policy=SimpleNamespace(
+                admits_funnel=lambda host, port: (host, port) == ("node.example.com", 443)
+            ),
+            dispatcher=SimpleNamespace(protocol_for=accept),
         )
         self.site = PeerAPISite(PeerAPIRoot(lambda: self.valid, self.ingress), reactor, timeout=2)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")

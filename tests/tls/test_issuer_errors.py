@@ -40,3 +40,33 @@ class AddedNameTests(TestCase):
         for kind in ("tls-alpn-01", "dns-01"):
             text = issuer.LIKELY_CAUSE[kind].format(name=OTHER)
             self.assertIn(OTHER, text)
+
+
+class WaitForRelayTests(TestCase):
+    """tls-alpn-01 needs the relay: checks wait for a relay session instead of failing early."""
+
+    def test_waits_then_issues_as_soon_as_a_session_exists(self) -> None:
+        logged = Logged(self)
+        h = Harness(self)
+        session = [False]
+        h.source.reachable = lambda: session[0]
+        h.start()
+        h.clock.pump([issuer.REACH_POLL] * 30)
+        self.assertEqual(h.clients, [], "asked the CA before the relay could reach us")
+        self.assertEqual(h.source.failures, 0)
+        (info,) = [m for m in logged.at(LogLevel.info) if "waiting for a relay session" in m]
+        self.assertIn(NAME, info)
+        session[0] = True
+        h.clock.advance(issuer.REACH_POLL)
+        self.assertIsNotNone(h.source.current)
+        self.assertEqual(h.ca.orders, 1)
+
+    def test_goes_ahead_after_the_wait(self) -> None:
+        h = Harness(self)
+        h.source.reachable = lambda: False
+        h.start()
+        polls = int(issuer.REACH_WAIT / issuer.REACH_POLL)
+        h.clock.pump([issuer.REACH_POLL] * (polls - 2))
+        self.assertEqual(h.ca.orders, 0)
+        h.clock.pump([issuer.REACH_POLL] * 3)
+        self.assertEqual(h.ca.orders, 1)  # unreachable for two minutes: try, and say why

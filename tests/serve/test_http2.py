@@ -1,0 +1,81 @@
+"""funnel_tw/serve/http2.py against a real Twisted H2Connection: these fail when Twisted
+changes the private HTTP/2 internals the proxy relies on (the stream's connection, its
+blocked-transport Deferred, and resetting a stream with an error code)."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http, server
+from twisted.web._http2 import H2Connection  # private on purpose: what the module wraps
+from twisted.web.resource import Resource
+
+from funnel_tw.serve.http2 import INTERNAL_ERROR, connection_blocked, h2_connection, reset_stream
+
+
+class _Capture(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[server.Request] = []
+
+    def render(self, request: server.Request) -> int:
+        self.requests.append(request)
+        return server.NOT_DONE_YET
+
+
+class HTTP2InternalsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        root = _Capture()
+        site = server.Site(root)
+        self.conn = H2Connection(Clock())
+        self.conn.requestFactory = site.requestFactory
+        self.conn.site = site
+        self.conn.factory = site
+        self.transport = StringTransport()
+        self.conn.makeConnection(self.transport)
+        self.client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.client.initiate_connection()
+        headers = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x")]
+        self.client.send_headers(1, [*headers, (b":scheme", b"https")], end_stream=True)
+        self.conn.dataReceived(self.client.data_to_send())
+        self.assertEqual(len(root.requests), 1)
+        self.request = root.requests[0]
+
+    def test_connection_of_a_stream(self) -> None:
+        self.assertIs(h2_connection(self.request), self.conn)
+        self.assertIs(h2_connection(self.request).transport, self.transport)  # the SNI's
+
+    def test_blocked_while_the_transport_is_full(self) -> None:
+        self.assertIsNone(connection_blocked(self.request))
+        self.conn.pauseProducing()  # what the transport underneath does when its buffer fills
+        blocked = connection_blocked(self.request)
+        assert blocked is not None
+        self.assertFalse(blocked.called)
+        self.conn.resumeProducing()
+        self.assertTrue(blocked.called)
+        self.assertIsNone(connection_blocked(self.request))
+
+    def test_reset_with_an_error_code(self) -> None:
+        self.assertIn(1, self.conn.streams)
+        self.assertTrue(reset_stream(self.request, INTERNAL_ERROR))
+        self.assertNotIn(1, self.conn.streams)
+        events = self.client.receive_data(self.transport.value())
+        resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        self.assertEqual([(e.stream_id, e.error_code) for e in resets], [(1, INTERNAL_ERROR)])
+
+    def test_http1_request_has_none_of_it(self) -> None:
+        channel = http.HTTPChannel()
+        channel.callLater = Clock().callLater  # its idle timeout, off the global reactor
+        channel.makeConnection(StringTransport())
+        request = http.Request(channel)
+        self.assertIsNone(h2_connection(request))
+        self.assertIsNone(connection_blocked(request))
+        self.assertFalse(reset_stream(request))
