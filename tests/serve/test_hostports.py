@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, threads
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -19,6 +19,7 @@ from funnel_tw.node.service import NodeService
 
 from .backend import listen
 from .harness import ServeHarness, run
+from .test_plugins import install_example, settle, talk, track
 
 NAMES = "node.example.com, blog.example.com, *.apps.example.com"
 
@@ -128,6 +129,35 @@ tls-terminated-tcp = 127.0.0.1:{raw}
         self.assertEqual(code, 0, err)
         self.assertTrue(out.endswith(b" 403"), out)
         self.assertNotIn(b"tailnet only", out)
+
+
+class HostPluginTests(TestCase):
+    """A plugin handler per name: each [serve HOST:PORT] builds its own, from its own options."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        install_example(self)
+        self.h = ServeHarness(
+            self,
+            "[serve 10000]\nfunnel = yes\nhandler = echo\ngreeting = node\nterminate-tls = no\n"
+            "[serve blog.example.com:10000]\nfunnel = yes\nhandler = echo\ngreeting = blog\n"
+            "terminate-tls = no\n",
+            hostnames=NAMES,
+        )
+
+    async def test_each_name_its_own_plugin(self) -> None:
+        self.assertEqual(set(self.h.node.dispatcher.handlers), {10000, "blog.example.com:10000"})
+        for host, greeting in (("blog.example.com", "blog"), ("node.example.com", "node")):
+            front, port = self.h.front(10000, host=host)
+            ends = track(front)
+            self.addCleanup(lambda ends=ends: defer.ensureDeferred(settle(ends)))
+            said, echoed, source = await threads.deferToThread(talk, port, [b"hi\n"], None)
+            self.assertEqual(
+                said,
+                f"{greeting} 127.0.0.1:{source} -> {host}:10000 (funnel via relay)\n".encode(),
+            )
+            self.assertEqual(echoed, [b"hi\n"])
 
 
 class StartupWarningTests(TestCase):
