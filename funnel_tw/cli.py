@@ -1,7 +1,8 @@
 """The `funnel-tw` command: key tools that match wg's, a config checker, status, and the demo.
 
-Exit codes: 0 success, 1 a bad key or config, or no running node for `status` (a message on
-stderr, never a traceback), 2 bad command-line usage (argparse's own convention).
+Exit codes: 0 success (`check-config` warnings included), 1 a bad key or config, or no running
+node for `status` (a message on stderr, never a traceback), 2 bad command-line usage (argparse's
+own convention).
 """
 
 from __future__ import annotations
@@ -170,12 +171,17 @@ def _check_config(options: argparse.Namespace) -> int:
         for line in e.errors:
             sys.stderr.write(line + "\n")
         return 1
+    # Warnings go where errors go, in the same format, but the file is usable: exit status 0.
+    for line in config.warnings:
+        sys.stderr.write(line + "\n")
     if isinstance(config, NodeConfig):
         summary = f"node, {_count(config.peers, 'peer')}, {_count(config.serve, 'serve port')}"
     else:
         summary = (
             f"relay, {_count(config.nodes, 'node')}, {_count(config.public_ports, 'public port')}"
         )
+    if config.warnings:
+        summary += f", {_count(config.warnings, 'warning')}"
     sys.stdout.write(f"{path}: ok ({summary})\n")
     return 0
 

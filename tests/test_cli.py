@@ -237,6 +237,48 @@ class CheckConfigTests(SynchronousTestCase):
                 (0, f"{path}: ok (relay, 1 node, 2 public ports)\n", ""),
             )
 
+    def test_warnings_printed_exit_zero(self) -> None:
+        """Warnings go to stderr as FILE:LINE lines, like errors; the file is usable: exit 0."""
+        path = self.write(
+            "node.ini",
+            f"[node]\nprivate-key = {encode_key(ALICE)}\naddress = 100.64.0.2/32\n"
+            f"[peer relay]\npublic-key = {encode_key(BOB_PUB)}\nallowed-ips = 100.64.0.1/32\n"
+            "[serve 443]\n/ = 8080\nfunnel = yes\n",
+        )
+        result = run(["check-config", path])
+        self.assertEqual(
+            (result.code, result.stdout),
+            (0, f"{path}: ok (node, 1 peer, 1 serve port, 1 warning)\n"),
+        )
+        self.assertEqual(
+            result.stderr,
+            f"{path}:9: [serve 443] funnel: no [peer] has funnel-ingress = yes, so no relay"
+            " can bring internet clients to it\n",
+        )
+        self.assertEqual(result.stderr.splitlines(), list(load_node_config(path).warnings))
+
+    def test_ingress_peer_warning(self) -> None:
+        path = self.write(
+            "node.ini",
+            f"[node]\nprivate-key = {encode_key(ALICE)}\naddress = 100.64.0.2/32\n"
+            "hostname = a.example, *.b.example\n"
+            f"[peer relay]\npublic-key = {encode_key(BOB_PUB)}\nallowed-ips = 100.64.0.1/32\n"
+            "funnel-ingress = yes\n"
+            "[serve a.example:443]\n/ = 8080\nfunnel = yes\n"
+            "[serve *.b.example:443]\n/ = 8081\n",
+        )
+        result = run(["check-config", path])
+        self.assertEqual(
+            (result.code, result.stdout),
+            (0, f"{path}: ok (node, 1 peer, 2 serve ports, 1 warning)\n"),
+        )
+        self.assertEqual(
+            result.stderr,
+            f"{path}:5: [peer relay]: funnel-ingress peer without persistent-keepalive, and no"
+            " endpoint to reach it: a node behind NAT is unreachable for it"
+            " (add persistent-keepalive = 25)\n",
+        )
+
     def test_errors_all_printed(self) -> None:
         """Every error line goes to stderr, exactly as ConfigError lists them; exit 1."""
         path = self.write(

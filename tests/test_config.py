@@ -915,6 +915,176 @@ class ErrorTests(ConfigTestCase):
         )
 
 
+# Line 4 after NODE: the node's names, for [serve HOST:PORT] sections.
+NAMES = "hostname = node.example.com, *.apps.example.com\n"
+
+
+class HostPortTests(ConfigTestCase):
+    """[serve HOST:PORT]: one name (or *.suffix) of the node on one port, any handler kind."""
+
+    def test_sections_per_host(self) -> None:
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + NAMES + "[serve 443]\nfunnel = yes\n/ = 8080\n"
+                "[serve Blog.Apps.Example.com:443]\n/ = 2368\nproxy-timeout = 5\n"
+                "[serve *.apps.example.com:443]\nfunnel = yes\ntcp-forward = 9443\n"
+                "[serve node.example.com:5432]\ntls-terminated-tcp = 5432\nproxy-protocol = 2\n"
+                "[serve x.apps.example.com:10000]\nfunnel = yes\nhandler = echo\nword = hi\n",
+            )
+        )
+        self.assertEqual(
+            config.serve,
+            (
+                ServePort(443, True, HTTPSMounts((("/", "http://127.0.0.1:8080"),))),
+                ServePort(
+                    443,
+                    False,
+                    HTTPSMounts((("/", "http://127.0.0.1:2368"),), proxy_timeout=5.0),
+                    host="blog.apps.example.com",
+                ),
+                ServePort(443, True, TCPForward("127.0.0.1:9443"), host="*.apps.example.com"),
+                ServePort(
+                    5432,
+                    False,
+                    TLSTerminatedTCP("127.0.0.1:5432", proxy_protocol=2),
+                    host="node.example.com",
+                ),
+                ServePort(
+                    10000,
+                    True,
+                    PluginHandler("echo", (("word", "hi"),)),
+                    host="x.apps.example.com",
+                ),
+            ),
+        )
+        self.assertEqual(
+            [port.key for port in config.serve],
+            [
+                443,
+                "blog.apps.example.com:443",
+                "*.apps.example.com:443",
+                "node.example.com:5432",
+                "x.apps.example.com:10000",
+            ],
+        )
+
+    def test_host_errors(self) -> None:
+        """FILE:LINE of the section: a name the node does not serve, the same host:port twice,
+        a host or port that is not one."""
+        names = "node.example.com, *.apps.example.com"
+        self.assertErrors(
+            NODE + NAMES + "[serve blog.example.com:443]\n/ = 1\n"
+            "[serve *.example.com:443]\n/ = 1\n"
+            "[serve a.b.apps.example.com:443]\n/ = 1\n"
+            "[serve *.x.apps.example.com:443]\n/ = 1\n"
+            "[serve Node.Example.com:443]\n/ = 1\n"
+            "[serve node.example.com:443]\n/ = 2\n"
+            "[serve bad_host:443]\n/ = 1\n"
+            "[serve :443]\n/ = 1\n"
+            "[serve a.apps.example.com:44x]\n/ = 1\n"
+            "[serve a.apps.example.com:0443]\n/ = 1\n"
+            "[serve a.apps.example.com:]\n/ = 1\n"
+            "[serve a.apps.example.com:41642]\n/ = 1\n"
+            "[serve]\n/ = 1\n",
+            f"5: [serve blog.example.com:443]: blog.example.com is not covered by the node's"
+            f" hostname ({names})",
+            f"7: [serve *.example.com:443]: *.example.com is not covered by the node's"
+            f" hostname ({names})",
+            f"9: [serve a.b.apps.example.com:443]: a.b.apps.example.com is not covered by the"
+            f" node's hostname ({names})",
+            f"11: [serve *.x.apps.example.com:443]: *.x.apps.example.com is not covered by the"
+            f" node's hostname ({names})",
+            "15: [serve node.example.com:443]: same host:port as [serve Node.Example.com:443]"
+            " (line 13)",
+            "17: [serve bad_host:443]: 'bad_host' is not a DNS name (or a *.suffix wildcard)"
+            " (expected [serve HOST:PORT])",
+            "19: [serve :443]: '' is not a DNS name (or a *.suffix wildcard)"
+            " (expected [serve HOST:PORT])",
+            "21: [serve a.apps.example.com:44x]: '44x' is not a port number"
+            " (expected [serve HOST:PORT])",
+            "23: [serve a.apps.example.com:0443]: '0443' is not a plain port number"
+            " (expected [serve HOST:PORT])",
+            "25: [serve a.apps.example.com:]: needs a port (expected [serve HOST:PORT])",
+            "27: [serve a.apps.example.com:41642]: port 41642 is the peerapi-port",
+            "29: [serve]: needs a port (expected [serve PORT] or [serve HOST:PORT])",
+        )
+
+    def test_a_node_without_names_has_no_host_sections(self) -> None:
+        self.assertErrors(
+            NODE + "[serve a.example:443]\ntcp-forward = 1\n",
+            "4: [serve a.example:443]: a.example is not covered by the node's hostname (none)",
+        )
+
+    def test_same_port_twice(self) -> None:
+        """configparser sees different headers; the schema sees one port."""
+        self.assertErrors(
+            NODE + "[serve 443]\n/ = 1\n[serve  443]\n/ = 2\n",
+            "6: [serve  443]: same section as [serve 443] (line 4)",
+        )
+
+    def test_handler_rules_hold_per_host(self) -> None:
+        self.assertErrors(
+            NODE + NAMES + "[serve node.example.com:443]\n/ = 1\ntcp-forward = 2\n",
+            "7: [serve node.example.com:443] tcp-forward: cannot be combined with mounts:"
+            " use one per [serve PORT]",
+        )
+
+
+class WarningTests(ConfigTestCase):
+    """A file that loads but will not do what it seems to say: warnings, FILE:LINE first."""
+
+    def warnings(self, text: str) -> tuple[str, ...]:
+        path = self.write("node.ini", text)
+        return tuple(w.removeprefix(f"{path}:") for w in load_node_config(path).warnings)
+
+    def test_funnel_without_an_ingress_peer(self) -> None:
+        """At the funnel key of every funneled section: no relay may bring clients in."""
+        why = "no [peer] has funnel-ingress = yes, so no relay can bring internet clients to it"
+        self.assertEqual(
+            self.warnings(
+                NODE + NAMES + PEER + "[serve 443]\n/ = 1\nfunnel = yes\n"
+                "[serve 80]\nfunnel = no\n/ = 1\n"
+                "[serve x.apps.example.com:443]\nfunnel = yes\n/ = 2\n"
+            ),
+            (f"10: [serve 443] funnel: {why}", f"15: [serve x.apps.example.com:443] funnel: {why}"),
+        )
+        # an ingress peer, or no funnel at all: nothing to say
+        ingress = PEER + "funnel-ingress = yes\npersistent-keepalive = 25\n"
+        self.assertEqual(self.warnings(NODE + ingress + "[serve 443]\n/ = 1\nfunnel = yes\n"), ())
+        self.assertEqual(self.warnings(NODE + PEER + "[serve 443]\n/ = 1\n"), ())
+
+    def test_ingress_peer_that_cannot_reach_a_node_behind_nat(self) -> None:
+        """At the peer's header: neither side keeps a NAT mapping open or can start."""
+        self.assertEqual(
+            self.warnings(NODE + PEER + "funnel-ingress = yes\n"),
+            (
+                "4: [peer relay]: funnel-ingress peer without persistent-keepalive, and no"
+                " endpoint to reach it: a node behind NAT is unreachable for it"
+                " (add persistent-keepalive = 25)",
+            ),
+        )
+        for extra in ("persistent-keepalive = 25\n", "endpoint = 203.0.113.7:41641\n"):
+            self.assertEqual(self.warnings(NODE + PEER + "funnel-ingress = yes\n" + extra), ())
+        # an ordinary peer is not asked to reach the node
+        self.assertEqual(self.warnings(NODE + PEER), ())
+
+    def test_an_ordinary_peer_brings_no_funnel_clients(self) -> None:
+        """Only funnel-ingress peers may POST /v0/ingress: a laptop peer does not count."""
+        warnings = self.warnings(
+            NODE + "[serve 443]\nfunnel = yes\n/ = 1\n" + PEER.replace("relay", "laptop")
+        )
+        self.assertEqual(len(warnings), 1)
+        self.assertTrue(warnings[0].startswith("5: [serve 443] funnel: "))
+
+    def test_design_files_have_none(self) -> None:
+        self.write("node.key", encode_key(ALICE) + "\n")
+        self.write("relay.key", encode_key(BOB) + "\n")
+        node = load_node_config(self.write("node.ini", DESIGN_NODE_INI))
+        relay = load_relay_config(self.write("relay.ini", DESIGN_RELAY_INI))
+        self.assertEqual((node.warnings, relay.warnings), ((), ()))
+
+
 # A vocabulary that reaches past the parser into every converter.
 _KEYS = sorted(
     {
@@ -927,7 +1097,19 @@ _KEYS = sorted(
         "client-hello-timeout", "max-connections", "peerapi",
     }
 )  # fmt: skip
-_HEADERS = ["node", "relay", "tls", "peer a", "peer b", "node a", "serve 443", "serve 80", "x"]
+_HEADERS = [
+    "node",
+    "relay",
+    "tls",
+    "peer a",
+    "peer b",
+    "node a",
+    "serve 443",
+    "serve 80",
+    "serve a.example:443",
+    "serve *.b.example:80",
+    "x",
+]
 _VALUES = st.one_of(
     st.sampled_from(
         [

@@ -298,6 +298,179 @@ class ServeStatusTests(TestCase):
         self.assertEqual((code, json.loads(out)), (0, {}))
 
 
+# [serve HOST:PORT] sections next to [serve PORT] ones, on a node with a wildcard name.
+HOSTS = "node.example.com, *.apps.example.com"
+HOSTS_SERVE = """
+[serve 443]
+funnel = yes
+/ = http://127.0.0.1:8080
+
+[serve blog.apps.example.com:443]
+/ = http://127.0.0.1:2368
+
+[serve *.apps.example.com:443]
+funnel = yes
+/ = text:apps
+
+[serve git.apps.example.com:8443]
+funnel = yes
+tcp-forward = 127.0.0.1:9443
+
+[serve node.example.com:5432]
+tls-terminated-tcp = 127.0.0.1:5432
+
+[serve 10443]
+tcp-forward = 127.0.0.1:10443
+
+[serve blog.apps.example.com:10443]
+funnel = yes
+/ = text:blog
+
+[serve blog.apps.example.com:9000]
+/ = text:nine
+"""
+HOSTS_JSON = {
+    "TCP": {
+        "443": {"HTTPS": True},
+        "5432": {
+            "Hosts": {
+                "node.example.com": {
+                    "TCPForward": "127.0.0.1:5432",
+                    "TerminateTLS": "node.example.com",
+                }
+            }
+        },
+        "8443": {"Hosts": {"git.apps.example.com": {"TCPForward": "127.0.0.1:9443"}}},
+        "9000": {"HTTPS": True},
+        "10443": {
+            "TCPForward": "127.0.0.1:10443",
+            "Hosts": {"blog.apps.example.com": {"HTTPS": True}},
+        },
+    },
+    "Web": {
+        "node.example.com:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:8080"}}},
+        "blog.apps.example.com:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:2368"}}},
+        "*.apps.example.com:443": {"Handlers": {"/": {"Text": "apps"}}},
+        "blog.apps.example.com:10443": {"Handlers": {"/": {"Text": "blog"}}},
+        "blog.apps.example.com:9000": {"Handlers": {"/": {"Text": "nine"}}},
+    },
+    "AllowFunnel": {
+        "node.example.com:443": True,
+        "*.apps.example.com:443": True,
+        "git.apps.example.com:8443": True,
+        "blog.apps.example.com:10443": True,
+    },
+}
+
+
+class HostPortServeTests(TestCase):
+    """[serve HOST:PORT]: the serve model picks a section per name, and status shows it."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.n = Node(self, HOSTS_SERVE, hostnames=HOSTS)
+        self.serve = self.n.node.serve
+
+    def test_json(self) -> None:
+        """TCP by port ("Hosts" where a name is served otherwise), Web/AllowFunnel by site."""
+        self.assertEqual(self.serve.to_json(), HOSTS_JSON)
+        self.assertEqual(self.serve.ports, (443, 5432, 8443, 9000, 10443))
+
+    def test_site(self) -> None:
+        """Exactly the name, then the one-label wildcard; a listed name is [serve PORT]'s."""
+        site = self.serve.site
+        self.assertEqual(site("blog.apps.example.com", 443), "blog.apps.example.com:443")
+        self.assertEqual(site("x.apps.example.com", 443), "*.apps.example.com:443")
+        self.assertEqual(site("NODE.example.com.", 443), "node.example.com:443")
+        self.assertEqual(self.serve.sites["node.example.com:443"], 443)
+        self.assertIsNone(site("other.example.com", 443))
+        self.assertIsNone(site("a.b.apps.example.com", 443))
+        self.assertIsNone(site("x.apps.example.com", 8443))
+
+    def test_handler_for(self) -> None:
+        handler_for = self.serve.handler_for
+        forward = handler_for("git.apps.example.com", 8443)
+        assert forward is not None
+        self.assertEqual(forward[0], "git.apps.example.com:8443")
+        self.assertEqual(forward[1].tcp_forward, "127.0.0.1:9443")
+        # the port's other names have no section there, not even the default's
+        self.assertIsNone(handler_for("node.example.com", 8443))
+        self.assertIsNone(handler_for("x.apps.example.com", 8443))
+        default = handler_for("x.apps.example.com", 10443)
+        assert default is not None
+        self.assertEqual((default[0], default[1].tcp_forward), (10443, "127.0.0.1:10443"))
+        blog = handler_for("blog.apps.example.com", 10443)
+        assert blog is not None
+        self.assertEqual((blog[0], blog[1].https), ("blog.apps.example.com:10443", True))
+        # a port of HOST:PORT mounts only: TLS ends for any name, the SNI picks the site
+        nine = handler_for("node.example.com", 9000)
+        assert nine is not None
+        self.assertEqual((nine[0], nine[1].https), (9000, True))
+        terminated = handler_for("node.example.com", 5432)
+        assert terminated is not None
+        self.assertEqual(terminated[1].terminate_tls, "node.example.com")
+
+    def test_funnel_per_host_port(self) -> None:
+        admits = self.serve.admits_funnel
+        self.assertTrue(admits("node.example.com", 443))
+        self.assertTrue(admits("x.apps.example.com", 443))
+        self.assertFalse(admits("blog.apps.example.com", 443))
+        self.assertTrue(admits("git.apps.example.com", 8443))
+        self.assertFalse(admits("x.apps.example.com", 8443))
+        self.assertFalse(admits("node.example.com", 5432))
+        self.assertTrue(admits("blog.apps.example.com", 10443))
+        self.assertFalse(admits("node.example.com", 10443))
+        self.assertFalse(admits("other.example.com", 443))
+
+    def test_mounts_for(self) -> None:
+        mounts = self.serve.mounts_for
+        blog = mounts("blog.apps.example.com", 10443)
+        assert blog is not None
+        self.assertEqual(blog["/"].text, "blog")
+        self.assertIsNone(mounts("x.apps.example.com", 10443))  # the port's tcp-forward
+        self.assertIsNone(mounts("git.apps.example.com", 8443))
+        wildcard = mounts("x.apps.example.com", 443)
+        assert wildcard is not None
+        self.assertEqual(wildcard["/"].text, "apps")
+
+    async def test_status_document_and_summary(self) -> None:
+        self.n.start_api_only(self)
+        self.assertEqual(await get(self.n.socket, "/v0/serve-status"), HOSTS_JSON)
+        from funnel_tw.node.status.document import status_document
+
+        doc = json.loads(json.dumps(status_document(self.n.node, reactor.seconds())))
+        ports = [(p["port"], p.get("host"), p["funnel"], p["kind"]) for p in doc["ports"]]
+        self.assertEqual(
+            ports,
+            [
+                (443, None, True, "https"),
+                (443, "*.apps.example.com", True, "https"),
+                (443, "blog.apps.example.com", False, "https"),
+                (5432, "node.example.com", False, "tls-terminated-tcp"),
+                (8443, "git.apps.example.com", True, "tcp-forward"),
+                (9000, "blog.apps.example.com", False, "https"),
+                (10443, None, False, "tcp-forward"),
+                (10443, "blog.apps.example.com", True, "https"),
+            ],
+        )
+        self.assertEqual(doc["ports"][2]["mounts"], {"/": {"Proxy": "http://127.0.0.1:2368"}})
+        text = format_status(doc)
+        lines = text.splitlines()
+
+        def line_for(start: str) -> str:
+            return next(x for x in lines if x.startswith(start))
+
+        self.assertRegex(line_for("  443 "), r"funnel\s+https$")
+        self.assertRegex(line_for("  blog.apps.example.com:443 "), r"tailnet only\s+https$")
+        self.assertRegex(line_for("  *.apps.example.com:443 "), r"funnel\s+https$")
+        self.assertRegex(
+            line_for("  git.apps.example.com:8443 "), r"funnel\s+tcp-forward -> 127.0.0.1:9443$"
+        )
+        self.assertIn("proxy http://127.0.0.1:2368", text)
+        self.assertIn('text "apps"', text)
+
+
 class RunningNodeTests(TestCase):
     """A started node, a relay that has shaken hands with it, and one open funnel connection."""
 

@@ -1,7 +1,8 @@
 """node.ini and relay.ini -> frozen attrs objects, or one ConfigError listing every problem.
 
 Every error reads "FILE:LINE: [SECTION] KEY: WHY" and the whole file is checked before failing,
-so `funnel-tw check-config` can show all problems at once. Nothing here touches the network.
+so `funnel-tw check-config` can show all problems at once. A file that loads but likely does not
+do what it seems to say gets `warnings` in the same format. Nothing here touches the network.
 
     ini.py     the line-numbered INI engine and ConfigError
     values.py  the value converters (ports, durations, addresses, host names, URLs, key files)
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .ini import MAX_FILE_SIZE, ConfigError, IniFile, format_error
+from .ini import MAX_FILE_SIZE, ConfigError, ConfigWarning, IniFile, format_error
 from .model import (
     HTTPSMounts,
     NodeConfig,
@@ -33,6 +34,7 @@ from .relay import load_relay_config, relay_config
 __all__ = [
     "MAX_FILE_SIZE",
     "ConfigError",
+    "ConfigWarning",
     "HTTPSMounts",
     "NodeConfig",
     "PeerConfig",

@@ -23,7 +23,15 @@ from funnel_tw.keys import decode_key
 
 from . import values
 
-__all__ = ["MAX_FILE_SIZE", "ConfigError", "IniFile", "Section", "format_error", "group_sections"]
+__all__ = [
+    "MAX_FILE_SIZE",
+    "ConfigError",
+    "ConfigWarning",
+    "IniFile",
+    "Section",
+    "format_error",
+    "group_sections",
+]
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -38,6 +46,11 @@ class ConfigError(Exception):
     def __init__(self, errors: str | Sequence[str]) -> None:
         self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
         super().__init__("\n".join(self.errors))
+
+
+ConfigWarning = str
+"""A "FILE:LINE: [SECTION] KEY: WHY" line about a file that loads but will not do what it seems
+to say: `funnel-tw check-config` prints these and the daemons log them when they start."""
 
 
 def format_error(file: str, line: int, section: str | None, key: str | None, why: str) -> str:
@@ -138,6 +151,7 @@ class IniFile:
         self.path = Path(os.path.abspath(path))
         self.base = self.path.parent
         self.errors: list[tuple[int, str]] = []
+        self.warning_lines: list[tuple[int, ConfigWarning]] = []
         lines = self._read_lines()
         self.layout = _scan(lines)
         parser = _Parser()
@@ -183,6 +197,14 @@ class IniFile:
     def error(self, line: int, section: str | None, key: str | None, why: str) -> None:
         self.errors.append((line, format_error(self.display, line, section, key, why)))
 
+    def warn(self, line: int, section: str | None, key: str | None, why: str) -> None:
+        self.warning_lines.append((line, format_error(self.display, line, section, key, why)))
+
+    @property
+    def warnings(self) -> tuple[ConfigWarning, ...]:
+        """The warnings recorded so far, in file order."""
+        return tuple(text for _, text in sorted(self.warning_lines, key=lambda w: w[0]))
+
     def fail(self, line: int, section: str | None, key: str | None, why: str) -> NoReturn:
         """Record one last error and stop: the file cannot be read any further."""
         self.error(line, section, key, why)
@@ -216,6 +238,9 @@ class Section:
 
     def error(self, key: str | None, why: str) -> None:
         self.file.error(self.line(key), self.header, key, why)
+
+    def warn(self, key: str | None, why: str) -> None:
+        self.file.warn(self.line(key), self.header, key, why)
 
     def path(self, value: str) -> Path:
         """A path key's value, taken from the folder of the file when relative."""
@@ -265,12 +290,17 @@ def _kind_name(header: str) -> tuple[str, str]:
 
 
 def group_sections(
-    file: IniFile, singles: Sequence[str], named: Sequence[str], required: str
+    file: IniFile,
+    singles: Sequence[str],
+    named: Sequence[str],
+    required: str,
+    own_names: Sequence[str] = (),
 ) -> dict[str, list[Section]]:
     """Sort sections by kind; report unknown kinds, bad or repeated names, a missing `required`.
 
     `singles` are kinds written once and without a name ([node]); `named` take a NAME
-    ([peer NAME]) and may repeat with different names.
+    ([peer NAME]) and may repeat with different names. The names of the `own_names` kinds
+    ([serve HOST:PORT]) are not NAMEs: their schema checks them.
     """
     groups: dict[str, list[Section]] = {kind: [] for kind in (*singles, *named)}
     seen: dict[tuple[str, str], Section] = {}
@@ -278,7 +308,11 @@ def group_sections(
         if section.kind in singles and section.name:
             section.error(None, f"unknown section ([{section.kind}] takes no name)")
             continue
-        if section.kind in named and not values.NAME.match(section.name):
+        if (
+            section.kind in named
+            and section.kind not in own_names
+            and not values.NAME.match(section.name)
+        ):
             section.error(
                 None, f"needs a NAME of letters, digits, '.', '_', '-': [{section.kind} NAME]"
             )

@@ -109,11 +109,18 @@ PortHandler = HTTPSMounts | TCPForward | TLSTerminatedTCP | PluginHandler
 
 @attrs.frozen
 class ServePort:
-    """One TCP port of the node ([serve PORT]) and the one thing it serves."""
+    """One TCP port of the node and the one thing it serves there: for every name of the node
+    ([serve PORT], `host` None) or for one name or ``*.suffix`` ([serve HOST:PORT])."""
 
     port: int
     funnel: bool
     handler: PortHandler
+    host: str | None = None  # lower case, covered by one of the node's hostnames
+
+    @property
+    def key(self) -> int | str:
+        """The section's key: the port of [serve PORT], "host:port" of [serve HOST:PORT]."""
+        return self.port if self.host is None else f"{self.host}:{self.port}"
 
 
 @attrs.frozen
@@ -132,6 +139,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     tls: TLSConfig
     serve: tuple[ServePort, ...]
+    warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
 
 
 @attrs.frozen
@@ -167,3 +175,4 @@ class RelayConfig:
     http_redirect_port: int | None = None
     shutdown_timeout: float = 10.0
     state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
+    warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant

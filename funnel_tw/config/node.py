@@ -1,4 +1,5 @@
-"""The node.ini schema: [node], [peer NAME], [tls] and [serve PORT] into a NodeConfig."""
+"""The node.ini schema: [node], [peer NAME], [tls] and [serve PORT] / [serve HOST:PORT] into a
+NodeConfig, with the warnings the file alone shows."""
 
 from __future__ import annotations
 
@@ -86,7 +87,13 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 def node_config(file: IniFile) -> NodeConfig:
     """The NodeConfig of a file already read; ConfigError listing every problem found."""
-    groups = group_sections(file, singles=("node", "tls"), named=("peer", "serve"), required="node")
+    groups = group_sections(
+        file,
+        singles=("node", "tls"),
+        named=("peer", "serve"),
+        required="node",
+        own_names=("serve",),
+    )
     node = _node(groups["node"][0]) if groups["node"] else None
     peers = [_peer(section) for section in groups["peer"]]
     if node is not None:
@@ -99,15 +106,59 @@ def node_config(file: IniFile) -> NodeConfig:
             node.private_key,
         )
     tls = _tls(groups["tls"][0]) if groups["tls"] else TLSConfig(source="self-signed")
-    serve = [_serve(section, node.peerapi_port if node else None) for section in groups["serve"]]
+    serve = [
+        _serve(section, node.peerapi_port if node else None, node.hostnames if node else None)
+        for section in groups["serve"]
+    ]
+    serving = [
+        (section, port) for section, port in zip(groups["serve"], serve, strict=True) if port
+    ]
+    _check_one_section_per_key(serving)
     file.check()
     assert node is not None and tls is not None  # else an error was recorded
+    _warn(groups["peer"], [p for p in peers if p], serving)
     return attrs.evolve(
         node,
         peers=tuple(p for p in peers if p),
         tls=tls,
         serve=tuple(s for s in serve if s),
+        warnings=file.warnings,
     )
+
+
+def _check_one_section_per_key(serving: list[tuple[Section, ServePort]]) -> None:
+    """[serve Blog.example.com:443] after [serve blog.example.com:443] is the same host:port."""
+    first: dict[int | str, Section] = {}
+    for section, port in serving:
+        seen = first.setdefault(port.key, section)
+        if seen is not section:
+            what = "port" if port.host is None else "host:port"
+            section.error(None, f"same {what} as [{seen.header}] (line {seen.line()})")
+
+
+def _warn(
+    peer_sections: list[Section],
+    peers: list[PeerConfig],
+    serving: list[tuple[Section, ServePort]],
+) -> None:
+    """What the file alone shows will not work as it seems to say: warnings, not errors."""
+    ingress = [p for p in peers if p.funnel_ingress]
+    if not ingress:
+        for section, port in serving:
+            if port.funnel:
+                section.warn(
+                    "funnel",
+                    "no [peer] has funnel-ingress = yes, so no relay can bring internet"
+                    " clients to it",
+                )
+    by_name = {s.name: s for s in peer_sections}
+    for peer in ingress:
+        if peer.persistent_keepalive == 0 and peer.endpoint is None:
+            by_name[peer.name].warn(
+                None,
+                "funnel-ingress peer without persistent-keepalive, and no endpoint to reach it:"
+                " a node behind NAT is unreachable for it (add persistent-keepalive = 25)",
+            )
 
 
 def _node(section: Section) -> NodeConfig | None:
@@ -202,15 +253,47 @@ def _acme(section: Section) -> TLSConfig:
     )
 
 
-def _serve(section: Section, peerapi_port: int | None) -> ServePort | None:
-    """[serve PORT]: what it serves is decided by its keys, exactly one of the PortHandlers."""
+def _serve_name(
+    section: Section, hostnames: tuple[str, ...] | None
+) -> tuple[str | None, int] | None:
+    """The HOST (None for every name) and PORT of [serve PORT] or [serve HOST:PORT]."""
+    host, colon, number = section.name.rpartition(":")
+    expected = "[serve HOST:PORT]" if colon else "[serve PORT]"
+    if not section.name:
+        expected = "[serve PORT] or [serve HOST:PORT]"
     try:
-        port = values.port(section.name)
-        if str(port) != section.name:
-            raise ValueError(f"{section.name!r} is not a plain port number")
+        if not number:
+            raise ValueError("needs a port")
+        port = values.port(number)
+        if str(port) != number:
+            raise ValueError(f"{number!r} is not a plain port number")
+        name = values.hostname(host) if colon else None
     except ValueError as e:
-        section.error(None, f"{e} (expected [serve PORT])")
+        section.error(None, f"{e} (expected {expected})")
         return None
+    if name is not None and hostnames is not None and not _covers(hostnames, name):
+        listed = ", ".join(hostnames) or "none"
+        section.error(None, f"{name} is not covered by the node's hostname ({listed})")
+    return name, port
+
+
+def _covers(hostnames: tuple[str, ...], host: str) -> bool:
+    """One of the node's names is `host`, or a ``*.suffix`` covering it (one label, as in TLS)."""
+    if host in hostnames:
+        return True
+    label, dot, rest = host.partition(".")
+    return label != "*" and bool(label and dot) and f"*.{rest}" in hostnames
+
+
+def _serve(
+    section: Section, peerapi_port: int | None, hostnames: tuple[str, ...] | None
+) -> ServePort | None:
+    """[serve PORT] / [serve HOST:PORT]: what it serves is decided by its keys, exactly one of
+    the PortHandlers."""
+    name = _serve_name(section, hostnames)
+    if name is None:
+        return None
+    host, port = name
     if port == peerapi_port:
         section.error(None, f"port {port} is the peerapi-port")
     mount_keys = [key for key in section.values if key.startswith("/")]
@@ -267,4 +350,4 @@ def _serve(section: Section, peerapi_port: int | None) -> ServePort | None:
         handler = PluginHandler(plugin, options)
     else:
         return None  # the bad value is recorded: the file fails
-    return ServePort(port=port, funnel=funnel, handler=handler)
+    return ServePort(port=port, funnel=funnel, handler=handler, host=host)

@@ -65,7 +65,7 @@ def relay_config(file: IniFile) -> RelayConfig:
                 section.error("hostnames", f"{name} is already claimed by {where}")
     file.check()
     assert relay is not None  # else an error was recorded
-    return attrs.evolve(relay, nodes=tuple(n for n in nodes if n))
+    return attrs.evolve(relay, nodes=tuple(n for n in nodes if n), warnings=file.warnings)
 
 
 def _relay(section: Section) -> RelayConfig | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address
 from typing import Any
 
@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from ..config import ConfigError, HTTPSMounts, NodeConfig, PeerConfig
+from ..config import ConfigError, NodeConfig, PeerConfig
 from ..flow import Flow, IIngressHandler
 from ..overlay.factory import build_overlay
 from ..overlay.service import OverlayService
@@ -21,7 +21,7 @@ from ..peerapi.site import PeerAPIRoot, PeerAPISite
 from ..serve.dispatch import Dispatcher
 from ..serve.model import ServeConfig
 from ..serve.plugins import build_handlers
-from ..serve.proxy import DEFAULT_TIMEOUT, Backends, ProxyResource
+from ..serve.proxy import Backends, ProxyResource
 from ..tls.sources import (
     CertificateSource,
     CertificateSourceError,
@@ -118,7 +118,7 @@ class NodeService(MultiService):
         self,
         config: NodeConfig,
         reactor: Any = None,
-        handlers: dict[int, IIngressHandler] | None = None,
+        handlers: Mapping[int | str, IIngressHandler] | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -157,24 +157,14 @@ class NodeService(MultiService):
             )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
-        self.proxy_timeouts = {
-            p.port: p.handler.proxy_timeout
-            for p in config.serve
-            if isinstance(p.handler, HTTPSMounts)
-        }
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,
             reactor=reactor,
             overlay_addresses=[str(a.ip) for a in config.addresses],
             handlers=handlers if handlers is not None else build_handlers(config),
-            proxy_factory=lambda target, prefix, flow: ProxyResource(
-                target,
-                prefix,
-                flow,
-                reactor,
-                self.backends,
-                timeout=self.proxy_timeouts.get(flow.port, DEFAULT_TIMEOUT),
+            proxy_factory=lambda target, prefix, flow, timeout: ProxyResource(
+                target, prefix, flow, reactor, self.backends, timeout=timeout
             ),
         )
         self.ingress = IngressResource(
@@ -235,6 +225,8 @@ class NodeService(MultiService):
             addresses=", ".join(str(a) for a in self.config.addresses),
             hostnames=", ".join(self.config.hostnames) or "(none)",
         )
+        for warning in self.config.warnings:
+            log.warn("config: {why}", why=warning)
         try:
             self.certificates.start()
         except CertificateSourceError as e:
@@ -242,13 +234,13 @@ class NodeService(MultiService):
         super().startService()
         d = self.overlay.server_endpoint(self.config.peerapi_port).listen(self.peerapi_site)
         d.addCallback(self.listening.append)
-        for port in self.serve.tcp:
+        for port in self.serve.ports:
             serve = self.overlay.server_endpoint(port).listen(_ServeFactory(self, port))
             serve.addCallback(self.listening.append)
         log.info(
             "peerAPI on port {port}; serving {ports}",
             port=self.config.peerapi_port,
-            ports=", ".join(str(p) for p in sorted(self.serve.tcp)) or "nothing",
+            ports=", ".join(str(p) for p in self.serve.ports) or "nothing",
         )
 
     def stopService(self) -> defer.Deferred[None]:

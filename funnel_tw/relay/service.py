@@ -65,6 +65,8 @@ class RelayService(MultiService):
             addresses=", ".join(str(a) for a in self.config.addresses),
             nodes=len(self.config.nodes),
         )
+        for warning in self.config.warnings:
+            log.warn("config: {why}", why=warning)
         super().startService()
         self.endpoints.start()
         address = self.config.public_address

@@ -123,14 +123,14 @@ class Dispatcher:
         store: CertificateStore,
         reactor: Any,
         overlay_addresses: list[str],
-        handlers: Mapping[int, IIngressHandler] | None = None,
+        handlers: Mapping[int | str, IIngressHandler] | None = None,
         proxy_factory: Any = None,
     ) -> None:
         self.serve = serve
         self.store = store
         self.reactor = reactor
         self.overlay_addresses = overlay_addresses
-        self.handlers = dict(handlers or {})
+        self.handlers = dict(handlers or {})  # by section key: port, or "host:port"
         self.proxy_factory = proxy_factory
         self.counters: dict[str, int] = {}
         self.http_timeout = 300.0  # an HTTPS connection idle this long is closed
@@ -155,15 +155,19 @@ class Dispatcher:
         return wrapped
 
     def protocol_for(self, flow: Flow) -> IProtocol | None:
-        """The protocol that takes ``flow``'s stream, or None (refused and counted)."""
-        handler = self.serve.tcp.get(flow.port)
-        if handler is None:
+        """The protocol that takes ``flow``'s stream, or None (refused and counted).
+
+        The section is picked by ``flow.host`` (the ingress target of a funnel flow): its
+        [serve HOST:PORT], else [serve PORT]; HTTPS mounts then pick the site by SNI."""
+        found = self.serve.handler_for(flow.host, flow.port)
+        if found is None:
             self.count("no_handler")
             return None
         self.count("flows")
-        return self._build(handler, flow)
+        key, handler = found
+        return self._build(handler, flow, key)
 
-    def _build(self, handler: TCPPortHandler, flow: Flow) -> IProtocol | None:
+    def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
                 MountRouter(self.serve, flow.port, flow, self.proxy_factory, self.count),
@@ -179,7 +183,7 @@ class Dispatcher:
                 return self._tls(connector, ())
             return connector
         if handler.handler is not None:
-            plugin = self.handlers.get(flow.port)
+            plugin = self.handlers.get(key)
             if plugin is None:
                 self.count("no_handler")
                 return None

@@ -25,17 +25,18 @@ def handler_factories() -> dict[str, IIngressHandlerFactory]:
     return found
 
 
-def build_handlers(config: NodeConfig) -> dict[int, IIngressHandler]:
-    """Plugin handlers for ``[serve PORT] handler = NAME``, built (their options checked)
-    when the configuration is loaded, not at the first connection."""
-    handlers: dict[int, IIngressHandler] = {}
+def build_handlers(config: NodeConfig) -> dict[int | str, IIngressHandler]:
+    """Plugin handlers for ``[serve PORT] handler = NAME`` (by port) and ``[serve HOST:PORT]``
+    (by "host:port"), built (their options checked) when the configuration is loaded, not at
+    the first connection."""
+    handlers: dict[int | str, IIngressHandler] = {}
     for port in config.serve:
         if not isinstance(port.handler, PluginHandler):
             continue
         try:
-            handlers[port.port] = create_handler(port.handler.name, dict(port.handler.options))
+            handlers[port.key] = create_handler(port.handler.name, dict(port.handler.options))
         except (UnknownHandler, ValueError) as e:
-            raise ConfigError(f"{config.path}: [serve {port.port}] handler: {e}") from None
+            raise ConfigError(f"{config.path}: [serve {port.key}] handler: {e}") from None
     return handlers
 
 

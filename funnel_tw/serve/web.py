@@ -1,8 +1,9 @@
 """HTTPS mounts: the HTTP site that runs behind the node's TLS, routing by SNI and path.
 
-The TLS server name picks the ``host:port`` entry of the Web config (the ingress target only
-gated the funnel check), then Tailscale's mount lookup picks the handler: ``text:`` answers
-with text, a path serves files below it, a URL is reverse-proxied (serve/proxy.py).
+The TLS server name picks the ``host:port`` entry of the Web config (the ingress target gated
+the funnel check; a funnel flow is also refused a name without funnel on that port), then
+Tailscale's mount lookup picks the handler: ``text:`` answers with text, a path serves files
+below it, a URL is reverse-proxied (serve/proxy.py).
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ class ContainedFile(static.File):
 
 
 class MountRouter(resource.Resource):
-    """Routes every request of one HTTPS port by SNI host and mount path."""
+    """Routes every request of one HTTPS port by SNI host and mount path.
+
+    ``proxy_factory(target, prefix, flow, timeout)`` builds the resource of a proxy mount;
+    the timeout is that of the site's section."""
 
     def __init__(
         self,
@@ -101,10 +105,15 @@ class MountRouter(resource.Resource):
         self.count = count
 
     def getChildWithDefault(self, name: bytes, request: Request) -> Any:
-        host = tls_server_name(request) or (self.serve.hostnames[0] if self.serve.hostnames else "")
-        mounts = self.serve.mounts_for(host, self.port)
-        if mounts is None:
+        # without SNI: the ingress target of a funnel flow, the node's first name on the tailnet
+        host = tls_server_name(request) or self.flow.host
+        site = self.serve.site(host, self.port)
+        mounts = None if site is None else self.serve.web.get(site)
+        if site is None or mounts is None:
             return resource.NoResource("no such site")
+        if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
+            # the relay asked for a name with funnel on this port; the SNI names one without
+            return resource.ForbiddenResource("no funnel for this name")
         try:
             path, _ = request_target(request)
         except PathError as e:
@@ -121,13 +130,15 @@ class MountRouter(resource.Resource):
         if found is None:
             return resource.NoResource()
         prefix, handler = found
-        return self._handler(prefix, handler, request, path)
+        return self._handler(prefix, handler, request, path, self.serve.timeouts[site])
 
     def render(self, request: Request) -> Any:
         child = resource.getChildForRequest(self.getChildWithDefault(b"", request), request)
         return child.render(request)
 
-    def _handler(self, prefix: str, handler: HTTPHandler, request: Request, path: str) -> Any:
+    def _handler(
+        self, prefix: str, handler: HTTPHandler, request: Request, path: str, timeout: float
+    ) -> Any:
         if handler.text is not None:
             return TextResource(handler.text)
         if handler.path is not None:
@@ -137,7 +148,7 @@ class MountRouter(resource.Resource):
                 segments.append(b"")  # a directory: its index (or listing)
             request.postpath = segments
             return resource.getChildForRequest(ContainedFile(handler.path), request)
-        return self.proxy_factory(handler.proxy, prefix, self.flow)
+        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout)
 
 
 class ServeSite(Site):

@@ -53,19 +53,21 @@ def serve_status(node: StatusSource) -> dict[str, Any]:
 
 
 def _ports(node: StatusSource) -> list[dict[str, Any]]:
-    """One entry per [serve PORT], by port: what it serves, as the config's handler says."""
+    """One entry per serve section, by port, [serve PORT] before its [serve HOST:PORT]s (which
+    carry "host"): what it serves, as the config's handler says."""
     serve = node.serve
     out: list[dict[str, Any]] = []
-    for port in sorted(node.config.serve, key=lambda p: p.port):
+    for port in sorted(node.config.serve, key=lambda p: (p.port, p.host is not None, p.host or "")):
         number = port.port
-        entry: dict[str, Any] = {
-            "port": number,
-            "funnel": any(serve.allow_funnel.get(f"{h}:{number}", False) for h in serve.hostnames),
-        }
+        sites = [site for site, key in serve.sites.items() if key == port.key]
+        entry: dict[str, Any] = {"port": number}
+        if port.host is not None:
+            entry["host"] = port.host
+        entry["funnel"] = any(serve.allow_funnel.get(site, False) for site in sites)
         match port.handler:
             case HTTPSMounts():
                 # the mounts the web side serves: none on a node without a hostname
-                site = serve.mounts_for(serve.hostnames[0], number) if serve.hostnames else None
+                site = serve.web.get(sites[0]) if sites else None
                 mounts = {path: h.to_json() for path, h in (site or {}).items()}
                 entry.update(kind="https", mounts=mounts)
             case TCPForward(target=target, proxy_protocol=version):

@@ -73,6 +73,12 @@ def _port_text(entry: dict[str, Any]) -> str:
     return text
 
 
+def _port_label(entry: dict[str, Any]) -> str:
+    """``443`` for [serve 443], ``blog.example.com:443`` for [serve blog.example.com:443]."""
+    host = entry.get("host")
+    return f"{host}:{entry['port']}" if host else str(entry["port"])
+
+
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [
@@ -121,10 +127,10 @@ def format_status(doc: dict[str, Any]) -> str:
     if not ports:
         lines.append("  (nothing)")
     else:
-        width = max(len(str(e["port"])) for e in ports)
+        width = max(len(_port_label(e)) for e in ports)
         for e in ports:
             reach = ("funnel" if e.get("funnel") else "tailnet only").ljust(12)
-            lines.append(f"  {str(e['port']).ljust(width)}  {reach}  {_port_text(e)}")
+            lines.append(f"  {_port_label(e).ljust(width)}  {reach}  {_port_text(e)}")
             mounts = e.get("mounts") or {}
             if mounts:
                 path_width = max(len(p) for p in mounts)
