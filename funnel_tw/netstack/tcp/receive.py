@@ -23,7 +23,9 @@ ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest a
 class ReceiveSide:
     """The receive half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
-    # what this part uses of the rest of the connection
+    # What this part uses of the rest of the connection, declared for the type checker only.
+    # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
+    # concrete Connection, which this module cannot name (it is built from this one).
     stack: Owner[Self]
     local_mss: int
     sack_ok: bool

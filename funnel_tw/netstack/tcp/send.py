@@ -23,7 +23,9 @@ SEND_BUFFER_LOW = 1 << 20  # default: DRAINED fires when unsent+unacked data fal
 class SendSide:
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
-    # what this part uses of the rest of the connection
+    # What this part uses of the rest of the connection, declared for the type checker only.
+    # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
+    # concrete Connection, which this module cannot name (it is built from this one).
     stack: Owner[Self]
     state: State
     mss: int

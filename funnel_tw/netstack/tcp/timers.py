@@ -25,7 +25,9 @@ TIME_WAIT_SECONDS = 30.0
 class Timers:
     """The timers of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
-    # what this part uses of the rest of the connection
+    # What this part uses of the rest of the connection, declared for the type checker only.
+    # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
+    # concrete Connection, which this module cannot name (it is built from this one).
     stack: Owner[Self]
     state: State
     mss: int
