@@ -23,11 +23,10 @@ from typing import Any
 
 from . import icmp, tcp
 from .checksum import verify
+from .events import ACCEPTED, CLOSED, CONNECTED, ECHO_REPLY, Event
 from .ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPError, parse, pseudo_header
 from .segment import ACK, HEADER, RST, SYN, PacketBuilder, parse_options
-from .tcp import ACCEPTED, CLOSED, CONNECTED, Connection
-
-ECHO_REPLY = 100  # event kind: (ECHO_REPLY, None, icmp.Echo)
+from .tcp import Connection
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _NO_OPTIONS = parse_options(b"")
@@ -60,7 +59,7 @@ class Stack:
         self.connections: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self.time_wait: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self.outgoing: list[bytes] = []
-        self.events: list[tuple[int, Any, Any]] = []
+        self.events: list[tuple[Event, Any, Any]] = []
         self.counters: dict[str, int] = {}
         self._dirty: dict[Connection, None] = {}
         self._challenge_window = 0.0
@@ -72,12 +71,12 @@ class Stack:
         """The time of the call being handled (for connections that need it mid-call)."""
         return self._now
 
-    # --- used by connections -------------------------------------------------------------------
+    # --- used by connections (what owner.Owner asks of a stack) --------------------------------
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def emit(self, kind: int, conn: Connection, data: Any) -> None:
+    def emit(self, kind: Event, conn: Connection, data: Any) -> None:
         self.events.append((kind, conn, data))
 
     def emit_packet(self, packet: bytes) -> None:

@@ -1,0 +1,173 @@
+"""A connection's clocks: the retransmission timer (RFC 6298), delayed ACK, keepalive, the
+zero-window probe and TIME-WAIT.
+
+Timers are absolute deadlines (None when off); the owner asks ``next_deadline`` and calls
+``tick`` once it has passed. The RTT estimate that sets the RTO is kept here too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+from ..owner import Owner
+from ..segment import ACK, FIN
+from .state import SYNCHRONIZED, State
+
+MIN_RTO = 0.2
+MAX_RTO = 60.0
+INITIAL_RTO = 1.0
+DELAYED_ACK = 0.02
+MAX_RETRANSMITS = 12
+MAX_SYN_RETRANSMITS = 5
+TIME_WAIT_SECONDS = 30.0
+
+
+class Timers:
+    """The timers of :class:`~.connection.Connection` (a mixin: one object, one state)."""
+
+    # What this part uses of the rest of the connection, declared for the type checker only.
+    # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
+    # concrete Connection, which this module cannot name (it is built from this one).
+    stack: Owner[Self]
+    state: State
+    mss: int
+    snd_una: int
+    snd_nxt: int
+    snd_max: int
+    snd_wnd: int
+    fin_seq: int | None
+    cwnd: int
+    ssthresh: int
+    in_recovery: bool
+    dupacks: int
+    rexmit_next: int
+    ack_pending: int
+    if TYPE_CHECKING:
+
+        def _send_segment(
+            self, seq: int, flags: int, payload: bytes = b"", options: bytes = b""
+        ) -> None: ...
+        def send_ack(self) -> None: ...
+        def _send_syn(self, now: float) -> None: ...
+        def _send_data(self, now: float) -> bool: ...
+        def _terminate(self, reason: str | None) -> None: ...
+
+    def _init_timers(self, now: float) -> None:
+        # RTT and the retransmission timeout
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = INITIAL_RTO
+        self.rtt_seq: int | None = None
+        self.rtt_time = 0.0
+        self.retransmits = 0
+        # deadlines
+        self.t_rto: float | None = None
+        self.t_delack: float | None = None
+        self.t_persist: float | None = None
+        self.t_timewait: float | None = None
+        self.t_keepalive: float | None = None
+        # keepalive
+        self.keepalive_idle = 0.0  # 0 = off
+        self.keepalive_interval = 75.0
+        self.keepalive_probes = 9
+        self.keepalive_sent = 0
+        self.last_heard = now
+
+    def set_keepalive(self: Self, idle: float, now: float) -> None:
+        """Probe after ``idle`` seconds of silence (0: off); takes effect at once."""
+        self.keepalive_idle = idle
+        self.keepalive_sent = 0
+        if idle and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            self.t_keepalive = now + idle
+            self.stack.mark_output(self)
+        else:
+            self.t_keepalive = None
+
+    # --- round-trip time -----------------------------------------------------------------------
+
+    def _sample_rtt(self, ack: int, now: float) -> None:
+        if self.rtt_seq is None or ack <= self.rtt_seq:
+            return
+        rtt = max(now - self.rtt_time, 1e-6)
+        self.rtt_seq = None
+        if self.srtt is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = self._computed_rto()
+
+    def _computed_rto(self) -> float:
+        if self.srtt is None:
+            return INITIAL_RTO
+        return min(max(self.srtt + max(0.001, 4 * self.rttvar), MIN_RTO), MAX_RTO)
+
+    # --- deadlines -----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for t in (self.t_rto, self.t_delack, self.t_persist, self.t_timewait, self.t_keepalive):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def tick(self, now: float) -> None:
+        if self.t_timewait is not None and self.t_timewait <= now:
+            self._terminate(None)
+            return
+        if self.t_delack is not None and self.t_delack <= now:
+            self.t_delack = None
+            if self.ack_pending:
+                self.send_ack()
+        if self.t_rto is not None and self.t_rto <= now:
+            self.t_rto = None
+            self._retransmit_timeout(now)
+        if self.t_persist is not None and self.t_persist <= now:
+            self.t_persist = None
+            if self.snd_wnd == 0 and self.state in SYNCHRONIZED:
+                self.stack.count("tcp_window_probes")
+                # an old sequence number: the peer answers with its current window
+                self._send_segment(self.snd_una - 1, ACK)
+                self.rto = min(self.rto * 2, MAX_RTO)
+                self.t_persist = now + self.rto
+        if self.t_keepalive is not None and self.t_keepalive <= now:
+            if self.keepalive_sent >= self.keepalive_probes:
+                self._terminate("keepalive timeout")
+                return
+            self.keepalive_sent += 1
+            self._send_segment(self.snd_una - 1, ACK)
+            self.t_keepalive = now + self.keepalive_interval
+
+    def _retransmit_timeout(self, now: float) -> None:
+        self.retransmits += 1
+        limit = (
+            MAX_SYN_RETRANSMITS
+            if self.state in (State.SYN_SENT, State.SYN_RECEIVED)
+            else (MAX_RETRANSMITS)
+        )
+        if self.retransmits > limit:
+            self._terminate("connection timed out")
+            return
+        self.stack.count("tcp_rto")
+        self.rto = min(self.rto * 2, MAX_RTO)
+        self.rtt_seq = None
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            self._send_syn(now)
+            self.rtt_seq = None
+            return
+        if self.snd_max == self.snd_una:
+            return
+        flight = self.snd_max - self.snd_una
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.mss
+        self.in_recovery = False
+        self.dupacks = 0
+        self.snd_nxt = self.snd_una  # go back N (skipping what was SACKed)
+        self.rexmit_next = self.snd_una
+        if self.fin_seq is not None and self.snd_una == self.fin_seq:
+            self._send_segment(self.fin_seq, FIN | ACK)
+            self.snd_nxt = self.fin_seq + 1
+        else:
+            self._send_data(now)
+        self.t_rto = now + self.rto
