@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from funnel_tw import __version__
+from funnel_tw._version import __version__
 from funnel_tw.config import (
     ConfigError,
     NodeConfig,

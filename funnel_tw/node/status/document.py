@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Any, Protocol, assert_never
 
-from ... import __version__
+from ..._version import __version__
 from ...config import (
     HTTPSMounts,
     NodeConfig,
