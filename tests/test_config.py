@@ -340,6 +340,30 @@ class GoodFilesTests(ConfigTestCase):
             ],
         )
 
+    def test_underscores_in_headers(self) -> None:
+        """Off by default; on for the whole section or for one mount."""
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "[serve 80]\n/ = 8080\n/api/ = 8081\nunderscores-in-headers /api/ = yes\n"
+                "[serve 81]\n/ = 8082\n/b/ = 8083\nunderscores-in-headers = yes\n"
+                "[serve 82]\n/ = 8084\n",
+            )
+        )
+        self.assertEqual(
+            [port.handler.underscores for port in config.serve],  # type: ignore[union-attr]
+            [frozenset({"/api/"}), frozenset({"/", "/b/"}), frozenset()],
+        )
+        self.assertErrors(
+            NODE + "[serve 80]\n/ = 8080\nunderscores-in-headers /nope/ = yes\n"
+            "underscores-in-headers = maybe\n"
+            "[serve 81]\ntcp-forward = 127.0.0.1:1\nunderscores-in-headers = yes\n",
+            "6: [serve 80] underscores-in-headers /nope/: /nope/ is not a mount of this section",
+            "7: [serve 80] underscores-in-headers: 'maybe' is not a boolean "
+            "(use yes/no, true/false, on/off or 1/0)",
+            "10: [serve 81] underscores-in-headers: is only used with /PATH = TARGET mounts",
+        )
+
     def test_tls_sources(self) -> None:
         hook = self.write("hook.sh", "#!/bin/sh\n", mode=0o700)
         self.write("ca.pem", "ca", mode=0o644)

@@ -78,6 +78,8 @@ class HTTPSMounts:
 
     mounts: tuple[tuple[str, str], ...]  # (path, normalised target), in file order
     proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
+    # the mount paths whose backends get request header names with "_" (off by default)
+    underscores: frozenset[str] = frozenset()
 
 
 @attrs.frozen

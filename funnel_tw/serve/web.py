@@ -86,8 +86,9 @@ class ContainedFile(static.File):
 class MountRouter(resource.Resource):
     """Routes every request of one HTTPS port by SNI host and mount path.
 
-    ``proxy_factory(target, prefix, flow, timeout)`` builds the resource of a proxy mount;
-    the timeout is that of the site's section."""
+    ``proxy_factory(target, prefix, flow, timeout, underscores)`` builds the resource of a
+    proxy mount; the timeout is that of the site's section, ``underscores`` the mount's opt-in
+    to header names with "_"."""
 
     def __init__(
         self,
@@ -148,7 +149,7 @@ class MountRouter(resource.Resource):
                 segments.append(b"")  # a directory: its index (or listing)
             request.postpath = segments
             return resource.getChildForRequest(ContainedFile(handler.path), request)
-        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout)
+        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout, handler.underscores)
 
 
 class ServeSite(Site):
