@@ -346,7 +346,16 @@ class Pebble:
 class AcmeFunnel:
     """relay.ini + node.ini (``[tls] source = acme``, tls-alpn-01), both in this process."""
 
-    def __init__(self, test: TestCase, folder: Path, pebble: Pebble, public: int, *, funnel: bool):
+    def __init__(
+        self,
+        test: TestCase,
+        folder: Path,
+        pebble: Pebble,
+        public: int,
+        *,
+        funnel: bool,
+        hostnames: str = f"{NAME}, {OTHER}",
+    ):
         self.dir = folder
         rk, nk = keys.generate_private_key(), keys.generate_private_key()
         wg = free_port(socket.SOCK_DGRAM)
@@ -369,7 +378,7 @@ peerapi = 100.64.0.2:41642
 private-key = {keys.encode_key(nk)}
 listen-port = 0
 address = 100.64.0.2/32
-hostname = {NAME}, {OTHER}
+hostname = {hostnames}
 state-dir = node-state
 
 [peer relay]
@@ -584,6 +593,30 @@ class PebbleTests(TestCase):
         )
         served = await threads.deferToThread(lambda: KeepAlive(public, root).peer_fingerprint())
         self.assertEqual(served, leaf_fingerprint(source.current))
+
+    async def test_a_name_added_later_gets_its_certificate(self) -> None:
+        """A node with a CA-issued certificate for NAME is restarted with OTHER added: the CA's
+        tls-alpn-01 validation of OTHER reaches the node (which has no certificate for it yet)
+        and the new certificate covers both names."""
+        public = free_port()
+        pebble = await self.pebble(tls_port=public)
+        first = AcmeFunnel(self, self.folder, pebble, public, funnel=True, hostnames=NAME)
+        await first_check(first.source, status_of(first.source, pebble))
+        assert first.source.current is not None
+        self.assertEqual(sorted(first.source.current.names), [NAME])
+        await first.stop()
+        second = AcmeFunnel(self, self.folder, pebble, public, funnel=True)
+        source = second.source
+        why = status_of(source, pebble)
+        await first_check(source, why)
+        self.assertIsNone(source.status()["last_error"], why())
+        assert source.current is not None
+        self.assertEqual(sorted(source.current.names), sorted([NAME, OTHER]), why())
+        self.assertGreaterEqual(second.node.store.counters.get("tls_alpn_01_answered", 0), 1)
+        root = self.root_file(pebble)
+        code, out, err = await second.curl(root, OTHER)
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        self.assertEqual(out.decode(), PAGE)
 
     async def test_dns_01_through_a_hook_with_a_wildcard(self) -> None:
         pebble = await self.pebble(tls_port=free_port())
