@@ -2,8 +2,8 @@
 
 It listens on 127.0.0.1 (a free port), writes the port number to PORTFILE (atomically) and
 answers every GET or POST with a small HTML page carrying TEXT, the request path, the request
-body and a script that adds a line to the DOM (so a browser test can tell the page was run,
-not just fetched). It runs until killed.
+body, the request headers and a script that adds a line to the DOM (so a browser test can tell
+the page was run, not just fetched). It runs until killed.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MAX_BODY = 1 << 20
 
 
-def page(text: str, path: str, body: bytes) -> bytes:
+def page(text: str, path: str, body: bytes, headers: str = "") -> bytes:
     shown_body = html.escape(body.decode("utf-8", "replace"))
     return (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>e2e backend</title></head>"
         f"<body><h1 id='text'>{html.escape(text)}</h1>"
         f"<p id='path'>path={html.escape(path)}</p>"
         f"<p id='body'>body={shown_body}</p>"
+        f"<pre id='headers'>{html.escape(headers)}</pre>"
         "<p id='js'></p>"
         "<script>document.getElementById('js').textContent = 'script ran: ' + "
         "location.protocol + '//' + location.host;</script>"
@@ -36,7 +37,7 @@ class Handler(BaseHTTPRequestHandler):
     text = "backend"
 
     def _answer(self, body: bytes) -> None:
-        content = page(self.text, self.path, body)
+        content = page(self.text, self.path, body, str(self.headers))
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(content)))
