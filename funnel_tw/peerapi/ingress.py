@@ -60,7 +60,7 @@ def parse_host_port(text: str) -> tuple[str, int] | None:
         host, sep, port = text.rpartition(":")
         if not sep or ":" in host:
             return None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         return None
     return host, int(port)
 
