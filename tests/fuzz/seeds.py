@@ -160,7 +160,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "session-v4": op(2, udp4) + op(3, b"\0\x64") + op(2, udp4),
             "session-v6": op(2, udp6),
             "mac1-initiation": op(1, b"\0" + bytes(range(100))),
-            "under-load": op(4, b"\0" + bytes(range(100))),
+            "under-load": op(4, b"\0" + bytes(range(100))) + op(2, udp4),
             "transport-on-keypair": op(2, udp4) + op(5, wg["transport"][8:]),
             "route-out": op(2, udp4) + op(6, _udp4(NET_A4, NET_B4, b"out")),
             "timers": op(2, b"") + op(3, b"\x0b\xb8") + op(3, b"\xff\xff"),

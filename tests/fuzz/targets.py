@@ -167,7 +167,7 @@ def wg_device(data: bytes) -> None:
 
     Operations: 0 raw datagram to A; 1 initiation/response with a valid mac1; 2 B sends the
     bytes as an inner packet (a real session carries them, so A's inner checks see them);
-    3 time passes and timers run; 4 a burst of 130 mac1-valid handshakes (A under load answers
+    3 time passes and timers run; 4 a burst of handshakes that puts A under load (it answers
     with cookie replies, which go to B); 5 a transport message on A's real current keypair
     index; 6 A routes the bytes as an outgoing packet."""
     pair = _WireGuardPair()
@@ -185,8 +185,13 @@ def wg_device(data: bytes) -> None:
             a.tick(pair.now)
             pair.b.tick(pair.now)
         elif kind == 4:
-            message = pair.with_macs(chunk)
-            a.receive_batch([(message, _source(chunk))] * 130, pair.now)
+            # 128 handshakes without a valid mac1 (cheap to drop) put A under load for a
+            # second: this one, and those of the next operations, get cookie replies, which B
+            # then consumes
+            junk = (messages.HEADER_INITIATION + chunk).ljust(messages.INITIATION_SIZE, b"\0")
+            junk = junk[: messages.INITIATION_SIZE]
+            burst = [(junk, _source(chunk))] * 128 + [(pair.with_macs(chunk), _source(chunk))]
+            a.receive_batch(burst, pair.now)
             pair.b.receive_batch([(d, WG_A_EP) for d, _ in a.outgoing], pair.now)
             a.outgoing.clear()
         elif kind == 5:
