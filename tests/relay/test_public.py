@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from funnel_tw import keys
 from funnel_tw.config import load_node_config, load_relay_config
 from funnel_tw.node.service import NodeService
 from funnel_tw.relay.service import RelayService
-from tests._support import free_port, wait_until
+from tests._support import eventually, free_port, wait_until
 
 from .test_clienthello import real_hello
 
@@ -101,6 +102,16 @@ funnel = {"yes" if funnel else "no"}
         await wait_until(
             lambda: len(self.relay.limits.open) >= count, 5, f"the relay to hold {count}"
         )
+
+    async def close(self, held: list[socket.socket]) -> None:
+        """Reset the client sockets a test held open, and wait (bounded) until the relay has let
+        them go: stopped with them still open, it would wait out its shutdown-timeout. (A FIN
+        would not do: before the ClientHello the relay takes it for a half-close and waits for
+        client-hello-timeout.)"""
+        for s in held:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        await eventually(lambda: not self.relay.limits.open, 5)
 
     def counters(self) -> dict[str, int]:
         return self.relay.limits.counters
@@ -191,7 +202,7 @@ class RelayTests(TestCase):
     async def test_per_ip_limit(self) -> None:
         f = Funnel(self, "max-connections-per-ip = 3")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(3)]
-        self.addCleanup(lambda: [s.close() for s in held])
+        self.addCleanup(f.close, held)
         await f.holding(3)
         received, took = await raw_exchange(f.public, b"")
         self.assertEqual(received, b"")
@@ -202,7 +213,7 @@ class RelayTests(TestCase):
     async def test_max_connections(self) -> None:
         f = Funnel(self, "max-connections = 2")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(2)]
-        self.addCleanup(lambda: [s.close() for s in held])
+        self.addCleanup(f.close, held)
         await f.holding(2)
         await raw_exchange(f.public, b"")
         self.assertEqual(f.counters()["refused_max_connections"], 1)

@@ -111,17 +111,17 @@ class Handshake:
             self.cert = x509.load_der_x509_certificate(der)
             self.alpn = tls.selected_alpn_protocol()
             started = time.monotonic()
-            if request:
+            self.answer = b""
+            if request:  # without one, there is nothing to wait for but the socket's timeout
                 with contextlib.suppress(OSError):
                     tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
-            self.answer = b""
-            try:
-                while chunk := tls.recv(65536):
-                    self.answer += chunk
-                    if not request or b"\r\n\r\n" in self.answer:
-                        break
-            except (ssl.SSLError, OSError):
-                pass
+                try:
+                    while chunk := tls.recv(65536):
+                        self.answer += chunk
+                        if b"\r\n\r\n" in self.answer:
+                            break
+                except (ssl.SSLError, OSError):
+                    pass
             self.closed_after = time.monotonic() - started
 
     def is_challenge(self) -> bool:
