@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
@@ -17,6 +18,7 @@ from funnel_tw import keys
 from funnel_tw.config import load_node_config, load_relay_config
 from funnel_tw.node.service import NodeService
 from funnel_tw.relay.service import RelayService
+from tests._support import eventually, free_port, wait_until
 
 from .test_clienthello import real_hello
 
@@ -30,10 +32,6 @@ class Hello(resource.Resource):
         return b"hello from the backend"
 
 
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 class Funnel:
     """relay.ini + node.ini in a folder, both services running in this process."""
 
@@ -43,9 +41,9 @@ class Funnel:
         backend = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
         test.addCleanup(backend.stopListening)
         rk, nk = keys.generate_private_key(), keys.generate_private_key()
-        wg = _free(socket.SOCK_DGRAM)
-        self.public = _free(socket.SOCK_STREAM)
-        self.redirect = _free(socket.SOCK_STREAM)
+        wg = free_port(socket.SOCK_DGRAM)
+        self.public = free_port(socket.SOCK_STREAM)
+        self.redirect = free_port(socket.SOCK_STREAM)
         (self.dir / "relay.ini").write_text(f"""[relay]
 private-key = {keys.encode_key(rk)}
 listen-port = {wg}
@@ -93,11 +91,27 @@ funnel = {"yes" if funnel else "no"}
             await self.relay.stopService()
 
     async def ready(self) -> None:
-        for _ in range(100):
-            if self.relay.overlay.device.handshakes_completed:
-                return
-            await sleep(0.05)
-        raise AssertionError("no WireGuard handshake between node and relay")
+        await wait_until(
+            lambda: self.relay.overlay.device.handshakes_completed,
+            5,
+            "a WireGuard handshake between node and relay",
+        )
+
+    async def holding(self, count: int) -> None:
+        """Until the relay has taken ``count`` connections in."""
+        await wait_until(
+            lambda: len(self.relay.limits.open) >= count, 5, f"the relay to hold {count}"
+        )
+
+    async def close(self, held: list[socket.socket]) -> None:
+        """Reset the client sockets a test held open, and wait (bounded) until the relay has let
+        them go: stopped with them still open, it would wait out its shutdown-timeout. (A FIN
+        would not do: before the ClientHello the relay takes it for a half-close and waits for
+        client-hello-timeout.)"""
+        for s in held:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        await eventually(lambda: not self.relay.limits.open, 5)
 
     def counters(self) -> dict[str, int]:
         return self.relay.limits.counters
@@ -114,12 +128,6 @@ funnel = {"yes" if funnel else "no"}
             while chunk := tls.recv(65536):
                 answer += chunk
         return answer
-
-
-def _free(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def raw_exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, float]:
@@ -194,8 +202,8 @@ class RelayTests(TestCase):
     async def test_per_ip_limit(self) -> None:
         f = Funnel(self, "max-connections-per-ip = 3")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(3)]
-        self.addCleanup(lambda: [s.close() for s in held])
-        await sleep(0.2)
+        self.addCleanup(f.close, held)
+        await f.holding(3)
         received, took = await raw_exchange(f.public, b"")
         self.assertEqual(received, b"")
         self.assertLess(took, 2)
@@ -205,8 +213,8 @@ class RelayTests(TestCase):
     async def test_max_connections(self) -> None:
         f = Funnel(self, "max-connections = 2")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(2)]
-        self.addCleanup(lambda: [s.close() for s in held])
-        await sleep(0.2)
+        self.addCleanup(f.close, held)
+        await f.holding(2)
         await raw_exchange(f.public, b"")
         self.assertEqual(f.counters()["refused_max_connections"], 1)
 
@@ -234,7 +242,7 @@ class RelayTests(TestCase):
         await f.ready()
         held = socket.create_connection(("127.0.0.1", f.public))
         self.addCleanup(held.close)
-        await sleep(0.2)
+        await f.holding(1)
         started = reactor.seconds()
         await f.relay.stopService()
         f.stopped = True
