@@ -70,6 +70,8 @@ def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
 
 @implementer(ITCPTransport, IPushProducer, IConsumer)
 class OverlayTCPTransport:
+    closes_bounded = True  # loseConnection resets a close that makes no progress (web.closing)
+
     def __init__(self, owner: TransportOwner, conn: Connection, protocol: IProtocol) -> None:
         self.owner = owner
         self.conn = conn
