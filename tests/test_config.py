@@ -457,6 +457,7 @@ class GoodFilesTests(ConfigTestCase):
                 "public-address = ::\n"
                 "public-ports = 443,8443\n"
                 "client-hello-timeout = 2.5\n"
+                "ingress-connect-timeout = 1.5\n"
                 "max-connections = 5\n"
                 "[node n6]\n"
                 f"public-key = {encode_key(ALICE_PUB)}\n"
@@ -469,6 +470,7 @@ class GoodFilesTests(ConfigTestCase):
         self.assertEqual(relay.public_address, "::")
         self.assertEqual(relay.public_ports, (443, 8443))
         self.assertEqual((relay.client_hello_timeout, relay.max_connections), (2.5, 5))
+        self.assertEqual(relay.ingress_connect_timeout, 1.5)
         self.assertEqual(relay.nodes[0].peerapi, (IPv6Address("fd7a::2"), 41642))
         self.assertEqual(relay.nodes[0].hostnames, ("*.example.com",))
         self.assertEqual(relay.nodes[0].persistent_keepalive, 25)
@@ -673,6 +675,11 @@ class ErrorTests(ConfigTestCase):
             RELAY + "client-hello-timeout = 0\nmax-connections = 0\n",
             "4: [relay] client-hello-timeout: must be more than 0 seconds",
             "5: [relay] max-connections: 0 is out of range (1..1000000)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "ingress-connect-timeout = 0\n",
+            "4: [relay] ingress-connect-timeout: must be more than 0 seconds",
             loader=load_relay_config,
         )
         self.assertErrors(

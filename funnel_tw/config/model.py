@@ -177,4 +177,5 @@ class RelayConfig:
     http_redirect_port: int | None = None
     shutdown_timeout: float = 10.0
     state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
+    ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant

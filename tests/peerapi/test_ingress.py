@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import defer, protocol, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import TestCase
@@ -182,6 +183,21 @@ class IngressTests(TestCase):
     async def test_target_not_admitted(self) -> None:
         await self.assertRefused(request(target="node.example.com:8443"), 403, "denied")
         await self.assertRefused(request(target="other.example.com:443"), 403, "denied")
+
+    async def test_refusal_log_line(self) -> None:
+        """One line: the reason, the caller's ip:port, the client and the host:port, no repr."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.assertRefused(request(target="other.example.com:8443"), 403, "denied")
+        lines = [formatEvent(e) for e in events if "ingress refused" in (e.get("log_format") or "")]
+        self.assertEqual(len(lines), 1)
+        line = lines[0]
+        self.assertRegex(line, r"^ingress refused: 403 denied: caller 127\.0\.0\.1:\d+, ")
+        self.assertIn("client 203.0.113.9:5555", line)
+        self.assertIn("target other.example.com:8443", line)
+        self.assertNotIn("Address(", line)
+        self.assertEqual(self.ingress.counters["ingress_403"], 1)
 
     async def test_gate(self) -> None:
         await self.assertRefused(

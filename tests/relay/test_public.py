@@ -262,3 +262,100 @@ class RelayTests(TestCase):
 
 
 __all__: list[Any] = []
+
+
+def trickle(port: int, data: bytes, every: float, wait: float = 10.0) -> tuple[int, float]:
+    """Send ``data`` one byte every ``every`` seconds; how many went out and when it closed."""
+    import time
+
+    started = time.monotonic()
+    sent = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+            for byte in data:
+                s.sendall(bytes([byte]))
+                sent += 1
+                s.settimeout(every)
+                try:
+                    if s.recv(1) == b"":
+                        break  # closed by the relay
+                except TimeoutError:
+                    continue
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return sent, time.monotonic() - started
+
+
+class LogCapture:
+    def __init__(self, test: TestCase) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self, containing: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [
+            line
+            for line in (formatEvent(e) for e in self.events if e.get("log_format"))
+            if containing in line
+        ]
+
+
+class DeadlineTests(TestCase):
+    timeout = 60
+
+    async def test_client_hello_deadline_is_total(self) -> None:
+        """One byte every 0.5 s never lets the hello finish: closed at the 2 s deadline,
+        not kept open by each byte; the node still serves a normal visitor afterwards."""
+        f = Funnel(self, "client-hello-timeout = 2")
+        log = LogCapture(self)
+        sent, took = await threads.deferToThread(trickle, f.public, real_hello(NAME), 0.5)
+        self.assertGreaterEqual(took, 1.8)
+        self.assertLess(took, 3.0)
+        self.assertLess(sent, 8)
+        self.assertEqual(f.counters()["client_hello_timeout"], 1)
+        [line] = log.lines("closed: no complete ClientHello")
+        self.assertRegex(line, r"public connection from 127\.0\.0\.1:\d+ for \(no name yet\)")
+        await f.ready()
+        answer = await threads.deferToThread(f.get)
+        self.assertTrue(answer.endswith(b"hello from the backend"))
+
+    async def test_offline_node_closes_visitors_quickly_and_logs_once(self) -> None:
+        f = Funnel(self, "ingress-connect-timeout = 1\nclient-hello-timeout = 20")
+        await f.ready()
+        await f.node.stopService()  # the node goes away; the relay still has its session
+        f.stopped = True
+        self.addCleanup(f.relay.stopService)
+        log = LogCapture(self)
+        for _ in range(2):
+            received, took = await raw_exchange(f.public, real_hello(NAME), wait=10)
+            self.assertEqual(received, b"")
+            self.assertGreaterEqual(took, 0.9)
+            self.assertLess(took, 2.5)
+        self.assertEqual(f.counters()["node_timeout"], 2)
+        lines = [x for x in log.lines("node n unreachable") if x.startswith("node n")]
+        self.assertEqual(len(lines), 1, lines)  # once per node, not once per visitor
+        self.assertIn("no answer from 100.64.0.2:41642", lines[0])
+
+    async def test_node_refusal_logged_with_client_name_and_reason(self) -> None:
+        f = Funnel(self, funnel=False)
+        await f.ready()
+        log = LogCapture(self)
+        await raw_exchange(f.public, real_hello(NAME))
+        [line] = log.lines("refused by node")
+        self.assertRegex(
+            line,
+            rf"public connection from 127\.0\.0\.1:\d+ for {NAME}:{f.public} closed: "
+            r"refused by node n: node answered 403 Forbidden: denied$",
+        )
+        self.assertNotIn("Address(", line)
+
+    async def test_unknown_name_logged(self) -> None:
+        f = Funnel(self)
+        log = LogCapture(self)
+        await raw_exchange(f.public, real_hello("other.example.test"))
+        [line] = log.lines("no node serves")
+        self.assertIn(f"for other.example.test:{f.public} closed: no node serves this name", line)
