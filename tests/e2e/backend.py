@@ -45,11 +45,38 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(content)
 
     def do_GET(self) -> None:
-        self._answer(b"")
+        if self.path.startswith("/big/"):
+            self._stream(int(self.path[5:]))
+        else:
+            self._answer(b"")
+
+    def _stream(self, size: int) -> None:
+        """GET /big/N: N bytes, written as the client takes them."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while size > 0:
+                self.wfile.write(chunk[:size])
+                size -= len(chunk)
+        except OSError:
+            self.close_connection = True  # the node gave up on the client: so do we
 
     def do_POST(self) -> None:
-        length = min(int(self.headers.get("Content-Length") or 0), MAX_BODY)
-        self._answer(self.rfile.read(length))
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.path.startswith("/sink"):  # read it all, answer its size
+            remaining, length = length, 0
+            while remaining > 0:
+                got = len(self.rfile.read(min(remaining, 65536)))
+                if not got:
+                    return
+                length += got
+                remaining -= got
+            self._answer(str(length).encode())
+            return
+        self._answer(self.rfile.read(min(length, MAX_BODY)))
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
