@@ -91,7 +91,8 @@ class TcpTrace:
         self._t0: float | None = None
         self._flows: dict[tuple[bytes, int, bytes, int], _Flow] = {}
         self._named: set[str] = set()  # connections that had their ``flow`` record
-        self._last: dict[str, int] = {}  # the counters as the last record showed them
+        # the counters as the last record showed them (the first record shows them all)
+        self._last: dict[str, int] = dict.fromkeys(COUNTERS, -1)
 
     # --- the stack's hooks ---------------------------------------------------------------------
 
