@@ -1,7 +1,7 @@
-"""The two ends of bench/tcp_wan.py's transfers, run inside its network namespaces.
+"""The two ends of the TCP-over-distance transfers (tests/interop/wan.py), run in a namespace.
 
-    python bench/_wan_ends.py kernel --port P --seconds D
-    python bench/_wan_ends.py ours --config node.ini --port P --seconds D
+    python -m tests.interop.wan_ends kernel --port P --seconds D
+    python -m tests.interop.wan_ends ours --config node.ini --port P --seconds D
 
 ``kernel`` uses the Linux kernel's TCP (behind wireguard-go's TUN device); ``ours`` brings up
 funnel-tw's userspace WireGuard and TCP/IP stack from node.ini. Both do the same thing:
@@ -20,7 +20,6 @@ funnel-tw's userspace WireGuard and TCP/IP stack from node.ini. Both do the same
   ``quit``.
 
 Prints {"event": "ready"} once listening. Bounded: it exits after ``--duration`` seconds.
-Only the benchmark drives this; it is not a test tool.
 """
 
 from __future__ import annotations
@@ -33,10 +32,7 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import IO, Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 _CHUNK = 256 * 1024
 _PATTERN = os.urandom(4 << 20)  # what senders send, over and over: no CPU spent on randomness
@@ -51,7 +47,7 @@ def emit(**fields: Any) -> None:
 
 # =========================================================================== kernel TCP
 
-# struct tcp_info (linux/tcp.h): the fields the benchmark reports, by byte offset
+# struct tcp_info (linux/tcp.h): the fields reported, by byte offset
 _TCP_INFO = {
     "rto_us": (8, "I"),
     "snd_mss": (16, "I"),

@@ -1,6 +1,6 @@
-"""Summaries of the TCP sender event log (funnel_tw/netstack/trace.py) for bench/tcp_wan.py.
+"""Summaries of the TCP sender event log (funnel_tw/netstack/trace.py).
 
-    python bench/_tcp_trace.py TRACE.jsonl [...]     # one summary per file, as JSON
+    python -m tests.interop.tcp_trace TRACE.jsonl [...]     # one summary per file, as JSON
 
 The busiest connection of a file (most ``ack`` records) is the one summarized: how long the
 sender was held back by its congestion window, by the peer's window or by the application
