@@ -232,7 +232,7 @@ def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.
     out.append("")
     out.append(
         "| RTT ms | path | direction | Mbit/s | sender retransmits | receiving WG socket drops "
-        "| relay lost / reordered | sender's own view |"
+        "| relay lost / reordered (both transfers of the pair) | sender's own view |"
     )
     out.append("|---:|---|---|---:|---:|---:|---|---|")
     for cell in cells:
