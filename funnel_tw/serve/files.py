@@ -73,6 +73,10 @@ class Refused(Exception):
     """Why a name is not served (answered 404, logged and counted)."""
 
 
+class NotFound(Refused):
+    """Nothing by that name (answered 404, not a refusal)."""
+
+
 def below(root: str, real: str) -> bool:
     """Whether the real path ``real`` is ``root`` or lies below it."""
     prefix = root if root.endswith(os.sep) else root + os.sep
@@ -90,10 +94,12 @@ def open_below(root: str, path: str) -> tuple[int, os.stat_result]:
     real = os.path.realpath(path)
     if not below(root, real):
         raise Refused("a symbolic link out of the root")
-    if any(hidden(part) for part in os.path.relpath(real, root).split(os.sep)):
+    if real != root and any(hidden(p) for p in os.path.relpath(real, root).split(os.sep)):
         raise Refused("a dot name (reached through a symbolic link)")
     try:
         before = os.lstat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound("no such file") from None
     except (OSError, ValueError) as e:
         raise Refused(_why(e)) from None
     if not (stat.S_ISREG(before.st_mode) or stat.S_ISDIR(before.st_mode)):
@@ -216,6 +222,8 @@ class FileMount(resource.Resource):
         root = os.path.realpath(self.root)
         try:
             fd, st = open_below(root, os.path.join(root, *self.segments))
+        except NotFound:
+            return None
         except Refused as e:
             self.refused(request, str(e))
             return None
@@ -230,14 +238,17 @@ class FileMount(resource.Resource):
                 _, query = request_target(request)
             except PathError:
                 query = ""
-            location = self.path + "/" + ("?" + query if query else "")
-            return location.encode("ascii", "replace")
+            if not all("!" <= c <= "~" for c in query):
+                query = ""  # nothing odd is echoed into a header
+            return (self.path + "/" + ("?" + query if query else "")).encode("ascii")
         directory = os.path.join(root, *self.segments)
         for name in INDEX_NAMES:
             if not os.path.lexists(os.path.join(directory, name)):
                 continue
             try:
                 fd, st = open_below(root, os.path.join(directory, name))
+            except NotFound:
+                continue
             except Refused as e:
                 self.refused(request, f"index {name}: {e}")
                 continue
