@@ -1,13 +1,14 @@
 # Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
 # Both create .venv and install funnel-tw into it; `make test` also installs the Debian tools
-# the interop tests drive (when run as root).
+# the interop tests drive (when run as root). `make fuzz` runs each fuzz target for FUZZ_SECONDS.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+FUZZ_SECONDS ?= 30
 
-.PHONY: demo test lint type check bench system-deps clean
+.PHONY: demo test lint type check bench fuzz system-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +37,11 @@ check: lint type test
 bench: $(STAMP)
 	$(BIN)/python bench/wireguard.py
 
+# coverage-guided fuzzing (docs/fuzzing.md): every target in turn, FUZZ_SECONDS each;
+# FUZZ_TARGETS="clienthello config" runs only those
+fuzz: $(STAMP)
+	$(BIN)/pip install -q atheris
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache .hypothesis .fuzz

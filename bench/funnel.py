@@ -50,6 +50,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from funnel_tw.demo import HOSTNAME, write_configs
+from tests._support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,12 +67,6 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
 def say(text: str = "") -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:

@@ -45,6 +45,10 @@ from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests._support import free_port  # noqa: E402
+
 SMALL_BODY = (
     "Hello from the backend: a small response body of about one hundred bytes, "
     "as an API might send."
@@ -86,12 +90,6 @@ class Processes:
                 child.wait()
             log.close()
         self.children = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(

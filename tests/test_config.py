@@ -340,6 +340,30 @@ class GoodFilesTests(ConfigTestCase):
             ],
         )
 
+    def test_underscores_in_headers(self) -> None:
+        """Off by default; on for the whole section or for one mount."""
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "[serve 80]\n/ = 8080\n/api/ = 8081\nunderscores-in-headers /api/ = yes\n"
+                "[serve 81]\n/ = 8082\n/b/ = 8083\nunderscores-in-headers = yes\n"
+                "[serve 82]\n/ = 8084\n",
+            )
+        )
+        self.assertEqual(
+            [port.handler.underscores for port in config.serve],  # type: ignore[union-attr]
+            [frozenset({"/api/"}), frozenset({"/", "/b/"}), frozenset()],
+        )
+        self.assertErrors(
+            NODE + "[serve 80]\n/ = 8080\nunderscores-in-headers /nope/ = yes\n"
+            "underscores-in-headers = maybe\n"
+            "[serve 81]\ntcp-forward = 127.0.0.1:1\nunderscores-in-headers = yes\n",
+            "6: [serve 80] underscores-in-headers /nope/: /nope/ is not a mount of this section",
+            "7: [serve 80] underscores-in-headers: 'maybe' is not a boolean "
+            "(use yes/no, true/false, on/off or 1/0)",
+            "10: [serve 81] underscores-in-headers: is only used with /PATH = TARGET mounts",
+        )
+
     def test_tls_sources(self) -> None:
         hook = self.write("hook.sh", "#!/bin/sh\n", mode=0o700)
         self.write("ca.pem", "ca", mode=0o644)
@@ -433,6 +457,7 @@ class GoodFilesTests(ConfigTestCase):
                 "public-address = ::\n"
                 "public-ports = 443,8443\n"
                 "client-hello-timeout = 2.5\n"
+                "ingress-connect-timeout = 1.5\n"
                 "max-connections = 5\n"
                 "[node n6]\n"
                 f"public-key = {encode_key(ALICE_PUB)}\n"
@@ -445,6 +470,7 @@ class GoodFilesTests(ConfigTestCase):
         self.assertEqual(relay.public_address, "::")
         self.assertEqual(relay.public_ports, (443, 8443))
         self.assertEqual((relay.client_hello_timeout, relay.max_connections), (2.5, 5))
+        self.assertEqual(relay.ingress_connect_timeout, 1.5)
         self.assertEqual(relay.nodes[0].peerapi, (IPv6Address("fd7a::2"), 41642))
         self.assertEqual(relay.nodes[0].hostnames, ("*.example.com",))
         self.assertEqual(relay.nodes[0].persistent_keepalive, 25)
@@ -649,6 +675,11 @@ class ErrorTests(ConfigTestCase):
             RELAY + "client-hello-timeout = 0\nmax-connections = 0\n",
             "4: [relay] client-hello-timeout: must be more than 0 seconds",
             "5: [relay] max-connections: 0 is out of range (1..1000000)",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "ingress-connect-timeout = 0\n",
+            "4: [relay] ingress-connect-timeout: must be more than 0 seconds",
             loader=load_relay_config,
         )
         self.assertErrors(

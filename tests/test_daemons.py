@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw import keys
+from tests._support import free_port, wait_until_blocking
 
 _TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DaemonTests(SynchronousTestCase):
@@ -33,7 +26,7 @@ class DaemonTests(SynchronousTestCase):
             path = self.dir / name
             path.write_text(keys.encode_key(key) + "\n")
             path.chmod(0o600)
-        self.relay_port = _free_udp_port()
+        self.relay_port = free_port(socket.SOCK_DGRAM)
         (self.dir / "node.ini").write_text(
             f"""[node]
 private-key-file = node.key
@@ -84,14 +77,15 @@ peerapi = 100.64.0.2:41642
         return process
 
     def wait_for(self, plugin: str, text: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
         path = self.dir / f"{plugin}.log"
-        while time.monotonic() < deadline:
-            content = path.read_text()
-            if text in content:
-                return content
-            time.sleep(0.1)
-        self.fail(f"{text!r} not in {plugin} log:\n{path.read_text()}")
+        wait_until_blocking(
+            lambda: text in path.read_text(),
+            timeout,
+            f"{text!r} in {plugin} log",
+            interval=0.1,
+            detail=path.read_text,
+        )
+        return path.read_text()
 
     def stop(self, process: subprocess.Popen[str], plugin: str) -> str:
         process.send_signal(signal.SIGTERM)

@@ -18,11 +18,7 @@ from ipaddress import ip_interface, ip_network
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import defer, protocol, reactor, threads, utils
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -41,6 +37,7 @@ from funnel_tw.overlay.interface import StaticPeer
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
 from funnel_tw.tls.store import Certificate
+from tests._support import client_env, issue, run_process
 from tests.test_cli import run as run_cli
 
 PROJECT_ROOT = str(Path(funnel_tw.__file__).resolve().parent.parent)
@@ -122,21 +119,8 @@ def _short_dir(test: SynchronousTestCase) -> Path:
 
 
 def _certificate(name: str, lifetime: datetime.timedelta) -> Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + lifetime)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Certificate(key, [cert], source="files (test)")
+    issued = issue(name, not_after=lifetime)
+    return Certificate(issued.key, [issued.cert], source="files (test)")
 
 
 def _stale_socket(path: Path) -> None:
@@ -204,21 +188,11 @@ async def status_cli(
     *args: str, timeout: float = 30.0, cwd: Path | None = None
 ) -> tuple[int, str, str]:
     """`python -m funnel_tw status ...` as a subprocess; the reactor keeps running."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env = client_env()
     env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    d = utils.getProcessOutputAndValue(
-        sys.executable,
-        ["-m", "funnel_tw", "status", *args],
-        env=env,
-        path=str(cwd) if cwd is not None else None,
-        reactor=reactor,
+    code, out, err = await run_process(
+        sys.executable, "-m", "funnel_tw", "status", *args, env=env, cwd=cwd, timeout=timeout
     )
-    timer = reactor.callLater(timeout, d.cancel)
-    try:
-        out, err, code = await d
-    finally:
-        if timer.active():
-            timer.cancel()
     return code, out.decode(), err.decode()
 
 

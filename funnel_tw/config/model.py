@@ -78,6 +78,8 @@ class HTTPSMounts:
 
     mounts: tuple[tuple[str, str], ...]  # (path, normalised target), in file order
     proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
+    # the mount paths whose backends get request header names with "_" (off by default)
+    underscores: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -175,4 +177,5 @@ class RelayConfig:
     http_redirect_port: int | None = None
     shutdown_timeout: float = 10.0
     state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
+    ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant

@@ -76,6 +76,7 @@ _SERVE_KEYS = (
     "proxy-protocol",
     "handler",
     "proxy-timeout",
+    "underscores-in-headers",
 )
 _SERVE_CHOICES = ("tcp-forward", "tls-terminated-tcp", "handler")
 
@@ -285,6 +286,31 @@ def _covers(hostnames: tuple[str, ...], host: str) -> bool:
     return label != "*" and bool(label and dot) and f"*.{rest}" in hostnames
 
 
+UNDERSCORES = "underscores-in-headers"
+
+
+def _per_mount_keys(section: Section) -> list[str]:
+    """``underscores-in-headers /PATH`` keys: an option for one mount of the section."""
+    return [k for k in section.values if k.partition(" ")[0] == UNDERSCORES and " " in k]
+
+
+def _underscores(section: Section, mount_keys: list[str]) -> frozenset[str]:
+    """``underscores-in-headers = yes`` (every mount) or ``underscores-in-headers /PATH = yes``:
+    the mounts whose backends get header names containing "_" (dropped by default)."""
+    allowed: set[str] = set()
+    for key in [k for k in section.values if k.partition(" ")[0] == UNDERSCORES]:
+        path = key.partition(" ")[2].strip()
+        if not mount_keys:
+            section.error(key, "is only used with /PATH = TARGET mounts")
+            continue
+        if path and path not in mount_keys:
+            section.error(key, f"{path} is not a mount of this section")
+            continue
+        if section.opt(key, values.boolean, False):
+            allowed.update([path] if path else mount_keys)
+    return frozenset(allowed)
+
+
 def _serve(
     section: Section, peerapi_port: int | None, hostnames: tuple[str, ...] | None
 ) -> ServePort | None:
@@ -314,7 +340,7 @@ def _serve(
     if kind == "handler":
         options = tuple((k, v) for k, v in section.values.items() if k not in _SERVE_KEYS)
     else:
-        section.reject_unknown([*_SERVE_KEYS, *mount_keys])
+        section.reject_unknown([*_SERVE_KEYS, *mount_keys, *_per_mount_keys(section)])
         options = ()
     forwards = kind in ("tcp-forward", "tls-terminated-tcp")
     target = section.opt(kind, values.forward, None) if forwards else None
@@ -330,6 +356,7 @@ def _serve(
             proxy_timeout = section.opt("proxy-timeout", values.seconds, DEFAULT_PROXY_TIMEOUT)
         else:
             section.error("proxy-timeout", "is only used with /PATH = URL mounts")
+    underscores = _underscores(section, mount_keys)
     mounts = []
     for key in mount_keys:
         try:
@@ -341,7 +368,7 @@ def _serve(
     funnel = section.opt("funnel", values.boolean, False)
     handler: PortHandler
     if kind == "mounts":
-        handler = HTTPSMounts(tuple(mounts), proxy_timeout)
+        handler = HTTPSMounts(tuple(mounts), proxy_timeout, underscores)
     elif target is not None and kind == "tcp-forward":
         handler = TCPForward(target, proxy_protocol)
     elif target is not None and kind == "tls-terminated-tcp":

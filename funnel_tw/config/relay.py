@@ -23,6 +23,7 @@ _RELAY_KEYS = (
     "public-address",
     "public-ports",
     "client-hello-timeout",
+    "ingress-connect-timeout",
     "max-connections",
     "max-connections-per-ip",
     "idle-timeout",
@@ -74,6 +75,7 @@ def _relay(section: Section) -> RelayConfig | None:
     public_address = section.opt("public-address", values.ip_address_text, "0.0.0.0")
     public_ports = section.opt("public-ports", values.ports, (443,))
     timeout = section.opt("client-hello-timeout", values.seconds, 10.0)
+    ingress_timeout = section.opt("ingress-connect-timeout", values.seconds, 5.0)
     max_connections = section.opt(
         "max-connections", lambda v: values.integer(v, 1, 1_000_000), 10000
     )
@@ -102,6 +104,7 @@ def _relay(section: Section) -> RelayConfig | None:
         http_redirect_port=redirect_port,
         shutdown_timeout=shutdown_timeout,
         state_dir=relay_state,
+        ingress_connect_timeout=ingress_timeout,
     )
 
 

@@ -163,8 +163,8 @@ class NodeService(MultiService):
             reactor=reactor,
             overlay_addresses=[str(a.ip) for a in config.addresses],
             handlers=handlers if handlers is not None else build_handlers(config),
-            proxy_factory=lambda target, prefix, flow, timeout: ProxyResource(
-                target, prefix, flow, reactor, self.backends, timeout=timeout
+            proxy_factory=lambda target, prefix, flow, timeout, underscores: ProxyResource(
+                target, prefix, flow, reactor, self.backends, timeout, underscores
             ),
         )
         self.ingress = IngressResource(

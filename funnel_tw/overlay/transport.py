@@ -6,6 +6,12 @@ any Twisted protocol runs on it unchanged: ``ITCPTransport`` (with overlay addre
 ``IConsumer`` (a registered producer is paused while the send buffer is above its high-water
 mark and resumed when it drains). Half-close reaches protocols that provide
 ``IHalfCloseableProtocol``.
+
+No flow outlives its peer: a reset reaches the protocol as ``connectionLost`` at once, paused
+or not; data that makes no progress for ``USER_TIMEOUT`` seconds (a vanished peer, or one
+that advertises a zero window forever) aborts the connection; and after ``loseConnection``
+the connection is reset if it makes no progress for the stack's orphan timeout, so a close
+never waits forever on data that can never be sent.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ log = Logger()
 # Pause the registered producer above this many unacknowledged bytes, resume below half of it.
 # It must exceed the peer's window (1 MiB by default) or the pipe runs dry before resuming.
 SEND_HIGH_WATER = 2 << 20
+# Data held this long without the peer acknowledging any of it (or behind a zero window)
+# aborts the connection: generous for a reader that pauses, finite for one that is gone.
+USER_TIMEOUT = 300.0
 
 
 class TransportOwner(Protocol):
@@ -61,6 +70,8 @@ def to_address(pair: tuple[bytes, int]) -> IPv4Address | IPv6Address:
 
 @implementer(ITCPTransport, IPushProducer, IConsumer)
 class OverlayTCPTransport:
+    closes_bounded = True  # loseConnection resets a close that makes no progress (web.closing)
+
     def __init__(self, owner: TransportOwner, conn: Connection, protocol: IProtocol) -> None:
         self.owner = owner
         self.conn = conn
@@ -77,6 +88,7 @@ class OverlayTCPTransport:
         self._pull_scheduled = False
         conn.app = self
         conn.send_low_water = SEND_HIGH_WATER // 2
+        conn.user_timeout = USER_TIMEOUT
 
     # --- events from the stack -----------------------------------------------------------------
 
@@ -149,7 +161,9 @@ class OverlayTCPTransport:
         if self.disconnecting or self.disconnected:
             return
         self.disconnecting = True
-        self.conn.close()
+        # the application lets go: what it would not read is dropped, and a close that
+        # makes no progress ends in a reset (the stack's orphan timeout)
+        self.conn.orphan(self.owner.reactor.seconds())
         self.owner.flush_soon()
 
     def abortConnection(self) -> None:

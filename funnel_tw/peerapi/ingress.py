@@ -58,6 +58,15 @@ def parse_ip_port(text: str) -> tuple[str, int] | None:
     return str(address), parsed[1]
 
 
+def _header_text(request: Request, name: bytes) -> str:
+    """A header's value for a log line: printable, bounded, ``-`` when absent."""
+    value = request.getHeader(name)
+    if not value:
+        return "-"
+    text = value[:200].decode("latin-1")
+    return "".join(c if c.isprintable() and c != " " else "?" for c in text)
+
+
 class IngressResource(Resource):
     isLeaf = True
 
@@ -82,12 +91,18 @@ class IngressResource(Resource):
         self.counters[what] = self.counters.get(what, 0) + 1
 
     def _error(self, request: Request, code: int, message: str) -> bytes:
+        """Refuse, count, and log one line: the caller's ip:port, the client and the
+        host:port it names (as sent, made printable), and the reason."""
         self._count(f"ingress_{code}")
+        caller = request.getClientAddress()
+        host, port = getattr(caller, "host", "?"), getattr(caller, "port", 0)
         log.info(
-            "ingress from {client} refused: {code} {message}",
-            client=request.getClientAddress(),
+            "ingress refused: {code} {reason}: caller {caller}, client {src}, target {target}",
             code=code,
-            message=message,
+            reason=message,
+            caller=format_host_port(str(host), int(port)),
+            src=_header_text(request, b"tailscale-ingress-src"),
+            target=_header_text(request, b"tailscale-ingress-target"),
         )
         return plain_error(request, code, message)
 

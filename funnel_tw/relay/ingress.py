@@ -2,8 +2,9 @@
 
 The client end sends the request, waits for exactly ``HTTP/1.1 101 Switching Protocols``
 followed by an empty line, and only then lets any client bytes through (the relay must not
-send client bytes before the 101). Anything else, or a head larger than a few KiB, closes the
-connection.
+send client bytes before the 101). Anything else closes the connection; a refusal's status
+line and the first line of its body (the node's reason) are read, at most ``MAX_ANSWER``
+bytes, for the relay's log. The wait itself is bounded by the relay's ingress timeout.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ def ingress_request(peerapi_host: str, client: tuple[str, int], target: str) -> 
     ).encode()
 
 
+def printable(raw: bytes, limit: int = 200) -> str:
+    """Node-supplied text for a log line: one line, no control characters, bounded."""
+    text = raw[:limit].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text).strip()
+
+
+def describe_refusal(head: bytes, body: bytes) -> str:
+    """``403 Forbidden: denied`` from a refusal's status line and its body's first line."""
+    status = printable(head.split(b"\r\n", 1)[0].removeprefix(b"HTTP/1.1 "), 100)
+    reason = printable(body.split(b"\n", 1)[0])
+    return f"node answered {status}" + (f": {reason}" if reason else "")
+
+
 class IngressClientEnd(splice.SpliceEnd):
     """The node-facing end of a funnel connection, until and after the node's 101."""
 
@@ -46,6 +60,7 @@ class IngressClientEnd(splice.SpliceEnd):
         self.on_refused = on_refused
         self.answer = b""
         self.accepted = False
+        self.refusing = False
 
     def connectionMade(self) -> None:
         self.transport.write(self.request)
@@ -54,12 +69,15 @@ class IngressClientEnd(splice.SpliceEnd):
         if self.accepted:
             super().dataReceived(data)
             return
-        self.answer += data
+        self.answer = (self.answer + data)[:MAX_ANSWER]
+        if self.refusing:
+            self._maybe_refusal_done()
+            return
         if len(self.answer) < len(EXPECTED) and EXPECTED.startswith(self.answer):
             return
         if not self.answer.startswith(EXPECTED):
-            status = self.answer.split(b"\r\n", 1)[0][:100].decode("latin-1", "replace")
-            self._refuse(f"node answered {status!r}")
+            self.refusing = True
+            self._maybe_refusal_done()
             return
         self.accepted = True
         rest = self.answer[len(EXPECTED) :]
@@ -68,13 +86,23 @@ class IngressClientEnd(splice.SpliceEnd):
         if rest:
             super().dataReceived(rest)
 
+    def _maybe_refusal_done(self, lost: bool = False) -> None:
+        """Refuse once the answer's head and the first line of its body are in (or the
+        connection ended, or MAX_ANSWER bytes came)."""
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        if not lost and len(self.answer) < MAX_ANSWER and not (sep and b"\n" in body):
+            return
+        self._refuse(describe_refusal(head, body))
+
     def _refuse(self, why: str) -> None:
         callback, self.on_refused = self.on_refused, lambda why: None
         self.transport.loseConnection()
         callback(why)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.accepted:
+        if self.refusing:
+            self._maybe_refusal_done(lost=True)
+        elif not self.accepted:
             callback, self.on_refused = self.on_refused, lambda why: None
             callback(f"connection to the node lost before its answer: {reason.getErrorMessage()}")
         super().connectionLost(reason)

@@ -2,10 +2,13 @@
 
 For each public connection:
 
-1. read the TLS ClientHello (sans-IO parser) within ``client-hello-timeout``; no SNI, an
-   unknown name, a malformed or oversized hello or a timeout closes the connection (counted);
+1. read the TLS ClientHello (sans-IO parser) within ``client-hello-timeout`` of the accept (a
+   total deadline: bytes trickling in do not extend it); no SNI, an unknown name, a malformed
+   or oversized hello or a timeout closes the connection (counted);
 2. open TCP over the overlay to the node's peerAPI and send ``POST /v0/ingress``; anything but
-   the exact 101 closes the public connection;
+   the exact 101, or no answer within ``ingress-connect-timeout``, closes the public
+   connection (a silent node is logged once a minute at most, with why: no WireGuard session
+   or no answer from its peerAPI);
 3. replay the buffered ClientHello to the node and splice the two connections until both
    sides are done. The relay never holds a key that could decrypt the stream.
 
@@ -35,6 +38,8 @@ from .routes import Routes
 
 log = Logger()
 
+UNREACHABLE_LOG_INTERVAL = 60.0  # "node X unreachable" at most this often per node
+
 
 class State(enum.Enum):
     """Where a public connection is: each stage admits only its own events."""
@@ -58,6 +63,9 @@ class PublicConnection(splice.SpliceEnd):
         self.node_end: IngressClientEnd | None = None
         self._timer: IDelayedCall | None = None
         self.last_activity = 0.0
+        self.target = ""  # SNI host:port, once the ClientHello named it
+        self.node_name = ""
+        self.node_address = ""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -73,18 +81,27 @@ class PublicConnection(splice.SpliceEnd):
 
     def _hello_timeout(self) -> None:
         self._timer = None
-        if self.state in (State.HELLO, State.INGRESS):
-            self.factory.count(
-                "client_hello_timeout" if self.state is State.HELLO else "node_timeout"
-            )
+        if self.state is State.HELLO:
+            self.factory.count("client_hello_timeout")
             self._close(
-                f"no {'ClientHello' if self.state is State.HELLO else 'answer from node'} in time"
+                f"no complete ClientHello within {self.factory.client_hello_timeout:g} s "
+                f"({len(self.parser.buffer)} bytes)"
             )
 
-    def _close(self, why: str) -> None:
-        log.debug(
-            "public connection from {src} closed: {why}",
+    def _ingress_timeout(self) -> None:
+        self._timer = None
+        if self.state is not State.INGRESS:
+            return
+        self.factory.count("node_timeout")
+        why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
+        self.factory.node_unreachable(self.node_name, why)
+        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
+
+    def _close(self, why: str, quiet: bool = False) -> None:
+        (log.debug if quiet else log.info)(
+            "public connection from {src} for {target} closed: {why}",
             src=format_host_port(*self.source),
+            target=self.target or "(no name yet)",
             why=why,
         )
         self.state = State.CLOSED
@@ -127,14 +144,20 @@ class PublicConnection(splice.SpliceEnd):
             return
         if hello.server_name is None:
             self.factory.count("no_sni")
-            self._close("no SNI")
+            self._close("no SNI in the ClientHello")
             return
+        self.target = format_host_port(hello.server_name, self.public_port)
         node = self.factory.routes.lookup(hello.server_name)
         if node is None:
             self.factory.count("unknown_name")
-            self._close(f"no node serves {hello.server_name}")
+            self._close("no node serves this name")
             return
         self.state = State.INGRESS
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.reactor.callLater(
+            self.factory.ingress_timeout, self._ingress_timeout
+        )
         self.transport.pauseProducing()
         self._ask_node(node, hello.server_name)
 
@@ -149,6 +172,7 @@ class PublicConnection(splice.SpliceEnd):
         )
         self.node_end = IngressClientEnd(request, self._accepted, self._refused)
         self.node_name = node.name
+        self.node_address = format_host_port(str(peerapi_ip), peerapi_port)
         endpoint = self.factory.node_endpoint(str(peerapi_ip), peerapi_port)
         d = endpoint.connect(OneProtocolFactory(self.node_end))
         d.addErrback(self._unreachable)
@@ -157,25 +181,15 @@ class PublicConnection(splice.SpliceEnd):
         if self.state is State.CLOSED:
             return
         self.factory.count("node_unreachable")
-        log.info(
-            "node {node} unreachable for {src}: {error}",
-            node=self.node_name,
-            src=format_host_port(*self.source),
-            error=failure.getErrorMessage(),
-        )
-        self._close("node unreachable")
+        why = self.factory.why_unreachable(self.node_name) or failure.getErrorMessage()
+        self.factory.node_unreachable(self.node_name, why)
+        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
 
     def _refused(self, why: str) -> None:
         if self.state is State.CLOSED:
             return
         self.factory.count("node_refused")
-        log.info(
-            "node {node} refused {src}: {why}",
-            node=self.node_name,
-            src=format_host_port(*self.source),
-            why=why,
-        )
-        self._close(why)
+        self._close(f"refused by node {self.node_name}: {why}")
 
     def _accepted(self, node_end: IngressClientEnd) -> None:
         if self.state is not State.INGRESS:
@@ -217,7 +231,11 @@ class PublicFactory(protocol.Factory):
         client_hello_timeout: float,
         idle_timeout: float,
         limits: ConnectionLimits,
+        ingress_timeout: float = 5.0,
+        why_unreachable: Callable[[str], str | None] = lambda node: None,
     ) -> None:
+        """``ingress_timeout``: connect to the node and get its answer within this long;
+        ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session)."""
         self.reactor = reactor
         self.routes = routes
         self.node_endpoint = node_endpoint
@@ -225,12 +243,24 @@ class PublicFactory(protocol.Factory):
         self.client_hello_timeout = client_hello_timeout
         self.idle_timeout = idle_timeout
         self.limits = limits
+        self.ingress_timeout = ingress_timeout
+        self.why_unreachable = why_unreachable
+        self._unreachable_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> PublicConnection:
         return PublicConnection(self, self.public_port)
 
     def count(self, what: str) -> None:
         self.limits.count(what)
+
+    def node_unreachable(self, node: str, why: str) -> None:
+        """Log a silent node once per ``UNREACHABLE_LOG_INTERVAL``, not once per visitor."""
+        now = self.reactor.seconds()
+        last = self._unreachable_logged.get(node)
+        if last is not None and now - last < UNREACHABLE_LOG_INTERVAL:
+            return
+        self._unreachable_logged[node] = now
+        log.warn("node {node} unreachable: {why}", node=node, why=why)
 
     def admit(self, conn: PublicConnection) -> bool:
         return self.limits.admit(conn)

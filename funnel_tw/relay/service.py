@@ -19,6 +19,8 @@ from .routes import Routes
 
 log = Logger()
 
+SESSION_LIFETIME = 180.0  # WireGuard's Reject-After-Time: no handshake since is no session
+
 
 class RelayService(MultiService):
     def __init__(self, config: RelayConfig, reactor: Any = None) -> None:
@@ -52,12 +54,28 @@ class RelayService(MultiService):
         return PublicFactory(
             reactor=self.reactor,
             routes=self.routes,
-            node_endpoint=lambda host, port: self.overlay.client_endpoint(host, port, 10.0),
+            node_endpoint=lambda host, port: self.overlay.client_endpoint(
+                host, port, self.config.ingress_connect_timeout
+            ),
             public_port=public_port,
             client_hello_timeout=self.config.client_hello_timeout,
             idle_timeout=self.config.idle_timeout,
             limits=self.limits,
+            ingress_timeout=self.config.ingress_connect_timeout,
+            why_unreachable=self.why_unreachable,
         )
+
+    def why_unreachable(self, node: str) -> str | None:
+        """What the overlay knows of a node that does not answer (None: its session is up)."""
+        peer = next((p for p in self.overlay.device.peers if p.name == node), None)
+        if peer is None:
+            return None
+        if peer.endpoint is None:
+            return "no WireGuard session (no endpoint known: the node has not been heard from)"
+        last = peer.last_handshake
+        if last is None or self.reactor.seconds() - last > SESSION_LIFETIME:
+            return f"no WireGuard session with {peer.endpoint[0]}:{peer.endpoint[1]}"
+        return None
 
     def startService(self) -> None:
         log.info(

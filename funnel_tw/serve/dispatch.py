@@ -16,12 +16,12 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from ..flow import Flow, IIngressHandler
 from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
 from ..web import splice
+from ..web.closing import BoundedCloseTLSFactory
 from ..web.factories import OneProtocolFactory
 from ..web.hostport import parse_host_port
 from . import proxyproto
@@ -147,8 +147,12 @@ class Dispatcher:
         return proxyproto.header(version, flow.client, (own, backend_port))
 
     def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
-        factory = TLSMemoryBIOFactory(
-            self.store.creator(alpn), False, OneProtocolFactory(CloseAfterACMEHandshake(inner))
+        # a bounded close: a stalled client cannot hold a TLS flow open after it is closed
+        factory = BoundedCloseTLSFactory(
+            self.store.creator(alpn),
+            False,
+            OneProtocolFactory(CloseAfterACMEHandshake(inner)),
+            clock=self.reactor,
         )
         wrapped = factory.buildProtocol(None)
         assert wrapped is not None

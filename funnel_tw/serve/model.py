@@ -38,6 +38,7 @@ class HTTPHandler:
     proxy: str | None = None
     path: str | None = None
     text: str | None = None
+    underscores: bool = False  # proxy: pass request header names with "_" (not in the JSON)
 
     def to_json(self) -> dict[str, str]:
         if self.proxy is not None:
@@ -70,12 +71,12 @@ class TCPPortHandler:
         return out
 
 
-def mount_handler(target: str) -> HTTPHandler:
+def mount_handler(target: str, underscores: bool = False) -> HTTPHandler:
     """funnel_tw.config has normalised targets: URLs, ``unix:``, ``text:``, absolute paths."""
     if target.startswith("text:"):
         return HTTPHandler(text=target[5:])
     if target.startswith(("http://", "https://", "https+insecure://", "unix:")):
-        return HTTPHandler(proxy=target)
+        return HTTPHandler(proxy=target, underscores=underscores)
     return HTTPHandler(path=target)
 
 
@@ -132,7 +133,10 @@ class ServeConfig:
             else:
                 hosts[f"{port.host}:{port.port}"] = handler
             if isinstance(port.handler, HTTPSMounts):
-                mounts = {path: mount_handler(target) for path, target in port.handler.mounts}
+                mounts = {
+                    path: mount_handler(target, path in port.handler.underscores)
+                    for path, target in port.handler.mounts
+                }
                 for site in names:
                     web[site] = mounts
                     timeouts[site] = port.handler.proxy_timeout

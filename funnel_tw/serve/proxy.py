@@ -368,7 +368,7 @@ class ProxiedRequest:
 
     def start(self, outgoing: str) -> None:
         request, target = self.request, self.proxy.target
-        headers = forwarded_headers(request, self.proxy.flow)
+        headers = forwarded_headers(request, self.proxy.flow, underscores=self.proxy.underscores)
         body = _request_body(request)
         agent = self.proxy.backends.agent_for(target)
         self.answer = agent.request(request.method, target.agent_url(outgoing), headers, body)
@@ -452,8 +452,10 @@ class ProxyResource(Resource):
         reactor: Any,
         backends: Backends | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        underscores: bool = False,
     ) -> None:
         super().__init__()
+        self.underscores = underscores
         self.target = Target(target)
         self.prefix = prefix
         self.flow = flow
@@ -488,7 +490,9 @@ class ProxyResource(Resource):
         return b"upgrade" in [t.strip().lower() for t in tokens.split(b",")]
 
     def _upgrade(self, request: Request, outgoing: str) -> int:
-        headers = forwarded_headers(request, self.flow, keep_upgrade=True)
+        headers = forwarded_headers(
+            request, self.flow, keep_upgrade=True, underscores=self.underscores
+        )
         head = h11.Request(
             method=request.method,
             target=outgoing.encode("utf-8", "surrogateescape"),

@@ -60,8 +60,9 @@ class TextResource(resource.Resource):
 class MountRouter(resource.Resource):
     """Routes every request of one HTTPS port by SNI host and mount path.
 
-    ``proxy_factory(target, prefix, flow, timeout)`` builds the resource of a proxy mount;
-    the timeout is that of the site's section."""
+    ``proxy_factory(target, prefix, flow, timeout, underscores)`` builds the resource of a
+    proxy mount; the timeout is that of the site's section, ``underscores`` the mount's opt-in
+    to header names with "_"."""
 
     def __init__(
         self,
@@ -120,7 +121,7 @@ class MountRouter(resource.Resource):
             client = format_host_port(*self.flow.client)
             site = format_host_port(tls_server_name(request) or self.flow.host, self.port)
             return FileMount(handler.path, path, rest, client, site, self.count)
-        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout)
+        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout, handler.underscores)
 
 
 class ServeSite(Site):

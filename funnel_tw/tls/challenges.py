@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
 from .acme import dns01_value
+from .signing import dns_names, sign_certificate
 from .store import CertificateStore
 
 log = Logger()
@@ -88,21 +87,17 @@ def tls_alpn_certificate(
     key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authz.encode()).digest()
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        # the extension's value is the DER OCTET STRING holding the digest
-        .add_extension(
-            x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), critical=True
-        )
-        .sign(key, hashes.SHA256())
+    cert = sign_certificate(
+        name,
+        key.public_key(),
+        key,
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + datetime.timedelta(days=1),
+        extensions=[
+            (dns_names([name]), False),
+            # the extension's value is the DER OCTET STRING holding the digest
+            (x509.UnrecognizedExtension(ACME_IDENTIFIER_OID, b"\x04\x20" + digest), True),
+        ],
     )
     return key, cert
 

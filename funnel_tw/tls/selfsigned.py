@@ -12,12 +12,12 @@ import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .pem import chain_pem, key_pem, load_combined, names_of, new_key, write_private
+from .signing import dns_names, sign_certificate
 
 CA_LIFETIME = datetime.timedelta(days=3650)
 LEAF_LIFETIME = datetime.timedelta(days=90)
@@ -31,22 +31,17 @@ def _ca(directory: Path, now: datetime.datetime) -> tuple[PrivateKeyTypes, x509.
         if chain.not_valid_after_utc - now > LEAF_LIFETIME:
             return key, chain
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "funnel-tw local CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
+    cert = sign_certificate(
+        "funnel-tw local CA",
+        key.public_key(),
+        key,
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + CA_LIFETIME,
+        extensions=[
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (x509.KeyUsage(False, False, False, False, False, True, True, False, False), True),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+        ],
     )
     write_private(key_path, key_pem(key))
     write_private(cert_path, chain_pem([cert]))
@@ -85,21 +80,19 @@ def ensure_certificate(
     ca_key, ca_cert = _ca(directory, now)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = new_key()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, wanted[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + LEAF_LIFETIME)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in wanted]), False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = sign_certificate(
+        wanted[0],
+        key.public_key(),
+        ca_key,
+        issuer=ca_cert.subject,
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + LEAF_LIFETIME,
+        extensions=[
+            (dns_names(wanted), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        ],
     )
     write_private(path, key_pem(key) + chain_pem([cert, ca_cert]))
     return path

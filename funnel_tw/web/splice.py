@@ -5,16 +5,22 @@ Each transport is registered as the other's streaming producer, so a slow reader
 fast writer's source instead of filling a buffer. An end of stream is passed on as a half-close
 where the transport supports it; when both directions are done, or either side is lost, both
 are closed.
+
+A loss is passed on as what it was: a side that was reset (or timed out) aborts the other, so
+a reset travels end to end at once; a side that closed cleanly closes the other, and that
+close is bounded (:mod:`.closing`): a far side that reads nothing cannot keep it forever.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import error, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .closing import close_within
 
 MAX_EARLY_BYTES = 256 * 1024  # held for the other side while it is still connecting
 
@@ -44,6 +50,8 @@ class SpliceEnd(protocol.Protocol):
         self.received = 0
         self.on_lost: Any = None  # called once with the reason when this end is gone
         self.on_activity: Any = None  # called on every chunk (idle timeouts)
+        self.clock: Any = None  # for the close bound (None: the global reactor)
+        self._abort_call: Any = None  # a close in progress: abort at this call
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -72,7 +80,7 @@ class SpliceEnd(protocol.Protocol):
             else:
                 # TLS sends close_notify only once no producer is registered
                 other.transport.unregisterProducer()
-                other.transport.loseConnection()
+                other.close()
         self._maybe_finish()
 
     def writeConnectionLost(self) -> None:
@@ -82,16 +90,27 @@ class SpliceEnd(protocol.Protocol):
     def _maybe_finish(self) -> None:
         other = self.other
         if other is not None and self.read_done and other.read_done:
-            self.transport.loseConnection()
+            self.close()
             if other.transport is not None:
-                other.transport.loseConnection()
+                other.close()
+
+    def close(self) -> None:
+        """Close this end's transport, within a bound."""
+        if self.lost or self._abort_call is not None or self.transport is None:
+            return
+        self._abort_call = close_within(self.transport, self.clock)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.lost = True
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         other = self.other
         if other is not None and other.transport is not None and not other.lost:
             other.transport.unregisterProducer()
-            other.transport.loseConnection()
+            if reason.check(error.ConnectionDone) is not None:
+                other.close()
+            else:
+                other.transport.abortConnection()  # a reset is passed on as one
         if self.on_lost is not None:
             callback, self.on_lost = self.on_lost, None
             callback(reason)

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from funnel_tw import keys
+from tests._support import curl_argv, free_port, wait_until_blocking
 from tests.interop.netns import Namespace, kill_group, require_interop, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,13 +61,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port free on loopback right now (TCP or UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def make_workdir(add_cleanup: AddCleanup) -> Path:
     """A short folder under /tmp (trial's temp paths are long; sockets live in state-dirs)."""
     path = Path(tempfile.mkdtemp(prefix="ftw-e2e-"))
@@ -80,20 +74,6 @@ def write_key(path: Path, key: bytes) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(keys.encode_key(key) + "\n")
     return path
-
-
-def wait_until(
-    what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05
-) -> float:
-    """Poll ``check`` until true; the seconds it took. Raises AssertionError at the deadline."""
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def proc_status_kib(pid: int, key: str) -> int:
@@ -238,19 +218,27 @@ class Process:
 
     def wait_log(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match[str]:
         """Wait for a regex in the log (from byte offset ``after``); fail if the process dies."""
-        deadline = time.monotonic() + timeout
-        while True:
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
             text = self.log()[after:]
             m = re.search(pattern, text)
             if m:
-                return m
+                found.append(m)
+                return True
             if not self.alive():
                 raise AssertionError(
                     f"{self.name} exited {self.proc.returncode} before /{pattern}/:\n{text[-4000:]}"
                 )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"/{pattern}/ not in {self.name} log:\n{text[-4000:]}")
-            time.sleep(0.05)
+            return False
+
+        wait_until_blocking(
+            seen,
+            timeout,
+            f"/{pattern}/ in {self.name} log",
+            detail=lambda: self.log()[after:][-4000:],
+        )
+        return found[0]
 
     def terminate(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait; SIGKILL the group if it is still there after ``timeout``."""
@@ -292,7 +280,7 @@ def start_backend(
             raise AssertionError(f"backend {name} exited:\n{proc.log()}")
         return port_file.exists()
 
-    wait_until(f"backend {name}", ready, 15)
+    wait_until_blocking(ready, 15, f"backend {name}")
     return proc, int(port_file.read_text())
 
 
@@ -481,7 +469,7 @@ funnel = yes
         node.daemon = start_daemon("funnel", node.ini, self.add_cleanup, node.prefix)
         if wait:
             node.daemon.wait_log(r"handshake with relay complete", after=offset)
-            wait_until(f"{node.ca}", node.ca.exists, 10)
+            wait_until_blocking(node.ca.exists, 10, f"{node.ca}")
         return node.daemon
 
     def start(self, probe: bool = True) -> None:
@@ -516,7 +504,7 @@ funnel = yes
             return status == 200 and node.text in body
 
         try:
-            return wait_until(f"{name} through the relay", ok, timeout, interval=0.2)
+            return wait_until_blocking(ok, timeout, f"{name} through the relay", interval=0.2)
         except AssertionError as e:
             raise AssertionError(f"{e}; last attempt: {last}\n{self.logs()}") from None
 
@@ -537,19 +525,18 @@ funnel = yes
         port = port or self.public_port
         cmd = [
             *prefix,
-            "curl",
-            "-sS",
-            "--max-time",
-            str(int(timeout) - 2),
-            "--http2" if http2 else "--http1.1",
-            "--cacert",
-            str(node.ca),
-            "--resolve",
-            f"{name}:{port}:{connect_host}",
-            "-w",
-            "\n__e2e__ %{http_code} %{http_version}",
-            *extra,
-            f"https://{name}:{port}{path}",
+            *curl_argv(
+                name,
+                port,
+                path,
+                "--http2" if http2 else "--http1.1",
+                "-w",
+                "\n__e2e__ %{http_code} %{http_version}",
+                *extra,
+                ca_file=node.ca,
+                connect=connect_host,
+                max_time=int(timeout) - 2,
+            ),
         ]
         proc = run(cmd, timeout=timeout, check=False)
         return CurlResult.parse(proc)

@@ -167,7 +167,9 @@ class HalfOpenFloodTests(SynchronousTestCase):
             def accepted(want: int = want) -> bool:
                 return harness.fd_count(relay.pid) >= want
 
-            harness.wait_until(f"relay to accept {len(self.sockets)}", accepted, 15, 0.02)
+            harness.wait_until_blocking(
+                accepted, 15, f"relay to accept {len(self.sockets)}", interval=0.02
+            )
             peak = max(peak, relay.rss_kib())
         self.assertTrue(relay.alive())
         # a normal client is served while all of them are open
@@ -186,10 +188,10 @@ class HalfOpenFloodTests(SynchronousTestCase):
         self.assertLess(peak, RSS_LIMIT_KIB)
         # all released: the relay's descriptors come back down and it still serves
         self.close_all()
-        harness.wait_until(
-            "relay to release the connections",
+        harness.wait_until_blocking(
             lambda: harness.fd_count(relay.pid) <= base_fds + 16,
             20,
+            "relay to release the connections",
             interval=0.1,
         )
         self.funnel.wait_fetch(self.node, NAME, timeout=10)

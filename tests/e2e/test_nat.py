@@ -94,7 +94,7 @@ class NatTests(SynchronousTestCase):
             return results[-1].status == 200
 
         try:
-            harness.wait_until("curl through the NATed funnel", works, 20, interval=0.3)
+            harness.wait_until_blocking(works, 20, "curl through the NATed funnel", interval=0.3)
         except AssertionError as e:
             raise AssertionError(f"{e}: {results[-1:]}\n{self.funnel.logs()}") from None
         self.assertIn(self.node.text, results[-1].body)

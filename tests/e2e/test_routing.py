@@ -57,7 +57,13 @@ class TwoNodesTests(SynchronousTestCase):
             self.assertNotIn(self.apps.text, result.body)
             self.assertNotIn(self.other.text, result.body)
         relay_log = self.funnel.relay.log() if self.funnel.relay else ""
-        self.assertIn("node apps refused", relay_log)  # c.apps: the node said no
+        # c.apps: the node said no, and the relay's line says who asked for what and why
+        self.assertRegex(
+            relay_log,
+            r"public connection from 127\.0\.0\.1:\d+ for c\.apps\.example\.test:\d+ closed: "
+            r"refused by node apps: node answered 403 Forbidden: denied",
+        )
+        self.assertIn("unknown.example.test:", relay_log)
         # and the funnel still works afterwards
         self.assert_reaches("a.apps.example.test", self.apps, http2=False)
 

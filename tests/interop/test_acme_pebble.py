@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +38,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -54,8 +50,18 @@ from funnel_tw.tls import issuer
 from funnel_tw.tls.acme import ACMEError
 from funnel_tw.tls.issuer import ACMESource
 from funnel_tw.tls.store import CertificateStore
+from tests._support import (
+    ProcessResult,
+    curl,
+    free_port,
+    free_tcp_and_udp_port,
+    issue,
+    make_ca,
+    run_process,
+    wait_until,
+    wait_until_blocking,
+)
 from tests.interop.netns import kill_group, require_interop
-from tests.serve.harness import run
 
 NAME = "node.example.test"
 OTHER = "x.apps.example.test"
@@ -73,38 +79,6 @@ def need(test: TestCase) -> None:
             require_interop(test, f"{tool} not installed")
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_dns_port() -> int:
-    """A port free for both TCP and UDP (challtestsrv's DNS server listens on both)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port for DNS")
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(what: str, predicate: Callable[[], bool], timeout: float, why: Any) -> None:
-    """Poll ``predicate`` on the reactor; fail with ``why()`` (the source's status) on timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout:.0f} s; {why()}")
-        await sleep(0.1)
-
-
 async def first_check(source: ACMESource, why: Callable[[], str]) -> None:
     """Wait for the check the source scheduled at start; fail with its traceback if it crashed
     (an exception check() did not turn into last_error)."""
@@ -112,7 +86,7 @@ async def first_check(source: ACMESource, why: Callable[[], str]) -> None:
     def done() -> bool:
         return source._running is not None and source._running.called
 
-    await wait_for("the first check", done, ISSUE_TIMEOUT, why)
+    await wait_until(done, ISSUE_TIMEOUT, "the first check", interval=0.1, detail=why)
     crashed: list[str] = []
     assert source._running is not None
     source._running.addErrback(lambda f: crashed.append(f.getTraceback()))
@@ -122,54 +96,13 @@ async def first_check(source: ACMESource, why: Callable[[], str]) -> None:
 
 def write_server_ca(folder: Path) -> tuple[Path, Path, Path]:
     """A CA, and a certificate it signs for localhost/127.0.0.1: Pebble's own HTTPS."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "funnel-tw test ACME-server CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = make_ca("funnel-tw test ACME-server CA", not_after=datetime.timedelta(days=2))
+    cert = issue(
+        "localhost", issuer=ca, san=("localhost", "127.0.0.1"), not_after=datetime.timedelta(days=2)
     )
     paths = folder / "server-ca.pem", folder / "server-cert.pem", folder / "server-key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    paths[0].write_bytes(ca.cert_pem())
+    cert.write(paths[1], paths[2], chain=False)
     return paths
 
 
@@ -212,7 +145,7 @@ class Pebble:
         self.folder = folder
         self.ca, cert, key = write_server_ca(folder)
         self.port, self.management = free_port(), free_port()
-        self.dns, self.cts_management = free_dns_port(), free_port()
+        self.dns, self.cts_management = free_tcp_and_udp_port(), free_port()
         config: dict[str, Any] = {
             "listenAddress": f"127.0.0.1:{self.port}",
             "managementListenAddress": f"127.0.0.1:{self.management}",
@@ -294,16 +227,18 @@ class Pebble:
 
     def _wait_ready(self) -> None:
         context = ssl.create_default_context(cafile=str(self.ca))
-        deadline = time.monotonic() + 10
-        while True:
+        last: list[OSError] = []
+
+        def ready() -> bool:
             try:
                 urllib.request.urlopen(self.directory, context=context, timeout=2).read()
                 with socket.create_connection(("127.0.0.1", self.cts_management), timeout=2):
-                    return
+                    return True
             except OSError as e:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"pebble not ready: {e}; {self.logs()}") from None
-                time.sleep(0.05)
+                last[:] = [e]
+                return False
+
+        wait_until_blocking(ready, 10, "pebble", detail=lambda: f"{last}; {self.logs()}")
 
     def stop_pebble(self) -> None:
         if self.pebble is not None:
@@ -346,7 +281,16 @@ class Pebble:
 class AcmeFunnel:
     """relay.ini + node.ini (``[tls] source = acme``, tls-alpn-01), both in this process."""
 
-    def __init__(self, test: TestCase, folder: Path, pebble: Pebble, public: int, *, funnel: bool):
+    def __init__(
+        self,
+        test: TestCase,
+        folder: Path,
+        pebble: Pebble,
+        public: int,
+        *,
+        funnel: bool,
+        hostnames: str = f"{NAME}, {OTHER}",
+    ):
         self.dir = folder
         rk, nk = keys.generate_private_key(), keys.generate_private_key()
         wg = free_port(socket.SOCK_DGRAM)
@@ -369,7 +313,7 @@ peerapi = 100.64.0.2:41642
 private-key = {keys.encode_key(nk)}
 listen-port = 0
 address = 100.64.0.2/32
-hostname = {NAME}, {OTHER}
+hostname = {hostnames}
 state-dir = node-state
 
 [peer relay]
@@ -404,18 +348,8 @@ funnel = {"yes" if funnel else "no"}
             await settle(self.source)
             await self.relay.stopService()
 
-    async def curl(self, root: Path, name: str = NAME) -> tuple[int, bytes, bytes]:
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            str(root),
-            "--resolve",
-            f"{name}:{self.public}:127.0.0.1",
-            f"https://{name}:{self.public}/",
-        )
+    async def curl(self, root: Path, name: str = NAME) -> ProcessResult:
+        return await curl(name, self.public, ca_file=root, max_time=10, timeout=60)
 
 
 async def settle(source: ACMESource) -> None:
@@ -585,6 +519,30 @@ class PebbleTests(TestCase):
         served = await threads.deferToThread(lambda: KeepAlive(public, root).peer_fingerprint())
         self.assertEqual(served, leaf_fingerprint(source.current))
 
+    async def test_a_name_added_later_gets_its_certificate(self) -> None:
+        """A node with a CA-issued certificate for NAME is restarted with OTHER added: the CA's
+        tls-alpn-01 validation of OTHER reaches the node (which has no certificate for it yet)
+        and the new certificate covers both names."""
+        public = free_port()
+        pebble = await self.pebble(tls_port=public)
+        first = AcmeFunnel(self, self.folder, pebble, public, funnel=True, hostnames=NAME)
+        await first_check(first.source, status_of(first.source, pebble))
+        assert first.source.current is not None
+        self.assertEqual(sorted(first.source.current.names), [NAME])
+        await first.stop()
+        second = AcmeFunnel(self, self.folder, pebble, public, funnel=True)
+        source = second.source
+        why = status_of(source, pebble)
+        await first_check(source, why)
+        self.assertIsNone(source.status()["last_error"], why())
+        assert source.current is not None
+        self.assertEqual(sorted(source.current.names), sorted([NAME, OTHER]), why())
+        self.assertGreaterEqual(second.node.store.counters.get("tls_alpn_01_answered", 0), 1)
+        root = self.root_file(pebble)
+        code, out, err = await second.curl(root, OTHER)
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        self.assertEqual(out.decode(), PAGE)
+
     async def test_dns_01_through_a_hook_with_a_wildcard(self) -> None:
         pebble = await self.pebble(tls_port=free_port())
         source, store = dns_source(self, self.folder, pebble, f"{NAME}, {WILDCARD}")
@@ -613,7 +571,7 @@ class PebbleTests(TestCase):
         (self.folder / "rest.pem").write_bytes(
             b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain[1:])
         )
-        code, out, err = await run(
+        code, out, err = await run_process(
             "openssl",
             "verify",
             "-CAfile",

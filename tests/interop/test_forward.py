@@ -25,20 +25,25 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.internet import protocol, reactor
 from twisted.trial.unittest import TestCase
 
-from funnel_tw.web.splice import SpliceEnd
+from tests._support import (
+    ProcessResult,
+    curl_argv,
+    eventually,
+    free_port,
+    has_ipv6_loopback,
+    issue,
+    make_ca,
+    run_process,
+    wait_until_blocking,
+)
 from tests.interop.netns import kill_group, require_interop
-from tests.serve.harness import HOSTNAME, Front, ServeHarness
+from tests.serve.harness import HOSTNAME, ServeHarness
 
 NODE_V4 = "100.64.0.2"
 NODE_V6 = "fd7a:115c:a1e0::2"
@@ -54,33 +59,21 @@ def need(test: TestCase, *tools: str) -> None:
             require_interop(test, f"{tool} not installed")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        free_port("::1")
-    except OSError:
-        return False
-    return True
-
-
 def wait_listening(port: int, proc: subprocess.Popen[Any], log: Path, timeout: float = 15) -> None:
     """Block until ``port`` accepts on 127.0.0.1 (the reactor has nothing to do meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s:\n{log.read_text()[-3000:]}")
+            return False
+        return True
+
+    wait_until_blocking(
+        listening, timeout, f"a listener on {port}", detail=lambda: log.read_text()[-3000:]
+    )
 
 
 def start(test: TestCase, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
@@ -98,118 +91,31 @@ def start(test: TestCase, argv: list[str], log: Path, env: dict[str, str] | None
     return proc
 
 
-async def client(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    """Run a real client (curl, openssl) in a thread: the reactor keeps serving meanwhile."""
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    result: subprocess.CompletedProcess[bytes] = await threads.deferToThread(
-        subprocess.run,
-        argv,
-        input=stdin,
-        capture_output=True,
-        timeout=CLIENT_TIMEOUT,
-        env=env,
-        check=False,
-    )
-    return result
+async def client(argv: list[str], stdin: bytes = b"") -> ProcessResult:
+    """Run a real client (curl, openssl): the reactor keeps serving meanwhile."""
+    return await run_process(*argv, stdin=stdin, timeout=CLIENT_TIMEOUT)
 
 
 def curl(port: int, ca_file: str, path: str, *extra: str, ip: str = "127.0.0.1") -> list[str]:
-    resolve_ip = f"[{ip}]" if ":" in ip else ip
-    return [
-        "curl",
-        "-sS",
-        "--max-time",
-        "15",
-        "--cacert",
-        ca_file,
-        "--resolve",
-        f"{HOSTNAME}:{port}:{resolve_ip}",
-        *extra,
-        f"https://{HOSTNAME}:{port}{path}",
-    ]
+    return curl_argv(HOSTNAME, port, path, *extra, ca_file=ca_file, connect=ip, max_time=15)
 
 
 def tracked_front(test: TestCase, h: ServeHarness, target_port: int, ip: str = "") -> int:
     """A front (on 127.0.0.1, or ``ip``) whose connections the cleanup waits to see closed."""
-    if ip:
-        front = Front(h.peerapi.getHost().port, f"{HOSTNAME}:{target_port}")
-        listening = reactor.listenTCP(0, front, interface=ip)
-        test.addCleanup(listening.stopListening)
-        port = listening.getHost().port
-    else:
-        front, port = h.front(target_port)
-    ends: list[SpliceEnd] = []
-    build = front.buildProtocol
-
-    def recording(addr: Any) -> Any:
-        end = build(addr)
-        ends.append(end)
-        return end
-
-    front.buildProtocol = recording  # type: ignore[method-assign]
-
-    async def settle() -> None:
-        for _ in range(500):
-            if all(e.lost and (e.other is None or e.other.lost) for e in ends):
-                break
-            await task.deferLater(reactor, 0.01)
-        await task.deferLater(reactor, 0)
-
-    test.addCleanup(lambda: defer.ensureDeferred(settle()))
-    return port
+    return h.front(target_port, interface=ip or "127.0.0.1", settle=True)[1]
 
 
 def make_ca_and_leaf(directory: Path, name: str) -> tuple[Path, Path, Path]:
     """A throwaway CA and a certificate for ``name``: (ca.pem, cert.pem with chain, key.pem)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "funnel-tw interop test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = make_ca(
+        "funnel-tw interop test CA",
+        not_before=datetime.timedelta(minutes=-5),
+        path_length=0,
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
+    leaf = issue(name, issuer=ca, ca=False, not_before=datetime.timedelta(minutes=-5))
     ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_file.chmod(0o600)
+    ca_file.write_bytes(ca.cert_pem())
+    leaf.write(cert_file, key_file)
     return ca_file, cert_file, key_file
 
 
@@ -275,11 +181,13 @@ https://{HOSTNAME}:{self.caddy_port} {{
         wait_listening(self.caddy_port, proc, log)
         self.caddy_root = storage / "pki" / "authorities" / "local" / "root.crt"
         leaf = storage / "certificates" / "local" / HOSTNAME / f"{HOSTNAME}.crt"
-        deadline = time.monotonic() + 15
-        while not (self.caddy_root.exists() and leaf.exists()):
-            if time.monotonic() > deadline or proc.poll() is not None:
+
+        def made() -> bool:
+            if proc.poll() is not None:
                 self.fail(f"Caddy made no certificate:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
+            return self.caddy_root.exists() and leaf.exists()
+
+        wait_until_blocking(made, 15, "Caddy's certificate", detail=lambda: log.read_text()[-3000:])
         self.h = ServeHarness(
             self, f"[serve 8443]\nfunnel = yes\ntcp-forward = 127.0.0.1:{self.caddy_port}\n"
         )
@@ -447,14 +355,20 @@ proxy-protocol = 2
 
     async def logged(self, path: str) -> list[str]:
         """nginx's access log line for ``path``: [client addr, port, server addr, port]."""
-        for _ in range(200):
+        found: list[list[str]] = []
+
+        def seen() -> bool:
             if self.log.exists():
                 for line in self.log.read_text().splitlines():
                     fields = line.split()
                     if fields and fields[-1] == path:
-                        return fields[:-1]
-            await task.deferLater(reactor, 0.025)
-        self.fail(f"{path} not in nginx's access log: {self.log.read_text()!r}")
+                        found.append(fields[:-1])
+                        return True
+            return False
+
+        if not await eventually(seen, 5, interval=0.025):
+            self.fail(f"{path} not in nginx's access log: {self.log.read_text()!r}")
+        return found[0]
 
     async def check(
         self, serve_port: int, version: int, ca_file: str, body: bytes, backend: int

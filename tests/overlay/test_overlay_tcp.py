@@ -146,3 +146,89 @@ class PacketFilterTests(TestCase):
                 protocol.Factory.forProtocol(lambda: Client(b"x"))
             )
         self.assertGreater(node.stats()["drop_filtered"], before)
+
+
+class Stalling(protocol.Protocol):
+    """Server: reads nothing (pauses its transport at once) and records how it ended."""
+
+    def __init__(self) -> None:
+        self.lost: defer.Deferred[Exception] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.callback(reason.value)
+
+
+class Flooder(protocol.Protocol):
+    def __init__(self) -> None:
+        self.lost: defer.Deferred[Exception] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(os.urandom(3 << 20))  # more than the paused reader's window
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost.callback(reason.value)
+
+
+async def sleep(seconds: float) -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+class AbandonedFlowTests(TestCase):
+    """The far end goes away while our side is paused or holds unsent data."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.relay, self.node = overlay_pair()
+        self.addCleanup(self.relay.stop)
+        self.addCleanup(self.node.stop)
+
+    async def _stalled(self) -> tuple[Stalling, Flooder]:
+        server = Stalling()
+        await self.node.server_endpoint(5000).listen(protocol.Factory.forProtocol(lambda: server))
+        client = Flooder()
+        await self.relay.client_endpoint("100.64.0.2", 5000).connect(
+            protocol.Factory.forProtocol(lambda: client)
+        )
+        for _ in range(100):  # until the node's window is shut and the relay holds the rest
+            await sleep(0.05)
+            conn = client.transport.conn
+            if conn.snd_wnd == 0 and conn.send_buffered > 0:
+                break
+        self.assertEqual(client.transport.conn.snd_wnd, 0)
+        self.assertEqual(len(self.node.tcp_connections()), 1)
+        return server, client
+
+    async def test_reset_reaches_a_paused_protocol(self) -> None:
+        server, client = await self._stalled()
+        started = reactor.seconds()
+        client.transport.abortConnection()
+        reason = await server.lost
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertIn("reset", str(reason))
+        self.assertEqual(self.node.tcp_connections(), [])
+
+    async def test_close_behind_a_shut_window_ends_in_a_reset(self) -> None:
+        server, client = await self._stalled()
+        client.transport.conn.orphan_timeout = 1.0
+        started = reactor.seconds()
+        client.transport.loseConnection()  # its data can never be sent: the peer reads nothing
+        await client.lost
+        reason = await server.lost
+        self.assertLess(reactor.seconds() - started, 3.0)
+        self.assertIn("reset", str(reason))
+        self.assertEqual(self.node.tcp_connections(), [])
+        self.assertEqual(self.relay.tcp_connections(), [])
+        self.assertEqual(self.relay.stats()["tcp_user_timeouts"], 1)
+
+    async def test_paused_side_letting_go_releases_the_sender(self) -> None:
+        server, client = await self._stalled()
+        server.transport.loseConnection()  # paused, and held what it read: it lets go
+        await client.lost
+        await server.lost
+        self.assertEqual(self.node.tcp_connections(), [])

@@ -1,13 +1,17 @@
-"""peerAPI gate, /v0/ingress checks and the hijack, over loopback TCP with a real reactor."""
+"""peerAPI gate, /v0/ingress checks and the hijack, over in-memory connections
+(twisted.test.iosim) on a task.Clock: deterministic, and the idle timeout needs no real wait."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import TestCase
 
 from funnel_tw.flow import Flow
@@ -59,6 +63,19 @@ def request(
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
 
 
+class Transport(iosim.FakeTransport):  # type: ignore[misc]
+    """iosim's in-memory transport, with the ``connected`` a TCP transport has (the hijack
+    reads it)."""
+
+    @property
+    def connected(self) -> bool:
+        return not self.disconnected
+
+
+PEERAPI = IPv4Address("TCP", "127.0.0.1", 41642)  # the node's peerAPI, as the caller dials it
+CALLER = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
 class IngressTests(TestCase):
     timeout = 20
 
@@ -73,28 +90,51 @@ class IngressTests(TestCase):
             self.recorders.append(recorder)
             return recorder
 
+        self.clock = task.Clock()
         self.ingress = IngressResource(
-            reactor=reactor,
+            reactor=self.clock,
             caller_name=self.callers.get,
             policy=SimpleNamespace(
                 admits_funnel=lambda host, port: (host, port) == ("node.example.com", 443)
             ),
             dispatcher=SimpleNamespace(protocol_for=accept),
         )
-        self.site = PeerAPISite(PeerAPIRoot(lambda: self.valid, self.ingress), reactor, timeout=2)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.valid = {f"127.0.0.1:{self.port.getHost().port}"}
+        self.site = PeerAPISite(
+            PeerAPIRoot(lambda: self.valid, self.ingress), self.clock, timeout=2
+        )
+        self.valid = {f"{PEERAPI.host}:{PEERAPI.port}"}
+
+    def connect(self) -> tuple[RawClient, iosim.IOPump]:
+        """A caller connected to the peerAPI; the pump moves bytes and runs clock.advance(0)."""
+        client = RawClient()
+        server = self.site.buildProtocol(CALLER)
+        pump = iosim.connect(
+            server,
+            Transport(server, True, PEERAPI, CALLER),
+            client,
+            Transport(client, False, CALLER, PEERAPI),
+            greet=False,
+            clock=self.clock,
+        )
+        return client, pump
+
+    def elapse(self, pump: iosim.IOPump, seconds: float, until: defer.Deferred[Any]) -> None:
+        """Let ``seconds`` pass on the clock, in steps, moving bytes, or until ``until`` fires."""
+        deadline = self.clock.seconds() + seconds
+        while not until.called and self.clock.seconds() < deadline:
+            self.clock.advance(0.05)
+            pump.flush()
 
     async def exchange(self, data: bytes, close_after: float | None = 0.3) -> bytes:
-        client = RawClient()
-        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", self.port.getHost().port
-        )
+        client, pump = self.connect()
         client.transport.write(data)
+        pump.flush()
         if close_after is not None:
-            await task.deferLater(reactor, close_after, lambda: None)
+            self.elapse(pump, close_after, client.closed)
             client.transport.loseConnection()
+        else:
+            self.elapse(pump, 30, client.closed)  # until the peerAPI gives up on it
+        pump.flush()
         return await client.closed
 
     async def assertRefused(self, data: bytes, code: int, body: str) -> None:
@@ -144,6 +184,21 @@ class IngressTests(TestCase):
         await self.assertRefused(request(target="node.example.com:8443"), 403, "denied")
         await self.assertRefused(request(target="other.example.com:443"), 403, "denied")
 
+    async def test_refusal_log_line(self) -> None:
+        """One line: the reason, the caller's ip:port, the client and the host:port, no repr."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        await self.assertRefused(request(target="other.example.com:8443"), 403, "denied")
+        lines = [formatEvent(e) for e in events if "ingress refused" in (e.get("log_format") or "")]
+        self.assertEqual(len(lines), 1)
+        line = lines[0]
+        self.assertRegex(line, r"^ingress refused: 403 denied: caller 127\.0\.0\.1:\d+, ")
+        self.assertIn("client 203.0.113.9:5555", line)
+        self.assertIn("target other.example.com:8443", line)
+        self.assertNotIn("Address(", line)
+        self.assertEqual(self.ingress.counters["ingress_403"], 1)
+
     async def test_gate(self) -> None:
         await self.assertRefused(
             request(extra="Referer: http://x/\r\n"), 403, "invalid peerapi request"
@@ -160,21 +215,16 @@ class IngressTests(TestCase):
 
     async def test_accept_exact_101_then_raw_stream(self) -> None:
         own_host = next(iter(self.valid))
-        client = RawClient()
-        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", self.port.getHost().port
-        )
+        client, pump = self.connect()
         # bytes right after the head, in the same segment, belong to the stream
         client.transport.write(request(host=own_host) + b"echo:hello")
-        for _ in range(50):
-            if client.data.endswith(b"hello"):
-                break
-            await task.deferLater(reactor, 0.02, lambda: None)
+        pump.flush()
         self.assertEqual(client.data, SWITCHING_PROTOCOLS + b"hello")
         # later bytes, including what looks like HTTP, are raw stream now
         client.transport.write(b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n")
-        await task.deferLater(reactor, 0.2, lambda: None)
+        pump.flush()
         client.transport.loseConnection()
+        pump.flush()
         await client.closed
         await self.recorders[0].lost
         self.assertEqual(
@@ -194,13 +244,11 @@ class IngressTests(TestCase):
         )
 
     async def test_ipv6_source(self) -> None:
-        client = RawClient()
-        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", self.port.getHost().port
-        )
+        client, pump = self.connect()
         client.transport.write(request(src="[2001:db8::7]:443"))
-        await task.deferLater(reactor, 0.2, lambda: None)
+        pump.flush()
         client.transport.loseConnection()
+        pump.flush()
         await client.closed
         self.assertEqual(client.data, SWITCHING_PROTOCOLS)
         self.assertEqual(self.flows[0].client, ("2001:db8::7", 443))

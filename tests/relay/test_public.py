@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import reactor, threads
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
@@ -17,6 +18,7 @@ from funnel_tw import keys
 from funnel_tw.config import load_node_config, load_relay_config
 from funnel_tw.node.service import NodeService
 from funnel_tw.relay.service import RelayService
+from tests._support import eventually, free_port, wait_until
 
 from .test_clienthello import real_hello
 
@@ -30,10 +32,6 @@ class Hello(resource.Resource):
         return b"hello from the backend"
 
 
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 class Funnel:
     """relay.ini + node.ini in a folder, both services running in this process."""
 
@@ -43,9 +41,9 @@ class Funnel:
         backend = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
         test.addCleanup(backend.stopListening)
         rk, nk = keys.generate_private_key(), keys.generate_private_key()
-        wg = _free(socket.SOCK_DGRAM)
-        self.public = _free(socket.SOCK_STREAM)
-        self.redirect = _free(socket.SOCK_STREAM)
+        wg = free_port(socket.SOCK_DGRAM)
+        self.public = free_port(socket.SOCK_STREAM)
+        self.redirect = free_port(socket.SOCK_STREAM)
         (self.dir / "relay.ini").write_text(f"""[relay]
 private-key = {keys.encode_key(rk)}
 listen-port = {wg}
@@ -93,11 +91,27 @@ funnel = {"yes" if funnel else "no"}
             await self.relay.stopService()
 
     async def ready(self) -> None:
-        for _ in range(100):
-            if self.relay.overlay.device.handshakes_completed:
-                return
-            await sleep(0.05)
-        raise AssertionError("no WireGuard handshake between node and relay")
+        await wait_until(
+            lambda: self.relay.overlay.device.handshakes_completed,
+            5,
+            "a WireGuard handshake between node and relay",
+        )
+
+    async def holding(self, count: int) -> None:
+        """Until the relay has taken ``count`` connections in."""
+        await wait_until(
+            lambda: len(self.relay.limits.open) >= count, 5, f"the relay to hold {count}"
+        )
+
+    async def close(self, held: list[socket.socket]) -> None:
+        """Reset the client sockets a test held open, and wait (bounded) until the relay has let
+        them go: stopped with them still open, it would wait out its shutdown-timeout. (A FIN
+        would not do: before the ClientHello the relay takes it for a half-close and waits for
+        client-hello-timeout.)"""
+        for s in held:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        await eventually(lambda: not self.relay.limits.open, 5)
 
     def counters(self) -> dict[str, int]:
         return self.relay.limits.counters
@@ -114,12 +128,6 @@ funnel = {"yes" if funnel else "no"}
             while chunk := tls.recv(65536):
                 answer += chunk
         return answer
-
-
-def _free(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def raw_exchange(port: int, data: bytes, wait: float = 3.0) -> tuple[bytes, float]:
@@ -194,8 +202,8 @@ class RelayTests(TestCase):
     async def test_per_ip_limit(self) -> None:
         f = Funnel(self, "max-connections-per-ip = 3")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(3)]
-        self.addCleanup(lambda: [s.close() for s in held])
-        await sleep(0.2)
+        self.addCleanup(f.close, held)
+        await f.holding(3)
         received, took = await raw_exchange(f.public, b"")
         self.assertEqual(received, b"")
         self.assertLess(took, 2)
@@ -205,8 +213,8 @@ class RelayTests(TestCase):
     async def test_max_connections(self) -> None:
         f = Funnel(self, "max-connections = 2")
         held = [socket.create_connection(("127.0.0.1", f.public)) for _ in range(2)]
-        self.addCleanup(lambda: [s.close() for s in held])
-        await sleep(0.2)
+        self.addCleanup(f.close, held)
+        await f.holding(2)
         await raw_exchange(f.public, b"")
         self.assertEqual(f.counters()["refused_max_connections"], 1)
 
@@ -234,7 +242,7 @@ class RelayTests(TestCase):
         await f.ready()
         held = socket.create_connection(("127.0.0.1", f.public))
         self.addCleanup(held.close)
-        await sleep(0.2)
+        await f.holding(1)
         started = reactor.seconds()
         await f.relay.stopService()
         f.stopped = True
@@ -254,3 +262,100 @@ class RelayTests(TestCase):
 
 
 __all__: list[Any] = []
+
+
+def trickle(port: int, data: bytes, every: float, wait: float = 10.0) -> tuple[int, float]:
+    """Send ``data`` one byte every ``every`` seconds; how many went out and when it closed."""
+    import time
+
+    started = time.monotonic()
+    sent = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+            for byte in data:
+                s.sendall(bytes([byte]))
+                sent += 1
+                s.settimeout(every)
+                try:
+                    if s.recv(1) == b"":
+                        break  # closed by the relay
+                except TimeoutError:
+                    continue
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return sent, time.monotonic() - started
+
+
+class LogCapture:
+    def __init__(self, test: TestCase) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self, containing: str) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [
+            line
+            for line in (formatEvent(e) for e in self.events if e.get("log_format"))
+            if containing in line
+        ]
+
+
+class DeadlineTests(TestCase):
+    timeout = 60
+
+    async def test_client_hello_deadline_is_total(self) -> None:
+        """One byte every 0.5 s never lets the hello finish: closed at the 2 s deadline,
+        not kept open by each byte; the node still serves a normal visitor afterwards."""
+        f = Funnel(self, "client-hello-timeout = 2")
+        log = LogCapture(self)
+        sent, took = await threads.deferToThread(trickle, f.public, real_hello(NAME), 0.5)
+        self.assertGreaterEqual(took, 1.8)
+        self.assertLess(took, 3.0)
+        self.assertLess(sent, 8)
+        self.assertEqual(f.counters()["client_hello_timeout"], 1)
+        [line] = log.lines("closed: no complete ClientHello")
+        self.assertRegex(line, r"public connection from 127\.0\.0\.1:\d+ for \(no name yet\)")
+        await f.ready()
+        answer = await threads.deferToThread(f.get)
+        self.assertTrue(answer.endswith(b"hello from the backend"))
+
+    async def test_offline_node_closes_visitors_quickly_and_logs_once(self) -> None:
+        f = Funnel(self, "ingress-connect-timeout = 1\nclient-hello-timeout = 20")
+        await f.ready()
+        await f.node.stopService()  # the node goes away; the relay still has its session
+        f.stopped = True
+        self.addCleanup(f.relay.stopService)
+        log = LogCapture(self)
+        for _ in range(2):
+            received, took = await raw_exchange(f.public, real_hello(NAME), wait=10)
+            self.assertEqual(received, b"")
+            self.assertGreaterEqual(took, 0.9)
+            self.assertLess(took, 2.5)
+        self.assertEqual(f.counters()["node_timeout"], 2)
+        lines = [x for x in log.lines("node n unreachable") if x.startswith("node n")]
+        self.assertEqual(len(lines), 1, lines)  # once per node, not once per visitor
+        self.assertIn("no answer from 100.64.0.2:41642", lines[0])
+
+    async def test_node_refusal_logged_with_client_name_and_reason(self) -> None:
+        f = Funnel(self, funnel=False)
+        await f.ready()
+        log = LogCapture(self)
+        await raw_exchange(f.public, real_hello(NAME))
+        [line] = log.lines("refused by node")
+        self.assertRegex(
+            line,
+            rf"public connection from 127\.0\.0\.1:\d+ for {NAME}:{f.public} closed: "
+            r"refused by node n: node answered 403 Forbidden: denied$",
+        )
+        self.assertNotIn("Address(", line)
+
+    async def test_unknown_name_logged(self) -> None:
+        f = Funnel(self)
+        log = LogCapture(self)
+        await raw_exchange(f.public, real_hello("other.example.test"))
+        [line] = log.lines("no node serves")
+        self.assertIn(f"for other.example.test:{f.public} closed: no node serves this name", line)

@@ -3,7 +3,6 @@ relay's part (ingress request, 101, splice) so that curl and openssl can reach i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from funnel_tw.config import load_node_config
 from funnel_tw.node.service import NodeService
 from funnel_tw.relay.ingress import IngressClientEnd, ingress_request
 from funnel_tw.web import splice
+from tests._support import ProcessResult, curl, eventually, sleep
 
 HOSTNAME = "node.example.com"
 
@@ -59,9 +59,22 @@ class Front(protocol.Factory):
         self.target = target
         self.accepted = 0
         self.refusals: list[str] = []
+        self.ends: list[_FrontEnd] = []
 
     def buildProtocol(self, addr: Any) -> Any:
-        return _FrontEnd(self)
+        end = _FrontEnd(self)
+        self.ends.append(end)
+        return end
+
+    def closed(self) -> bool:
+        """Whether every connection through this front has closed, on both sides."""
+        return all(end.lost and (end.other is None or end.other.lost) for end in self.ends)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until :meth:`closed`, then one more reactor turn for the node's side
+        of each connection."""
+        await eventually(self.closed, timeout)
+        await sleep(0)
 
 
 class ServeHarness:
@@ -101,43 +114,26 @@ funnel-ingress = yes
     def ca_file(self) -> str:
         return str(self.config.state_dir / "tls" / "ca.pem")
 
-    async def curl(
-        self, port: int, path: str, *extra: str, max_time: int = 20
-    ) -> tuple[int, bytes, bytes]:
+    async def curl(self, port: int, path: str, *extra: str, max_time: int = 20) -> ProcessResult:
         """curl through a front on ``port``, trusting only the node's CA."""
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            str(max_time),
-            "--cacert",
-            self.ca_file,
-            "--resolve",
-            f"{HOSTNAME}:{port}:127.0.0.1",
-            f"https://{HOSTNAME}:{port}{path}",
-            *extra,
-        )
+        return await curl(HOSTNAME, port, path, *extra, ca_file=self.ca_file, max_time=max_time)
 
-    def front(self, target_port: int, host: str = HOSTNAME) -> tuple[Front, int]:
+    def front(
+        self,
+        target_port: int,
+        host: str = HOSTNAME,
+        *,
+        interface: str = "127.0.0.1",
+        settle: bool = False,
+    ) -> tuple[Front, int]:
+        """A front for ``host:target_port`` listening on ``interface``; with ``settle``, the
+        test's cleanup waits for its connections to close."""
         front = Front(self.peerapi.getHost().port, f"{host}:{target_port}")
-        port = reactor.listenTCP(0, front, interface="127.0.0.1")
+        port = reactor.listenTCP(0, front, interface=interface)
         self.test.addCleanup(port.stopListening)
+        if settle:
+            self.test.addCleanup(lambda: defer.ensureDeferred(front.settle()))
         return front, port.getHost().port
 
 
-async def run(*argv: str, timeout: float = 60.0, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
-    """Run a real client (curl, openssl) without blocking the reactor."""
-    from twisted.internet import utils
-
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    d = utils.getProcessOutputAndValue(argv[0], argv[1:], env=env, reactor=reactor)
-    timer = reactor.callLater(timeout, d.cancel)
-    try:
-        out, err, code = await d
-    finally:
-        if timer.active():
-            timer.cancel()
-    return code, out, err
-
-
-__all__ = ["HOSTNAME", "Front", "ServeHarness", "defer", "run"]
+__all__ = ["HOSTNAME", "Front", "ServeHarness", "defer"]

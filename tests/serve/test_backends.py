@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet import protocol, reactor, ssl
+from twisted.internet import protocol, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
+
+from tests._support import ProcessResult, issue
 
 from .harness import ServeHarness
 
@@ -41,34 +38,12 @@ class DiesMidBody(protocol.Protocol):
             reactor.callLater(0.2, self.transport.abortConnection)  # type: ignore[attr-defined]
 
 
-def self_signed(tmp: Path) -> ssl.PrivateCertificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "backend.invalid")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ssl.PrivateCertificate.loadPEM(pem)
-
-
 class BackendKindsTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
         if shutil.which("curl") is None:
             self.skipTest("curl not installed")
-        tmp = Path(self.mktemp()).absolute()
-        tmp.mkdir()
         # unix socket paths are short: keep the socket in /tmp
         sock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"ftw-{os.getpid()}-{id(self)}"
         sock_dir.mkdir()
@@ -76,7 +51,10 @@ class BackendKindsTests(TestCase):
         unix = reactor.listenUNIX(str(sock_dir / "app.sock"), server.Site(Hello(b"unix")))
         self.addCleanup(unix.stopListening)
         tls = reactor.listenSSL(
-            0, server.Site(Hello(b"tls")), self_signed(tmp).options(), interface="127.0.0.1"
+            0,
+            server.Site(Hello(b"tls")),
+            issue("backend.invalid", san=()).private_certificate().options(),
+            interface="127.0.0.1",
         )
         self.addCleanup(tls.stopListening)
         dies = reactor.listenTCP(
@@ -95,7 +73,7 @@ funnel = yes
         )
         self.front, self.port = self.h.front(443)
 
-    async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
+    async def curl(self, path: str, *extra: str) -> ProcessResult:
         return await self.h.curl(self.port, path, *extra)
 
     async def test_unix_socket_backend(self) -> None:

@@ -35,8 +35,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
+from tests._support import ProcessResult, client_env, curl, run_process
+
 from .backend import Download, listen
-from .harness import HOSTNAME, run
+from .harness import HOSTNAME
 
 # 1 GiB each way; FUNNEL_TW_BIG_TRANSFER_MIB=N moves N MiB instead (a quicker run, or a bigger one)
 SIZE = int(os.environ.get("FUNNEL_TW_BIG_TRANSFER_MIB", "1024")) << 20
@@ -152,7 +154,6 @@ class BigTransferTests(TestCase):
         backend = listen(backend_site())
         self.addCleanup(backend.stopListening)
         self.stack = NodeStack()
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         transport = reactor.spawnProcess(
             self.stack,
             sys.executable,
@@ -166,7 +167,7 @@ class BigTransferTests(TestCase):
                 "--dir",
                 os.path.abspath(self.mktemp()),
             ],
-            env=env,
+            env=client_env(),
         )
         self.addCleanup(self._stop, transport)
         self.info = await self.stack.ready
@@ -196,19 +197,14 @@ class BigTransferTests(TestCase):
         with contextlib.suppress(OSError, LookupError):
             self.samples.append(rss_bytes(self.pid))
 
-    async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
-        port = self.info["front"]
-        return await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            str(MAX_SECONDS),
-            "--cacert",
-            self.info["ca"],
-            "--resolve",
-            f"{HOSTNAME}:{port}:127.0.0.1",
+    async def curl(self, path: str, *extra: str) -> ProcessResult:
+        return await curl(
+            HOSTNAME,
+            self.info["front"],
+            path,
             *extra,
-            f"https://{HOSTNAME}:{port}{path}",
+            ca_file=self.info["ca"],
+            max_time=MAX_SECONDS,
             timeout=MAX_SECONDS + 20,
         )
 
@@ -239,7 +235,7 @@ class BigTransferTests(TestCase):
         expected = download_sha256(SIZE)
         port = self.info["front"]
         started = time.monotonic()
-        code, out, err = await run(
+        code, out, err = await run_process(
             "bash",
             "-c",
             'set -o pipefail; curl -sS --max-time "$5" "$1" --cacert "$2" --resolve "$3" "$4"'

@@ -7,35 +7,21 @@ import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from funnel_tw.tls.pem import chain_pem, key_pem
 from funnel_tw.tls.sources import CertificateSourceError, FilesSource
 from funnel_tw.tls.store import CertificateStore
+from tests import _support
 
 NAME = "node.example.com"
 
 
 def issue(name: str, days: int) -> tuple[bytes, bytes, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
-        .sign(key, hashes.SHA256())
+    issued = _support.issue(
+        name, not_before=datetime.timedelta(minutes=-1), not_after=datetime.timedelta(days=days)
     )
-    return key_pem(key), chain_pem([cert]), cert
+    return issued.key_pem(), issued.chain_pem(), issued.cert
 
 
 class FilesSourceTests(SynchronousTestCase):

@@ -85,6 +85,8 @@ class HostileHTTPTests(TestCase):
 funnel = yes
 / = text:root
 /app/ = http://127.0.0.1:{backend.getHost().port}/base/
+/raw/ = http://127.0.0.1:{backend.getHost().port}/raw/
+underscores-in-headers /raw/ = yes
 /files/ = {files}
 """,
         )
@@ -192,6 +194,19 @@ funnel = yes
         self.assertIn(b"tailscale-funnel-request: ?1", lower)
         self.assertEqual(lower.count(b"x-forwarded-for"), 1)
         await self.still_serving()
+
+    async def test_underscore_opt_in_keeps_owned_headers_dropped(self) -> None:
+        headers = b"Some_Header: kept\r\nX_Forwarded_For: 6.6.6.6\r\nRemote_User: admin\r\n"
+        response = await self.get(b"/raw/h", headers)
+        self.assertIn(b"backend:GET /raw/h HTTP/1.1", response)
+        (head,) = self.backend_heads()
+        lower = head.lower()
+        self.assertIn(b"some_header: kept", lower)  # this mount opted in
+        self.assertNotIn(b"6.6.6.6", lower)  # the node's own headers: never
+        self.assertNotIn(b"admin", lower)
+        self.seen.clear()
+        await self.get(b"/app/h", headers)  # the other mount did not
+        self.assertNotIn(b"some_header", b"".join(self.seen).lower())
 
     async def test_upgrade_smuggling_class(self) -> None:
         # the backend refuses the upgrade (plain 200); the bytes after the head are a second

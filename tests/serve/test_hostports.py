@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -16,10 +16,11 @@ from twisted.web import resource, server
 from funnel_tw import keys
 from funnel_tw.config import load_node_config
 from funnel_tw.node.service import NodeService
+from tests._support import run_process
 
 from .backend import listen
-from .harness import ServeHarness, run
-from .test_plugins import install_example, settle, talk, track
+from .harness import ServeHarness
+from .test_plugins import install_example, talk
 
 NAMES = "node.example.com, blog.example.com, *.apps.example.com"
 
@@ -78,7 +79,7 @@ tls-terminated-tcp = 127.0.0.1:{raw}
     ) -> tuple[int, bytes, bytes, Any]:
         """curl https://HOST/ through a front asking the node for TARGET:443 (default HOST)."""
         front, port = self.h.front(443, host=target or host)
-        code, out, err = await run(
+        code, out, err = await run_process(
             "curl",
             "-sS",
             "--max-time",
@@ -149,9 +150,7 @@ class HostPluginTests(TestCase):
     async def test_each_name_its_own_plugin(self) -> None:
         self.assertEqual(set(self.h.node.dispatcher.handlers), {10000, "blog.example.com:10000"})
         for host, greeting in (("blog.example.com", "blog"), ("node.example.com", "node")):
-            front, port = self.h.front(10000, host=host)
-            ends = track(front)
-            self.addCleanup(lambda ends=ends: defer.ensureDeferred(settle(ends)))
+            _, port = self.h.front(10000, host=host, settle=True)
             said, echoed, source = await threads.deferToThread(talk, port, [b"hi\n"], None)
             self.assertEqual(
                 said,

@@ -6,7 +6,9 @@ import shutil
 
 from twisted.trial.unittest import TestCase
 
-from .harness import HOSTNAME, ServeHarness, run
+from tests._support import ProcessResult, curl
+
+from .harness import HOSTNAME, ServeHarness
 
 
 class TextAndFilesTests(TestCase):
@@ -38,7 +40,7 @@ funnel = yes
         )
         self.front, self.port = self.h.front(443)
 
-    async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
+    async def curl(self, path: str, *extra: str) -> ProcessResult:
         return await self.h.curl(self.port, path, *extra)
 
     async def test_text_http1_and_http2(self) -> None:
@@ -63,41 +65,21 @@ funnel = yes
         self.assertEqual(out, b"400")  # an encoded "/" is ambiguous: refused, never decoded
 
     async def test_unknown_sni_fails_handshake(self) -> None:
-        code, out, _ = await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--cacert",
-            self.h.ca_file,
-            "--resolve",
-            f"other.example.com:{self.port}:127.0.0.1",
-            f"https://other.example.com:{self.port}/",
-        )
+        code, out, _ = await curl("other.example.com", self.port, ca_file=self.h.ca_file)
         self.assertNotEqual(code, 0)
         self.assertEqual(out, b"")
         self.assertGreaterEqual(self.h.node.store.counters.get("tls_unknown_server_name", 0), 1)
 
     async def test_never_plaintext(self) -> None:
-        code, out, _ = await run(
-            "curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{self.port}/healthz"
+        code, out, _ = await curl(
+            "127.0.0.1", self.port, "/healthz", connect=None, max_time=10, scheme="http"
         )
         self.assertNotEqual(code, 0)
         self.assertNotIn(b"ok", out)
 
     async def test_port_without_funnel_refused(self) -> None:
         front, port = self.h.front(8443)
-        code, _, _ = await run(
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            self.h.ca_file,
-            "--resolve",
-            f"{HOSTNAME}:{port}:127.0.0.1",
-            f"https://{HOSTNAME}:{port}/healthz",
-        )
+        code, _, _ = await curl(HOSTNAME, port, "/healthz", ca_file=self.h.ca_file, max_time=10)
         self.assertNotEqual(code, 0)
         self.assertEqual(len(front.refusals), 1)
         self.assertIn("403", front.refusals[0])

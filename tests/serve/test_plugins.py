@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -19,7 +19,6 @@ from funnel_tw.config import ConfigError, load_node_config
 from funnel_tw.node.service import build_handlers
 from funnel_tw.serve.interfaces import Flow, IIngressHandler, IIngressHandlerFactory
 from funnel_tw.serve.plugins import handler_factories
-from funnel_tw.web.splice import SpliceEnd
 
 from .harness import HOSTNAME, Front, ServeHarness
 
@@ -175,29 +174,6 @@ def stall_then_drain(port: int, ca_file: str, limit: int) -> tuple[int, int]:
         pump.close()
 
 
-def track(front: Front) -> list[SpliceEnd]:
-    """The front's public ends, to wait for them to close at the end of a test."""
-    ends: list[SpliceEnd] = []
-    build = front.buildProtocol
-
-    def recording(addr: Any) -> Any:
-        end = build(addr)
-        ends.append(end)
-        return end
-
-    front.buildProtocol = recording  # type: ignore[method-assign]
-    return ends
-
-
-async def settle(ends: list[SpliceEnd]) -> None:
-    """Wait (bounded) until every tracked connection and its node side have closed."""
-    for _ in range(500):
-        if all(end.lost and (end.other is None or end.other.lost) for end in ends):
-            break
-        await task.deferLater(reactor, 0.01)
-    await task.deferLater(reactor, 0)  # one more turn: the node's side of each connection
-
-
 class DiscoveryTests(TestCase):
     def setUp(self) -> None:
         install_example(self)
@@ -289,10 +265,7 @@ class FlowTests(TestCase):
         )
 
     def front(self, port: int) -> tuple[Front, int]:
-        front, local_port = self.h.front(port)
-        ends = track(front)
-        self.addCleanup(lambda: defer.ensureDeferred(settle(ends)))
-        return front, local_port
+        return self.h.front(port, settle=True)
 
     async def test_tls_greeting_and_echo(self) -> None:
         front, port = self.front(10000)

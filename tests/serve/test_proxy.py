@@ -9,16 +9,38 @@ import os
 import shutil
 import ssl
 import threading
+import time
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import defer, protocol, threads
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
 
+from tests._support import ProcessResult, eventually, wait_until
+
 from .backend import HungBackend, WebSocketEcho, backend_site, listen
 from .harness import HOSTNAME, ServeHarness
+
+
+async def backend_stalls(before: int, quiet: float, timeout: float) -> None:
+    """Wait until Download has written more than ``before`` bytes and then nothing for
+    ``quiet`` seconds, or ``timeout`` seconds at most (a backend that never stalls is for the
+    test's assertions to catch)."""
+    from .backend import Download
+
+    last = (Download.written, time.monotonic())
+
+    def stalled() -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if Download.written != last[0]:
+            last = (Download.written, now)
+            return False
+        return Download.written > before and now - last[1] >= quiet
+
+    await eventually(stalled, timeout, interval=0.05)
 
 
 class ProxyTests(TestCase):
@@ -27,7 +49,9 @@ class ProxyTests(TestCase):
     def setUp(self) -> None:
         if shutil.which("curl") is None:
             self.skipTest("curl not installed")
-        backend = listen(backend_site())
+        # wrapped to see when its connections have closed
+        self.backend = WrappingFactory(backend_site())
+        backend = listen(self.backend)
         self.addCleanup(backend.stopListening)
         hung = listen(protocol.Factory.forProtocol(HungBackend))
         self.addCleanup(hung.stopListening)
@@ -48,7 +72,7 @@ proxy-timeout = 1
         )
         self.front, self.port = self.h.front(443)
 
-    async def curl(self, path: str, *extra: str) -> tuple[int, bytes, bytes]:
+    async def curl(self, path: str, *extra: str) -> ProcessResult:
         return await self.h.curl(self.port, path, *extra, max_time=60)
 
     async def echo(self, path: str, *extra: str) -> dict[str, Any]:
@@ -135,11 +159,15 @@ proxy-timeout = 1
         stop = threading.Event()
         self.addCleanup(stop.set)
         d = threads.deferToThread(self._h2_greedy_client, stop)
-        await deferLater(reactor, 4.0, lambda: None)
+        await backend_stalls(before, quiet=1.0, timeout=4.0)
         sent = Download.written - before
         stop.set()
         await d
-        await deferLater(reactor, 2.5, lambda: None)  # the node closes the stalled connection
+        await wait_until(
+            lambda: self.front.closed() and not self.backend.protocols,
+            10,
+            "the node to close the stalled connection and its backend's",
+        )
         self.assertGreater(sent, 0)
         self.assertLess(sent, 64 << 20, f"the backend sent {sent >> 20} MiB to a stalled client")
 

@@ -9,7 +9,6 @@ import datetime
 import email.utils
 import hashlib
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,10 @@ from typing import Any
 import treq
 from acme import messages
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from josepy import jwk
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 from twisted.web.client import Agent
@@ -37,6 +35,7 @@ from funnel_tw.tls.acme import (
     key_authorization,
 )
 from funnel_tw.tls.store import CertificateStore
+from tests._support import Issued, free_port, issue, make_ca, wait_until
 
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
@@ -132,12 +131,6 @@ class FakeACME(resource.Resource):
         if route is None:
             return self._answer(request, (404, {}, b"no route"))
         return self._answer(request, route(protected, payload))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ClientTests(TestCase):
@@ -348,11 +341,16 @@ class ClientTests(TestCase):
     # --- polling -----------------------------------------------------------------------------
 
     async def _wait_posts(self, count: int) -> None:
-        for _ in range(200):
-            if len(self.fake.posts) >= count:
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError(f"only {len(self.fake.posts)} POSTs")
+        await wait_until(
+            lambda: len(self.fake.posts) >= count,
+            5,
+            f"{count} POSTs",
+            detail=lambda: f"only {len(self.fake.posts)} POSTs",
+        )
+
+    async def _wait_answered(self, d: defer.Deferred[Any]) -> None:
+        """Until poll() has taken the last answer in: it returned, or it sleeps on the clock."""
+        await wait_until(lambda: d.called or self.clock.getDelayedCalls(), 5, "poll() to go on")
 
     async def test_poll_returns_when_done(self) -> None:
         """Was a bug: poll() compares str(resource.status), which is 'Status(valid)', with 'valid':
@@ -369,7 +367,7 @@ class ClientTests(TestCase):
         )
         self.addCleanup(lambda: d.called or (d.cancel(), d.addErrback(lambda f: None)))
         await self._wait_posts(2)
-        await task.deferLater(reactor, 0.05, lambda: None)
+        await self._wait_answered(d)
         self.assertTrue(d.called, "poll() went on polling a resource whose status is valid")
         order = await d
         self.assertEqual(order.status, messages.STATUS_VALID)
@@ -394,7 +392,7 @@ class ClientTests(TestCase):
         waits = []
         for posts in (2, 3, 4):
             await self._wait_posts(posts)
-            await task.deferLater(reactor, 0.05, lambda: None)
+            await self._wait_answered(d)
             (call,) = self.clock.getDelayedCalls()
             waits.append(call.getTime() - self.clock.seconds())
             self.clock.advance(waits[-1])
@@ -435,21 +433,14 @@ class ClientTests(TestCase):
 
 def ari_cert() -> x509.Certificate:
     """draft-ietf-acme-ari's example: AKI 69:88:5B:..., serial 00:87:65:43:21."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ari.example.test")])
-    now = datetime.datetime.now(datetime.UTC)
     aki = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(0x87654321)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.AuthorityKeyIdentifier(aki, None, None), False)
-        .sign(key, hashes.SHA256())
-    )
+    return issue(
+        "ari.example.test",
+        san=(),
+        serial=0x87654321,
+        not_before=datetime.timedelta(0),
+        extensions=[(x509.AuthorityKeyIdentifier(aki, None, None), False)],
+    ).cert
 
 
 class HelperTests(TestCase):
@@ -481,49 +472,10 @@ class CAFileTests(TestCase):
 
     timeout = 20
 
-    def _ca(self, name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        return key, cert
-
-    async def _directory_through(self, bundle: list[x509.Certificate], signer: Any) -> None:
-        ca_key, ca_cert = signer
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        pem = leaf.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    async def _directory_through(self, bundle: list[x509.Certificate], signer: Issued) -> None:
+        leaf = issue("localhost", issuer=signer)
         fake = FakeACME()
-        options = ssl.PrivateCertificate.loadPEM(pem).options()
+        options = leaf.private_certificate().options()
         port = reactor.listenSSL(0, server.Site(fake), options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         fake.base = f"https://localhost:{port.getHost().port}"
@@ -550,12 +502,12 @@ acme-ca-file = ca.pem
         self.assertEqual(directory["newNonce"], fake.base + "/nonce")
 
     async def test_ca_file_with_one_certificate(self) -> None:
-        ca = self._ca("the ACME server's CA")
-        await self._directory_through([ca[1]], ca)
+        ca = make_ca("the ACME server's CA")
+        await self._directory_through([ca.cert], ca)
 
     async def test_ca_file_with_several_certificates(self) -> None:
         """Was a bug: build_acme_source loads acme-ca-file with ssl.Certificate.loadPEM, which reads
         the first certificate only; a bundle whose right CA is not first is not trusted
         (ACMEError: ... certificate verify failed)."""
-        ca, other = self._ca("the ACME server's CA"), self._ca("another CA")
-        await self._directory_through([other[1], ca[1]], ca)
+        ca, other = make_ca("the ACME server's CA"), make_ca("another CA")
+        await self._directory_through([other.cert, ca.cert], ca)

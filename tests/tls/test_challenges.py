@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -18,7 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import protocol, reactor, threads
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ from funnel_tw.tls.challenges import (
     tls_alpn_certificate,
 )
 from funnel_tw.tls.store import ACME_ALPN
+from tests._support import eventually, process_gone, sleep
 from tests.serve.harness import HOSTNAME, ServeHarness
 
 KEY_AUTHZ = (
@@ -110,18 +112,26 @@ class Handshake:
             self.cert = x509.load_der_x509_certificate(der)
             self.alpn = tls.selected_alpn_protocol()
             started = time.monotonic()
-            if request:
+            self.answer = b""
+            if request:  # without one, there is nothing to wait for but the socket's timeout
                 with contextlib.suppress(OSError):
                     tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
-            self.answer = b""
-            try:
-                while chunk := tls.recv(65536):
-                    self.answer += chunk
-                    if not request or b"\r\n\r\n" in self.answer:
-                        break
-            except (ssl.SSLError, OSError):
-                pass
+                try:
+                    while chunk := tls.recv(65536):
+                        self.answer += chunk
+                        if self._complete():
+                            break
+                except (ssl.SSLError, OSError):
+                    pass
             self.closed_after = time.monotonic() - started
+
+    def _complete(self) -> bool:
+        """The whole response is in: its head and as much body as Content-Length says."""
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        return match is None or len(body) >= int(match.group(1))
 
     def is_challenge(self) -> bool:
         try:
@@ -334,8 +344,11 @@ class DNSHookTests(TestCase):
         async def kill_leftover() -> None:
             if pid_file.exists():
                 with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                    await deferred_sleep(0.3)  # let the reactor reap it and close its pipes
+                    pid = int(pid_file.read_text())
+                    os.kill(pid, signal.SIGKILL)
+                    # let the reactor reap it and close its pipes
+                    await eventually(lambda: process_gone(pid), 5)
+                    await sleep(0)
 
         self.addCleanup(kill_leftover)
         responder = DNSHookResponder(hook, reactor, timeout=1.0)
@@ -343,18 +356,5 @@ class DNSHookTests(TestCase):
             await responder.start_responding("node.example.test", "tok", KEY_AUTHZ)
         self.assertIn("no answer after 1 s", str(caught.exception))
         pid = int(pid_file.read_text())
-        gone = False
-        for _ in range(40):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                gone = True
-                break
-            await deferred_sleep(0.05)
+        gone = await eventually(lambda: process_gone(pid), 2)
         self.assertTrue(gone, f"the hook (pid {pid}) is still running after the timeout")
-
-
-def deferred_sleep(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet import task
-
-    return task.deferLater(reactor, seconds, lambda: None)

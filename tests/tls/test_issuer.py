@@ -15,7 +15,6 @@ from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from josepy import jwk
 from twisted.internet import defer, task
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
@@ -36,6 +35,7 @@ from funnel_tw.tls.issuer import (
 from funnel_tw.tls.pem import key_pem, write_private
 from funnel_tw.tls.sources import SelfSignedSource
 from funnel_tw.tls.store import Certificate, CertificateStore
+from tests._support import make_ca, sign
 
 NAME = "node.example.test"
 OTHER = "other.example.test"
@@ -67,19 +67,8 @@ class FakeCA:
     """Signs leaves for CSRs; the 'server side' the fake clients share (accounts, orders)."""
 
     def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake ACME CA")])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(utcnow() - 400 * DAY)
-            .not_valid_after(utcnow() + 400 * DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(self.key, hashes.SHA256())
-        )
+        self.ca = make_ca("fake ACME CA", not_before=-400 * DAY, not_after=400 * DAY)
+        self.key, self.cert = self.ca.key, self.ca.cert
         self.accounts: dict[bytes, str] = {}  # account key thumbprint -> URL
         self.orders = 0
         self.lifetime = LIFETIME
@@ -93,16 +82,13 @@ class FakeCA:
         lifetime: datetime.timedelta | None = None,
     ) -> x509.Certificate:
         start = utcnow() - (self.age if age is None else age)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + (lifetime or self.lifetime))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-            .sign(self.key, hashes.SHA256())
+        return sign(
+            names[0],
+            public_key,
+            self.ca,
+            san=names,
+            not_before=start,
+            not_after=start + (lifetime or self.lifetime),
         )
 
     def chain_pem(self, leaf: x509.Certificate) -> bytes:

@@ -25,7 +25,9 @@ from .timers import (
     MAX_RTO,
     MAX_SYN_RETRANSMITS,
     MIN_RTO,
+    ORPHAN_TIMEOUT,
     TIME_WAIT_SECONDS,
+    USER_TIMEOUT,
 )
 
 __all__ = [
@@ -46,10 +48,12 @@ __all__ = [
     "MAX_RTO",
     "MAX_SYN_RETRANSMITS",
     "MIN_RTO",
+    "ORPHAN_TIMEOUT",
     "OUT_OF_WINDOW_ACK_INTERVAL",
     "RECEIVE_WSCALE",
     "SEND_BUFFER_LOW",
     "TIME_WAIT_SECONDS",
+    "USER_TIMEOUT",
     "Connection",
     "Event",
     "State",

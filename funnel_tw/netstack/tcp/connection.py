@@ -76,13 +76,45 @@ class Connection(SendSide, ReceiveSide, Timers):
 
     def abort(self) -> None:
         """Reset the connection now, discarding buffered data."""
+        self._reset("aborted")
+
+    def orphan(self, now: float) -> None:
+        """The application has let go: close, deliver nothing more and, from now on, reset
+        the connection when it makes no progress for ``orphan_timeout`` seconds (also in
+        FIN-WAIT-2). Held data is released and the window reopens, so a peer we paused is
+        not left probing a window that will never open."""
+        if self.state in (State.CLOSED, State.TIME_WAIT):
+            return
+        self.orphaned = True
+        if self.state is State.SYN_SENT:
+            self._terminate(None)
+            return
+        self.close()
+        self.held = []
+        self.held_bytes = 0
+        if self.reading_paused:
+            self.reading_paused = False
+            self.ack_now = True  # announce the reopened window
+        self.eof_delivered = True  # nobody to tell any more
+        self.t_stall = None
+        self._check_stall(now)
+        self.stack.mark_output(self)
+
+    def _reset(self, reason: str) -> None:
         if self.state in SYNCHRONIZED or self.state is State.SYN_RECEIVED:
+            # at the highest sequence number sent: after a timeout snd_nxt went back, and a
+            # reset below what the peer expects next would be dropped as out of window
             self.stack.emit_packet(
                 self.builder.build(
-                    self.local[1], self.remote[1], self.snd_nxt, self.rcv_nxt, RST | ACK, 0
+                    self.local[1],
+                    self.remote[1],
+                    max(self.snd_nxt, self.snd_max),
+                    self.rcv_nxt,
+                    RST | ACK,
+                    0,
                 )
             )
-        self._terminate("aborted")
+        self._terminate(reason)
 
     # --- segments out, and the end -------------------------------------------------------------
 
@@ -122,6 +154,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.state = State.CLOSED
         self.close_reason = reason
         self.t_rto = self.t_delack = self.t_persist = self.t_timewait = self.t_keepalive = None
+        self.t_stall = None
         self.sndbuf = bytearray()
         self.buf_off = 0
         self.held = []
@@ -246,6 +279,7 @@ class Connection(SendSide, ReceiveSide, Timers):
             return
         self.last_heard = now
         self.keepalive_sent = 0
+        self.probes_out = 0
         if self.keepalive_idle and self.state in SYNCHRONIZED:
             self.t_keepalive = now + self.keepalive_idle
         # 2. RST (RFC 5961 3.2)
@@ -385,7 +419,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.fin_received = True
         self.rcv_nxt += 1
         self.ack_now = True
-        if not self.reading_paused:
+        if not self.reading_paused and not self.eof_delivered:
             self.eof_delivered = True
             self.stack.emit(EOF, self, None)
         if self.state is State.ESTABLISHED:
@@ -409,7 +443,7 @@ class Connection(SendSide, ReceiveSide, Timers):
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = State.TIME_WAIT
-        self.t_rto = self.t_persist = self.t_keepalive = None
+        self.t_rto = self.t_persist = self.t_keepalive = self.t_stall = None
         self.t_timewait = now + TIME_WAIT_SECONDS
         self.stack.entered_time_wait(self)
 
@@ -431,3 +465,4 @@ class Connection(SendSide, ReceiveSide, Timers):
             self.t_delack = now + DELAYED_ACK
         if self.send_buffered >= self.send_low_water:
             self.drained_pending = True
+        self._check_stall(now)

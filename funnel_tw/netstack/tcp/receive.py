@@ -52,6 +52,7 @@ class ReceiveSide:
         self.pending_fin: int | None = None  # a FIN that arrived beyond a gap
         self.last_ooo: tuple[int, int] | None = None  # the out-of-order segment received last
         self._last_oow_ack = float("-inf")
+        self.orphaned = False  # the application let go: data is acknowledged and dropped
 
     # --- application interface -----------------------------------------------------------------
 
@@ -148,6 +149,8 @@ class ReceiveSide:
 
     def _deliver(self: Self, payload: bytes) -> None:
         self.rcv_nxt += len(payload)
+        if self.orphaned:
+            return
         if self.reading_paused:
             self.held.append(payload)
             self.held_bytes += len(payload)

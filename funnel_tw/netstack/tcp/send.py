@@ -46,6 +46,7 @@ class SendSide:
         def _our_fin_acked(self, now: float) -> None: ...
         def _sample_rtt(self, ack: int, now: float) -> None: ...
         def _computed_rto(self) -> float: ...
+        def _progress(self, now: float) -> None: ...
 
     def _init_send(self, iss: int) -> None:
         self.iss = iss
@@ -331,6 +332,7 @@ class SendSide:
             self.t_rto = None
         if self.fin_seq is not None and ack > self.fin_seq:
             self._our_fin_acked(now)
+        self._progress(now)
         if (
             self.drained_pending
             and self.send_buffered < self.send_low_water

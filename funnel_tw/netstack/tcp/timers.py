@@ -1,5 +1,12 @@
 """A connection's clocks: the retransmission timer (RFC 6298), delayed ACK, keepalive, the
-zero-window probe and TIME-WAIT.
+zero-window probe, the stall (user) timeout and TIME-WAIT.
+
+The stall timeout is RFC 5482's user timeout as Linux's ``TCP_USER_TIMEOUT`` applies it: data
+we hold (unacknowledged, or unsent behind a zero window) that makes no progress for
+``user_timeout`` seconds aborts the connection, so a peer that vanished, or one that keeps
+advertising a zero window, cannot pin our buffers forever. Once the application has let go
+(``orphan``), the shorter ``orphan_timeout`` applies, and also bounds FIN-WAIT-2 (Linux's
+``tcp_fin_timeout``). Unanswered zero-window probes count like retransmissions.
 
 Timers are absolute deadlines (None when off); the owner asks ``next_deadline`` and calls
 ``tick`` once it has passed. The RTT estimate that sets the RTO is kept here too.
@@ -20,6 +27,8 @@ DELAYED_ACK = 0.02
 MAX_RETRANSMITS = 12
 MAX_SYN_RETRANSMITS = 5
 TIME_WAIT_SECONDS = 30.0
+USER_TIMEOUT = 0.0  # default off, as in Linux; the overlay sets its own
+ORPHAN_TIMEOUT = 30.0  # after the application let go: no progress this long resets
 
 
 class Timers:
@@ -42,7 +51,12 @@ class Timers:
     dupacks: int
     rexmit_next: int
     ack_pending: int
+    fin_queued: bool
+    orphaned: bool
     if TYPE_CHECKING:
+
+        @property
+        def send_buffered(self) -> int: ...
 
         def _send_segment(
             self, seq: int, flags: int, payload: bytes = b"", options: bytes = b""
@@ -51,6 +65,7 @@ class Timers:
         def _send_syn(self, now: float) -> None: ...
         def _send_data(self, now: float) -> bool: ...
         def _terminate(self, reason: str | None) -> None: ...
+        def _reset(self, reason: str) -> None: ...
 
     def _init_timers(self, now: float) -> None:
         # RTT and the retransmission timeout
@@ -66,6 +81,11 @@ class Timers:
         self.t_persist: float | None = None
         self.t_timewait: float | None = None
         self.t_keepalive: float | None = None
+        self.t_stall: float | None = None  # no progress by then: abort (user timeout)
+        # the stall bound and unanswered zero-window probes
+        self.user_timeout = USER_TIMEOUT
+        self.orphan_timeout = ORPHAN_TIMEOUT
+        self.probes_out = 0
         # keepalive
         self.keepalive_idle = 0.0  # 0 = off
         self.keepalive_interval = 75.0
@@ -82,6 +102,41 @@ class Timers:
             self.stack.mark_output(self)
         else:
             self.t_keepalive = None
+
+    def set_user_timeout(self: Self, seconds: float) -> None:
+        """Abort when data we hold makes no progress for ``seconds`` (0: off); from the next
+        progress or output on."""
+        self.user_timeout = seconds
+        self.t_stall = None
+        self.stack.mark_output(self)
+
+    def _stall_limit(self) -> float:
+        if self.orphaned:
+            return min(self.orphan_timeout, self.user_timeout or self.orphan_timeout)
+        return self.user_timeout
+
+    def _send_pending(self) -> bool:
+        """Data or a FIN of ours not yet acknowledged (sent or not)."""
+        if self.send_buffered or self.snd_max > self.snd_una:
+            return True
+        return self.fin_queued and (self.fin_seq is None or self.snd_una <= self.fin_seq)
+
+    def _check_stall(self, now: float) -> None:
+        """Arm the stall deadline if something waits for the peer and it is not armed yet."""
+        if self.t_stall is not None or self.state not in SYNCHRONIZED:
+            return
+        if self.state is State.TIME_WAIT:
+            return
+        limit = self._stall_limit()
+        if not limit:
+            return
+        if self._send_pending() or (self.orphaned and self.state is State.FIN_WAIT_2):
+            self.t_stall = now + limit
+
+    def _progress(self, now: float) -> None:
+        """The peer acknowledged something new: the stall clock starts again."""
+        self.t_stall = None
+        self._check_stall(now)
 
     # --- round-trip time -----------------------------------------------------------------------
 
@@ -107,7 +162,14 @@ class Timers:
 
     def next_deadline(self) -> float | None:
         best: float | None = None
-        for t in (self.t_rto, self.t_delack, self.t_persist, self.t_timewait, self.t_keepalive):
+        for t in (
+            self.t_rto,
+            self.t_delack,
+            self.t_persist,
+            self.t_timewait,
+            self.t_keepalive,
+            self.t_stall,
+        ):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -115,6 +177,11 @@ class Timers:
     def tick(self, now: float) -> None:
         if self.t_timewait is not None and self.t_timewait <= now:
             self._terminate(None)
+            return
+        if self.t_stall is not None and self.t_stall <= now:
+            self.t_stall = None
+            self.stack.count("tcp_user_timeouts")
+            self._reset("orphan timeout" if self.orphaned else "user timeout")
             return
         if self.t_delack is not None and self.t_delack <= now:
             self.t_delack = None
@@ -126,6 +193,12 @@ class Timers:
         if self.t_persist is not None and self.t_persist <= now:
             self.t_persist = None
             if self.snd_wnd == 0 and self.state in SYNCHRONIZED:
+                self.probes_out += 1
+                if self.probes_out > MAX_RETRANSMITS:
+                    # the peer answers nothing, not even a probe: it is gone
+                    self.stack.count("tcp_probe_timeouts")
+                    self._terminate("connection timed out")
+                    return
                 self.stack.count("tcp_window_probes")
                 # an old sequence number: the peer answers with its current window
                 self._send_segment(self.snd_una - 1, ACK)
