@@ -16,9 +16,8 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Any
 
-from twisted.internet import reactor, task, threads
+from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from funnel_tw.serve import files
@@ -104,28 +103,7 @@ class FileMountTests(TestCase):
         self.h = ServeHarness(
             self, f"[serve 443]\nfunnel = yes\n/ = {root}\n/site/ = {base / 'site'}\n"
         )
-        front, self.port = self.h.front(443)
-        build = front.buildProtocol
-        self.ends: list[Any] = []
-
-        def recording(addr: Any) -> Any:
-            end = build(addr)
-            self.ends.append(end)
-            return end
-
-        front.buildProtocol = recording  # type: ignore[method-assign]
-        self.addCleanup(self.all_closed)
-
-    async def all_closed(self) -> None:
-        """Every public connection of the test has ended (the node closed each one)."""
-        for _ in range(100):
-            if all(end.lost for end in self.ends):
-                return
-            await task.deferLater(reactor, 0.05, lambda: None)
-        open_ends = [i for i, end in enumerate(self.ends) if not end.lost]
-        for end in self.ends:
-            end.transport.abortConnection()
-        self.fail(f"connections {open_ends} of {len(self.ends)} still open after 5 s")
+        _, self.port = self.h.front(443, settle=True)  # cleanup: every connection closed
 
     @property
     def counters(self) -> dict[str, int]:
