@@ -21,6 +21,7 @@ from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from funnel_tw.serve import files
+from tests._support import eventually
 from tests.serve.harness import HOSTNAME, ServeHarness
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
@@ -342,6 +343,30 @@ class FileMountTests(TestCase):
         self.assertEqual(response.headers[b"allow"], b"GET, HEAD")
         await self.still_serving()
 
+    async def test_client_gone_mid_body_releases_the_file(self) -> None:
+        huge = self.root / "huge.bin"
+        huge.write_bytes(b"z" * (16 << 20))  # more than the socket buffers hold
+
+        def open_descriptors() -> int:
+            fds = Path("/proc/self/fd")
+            return sum(1 for fd in fds.iterdir() if _link(fd) == str(huge))
+
+        def read_a_little() -> bytes:
+            context = ssl.create_default_context(cafile=self.h.ca_file)
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=10) as plain,
+                context.wrap_socket(plain, server_hostname=HOSTNAME) as tls,
+            ):
+                tls.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: " + HOSTNAME.encode() + b"\r\n\r\n")
+                return tls.recv(65536)
+
+        if not Path("/proc/self/fd").is_dir():
+            self.skipTest("no /proc/self/fd")
+        first = await threads.deferToThread(read_a_little)
+        self.assertTrue(first.startswith(b"HTTP/1.1 200"), first[:100])
+        self.assertTrue(await eventually(lambda: open_descriptors() == 0, 10))
+        await self.still_serving()
+
     async def test_http2_body_and_range(self) -> None:
         data = (self.root / "big.bin").read_bytes()
         out_file = Path(self.mktemp())
@@ -351,6 +376,13 @@ class FileMountTests(TestCase):
         code, out, err = await self.h.curl(self.port, "/big.bin", "--http2", "-r", "10-19")
         self.assertEqual((code, out), (0, data[10:20]), err)
         await self.still_serving()
+
+
+def _link(fd: Path) -> str:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""
 
 
 class SwapBetweenCheckAndOpenTests(SynchronousTestCase):
