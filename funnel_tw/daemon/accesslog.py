@@ -31,10 +31,17 @@ _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 Record = Mapping[str, Any]
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, reused
+
+
 def iso_time(seconds: float) -> str:
     """``2025-01-02T03:04:05.678Z``: UTC, milliseconds, what log shippers parse."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    whole = int(seconds)
+    cached, text = _second[0]
+    if cached != whole:
+        text = datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second[0] = (whole, text)
+    return f"{text}{int((seconds - whole) * 1000):03d}Z"
 
 
 def clf_time(seconds: float) -> str:
@@ -136,11 +143,13 @@ class AccessLog:
             os.close(fd)
 
     def write(self, record: dict[str, Any], text: Callable[[Record], str]) -> None:
-        """Write ``record`` as JSON (without the ``_`` private fields), or as ``text(record)``."""
+        """Write ``record`` as JSON (without its ``_time``, the raw time for the text forms), or
+        as ``text(record)``."""
         if self.fd is None:
             return
         if self.format == "json":
-            line = json_line({k: v for k, v in record.items() if not k.startswith("_")})
+            record.pop("_time", None)
+            line = json_line(record)
         else:
             line = text(record)
         try:
