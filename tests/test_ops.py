@@ -445,3 +445,17 @@ class LogFilterTests(SynchronousTestCase):
         self.assertIs(verbose(debug), maybe)
         info = {"log_format": "relay listening on {address}", "log_level": LogLevel.info}
         self.assertIs(keep(info), maybe)
+
+
+class DocumentedCommandsTests(SynchronousTestCase):
+    def test_every_twistd_command_has_an_empty_pidfile(self) -> None:
+        """Without ``--pidfile=`` twistd writes twistd.pid into its working directory, and a
+        second daemon started there refuses to run: every documented command says it."""
+        root = Path(__file__).resolve().parent.parent
+        found = 0
+        for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+            for number, line in enumerate(doc.read_text().splitlines(), 1):
+                for command in re.findall(r"twistd -n[^`|]*", line):
+                    found += 1
+                    self.assertIn("--pidfile=", command, f"{doc.name}:{number}: {line}")
+        self.assertGreater(found, 4)
