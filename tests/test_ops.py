@@ -459,3 +459,78 @@ class DocumentedCommandsTests(SynchronousTestCase):
                     found += 1
                     self.assertIn("--pidfile=", command, f"{doc.name}:{number}: {line}")
         self.assertGreater(found, 4)
+
+
+class FlowAccountingTests(SynchronousTestCase):
+    def test_non_http_flow_is_counted_and_logged_once_it_ends(self) -> None:
+        from types import SimpleNamespace
+
+        from twisted.internet.error import ConnectionLost
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from twisted.internet.protocol import Protocol
+        from twisted.python.failure import Failure
+        from zope.interface import implementer
+
+        from funnel_tw.config import OpsConfig
+        from funnel_tw.flow import Flow
+        from funnel_tw.node.observe import HalfCloseTrackedFlow, NodeObserver
+        from funnel_tw.serve.model import TCPPortHandler
+
+        clock = task.Clock()
+        clock.advance(1_700_000_000)
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        node = SimpleNamespace(
+            reactor=clock,
+            config=SimpleNamespace(ops=OpsConfig(access_log=folder / "a.log"), path="n.ini"),
+        )
+        observer = NodeObserver(node)  # type: ignore[arg-type]
+        assert observer.access_log is not None
+        observer.access_log.open()
+        self.addCleanup(observer.access_log.close)
+
+        @implementer(IHalfCloseableProtocol)
+        class Inner(Protocol):
+            def __init__(self) -> None:
+                self.got: list[Any] = []
+
+            def dataReceived(self, data: bytes) -> None:
+                self.got.append(data)
+
+            def readConnectionLost(self) -> None:
+                self.got.append("eof")
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+        inner = Inner()
+        flow = Flow(("198.51.100.7", 4000), "db.example.test", 5432, True, "relay")
+        tracked = observer.track(flow, inner, TCPPortHandler(tcp_forward="127.0.0.1:5432"))
+        self.assertIsInstance(tracked, HalfCloseTrackedFlow)
+        transport = SimpleNamespace(bytes_sent=0)
+        tracked.makeConnection(transport)  # type: ignore[arg-type]
+        self.assertEqual((observer.active, observer.flows), (1, {"tcp-forward": 1}))
+        tracked.dataReceived(b"hello")
+        IHalfCloseableProtocol(tracked).readConnectionLost()
+        transport.bytes_sent = 42
+        clock.advance(2.5)
+        tracked.connectionLost(Failure(ConnectionLost("reset by peer")))
+        self.assertEqual(inner.got, [b"hello", "eof"])
+        self.assertEqual(observer.active, 0)
+        record = json.loads((folder / "a.log").read_text())
+        self.assertEqual(
+            record,
+            {
+                "time": "2023-11-14T22:13:22.500Z",
+                "client": "198.51.100.7:4000",
+                "host": "db.example.test",
+                "port": 5432,
+                "kind": "tcp-forward",
+                "funnel": True,
+                "bytes_received": 5,
+                "bytes_sent": 42,
+                "duration": 2.5,
+                "reason": "Connection to the other side was lost in a non-clean fashion: "
+                "reset by peer.",
+            },
+        )
