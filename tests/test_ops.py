@@ -534,3 +534,18 @@ class FlowAccountingTests(SynchronousTestCase):
                 "reset by peer.",
             },
         )
+
+
+class DebugOptionTests(SynchronousTestCase):
+    def test_twistd_plugins_take_debug(self) -> None:
+        from funnel_tw.relay.tap import Options
+
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        from tests.test_config import RELAY
+
+        (folder / "relay.ini").write_text(RELAY)
+        for argv, debug in (([], False), (["--debug"], True)):
+            options = Options()
+            options.parseOptions([*argv, "--config", str(folder / "relay.ini")])
+            self.assertEqual(bool(options["debug"]), debug)

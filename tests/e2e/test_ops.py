@@ -87,12 +87,17 @@ class OpsTests(SynchronousTestCase):
 
     def test_metrics_from_the_processes(self) -> None:
         self.start()
-        code, relay = http_get(self.relay_metrics, "/metrics")
-        self.assertEqual(code, 200)
-        self.assertGreaterEqual(
-            sample(relay, "funnel_relay_connections_total", node="home", outcome="spliced") or 0,
-            1,
-        )
+        scraped: list[str] = [""]
+
+        def counted() -> bool:
+            # a connection is counted when it ends: just after the client has its answer
+            code, scraped[0] = http_get(self.relay_metrics, "/metrics")
+            self.assertEqual(code, 200)
+            labels = {"node": "home", "outcome": "spliced"}
+            return (sample(scraped[0], "funnel_relay_connections_total", **labels) or 0) >= 1
+
+        wait_until_blocking(counted, 10, "the relay to count the spliced connection")
+        relay = scraped[0]
         code, node = http_get(self.node_metrics, "/metrics")
         self.assertEqual(code, 200)
         self.assertGreaterEqual(
