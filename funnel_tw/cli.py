@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check_config, kind=None)
 
     status = sub.add_parser(
-        "status", help="ask the running node for its peers, serve and certificates"
+        "status", help="ask the running node (or relay) for its peers, serve and certificates"
     )
     status.add_argument(
         "--json",
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         default="node.ini",
-        help="the node's node.ini: its state-dir holds the socket (default: node.ini)",
+        help="node.ini or relay.ini: its state-dir holds the socket (default: node.ini)",
     )
     where.add_argument(
         "--socket", metavar="PATH", help="the local API socket (default: STATE-DIR/funnel-tw.sock)"
@@ -191,11 +191,15 @@ def _count(items: tuple[object, ...], noun: str) -> str:
 
 
 def _status(options: argparse.Namespace) -> int:
-    """Ask the running node over its local API (a UNIX socket in state-dir)."""
+    """Ask the running node (or relay, for a relay.ini) over its local API socket."""
+    from funnel_tw.daemon.localapi.address import RELAY_SOCKET_NAME
     from funnel_tw.node.status import address, client, text
 
+    who = "node"
     if options.socket is not None:
         path = options.socket
+        if os.path.basename(path) == RELAY_SOCKET_NAME:
+            who = "relay"
     elif not os.path.exists(options.config):
         sys.stderr.write(
             f"{PROG} status: {options.config} not found: "
@@ -204,21 +208,31 @@ def _status(options: argparse.Namespace) -> int:
         return 1
     else:
         try:
-            path = str(address.socket_path(load_node_config(options.config).state_dir))
+            config = load_config(options.config)
         except ConfigError as e:
             for line in e.errors:
                 sys.stderr.write(line + "\n")
             return 1
-    try:
-        if options.json:
-            doc = client.fetch(path, address.SERVE_STATUS_PATH)
+        if isinstance(config, RelayConfig):
+            who = "relay"
+            path = str(address.socket_path(config.state_dir, RELAY_SOCKET_NAME))
         else:
-            doc = client.fetch(path, address.STATUS_PATH)
+            path = str(address.socket_path(config.state_dir))
+    if who == "relay" and options.json:
+        sys.stderr.write(f"{PROG} status: --json is the node's serve config; a relay has none\n")
+        return 2
+    try:
+        url = address.SERVE_STATUS_PATH if options.json else address.STATUS_PATH
+        doc = client.fetch(path, url, who=who)
     except address.LocalAPIUnavailable as e:
         sys.stderr.write(f"{PROG} status: {e}\n")
         return 1
     if options.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif who == "relay":
+        from funnel_tw.relay.statustext import format_relay_status
+
+        sys.stdout.write(format_relay_status(doc))
     else:
         sys.stdout.write(text.format_status(doc))
     return 0

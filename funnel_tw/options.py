@@ -17,9 +17,10 @@ from .config import ConfigError
 
 
 class ConfigOptions(usage.Options):
-    """``--config FILE``, loaded (and checked) by the subclass's ``load``."""
+    """``--config FILE``, loaded (and checked) by the subclass's ``load``; ``--debug``."""
 
     optParameters = [["config", "c", None, "configuration file"]]
+    optFlags = [["debug", None, "log debug lines too (off: info and above only)"]]
     loaded: Any = None
 
     def load(self, path: str) -> Any:

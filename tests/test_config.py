@@ -1217,3 +1217,46 @@ class PropertyTests(ConfigTestCase):
             position %= len(text) + 1
             text = text[:position] + inserted + text[position + deleted :]
         self.check(text)
+
+
+class OpsKeysTests(ConfigTestCase):
+    """metrics-listen, access-log, access-log-format in [node] and [relay] (issue 14)."""
+
+    def test_good_values(self) -> None:
+        from funnel_tw.config import OpsConfig
+
+        (self.dir / "logs").mkdir()
+        path = self.write(
+            "node.ini",
+            NODE + "metrics-listen = [::1]:9464\naccess-log = logs/a.log\n"
+            "access-log-format = combined\n",
+        )
+        ops = load_node_config(path).ops
+        self.assertEqual(
+            ops, OpsConfig(("::1", 9464), (self.dir / "logs" / "a.log").absolute(), "combined")
+        )
+        path = self.write("relay.ini", RELAY + "metrics-listen = 127.0.0.1:0\naccess-log = -\n")
+        ops = load_relay_config(path).ops
+        self.assertEqual(ops, OpsConfig(("127.0.0.1", 0), Path("-"), "json"))
+        self.assertEqual(load_node_config(self.write("n.ini", NODE)).ops, OpsConfig())
+
+    def test_errors_name_file_and_line(self) -> None:
+        self.assertErrors(
+            NODE + "metrics-listen = localhost:9464\naccess-log = nowhere/a.log\n"
+            "access-log-format = xml\n",
+            "4: [node] metrics-listen: 'localhost' is not an IP address (use 127.0.0.1 for this"
+            " host only, or the address Prometheus reaches)",
+            f"5: [node] access-log: {self.dir.absolute() / 'nowhere'} is not an existing directory",
+            "6: [node] access-log-format: 'xml' is not one of: json, combined",
+        )
+        self.assertErrors(
+            NODE + "access-log-format = json\nmetrics-listen = 127.0.0.1:70000\n",
+            "4: [node] access-log-format: is only used with access-log",
+            "5: [node] metrics-listen: 70000 is out of range (0..65535)",
+        )
+        self.assertErrors(
+            RELAY + "public-ports = 443, 9464\nmetrics-listen = 0.0.0.0:9464\naccess-log = .\n",
+            "5: [relay] metrics-listen: port 9464 is a public port",
+            f"6: [relay] access-log: {self.dir.absolute()} is a directory; name a file in it",
+            loader=load_relay_config,
+        )

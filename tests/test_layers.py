@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("web",),
     ("serve",),
     ("peerapi",),
+    ("daemon",),  # signals, sd_notify, metrics endpoint, access log, the local API socket
     ("relay",),
     ("node",),
     ("demo",),

@@ -7,6 +7,7 @@ do what it seems to say gets `warnings` in the same format. Nothing here touches
     ini.py     the line-numbered INI engine and ConfigError
     values.py  the value converters (ports, durations, addresses, host names, URLs, key files)
     node.py    the node.ini schema        relay.py  the relay.ini schema
+    ops.py     metrics-listen, access-log, access-log-format: [node] and [relay] alike
     model.py   the frozen objects, a serve port's handler as a tagged union
 """
 
@@ -18,6 +19,7 @@ from .ini import MAX_FILE_SIZE, ConfigError, ConfigWarning, IniFile, format_erro
 from .model import (
     HTTPSMounts,
     NodeConfig,
+    OpsConfig,
     PeerConfig,
     PluginHandler,
     PortHandler,
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigWarning",
     "HTTPSMounts",
     "NodeConfig",
+    "OpsConfig",
     "PeerConfig",
     "PluginHandler",
     "PortHandler",

@@ -25,6 +25,7 @@ __all__ = [
     "IPInterface",
     "IPNetwork",
     "NodeConfig",
+    "OpsConfig",
     "PeerConfig",
     "PluginHandler",
     "PortHandler",
@@ -126,6 +127,15 @@ class ServePort:
 
 
 @attrs.frozen
+class OpsConfig:
+    """How a daemon is watched ([node] / [relay] metrics-listen, access-log, access-log-format)."""
+
+    metrics_listen: tuple[str, int] | None = None  # (IP address, port); port 0: any free one
+    access_log: Path | None = None  # Path("-") for standard output
+    access_log_format: str = "json"
+
+
+@attrs.frozen
 class NodeConfig:
     """A parsed node.ini."""
 
@@ -142,6 +152,7 @@ class NodeConfig:
     tls: TLSConfig
     serve: tuple[ServePort, ...]
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
+    ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
 
 
 @attrs.frozen
@@ -179,3 +190,4 @@ class RelayConfig:
     state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
     ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
+    ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format

@@ -25,6 +25,7 @@ from .model import (
     TLSConfig,
     TLSTerminatedTCP,
 )
+from .ops import OPS_KEYS, ops_config
 
 __all__ = ["load_node_config", "node_config"]
 
@@ -38,6 +39,7 @@ _NODE_KEYS = (
     "mtu",
     "network",
     "state-dir",
+    *OPS_KEYS,
 )
 _PEER_KEYS = (
     "public-key",
@@ -169,6 +171,7 @@ def _node(section: Section) -> NodeConfig | None:
     peerapi_port = section.opt("peerapi-port", values.port, 41642)
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))
+    ops = ops_config(section)
     if wireguard is None:
         return None
     return NodeConfig(
@@ -184,6 +187,7 @@ def _node(section: Section) -> NodeConfig | None:
         peers=(),
         tls=TLSConfig(source="self-signed"),
         serve=(),
+        ops=ops,
     )
 
 

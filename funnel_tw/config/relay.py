@@ -12,6 +12,7 @@ from . import values
 from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
 from .model import RelayConfig, RelayNode
+from .ops import OPS_KEYS, ops_config
 
 __all__ = ["load_relay_config", "relay_config"]
 
@@ -31,6 +32,7 @@ _RELAY_KEYS = (
     "shutdown-timeout",
     "state-dir",
     "mtu",
+    *OPS_KEYS,
 )
 _RELAY_NODE_KEYS = (
     "public-key",
@@ -86,6 +88,12 @@ def _relay(section: Section) -> RelayConfig | None:
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
+    ops = ops_config(section)
+    if ops.metrics_listen is not None and ops.metrics_listen[1] in (
+        *public_ports,
+        redirect_port,
+    ):
+        section.error("metrics-listen", f"port {ops.metrics_listen[1]} is a public port")
     if wireguard is None:
         return None
     return RelayConfig(
@@ -105,6 +113,7 @@ def _relay(section: Section) -> RelayConfig | None:
         shutdown_timeout=shutdown_timeout,
         state_dir=relay_state,
         ingress_connect_timeout=ingress_timeout,
+        ops=ops,
     )
 
 

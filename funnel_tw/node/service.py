@@ -30,6 +30,7 @@ from ..tls.sources import (
 )
 from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
+from .observe import attach_observer
 from .status.server import LocalAPIService
 
 log = Logger()
@@ -96,6 +97,8 @@ def build_acme_source(
 
 class _ServeFactory(Factory):
     """Tailnet "serve": a peer connects to a serve port on our overlay address directly."""
+
+    noisy = False
 
     def __init__(self, node: NodeService, port: int) -> None:
         self.node = node
@@ -175,6 +178,7 @@ class NodeService(MultiService):
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
+        self.observer = attach_observer(self)  # metrics-listen, access-log
 
     # --- decisions ---------------------------------------------------------------------------
 

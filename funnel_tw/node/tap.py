@@ -20,8 +20,19 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
+    from ..daemon.run import add_daemon_services
+    from .observe import not_serving, status_line
     from .service import NodeService
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "node")
 
-    return NodeService(options.loaded, handlers=options.handlers)
+    node = NodeService(options.loaded, handlers=options.handlers)
+    add_daemon_services(
+        node,
+        node.reactor,
+        reopen=node.observer.reopen,
+        not_ready=lambda: not_serving(node),
+        status=lambda: status_line(node),
+        debug=bool(options["debug"]),
+    )
+    return node

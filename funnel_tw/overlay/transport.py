@@ -86,6 +86,7 @@ class OverlayTCPTransport:
         self._producer_paused = False
         self._tcp_nodelay = True
         self._pull_scheduled = False
+        self.bytes_sent = 0  # for the node's access log (a non-HTTP flow's bytes_sent)
         conn.app = self
         conn.send_low_water = SEND_HIGH_WATER // 2
         conn.user_timeout = USER_TIMEOUT
@@ -143,6 +144,7 @@ class OverlayTCPTransport:
         if self.disconnecting or self._write_closed or self.disconnected or not data:
             return
         self.conn.send(bytes(data))
+        self.bytes_sent += len(data)
         self.owner.flush_soon()
         if self.producer is None or self._producer_paused:
             return

@@ -61,6 +61,8 @@ class PeerAPIRoot(Resource):
 class PeerAPISite(Site):
     """A Site with the peerAPI's limits: idle timeout, no access log of its own."""
 
+    noisy = False
+
     def __init__(
         self, root: PeerAPIRoot, reactor: Any = None, timeout: float = IDLE_TIMEOUT
     ) -> None:

@@ -66,12 +66,17 @@ class PublicConnection(splice.SpliceEnd):
         self.target = ""  # SNI host:port, once the ClientHello named it
         self.node_name = ""
         self.node_address = ""
+        # for the access log and metrics: how it ended, when it began, bytes before the splice
+        self.outcome = "closed"
+        self.started = 0.0
+        self.early_in = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.source = (peer.host, peer.port)
+        self.started = self.factory.reactor.seconds()
         if not self.factory.admit(self):
             self.transport.abortConnection()
             return
@@ -79,10 +84,15 @@ class PublicConnection(splice.SpliceEnd):
         self.last_activity = reactor.seconds()
         self._timer = reactor.callLater(self.factory.client_hello_timeout, self._hello_timeout)
 
+    def _count(self, outcome: str) -> None:
+        """Count what happened; it is also how this connection ended (access log, metrics)."""
+        self.outcome = outcome
+        self.factory.count(outcome)
+
     def _hello_timeout(self) -> None:
         self._timer = None
         if self.state is State.HELLO:
-            self.factory.count("client_hello_timeout")
+            self._count("client_hello_timeout")
             self._close(
                 f"no complete ClientHello within {self.factory.client_hello_timeout:g} s "
                 f"({len(self.parser.buffer)} bytes)"
@@ -92,7 +102,7 @@ class PublicConnection(splice.SpliceEnd):
         self._timer = None
         if self.state is not State.INGRESS:
             return
-        self.factory.count("node_timeout")
+        self._count("node_timeout")
         why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
         self.factory.node_unreachable(self.node_name, why)
         self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
@@ -114,6 +124,8 @@ class PublicConnection(splice.SpliceEnd):
             self._timer.cancel()
         self._timer = None
         self.factory.release(self)
+        if self.factory.on_finished is not None:
+            self.factory.on_finished(self)
         node_transport = self.node_end.transport if self.node_end is not None else None
         if self.state is not State.SPLICED and node_transport is not None:
             node_transport.abortConnection()
@@ -127,29 +139,30 @@ class PublicConnection(splice.SpliceEnd):
         if self.state is State.SPLICED:
             super().dataReceived(data)
             return
+        self.early_in += len(data)
         if self.state is not State.HELLO:
             # bytes after the hello, before the node answered: kept for the replay
             self.parser.buffer += data
             if len(self.parser.buffer) > 2 * self.parser.max_hello:
-                self.factory.count("early_data_overflow")
+                self._count("early_data_overflow")
                 self._close("too much data before the node answered")
             return
         try:
             hello = self.parser.feed(data)
         except ClientHelloError as e:
-            self.factory.count("bad_client_hello")
+            self._count("bad_client_hello")
             self._close(str(e))
             return
         if hello is None:
             return
         if hello.server_name is None:
-            self.factory.count("no_sni")
+            self._count("no_sni")
             self._close("no SNI in the ClientHello")
             return
         self.target = format_host_port(hello.server_name, self.public_port)
         node = self.factory.routes.lookup(hello.server_name)
         if node is None:
-            self.factory.count("unknown_name")
+            self._count("unknown_name")
             self._close("no node serves this name")
             return
         self.state = State.INGRESS
@@ -180,7 +193,7 @@ class PublicConnection(splice.SpliceEnd):
     def _unreachable(self, failure: Failure) -> None:
         if self.state is State.CLOSED:
             return
-        self.factory.count("node_unreachable")
+        self._count("node_unreachable")
         why = self.factory.why_unreachable(self.node_name) or failure.getErrorMessage()
         self.factory.node_unreachable(self.node_name, why)
         self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
@@ -188,7 +201,7 @@ class PublicConnection(splice.SpliceEnd):
     def _refused(self, why: str) -> None:
         if self.state is State.CLOSED:
             return
-        self.factory.count("node_refused")
+        self._count("node_refused")
         self._close(f"refused by node {self.node_name}: {why}")
 
     def _accepted(self, node_end: IngressClientEnd) -> None:
@@ -198,7 +211,7 @@ class PublicConnection(splice.SpliceEnd):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.state = State.SPLICED
-        self.factory.count("spliced")
+        self._count("spliced")
         node_end.transport.write(self.parser.raw)  # the ClientHello, exactly as received
         self.parser = ClientHelloParser()  # drop the buffered copy
         splice.join(self, node_end)
@@ -214,13 +227,15 @@ class PublicConnection(splice.SpliceEnd):
         reactor = self.factory.reactor
         quiet = reactor.seconds() - self.last_activity
         if quiet >= self.factory.idle_timeout:
-            self.factory.count("idle_closed")
+            self._count("idle_closed")
             self._close("idle")
         else:
             self._timer = reactor.callLater(self.factory.idle_timeout - quiet, self._idle)
 
 
 class PublicFactory(protocol.Factory):
+    noisy = False  # no "Starting factory" line per listener
+
     def __init__(
         self,
         *,
@@ -233,6 +248,7 @@ class PublicFactory(protocol.Factory):
         limits: ConnectionLimits,
         ingress_timeout: float = 5.0,
         why_unreachable: Callable[[str], str | None] = lambda node: None,
+        on_finished: Callable[[PublicConnection], None] | None = None,
     ) -> None:
         """``ingress_timeout``: connect to the node and get its answer within this long;
         ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session)."""
@@ -245,6 +261,7 @@ class PublicFactory(protocol.Factory):
         self.limits = limits
         self.ingress_timeout = ingress_timeout
         self.why_unreachable = why_unreachable
+        self.on_finished = on_finished  # the access log and metrics (relay/observe.py)
         self._unreachable_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> PublicConnection:
@@ -288,12 +305,15 @@ class ConnectionLimits:
         ip = conn.source[0]
         if not self.accepting:
             self.count("refused_shutting_down")
+            conn.outcome = "refused_shutting_down"
             return False
         if len(self.open) >= self.max_total:
             self.count("refused_max_connections")
+            conn.outcome = "refused_max_connections"
             return False
         if self.per_ip.get(ip, 0) >= self.max_per_ip:
             self.count("refused_per_ip")
+            conn.outcome = "refused_per_ip"
             return False
         self.open.add(conn)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1

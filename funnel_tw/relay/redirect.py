@@ -29,4 +29,5 @@ class RedirectToHTTPS(resource.Resource):
 def redirect_site(https_port: int) -> server.Site:
     site = server.Site(RedirectToHTTPS(https_port))
     site.displayTracebacks = False
+    site.noisy = False  # no "Starting factory" line
     return site

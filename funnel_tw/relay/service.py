@@ -10,9 +10,12 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ..config import RelayConfig
+from ..daemon.localapi.address import STATUS_PATH
+from ..daemon.localapi.server import LocalAPIService, LocalAPISite
 from ..overlay.service import OverlayService
 from ..overlay.userspace import UserspaceOverlayInterface
 from .endpoints import EndpointMemory
+from .observe import RelayObserver
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site
 from .routes import Routes
@@ -39,9 +42,16 @@ class RelayService(MultiService):
             listen_port=config.listen_port,
             mtu=config.mtu,
         )
-        OverlayService(self.overlay).setServiceParent(self)
         self.routes = Routes(config.nodes)
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        # metrics-listen, access-log, and the local API for `funnel-tw status` (first: a
+        # second relay with the same state-dir stops there)
+        self.observer = RelayObserver(reactor, config, self.overlay, self.limits)
+        status = LocalAPISite({STATUS_PATH: self.observer.status}, reactor)
+        LocalAPIService(status, config.state_dir, reactor, "relay").setServiceParent(self)
+        OverlayService(self.overlay).setServiceParent(self)
+        for service in self.observer.services():
+            service.setServiceParent(self)
         self.ports: list[IListeningPort] = []
         self.endpoints = EndpointMemory(
             self.overlay,
@@ -63,6 +73,7 @@ class RelayService(MultiService):
             limits=self.limits,
             ingress_timeout=self.config.ingress_connect_timeout,
             why_unreachable=self.why_unreachable,
+            on_finished=self.observer.finished,
         )
 
     def why_unreachable(self, node: str) -> str | None:

@@ -16,8 +16,19 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> IService:
+    from ..daemon.run import add_daemon_services
+    from .observe import not_serving, status_line
     from .service import RelayService
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "relay")
 
-    return RelayService(options.loaded)
+    relay = RelayService(options.loaded)
+    add_daemon_services(
+        relay,
+        relay.reactor,
+        reopen=relay.observer.reopen,
+        not_ready=lambda: not_serving(relay),
+        status=lambda: status_line(relay),
+        debug=bool(options["debug"]),
+    )
+    return relay

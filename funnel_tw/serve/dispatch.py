@@ -8,7 +8,7 @@ handler = NAME       a plugin's protocol, behind TLS if the plugin asks for it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from ipaddress import ip_address
 from typing import Any
 
@@ -16,6 +16,7 @@ from twisted.internet import endpoints
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..flow import Flow, IIngressHandler
@@ -134,6 +135,9 @@ class Dispatcher:
         self.proxy_factory = proxy_factory
         self.counters: dict[str, int] = {}
         self.http_timeout = 300.0  # an HTTPS connection idle this long is closed
+        # set by the node for its access log and metrics (node/observe.py)
+        self.on_request: Callable[[Request, Flow], None] | None = None
+        self.track: Callable[[Flow, IProtocol, TCPPortHandler], IProtocol] | None = None
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -169,7 +173,10 @@ class Dispatcher:
             return None
         self.count("flows")
         key, handler = found
-        return self._build(handler, flow, key)
+        protocol = self._build(handler, flow, key)
+        if protocol is not None and self.track is not None:
+            return self.track(flow, protocol, handler)
+        return protocol
 
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
@@ -178,6 +185,7 @@ class Dispatcher:
                 self.reactor,
                 timeout=self.http_timeout,
             )
+            site.on_request, site.flow = self.on_request, flow
             inner = site.buildProtocol(None)
             assert inner is not None
             return self._tls(inner, HTTP_ALPN)

@@ -26,6 +26,18 @@ from .streaming import StreamingRequest
 
 log = Logger()
 
+NOTES = "funnel_notes"
+
+
+def request_notes(request: Any) -> dict[str, Any]:
+    """Facts about one request for its access log line and metrics, noted while it is served:
+    ``started`` (reactor time of its head), ``mount`` (the mount path that took it),
+    ``reason`` (why it was refused), ``user`` (who authenticated, set by access policies)."""
+    notes: dict[str, Any] | None = request.__dict__.get(NOTES)
+    if notes is None:
+        notes = request.__dict__[NOTES] = {}
+    return notes
+
 
 def tls_server_name(request: Request) -> str | None:
     """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
@@ -93,6 +105,7 @@ class MountRouter(resource.Resource):
             path, _ = request_target(request)
         except PathError as e:
             self.count("refused_path")
+            request_notes(request)["reason"] = str(e)
             log.info(
                 "refused {method} from {client} for {host}: {why}",
                 method=request.method.decode("ascii", "replace"),
@@ -105,6 +118,7 @@ class MountRouter(resource.Resource):
         if found is None:
             return resource.NoResource()
         prefix, handler = found
+        request_notes(request)["mount"] = prefix
         return self._handler(prefix, handler, request, path, self.serve.timeouts[site])
 
     def render(self, request: Request) -> Any:
@@ -125,11 +139,29 @@ class MountRouter(resource.Resource):
 
 
 class ServeSite(Site):
+    """The HTTP side of one HTTPS flow. ``on_request(request, flow)`` (set by the dispatcher
+    when the node keeps an access log or metrics) hears of every request once: when it
+    finishes, or when its connection is lost first."""
+
     requestFactory = StreamingRequest
+    noisy = False
+    on_request: Callable[[Request, Flow], None] | None = None
+    flow: Flow | None = None
 
     def __init__(self, root: resource.Resource, reactor: Any, timeout: float = 300) -> None:
         super().__init__(root, timeout=timeout, reactor=reactor)
         self.displayTracebacks = False
 
+    def getResourceFor(self, request: Request) -> Any:
+        if self.on_request is not None:
+            request_notes(request)["started"] = self.reactor.seconds()
+            request.notifyFinish().addErrback(lambda _: self._lost(request))
+        return super().getResourceFor(request)
+
+    def _lost(self, request: Request) -> None:
+        request_notes(request).setdefault("reason", "connection lost")
+        self.log(request)
+
     def log(self, request: Any) -> None:
-        pass
+        if self.on_request is not None and self.flow is not None:
+            self.on_request(request, self.flow)

@@ -13,6 +13,8 @@ from twisted.internet.protocol import Factory, Protocol
 class OneProtocolFactory(Factory):
     """Hands its one prebuilt protocol to the connection it is used for (use it once)."""
 
+    noisy = False  # no "Starting factory" / "Stopping factory" per connection
+
     def __init__(self, prebuilt: Protocol) -> None:
         self.prebuilt = prebuilt
 

@@ -182,6 +182,7 @@ class Process:
         cwd: Path,
         add_cleanup: AddCleanup,
         prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
@@ -192,7 +193,7 @@ class Process:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=child_env(),
+                env=child_env(**(env or {})),
                 start_new_session=True,
             )
         add_cleanup(self.kill)
@@ -285,7 +286,11 @@ def start_backend(
 
 
 def start_daemon(
-    plugin: str, config: Path, add_cleanup: AddCleanup, prefix: Sequence[str] = ()
+    plugin: str,
+    config: Path,
+    add_cleanup: AddCleanup,
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Process:
     """``twistd -n --pidfile= PLUGIN --config CONFIG`` in the config's folder, log beside it."""
     return Process(
@@ -295,6 +300,7 @@ def start_daemon(
         config.parent,
         add_cleanup,
         prefix,
+        env,
     )
 
 
@@ -320,6 +326,7 @@ class Node:
     backend: Process | None = None
     backend_port: int = 0
     daemon: Process | None = None
+    options: dict[str, str] = field(default_factory=dict)  # more [node] keys
 
     @property
     def overlay_ip(self) -> str:
@@ -441,7 +448,7 @@ address = {node.overlay_ip}/32
 hostname = {", ".join(node.hostnames)}
 peerapi-port = {PEERAPI_PORT}
 state-dir = state
-
+{"".join(f"{k} = {v}" + chr(10) for k, v in node.options.items())}
 [peer relay]
 public-key = {keys.encode_key(keys.public_key(self.relay_key))}
 endpoint = {self.relay_endpoint_host}:{self.relay_wg_port}

@@ -35,7 +35,9 @@ class Hello(resource.Resource):
 class Funnel:
     """relay.ini + node.ini in a folder, both services running in this process."""
 
-    def __init__(self, test: TestCase, relay_extra: str = "", funnel: bool = True) -> None:
+    def __init__(
+        self, test: TestCase, relay_extra: str = "", funnel: bool = True, node_extra: str = ""
+    ) -> None:
         self.dir = Path(test.mktemp()).absolute()
         self.dir.mkdir()
         backend = reactor.listenTCP(0, server.Site(Hello()), interface="127.0.0.1")
@@ -64,6 +66,7 @@ private-key = {keys.encode_key(nk)}
 listen-port = 0
 address = 100.64.0.2/32
 hostname = {NAME}, x.apps.example.test
+{node_extra}
 
 [peer relay]
 public-key = {keys.encode_key(keys.public_key(rk))}

@@ -1,192 +1,36 @@
-"""The node's local API: an HTTP server on a UNIX socket in state-dir, for ``funnel-tw status``.
+"""The node's local API, for ``funnel-tw status`` (the socket and server: daemon/localapi/).
 
-    GET /v0/serve-status   the serve config exactly as ``tailscale serve status --json`` prints it
-    GET /v0/status         everything the human summary shows: peers, serve ports, certificates,
-                           open ingress connections, counters, version
-
-The socket is ``<state-dir>/funnel-tw.sock``, mode 0600: only the node's own user can ask. A
-node refuses to start when another node already answers on that socket; a stale socket file
-that nobody listens on (a node that was killed) is removed.
+GET /v0/serve-status   the serve config exactly as ``tailscale serve status --json`` prints it
+GET /v0/status         everything the human summary shows: peers, serve ports, certificates,
+                       open ingress connections, counters, version
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet import defer
-from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import http as web_http
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
-
-from .address import (
-    _PROBE_TIMEOUT,
-    IDLE_TIMEOUT,
-    SOCKET_MODE,
-    LocalAPIError,
-    SocketAddress,
-    socket_path,
-)
+from ...daemon.localapi import server
+from .address import SERVE_STATUS_PATH, STATUS_PATH
 from .document import StatusSource, serve_status, status_document
 
-log = Logger()
 
-
-class _JSONResource(Resource):
-    isLeaf = True
-
-    def __init__(self, produce: Callable[[], Any]) -> None:
-        super().__init__()
-        self.produce = produce
-
-    def render_GET(self, request: Request) -> bytes:
-        body = json.dumps(self.produce(), indent=2).encode() + b"\n"
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return body
-
-
-class LocalAPISite(Site):
-    """The local API's routes, without an access log of its own."""
-
+class LocalAPISite(server.LocalAPISite):
     def __init__(self, node: StatusSource, reactor: Any) -> None:
-        root = Resource()
-        v0 = Resource()
-        root.putChild(b"v0", v0)
-        v0.putChild(b"serve-status", _JSONResource(lambda: serve_status(node)))
-        v0.putChild(b"status", _JSONResource(lambda: status_document(node, reactor.seconds())))
-        super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
-        self.displayTracebacks = False
-
-    def log(self, request: web_http.Request) -> None:
-        pass
-
-
-def _free_socket_path(path: Path, address: str) -> None:
-    """Make ``path`` (reached as ``address``) free to bind, or say clearly why it is not."""
-    try:
-        mode = os.lstat(address).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise LocalAPIError(f"{path} exists and is not a socket: move it away or change state-dir")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(_PROBE_TIMEOUT)
-    try:
-        probe.connect(address)
-    except ConnectionRefusedError:
-        pass  # nobody listens: a node that did not stop cleanly left it behind
-    except TimeoutError:
-        raise LocalAPIError(
-            f"another funnel-tw node is already running with this state-dir "
-            f"(its local API socket {path} is busy)"
-        ) from None
-    except OSError as e:
-        raise LocalAPIError(f"cannot check the existing socket {path}: {e.strerror}") from None
-    else:
-        raise LocalAPIError(
-            f"another funnel-tw node is already running with this state-dir "
-            f"(its local API answers on {path})"
+        super().__init__(
+            {
+                SERVE_STATUS_PATH: lambda: serve_status(node),
+                STATUS_PATH: lambda: status_document(node, reactor.seconds()),
+            },
+            reactor,
         )
-    finally:
-        probe.close()
-    log.info("removing stale local API socket {path}", path=str(path))
-    try:
-        os.unlink(address)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise LocalAPIError(f"cannot remove the stale socket {path}: {e.strerror}") from None
 
 
-class LocalAPIService(Service):
-    """Serves the local API on ``<state-dir>/funnel-tw.sock`` while the node runs."""
+class LocalAPIService(server.LocalAPIService):
+    """Serves the node's local API on ``<state-dir>/funnel-tw.sock`` while it runs."""
 
     def __init__(self, node: StatusSource, reactor: Any = None, path: Path | None = None) -> None:
         if reactor is None:
             reactor = node.reactor
         self.node = node
-        self.reactor = reactor
-        self.path = path if path is not None else socket_path(node.config.state_dir)
-        self.site = LocalAPISite(node, reactor)
-        self.port: IListeningPort | None = None
-        self._address: SocketAddress | None = None
-
-    def listen(self) -> None:
-        """Bind the socket now; LocalAPIError says why it cannot be."""
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise LocalAPIError(f"cannot create {self.path.parent}: {e.strerror}") from None
-        address = SocketAddress(self.path)
-        try:
-            where = address.open()
-        except OSError as e:
-            raise LocalAPIError(
-                f"cannot use {self.path} for the local API socket: {e.strerror}; "
-                "choose a shorter state-dir"
-            ) from None
-        try:
-            _free_socket_path(self.path, where)
-            self._bind(where)
-        except BaseException:
-            address.close()
-            raise
-        self._address = address
-        log.info("local API on {path}", path=str(self.path))
-
-    def _bind(self, where: str) -> None:
-        endpoint = UNIXServerEndpoint(self.reactor, where, mode=SOCKET_MODE)
-        # Twisted chmods the socket after bind(); the umask closes that window.
-        previous = os.umask(0o177)
-        try:
-            d = endpoint.listen(self.site)
-        finally:
-            os.umask(previous)
-        # UNIXServerEndpoint.listen calls reactor.listenUNIX at once: the Deferred has fired.
-        outcome: list[IListeningPort | Failure] = []
-        d.addBoth(outcome.append)
-        if not outcome:
-            raise LocalAPIError(f"cannot listen on {self.path}: the reactor did not listen at once")
-        result = outcome[0]
-        if isinstance(result, Failure):
-            raise LocalAPIError(f"cannot listen on {self.path}: {result.getErrorMessage()}")
-        self.port = result
-
-    def startService(self) -> None:
-        try:
-            self.listen()
-        except LocalAPIError as e:  # a clear line, not a traceback
-            raise SystemExit(f"funnel-tw: {e}") from None
-        super().startService()
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        address, self._address = self._address, None
-        if port is None:
-            if address is not None:
-                address.close()
-            return None
-        # the port removes the socket file when it stops, through the same address
-        result = port.stopListening()
-        stopped: defer.Deferred[None] = (
-            result if isinstance(result, defer.Deferred) else defer.succeed(None)
-        )
-
-        def done(result: object) -> None:
-            if address is not None:
-                address.close()
-
-        stopped.addBoth(done)
-        return stopped
+        super().__init__(LocalAPISite(node, reactor), node.config.state_dir, reactor, "node", path)

@@ -6,31 +6,9 @@ import datetime
 import json
 from typing import Any
 
+from ...daemon.localapi.text import format_age, format_bytes
+from ...daemon.localapi.text import table as _table
 from .address import _EXPIRY_WARNING
-
-
-def format_age(seconds: float) -> str:
-    """``12s``, ``3m05s``, ``2h07m``, ``4d03h``."""
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def format_bytes(n: int) -> str:
-    """As ``wg show`` prints transfer: ``512 B``, ``1.50 KiB``, ``3.20 MiB``."""
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.2f} {unit}"
 
 
 def _plural(n: int, unit: str) -> str:
@@ -77,14 +55,6 @@ def _port_label(entry: dict[str, Any]) -> str:
     """``443`` for [serve 443], ``blog.example.com:443`` for [serve blog.example.com:443]."""
     host = entry.get("host")
     return f"{host}:{entry['port']}" if host else str(entry["port"])
-
-
-def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        (indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()
-        for r in rows
-    ]
 
 
 _SUMMARY_COUNTERS = ("handshakes", "rx_datagrams", "tcp_connections")

@@ -1,0 +1,1 @@
+"""The local API both daemons serve on ``<state-dir>/funnel-tw.sock``: address, server, client."""

@@ -1,0 +1,50 @@
+"""What a daemon run by twistd adds to its service tree: signals and sd_notify.
+
+Only the twistd entry points (node/tap.py, relay/tap.py) call this: a NodeService or
+RelayService embedded in another program, or run in-process by the tests, leaves the
+process's signal handlers alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from .logfilter import LogFilterService
+from .sdnotify import NotifyService
+from .signals import SignalService
+
+log = Logger()
+
+RELOAD_UNSUPPORTED = "reload is not supported yet; restart to apply changes"
+
+
+def add_daemon_services(
+    parent: MultiService,
+    reactor: Any,
+    *,
+    reopen: Callable[[], None],
+    not_ready: Callable[[], str | None],
+    status: Callable[[], str],
+    debug: bool = False,
+) -> NotifyService:
+    """The log filter (no chatter; debug lines only with ``debug``), SIGHUP (a warning until
+    live reload exists), SIGUSR1 (``reopen``: the access log), and sd_notify (READY=1 once
+    ``not_ready()`` is None). Added last: sd_notify is stopped first."""
+
+    def hup() -> None:
+        log.warn("SIGHUP: " + RELOAD_UNSUPPORTED)
+
+    def usr1() -> None:
+        reopen()
+        log.info("SIGUSR1: access log reopened")
+
+    # applied in privilegedStartService: before any service starts (and listens, and logs)
+    LogFilterService(debug).setServiceParent(parent)
+    SignalService(reactor, hup, usr1).setServiceParent(parent)
+    notify = NotifyService(reactor, not_ready, status)
+    notify.setServiceParent(parent)
+    return notify

@@ -1,0 +1,54 @@
+"""The human summary ``funnel-tw status --config relay.ini`` prints from the relay's document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..daemon.localapi.text import format_age, format_bytes, table
+
+
+def format_relay_status(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+    lines.append(f"funnel-tw {doc.get('version', '?')} relay")
+    udp = doc.get("listen_port")
+    ports = ", ".join(str(p) for p in doc.get("public_ports") or [])
+    lines.append(
+        f"  overlay {', '.join(doc.get('addresses') or [])}, "
+        f"WireGuard UDP port {udp if udp is not None else '(not listening)'}, "
+        f"public {doc.get('public_address')} ports {ports}"
+    )
+    lines += ["", "nodes:"]
+    nodes = doc.get("nodes") or []
+    if not nodes:
+        lines.append("  (none)")
+    else:
+        rows = []
+        for n in nodes:
+            age = n.get("last_handshake_age")
+            rows.append(
+                [
+                    n["name"],
+                    n.get("endpoint") or "(no endpoint)",
+                    "handshake " + ("never" if age is None else f"{format_age(age)} ago"),
+                    "session up" if n.get("session") else "NO SESSION",
+                    f"rx {format_bytes(n.get('rx_bytes', 0))}",
+                    f"tx {format_bytes(n.get('tx_bytes', 0))}",
+                    f"{n.get('open_connections', 0)} open",
+                    ", ".join(n.get("hostnames") or []),
+                ]
+            )
+        lines += table(rows)
+    connections = doc.get("connections") or {}
+    lines += ["", "connections:"]
+    lines.append(
+        f"  open {connections.get('open', 0)} of at most {connections.get('max', '?')}"
+        f" ({connections.get('waiting_for_node', 0)} not yet with a node)"
+    )
+    counters = doc.get("counters") or {}
+    shown = sorted((counters.get("public") or {}).items())
+    overlay = counters.get("overlay") or {}
+    shown += [(k, overlay[k]) for k in ("handshakes", "rx_datagrams") if k in overlay]
+    shown.append(("overlay_drops", sum(v for k, v in overlay.items() if k.startswith("drop_"))))
+    lines += ["", "counters:"]
+    lines += table([[k, str(v)] for k, v in shown])
+    return "\n".join(lines) + "\n"
