@@ -254,6 +254,40 @@ def has_ipv6_loopback() -> bool:
 # --------------------------------------------------------------------------- client programs
 
 
+def tls_exchange(
+    port: int,
+    cafile: str,
+    server_name: str,
+    raw: bytes,
+    *,
+    quiet: float = 1.5,
+    timeout: float = 10.0,
+) -> bytes:
+    """A raw client (blocking; run it in a thread from reactor code): send ``raw`` over TLS to
+    127.0.0.1:``port`` with SNI ``server_name``, and return everything read until the server
+    closes or stays quiet for ``quiet`` seconds. No HTTP library: the bytes go as they are."""
+    import ssl as std_ssl
+
+    context = std_ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain,
+        context.wrap_socket(plain, server_hostname=server_name) as tls,
+    ):
+        tls.sendall(raw)
+        tls.settimeout(quiet)
+        received = b""
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (TimeoutError, std_ssl.SSLError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
 class ProcessResult(NamedTuple):
     """What a finished program did; unpacks as ``code, out, err``."""
 

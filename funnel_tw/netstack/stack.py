@@ -27,6 +27,7 @@ from .events import ACCEPTED, CLOSED, CONNECTED, ECHO_REPLY, Event
 from .ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPError, parse, pseudo_header
 from .segment import ACK, HEADER, RST, SYN, PacketBuilder, parse_options
 from .tcp import Connection
+from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _NO_OPTIONS = parse_options(b"")
@@ -61,6 +62,8 @@ class Stack:
         self.outgoing: list[bytes] = []
         self.events: list[tuple[Event, Any, Any]] = []
         self.counters: dict[str, int] = {}
+        # the optional sender event log (trace.py): None unless FUNNEL_TW_TCP_TRACE is set
+        self.trace: TcpTrace | None = from_environment(self.counters)
         self._dirty: dict[Connection, None] = {}
         self._challenge_window = 0.0
         self._challenge_count = 0
@@ -81,6 +84,8 @@ class Stack:
 
     def emit_packet(self, packet: bytes) -> None:
         self.outgoing.append(packet)
+        if self.trace is not None:
+            self.trace.packet_out(packet, self._now)
 
     def mark_output(self, conn: Connection) -> None:
         self._dirty[conn] = None
@@ -254,6 +259,8 @@ class Stack:
         payload = segment[header_len:]
         if conn is not None:
             conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+            if self.trace is not None:
+                self.trace.segment_in(conn, ack, options, len(payload), now)
             return
         if flags & RST:
             return
@@ -309,6 +316,8 @@ class Stack:
             dirty, self._dirty = self._dirty, {}
             for conn in dirty:
                 conn.output(now)
+                if self.trace is not None:
+                    self.trace.after_output(conn, now)
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -326,6 +335,8 @@ class Stack:
                 t = conn.next_deadline()
                 if t is not None and t <= now:
                     conn.tick(now)
+                    if self.trace is not None:
+                        self.trace.timer(conn, now)
         self.flush(now)
 
     def stats(self) -> dict[str, int]:

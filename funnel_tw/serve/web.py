@@ -8,19 +8,18 @@ below it, a URL is reverse-proxied (serve/proxy.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.python.filepath import FilePath, InsecurePath
-from twisted.web import resource, static
+from twisted.web import resource
 from twisted.web.http import RESPONSES
 from twisted.web.server import Request, Site
 
 from ..flow import Flow
 from ..web.hostport import format_host_port
-from ..web.paths import PathError, decoded_segments, request_target
+from ..web.paths import PathError, request_target
+from .files import FileMount
 from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
@@ -56,31 +55,6 @@ class TextResource(resource.Resource):
 
     def render_HEAD(self, request: Request) -> bytes:
         return self.render_GET(request)
-
-
-class ContainedFile(static.File):
-    """static.File that never leaves its root, not even through a symbolic link."""
-
-    def __init__(self, path: str, root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self.root = os.path.realpath(root if root is not None else path)
-
-    def createSimilarFile(self, path: str) -> ContainedFile:
-        f = ContainedFile(path, self.root, defaultType=self.defaultType)
-        f.processors = self.processors
-        f.indexNames = self.indexNames[:]
-        f.childNotFound = self.childNotFound
-        return f
-
-    def getChild(self, path: bytes, request: Request) -> Any:
-        try:
-            child = FilePath(self.path).child(path.decode("utf-8", "surrogateescape"))
-        except (InsecurePath, UnicodeDecodeError):
-            return self.childNotFound
-        real = os.path.realpath(child.path)
-        if real != self.root and not real.startswith(self.root + os.sep):
-            return self.childNotFound
-        return super().getChild(path, request)
 
 
 class MountRouter(resource.Resource):
@@ -144,11 +118,9 @@ class MountRouter(resource.Resource):
             return TextResource(handler.text)
         if handler.path is not None:
             rest = path[len(prefix) :] if path.startswith(prefix) else ""
-            segments = [s.encode("utf-8", "surrogateescape") for s in decoded_segments(rest)]
-            if path.endswith("/"):
-                segments.append(b"")  # a directory: its index (or listing)
-            request.postpath = segments
-            return resource.getChildForRequest(ContainedFile(handler.path), request)
+            client = format_host_port(*self.flow.client)
+            site = format_host_port(tls_server_name(request) or self.flow.host, self.port)
+            return FileMount(handler.path, path, rest, client, site, self.count)
         return self.proxy_factory(handler.proxy, prefix, self.flow, timeout, handler.underscores)
 
 

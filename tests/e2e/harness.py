@@ -316,6 +316,7 @@ class Node:
     prefix: tuple[str, ...] = ()
     endpoint_for_relay: str | None = None  # relay.ini [node] endpoint, if any
     keepalive: int = 25
+    extra_serve: str = ""  # more node.ini sections, appended as they are
     backend: Process | None = None
     backend_port: int = 0
     daemon: Process | None = None
@@ -350,6 +351,7 @@ class Funnel:
         relay_endpoint_host: str = "127.0.0.1",
         public_port: int | None = None,
         relay_wg_port: int | None = None,
+        more_public_ports: Sequence[int] = (),
     ) -> None:
         self.add_cleanup = add_cleanup
         self.dir = make_workdir(add_cleanup)
@@ -361,6 +363,7 @@ class Funnel:
         self.public_address = public_address
         self.relay_endpoint_host = relay_endpoint_host
         self.public_port = public_port or free_port(socket.SOCK_STREAM)
+        self.more_public_ports = tuple(more_public_ports)
         self.relay_wg_port = relay_wg_port or free_port(socket.SOCK_DGRAM)
         self.nodes: list[Node] = []
         self.relay: Process | None = None
@@ -380,6 +383,7 @@ class Funnel:
         prefix: Sequence[str] = (),
         endpoint_for_relay: str | None = None,
         keepalive: int = 25,
+        extra_serve: str = "",
     ) -> Node:
         folder = self.dir / f"node-{name}"
         folder.mkdir(mode=0o700)
@@ -394,6 +398,7 @@ class Funnel:
             prefix=tuple(prefix),
             endpoint_for_relay=endpoint_for_relay,
             keepalive=keepalive,
+            extra_serve=extra_serve,
         )
         self.nodes.append(node)
         return node
@@ -408,7 +413,7 @@ class Funnel:
             f"listen-port = {self.relay_wg_port}",
             f"address = {RELAY_OVERLAY}/32",
             f"public-address = {self.public_address}",
-            f"public-ports = {self.public_port}",
+            f"public-ports = {', '.join(map(str, (self.public_port, *self.more_public_ports)))}",
             *(f"{k} = {v}" for k, v in self.relay_options.items()),
             "",
         ]
@@ -450,6 +455,8 @@ source = self-signed
 [serve {self.public_port}]
 funnel = yes
 / = http://127.0.0.1:{node.backend_port}
+
+{node.extra_serve}
 """
         )
         return node.ini

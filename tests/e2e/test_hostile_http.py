@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import html
 import re
-import socket
-import ssl
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._support import tls_exchange
 from tests.e2e import harness
 
 NAME = "hostile-http.e2e.test"
@@ -24,24 +23,7 @@ class HostileHTTPThroughTheFunnel(SynchronousTestCase):
         self.funnel.start()
 
     def exchange(self, raw: bytes) -> bytes:
-        context = ssl.create_default_context(cafile=str(self.node.ca))
-        context.set_alpn_protocols(["http/1.1"])
-        with (
-            socket.create_connection(("127.0.0.1", self.funnel.public_port), timeout=10) as s,
-            context.wrap_socket(s, server_hostname=NAME) as tls,
-        ):
-            tls.sendall(raw)
-            tls.settimeout(2.0)
-            received = b""
-            while True:
-                try:
-                    chunk = tls.recv(65536)
-                except (TimeoutError, ssl.SSLError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                received += chunk
-            return received
+        return tls_exchange(self.funnel.public_port, str(self.node.ca), NAME, raw, quiet=2.0)
 
     def get(self, path: bytes, headers: bytes = b"") -> bytes:
         return self.exchange(

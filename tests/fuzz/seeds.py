@@ -198,6 +198,11 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "escapes": b"/%61%2e%2e/caf%C3%A9/%7e",
             "absolute": b"https://node.example.com/a/../b",
         },
+        "range_header": {
+            "one": (10000).to_bytes(8, "big") + b"bytes=0-499",
+            "suffix-multi": (10000).to_bytes(8, "big") + b"bytes=-500, 0-0, 9000-",
+            "overlapping": (1 << 20).to_bytes(8, "big") + b"bytes=" + b"0-," * 20,
+        },
         "config": _config_texts(),
     }  # fmt: skip
 

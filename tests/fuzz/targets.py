@@ -37,6 +37,7 @@ from funnel_tw.relay.clienthello import ClientHelloError, ClientHelloParser
 from funnel_tw.serve import proxyproto
 from funnel_tw.web.hostport import parse_host_port
 from funnel_tw.web.paths import PathError, normalize
+from funnel_tw.web.ranges import MAX_PARTS, UNSATISFIABLE, parse_range
 from funnel_tw.wireguard import messages
 from funnel_tw.wireguard.cookie import CookieChecker, CookieGenerator
 from funnel_tw.wireguard.device import Device, Peer
@@ -478,6 +479,22 @@ def request_path(data: bytes) -> None:
     assert normalize(result.encode()) == result, result
 
 
+def range_header(data: bytes) -> None:
+    """web.ranges.parse_range: the first 8 bytes are the file size, the rest the Range value.
+    None, UNSATISFIABLE, or 1..MAX_PARTS sorted disjoint parts inside the file that together
+    are at most its size; never an exception."""
+    size = int.from_bytes(data[:8], "big") >> (data[0] % 64 if data else 0)
+    result = parse_range(data[8:], size)
+    if result is None or result is UNSATISFIABLE:
+        return
+    assert isinstance(result, list) and 1 <= len(result) <= MAX_PARTS, result
+    previous = -1
+    for start, stop in result:
+        assert previous < start < stop <= size, (result, size)
+        previous = stop
+    assert sum(stop - start for start, stop in result) <= size
+
+
 _config_dir: str | None = None
 
 
@@ -517,5 +534,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "proxy_header": proxy_header,
     "ingress_headers": ingress_headers,
     "request_path": request_path,
+    "range_header": range_header,
     "config": config,
 }

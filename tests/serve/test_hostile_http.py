@@ -8,13 +8,12 @@ each class the node still serves an ordinary request.
 
 from __future__ import annotations
 
-import socket
-import ssl
 from pathlib import Path
 
 from twisted.internet import protocol, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from tests._support import tls_exchange
 from tests.serve.harness import HOSTNAME, ServeHarness
 
 
@@ -39,28 +38,6 @@ class Recorder(protocol.Protocol):
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
-
-
-def exchange(port: int, ca: str, raw: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``raw`` over TLS to the front on ``port``; everything read until close or quiet."""
-    context = ssl.create_default_context(cafile=ca)
-    context.set_alpn_protocols(["http/1.1"])
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain,
-        context.wrap_socket(plain, server_hostname=HOSTNAME) as tls,
-    ):
-        tls.sendall(raw)
-        tls.settimeout(1.5)
-        received = b""
-        while True:
-            try:
-                chunk = tls.recv(65536)
-            except (TimeoutError, ssl.SSLError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            received += chunk
-        return received
 
 
 def status_of(response: bytes) -> int:
@@ -93,7 +70,9 @@ underscores-in-headers /raw/ = yes
         _, self.port = self.harness.front(443)
 
     async def send(self, raw: bytes) -> bytes:
-        result: bytes = await threads.deferToThread(exchange, self.port, self.harness.ca_file, raw)
+        result: bytes = await threads.deferToThread(
+            tls_exchange, self.port, self.harness.ca_file, HOSTNAME, raw
+        )
         return result
 
     async def get(self, path: bytes, headers: bytes = b"") -> bytes:

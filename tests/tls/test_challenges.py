@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -118,11 +119,19 @@ class Handshake:
                 try:
                     while chunk := tls.recv(65536):
                         self.answer += chunk
-                        if b"\r\n\r\n" in self.answer:
+                        if self._complete():
                             break
                 except (ssl.SSLError, OSError):
                     pass
             self.closed_after = time.monotonic() - started
+
+    def _complete(self) -> bool:
+        """The whole response is in: its head and as much body as Content-Length says."""
+        head, sep, body = self.answer.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        return match is None or len(body) >= int(match.group(1))
 
     def is_challenge(self) -> bool:
         try:
