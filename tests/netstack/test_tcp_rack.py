@@ -123,6 +123,7 @@ class RackSenderTests(SynchronousTestCase):
         self.assertAlmostEqual(self.conn.srtt or 0, RTT)
 
     def send_flight(self, segments: int) -> list[int]:
+        self.conn.pacing = False  # the whole flight at self.now (pacing has its own tests)
         self.conn.send(bytes(segments * self.mss))
         self.stack.flush(self.now)
         out = [s for s in self.peer.take() if s.payload]
@@ -229,6 +230,7 @@ class RackSenderTests(SynchronousTestCase):
     def test_tail_loss_probe_sends_new_data_when_it_can(self) -> None:
         conn = self.conn
         conn.cwnd = 2 * self.mss
+        conn.pacing = False
         conn.send(bytes(4 * self.mss))
         self.stack.flush(self.now)
         self.assertEqual(len([s for s in self.peer.take() if s.payload]), 2)

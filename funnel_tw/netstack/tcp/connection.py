@@ -159,7 +159,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.state = State.CLOSED
         self.close_reason = reason
         self.t_rto = self.t_delack = self.t_persist = self.t_timewait = self.t_keepalive = None
-        self.t_stall = self.t_reo = self.t_tlp = None
+        self.t_stall = self.t_reo = self.t_tlp = self.t_pace = None
         self.sndbuf = bytearray()
         self._forget_sent()
         self.buf_off = 0

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Self
 from ..events import DRAINED
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH
+from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
 from .sequence import unwrap
 from .state import CAN_SEND, State
@@ -38,7 +39,7 @@ def _start(rec: Sent) -> int:
     return rec.start
 
 
-class SendSide(RackSide):
+class SendSide(RackSide, Pacing):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
     # What this part uses of the rest of the connection, declared for the type checker only.
@@ -109,7 +110,12 @@ class SendSide(RackSide):
         self.undo_retransmitted = 0
         self.prior_cwnd = 0
         self.prior_ssthresh = 0
+        # cwnd validation (RFC 7661, as Linux's tcp_cwnd_validate): grow only when used
+        self.max_flight = 0
+        self.max_flight_seq = iss
+        self.cwnd_limited = False
         self._init_rack()
+        self._init_pacing()
 
     # --- application interface -----------------------------------------------------------------
 
@@ -176,6 +182,7 @@ class SendSide(RackSide):
             options = b""  # a segment cut before SACK blocks were due: they ride on ACKs
         self._send_segment(start, flags, payload, options)
         rec.xmit = now
+        self.pace_tokens -= end - start
         if self.t_rto is None:
             self.t_rto = now + self.rto
 
@@ -213,6 +220,8 @@ class SendSide(RackSide):
         # SACK blocks ride on data segments too: leave room for them within the MTU
         options = self._ack_options()
         mss = self.mss - len(options)
+        self.t_pace = None
+        self._pace_start(now, self._pipe())
         # 1. what is deemed lost, in the order it was found
         lost_q = self.lost_q
         while lost_q:
@@ -220,14 +229,14 @@ class SendSide(RackSide):
             if rec.state != LOST:
                 lost_q.popleft()
                 continue
-            if self._pipe() >= self.cwnd:
+            if self._pipe() >= self.cwnd or self._pace_blocked(now):
                 return sent
             lost_q.popleft()
             self._retransmit(rec, now, options)
             sent = True
-        # 2. new data within both windows
+        # 2. new data within both windows, at the pacing rate
         data_end = self._data_end()
-        while self.snd_nxt < data_end:
+        while self.snd_nxt < data_end and not self._pace_blocked(now):
             flight = self._pipe()
             budget = min(self.snd_una + self.snd_wnd - self.snd_nxt, self.cwnd - flight)
             n = min(mss, data_end - self.snd_nxt)
@@ -262,7 +271,23 @@ class SendSide(RackSide):
             self.t_persist = now + self.rto
         if sent:
             self._arm_tlp(now)
+        self._validate_cwnd()
         return sent
+
+    def _validate_cwnd(self) -> None:
+        """Note, per window of data, the most in flight and whether cwnd was what stopped
+        the sender (not the peer's window, pacing or the application)."""
+        flight = self.snd_max - self.snd_una
+        limited = self._pipe() + self.mss > self.cwnd
+        if self.snd_una >= self.max_flight_seq or flight > self.max_flight or limited:
+            self.max_flight = flight
+            self.max_flight_seq = self.snd_max
+            self.cwnd_limited = limited
+
+    def _is_cwnd_limited(self) -> bool:
+        if self.cwnd < self.ssthresh:  # slow start: grow while half the window is used
+            return self.cwnd < 2 * self.max_flight
+        return self.cwnd_limited
 
     # --- acknowledgements ----------------------------------------------------------------------
 
@@ -314,7 +339,7 @@ class SendSide(RackSide):
             self._enter_recovery()
         if self.in_recovery:
             self._prr(delivered)
-        elif delivered > 0:
+        elif delivered > 0 and self._is_cwnd_limited():
             self._grow(delivered)
         self._try_undo()
         # timers and the application

@@ -89,6 +89,7 @@ class Timers:
         self.t_stall: float | None = None  # no progress by then: abort (user timeout)
         self.t_reo: float | None = None  # RACK's reordering window ends (rack.py)
         self.t_tlp: float | None = None  # the tail loss probe is due (rack.py)
+        self.t_pace: float | None = None  # the pacer lets the next quantum go (pacing.py)
         # the stall bound and unanswered zero-window probes
         self.user_timeout = USER_TIMEOUT
         self.orphan_timeout = ORPHAN_TIMEOUT
@@ -182,6 +183,7 @@ class Timers:
             self.t_stall,
             self.t_reo,
             self.t_tlp,
+            self.t_pace,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -213,6 +215,9 @@ class Timers:
             self.stack.mark_output(self)
         if self.t_tlp is not None and self.t_tlp <= now:
             self._tail_loss_probe(now)
+        if self.t_pace is not None and self.t_pace <= now:
+            self.t_pace = None
+            self.stack.mark_output(self)
         if self.t_persist is not None and self.t_persist <= now:
             self.t_persist = None
             if self.snd_wnd == 0 and self.state in SYNCHRONIZED:
