@@ -18,6 +18,7 @@ from typing import Any
 from ..events import EOF
 from ..owner import Owner
 from ..segment import ACK, FIN, RST, SYN, PacketBuilder, syn_options
+from .cubic import Cubic
 from .receive import RECEIVE_WSCALE, ReceiveSide
 from .send import SendSide
 from .sequence import MASK, unwrap
@@ -226,6 +227,7 @@ class Connection(SendSide, ReceiveSide, Timers):
     def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
         self.cwnd = 10 * self.mss
+        self.cc = Cubic(self.mss)
         self.t_rto = None
         self.retransmits = 0
         if self.keepalive_idle:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Self
 from ..events import DRAINED
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH
+from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
 from .sequence import unwrap
@@ -97,7 +98,7 @@ class SendSide(RackSide, Pacing):
         # congestion control and recovery
         self.cwnd = 10 * self.mss
         self.ssthresh = 1 << 30
-        self.ca_acked = 0
+        self.cc = Cubic(self.mss)
         self.dupacks = 0
         self.in_recovery = False  # fast recovery (RFC 6675 / PRR)
         self.in_loss = False  # after a timeout, until what was sent before it is acknowledged
@@ -110,6 +111,7 @@ class SendSide(RackSide, Pacing):
         self.undo_retransmitted = 0
         self.prior_cwnd = 0
         self.prior_ssthresh = 0
+        self.prior_cc = (0.0, 0.0)
         # cwnd validation (RFC 7661, as Linux's tcp_cwnd_validate): grow only when used
         self.max_flight = 0
         self.max_flight_seq = iss
@@ -307,6 +309,7 @@ class SendSide(RackSide, Pacing):
         if blocks and self.sack_ok:
             dsack = self._read_sack_blocks(ack, blocks, sacks)
         newest: Sent | None = None
+        rtt: float | None = None
         if ack > prior_una:
             newest = self._acked_records(ack)
         if sacks:
@@ -339,8 +342,8 @@ class SendSide(RackSide, Pacing):
             self._enter_recovery()
         if self.in_recovery:
             self._prr(delivered)
-        elif delivered > 0 and self._is_cwnd_limited():
-            self._grow(delivered)
+        elif delivered > 0:
+            self._grow(delivered, rtt, now)
         self._try_undo()
         # timers and the application
         if self.snd_max > self.snd_una:
@@ -517,26 +520,26 @@ class SendSide(RackSide, Pacing):
     # --- congestion control --------------------------------------------------------------------
 
     def _cc_ssthresh(self) -> int:
-        """The window after a loss (multiplicative decrease)."""
-        flight = self.snd_max - self.snd_una
-        return max(flight // 2, 2 * self.mss)
+        """The window after a loss (CUBIC's multiplicative decrease, cubic.py)."""
+        return self.cc.reduce(self.cwnd)
 
-    def _grow(self, delivered: int) -> None:
-        """Window growth on ``delivered`` bytes (NewReno with appropriate byte counting)."""
-        mss = self.mss
-        if self.cwnd < self.ssthresh:
-            # slow start counts every byte a (possibly stretch) ACK covers, at most doubling
-            self.cwnd = min(self.cwnd + min(delivered, self.cwnd), max(self.ssthresh, 2 * mss))
+    def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
+        """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only
+        while cwnd is what limits the sender."""
+        if not self._is_cwnd_limited():
+            self.cc.idle(now)
+        elif self.cwnd < self.ssthresh:
+            self.cwnd, self.ssthresh = self.cc.slow_start(
+                self.cwnd, self.ssthresh, delivered, rtt, self.snd_una, self.snd_max
+            )
         elif not self.in_loss:
-            self.ca_acked += delivered
-            if self.ca_acked >= self.cwnd:
-                self.ca_acked -= self.cwnd
-                self.cwnd += mss
+            self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
 
     def _begin_episode(self) -> None:
         """A loss episode starts: remember the window for an undo."""
         self.prior_cwnd = self.cwnd
         self.prior_ssthresh = self.ssthresh
+        self.prior_cc = self.cc.state()
         self.undo_ranges = {}
         self.undo_retransmitted = 0
 
@@ -593,6 +596,7 @@ class SendSide(RackSide, Pacing):
         self.stack.count("tcp_undo")
         self.cwnd = max(self.cwnd, self.prior_cwnd)
         self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
+        self.cc.restore(self.prior_cc)
         self.undo_ranges = None
         if self.in_recovery:
             self.in_recovery = False
@@ -619,8 +623,8 @@ class SendSide(RackSide, Pacing):
             self.ssthresh = self._cc_ssthresh()
         elif not self.in_loss and self.undo_ranges is None:
             self._begin_episode()
+        self.cc.timeout()
         self.cwnd = self.mss
-        self.ca_acked = 0
         self.in_recovery = False
         self.in_loss = True
         self.recover = self.snd_max
