@@ -18,6 +18,7 @@ from typing import Any
 from ..events import EOF
 from ..owner import Owner
 from ..segment import ACK, FIN, RST, SYN, PacketBuilder, syn_options
+from .cubic import Cubic
 from .receive import RECEIVE_WSCALE, ReceiveSide
 from .send import SendSide
 from .sequence import MASK, unwrap
@@ -119,11 +120,14 @@ class Connection(SendSide, ReceiveSide, Timers):
     # --- segments out, and the end -------------------------------------------------------------
 
     def _send_segment(
-        self, seq: int, flags: int, payload: bytes = b"", options: bytes = b""
+        self, seq: int, flags: int, payload: bytes = b"", options: bytes | None = None
     ) -> None:
         if self.state is not State.SYN_SENT:
             flags |= ACK
-            options = options or self._ack_options()
+            if options is None:
+                options = self._ack_options()
+        elif options is None:
+            options = b""
         window = self._advertised() if not flags & SYN else min(self._window(), 0xFFFF)
         self.stack.emit_packet(
             self.builder.build(
@@ -134,6 +138,8 @@ class Connection(SendSide, ReceiveSide, Timers):
             self.ack_pending = 0
             self.ack_now = False
             self.t_delack = None
+            if options and self.dsack is not None:
+                self.dsack = None  # reported once (RFC 2883)
 
     def send_ack(self) -> None:
         # at the highest sequence number sent, as BSD does: after a timeout snd_nxt goes back,
@@ -154,8 +160,9 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.state = State.CLOSED
         self.close_reason = reason
         self.t_rto = self.t_delack = self.t_persist = self.t_timewait = self.t_keepalive = None
-        self.t_stall = None
+        self.t_stall = self.t_reo = self.t_tlp = self.t_pace = None
         self.sndbuf = bytearray()
+        self._forget_sent()
         self.buf_off = 0
         self.held = []
         self.ooo = []
@@ -220,6 +227,7 @@ class Connection(SendSide, ReceiveSide, Timers):
     def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
         self.cwnd = 10 * self.mss
+        self.cc = Cubic(self.mss)
         self.t_rto = None
         self.retransmits = 0
         if self.keepalive_idle:
@@ -273,9 +281,16 @@ class Connection(SendSide, ReceiveSide, Timers):
             self.ack_now = True
             acceptable = True
         if not acceptable:
-            if not flags & RST:
-                self.stack.count("tcp_out_of_window")
-                self._out_of_window_ack(now)
+            if flags & RST:
+                return
+            self.stack.count("tcp_out_of_window")
+            if n and seq + n <= self.rcv_nxt and not flags & SYN and self.state in SYNCHRONIZED:
+                # data we already have, sent again: say so at once (D-SACK, RFC 2883), as a
+                # data segment cannot be part of an ACK loop (Linux does not rate-limit it)
+                self._duplicate_data(seq, seq + n)
+                self.send_ack()
+                return
+            self._out_of_window_ack(now)
             return
         self.last_heard = now
         self.keepalive_sent = 0
@@ -393,13 +408,11 @@ class Connection(SendSide, ReceiveSide, Timers):
                 self.max_snd_wnd = max(self.max_snd_wnd, scaled)
                 self.stack.mark_output(self)
             self.snd_wl1, self.snd_wl2 = seq, ack
-        if self.sack_ok and options is not None and options.sack:
-            self._update_scoreboard(options.sack)
         flight = self.snd_max - self.snd_una
-        if ack > self.snd_una:
-            self._new_ack(ack, now)
-        elif ack == self.snd_una and flight > 0 and n == 0 and not window_changed:
-            self._duplicate_ack(now)
+        duplicate = ack == self.snd_una and flight > 0 and n == 0 and not window_changed
+        blocks = options.sack if options is not None else ()
+        if ack > self.snd_una or duplicate or blocks:
+            self._ack_arrived(ack, blocks, duplicate, now)
         return True
 
     # --- state transitions ---------------------------------------------------------------------
@@ -456,7 +469,7 @@ class Connection(SendSide, ReceiveSide, Timers):
             return
         sent_any = False
         if state not in (State.TIME_WAIT, State.FIN_WAIT_2, State.CLOSING, State.LAST_ACK) or (
-            self.snd_nxt < self.snd_max
+            self.lost_q
         ):
             sent_any = self._send_data(now)
         if not sent_any and (self.ack_now or self.ack_pending >= 2):

@@ -51,6 +51,7 @@ class ReceiveSide:
         self.eof_delivered = False
         self.pending_fin: int | None = None  # a FIN that arrived beyond a gap
         self.last_ooo: tuple[int, int] | None = None  # the out-of-order segment received last
+        self.dsack: tuple[int, int] | None = None  # data received twice, for the next ACK
         self._last_oow_ack = float("-inf")
         self.orphaned = False  # the application let go: data is acknowledged and dropped
 
@@ -92,6 +93,8 @@ class ReceiveSide:
         return scaled
 
     def _sack_blocks(self) -> list[tuple[int, int]]:
+        """Up to three blocks (wire values): a D-SACK first if one is due (RFC 2883), then
+        the block holding the segment received last, then the highest ones (RFC 2018)."""
         blocks: list[tuple[int, int]] = []
         for start, data in self.ooo:
             end = start + len(data)
@@ -106,12 +109,21 @@ class ReceiveSide:
                 if s <= self.last_ooo[0] and self.last_ooo[1] <= e:
                     blocks.insert(0, blocks.pop(i))
                     break
+        if self.dsack is not None:
+            blocks.insert(0, self.dsack)
         return [(s & MASK, e & MASK) for s, e in blocks[:3]]
 
     def _ack_options(self) -> bytes:
-        if self.sack_ok and self.ooo:
+        if self.sack_ok and (self.ooo or self.dsack is not None):
             return sack_option(self._sack_blocks())
         return b""
+
+    def _duplicate_data(self, start: int, end: int) -> None:
+        """[start, end) arrived again: report it in the next ACK (RFC 2883)."""
+        self.stack.count("tcp_dsack_sent")
+        if self.sack_ok:
+            self.dsack = (start, end)
+            self.ack_now = True
 
     def _out_of_window_ack(self, now: float) -> None:
         """Answer an unacceptable segment, at most every 0.5 s (as Linux does), so two ends
@@ -124,6 +136,7 @@ class ReceiveSide:
 
     def _receive_data(self, seq: int, payload: bytes, now: float) -> None:
         if seq < self.rcv_nxt:  # overlaps what we have: keep only the new part
+            self._duplicate_data(seq, min(self.rcv_nxt, seq + len(payload)))
             payload = payload[self.rcv_nxt - seq :]
             seq = self.rcv_nxt
         window_end = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 0)
@@ -164,7 +177,9 @@ class ReceiveSide:
         end = seq + len(payload)
         for start, data in self.ooo:
             if start <= seq and end <= start + len(data):
-                return  # already have all of it
+                self._duplicate_data(seq, end)  # already have all of it
+                self.last_ooo = (seq, end)  # so the block holding it comes second
+                return
         self.ooo.append((seq, payload))
         self.ooo.sort(key=lambda item: item[0])
         self.ooo_bytes += len(payload)

@@ -1,26 +1,46 @@
-"""The send side of a connection: the send buffer, the SACK scoreboard, congestion control.
+"""The send side of a connection: the send buffer, the record of what was sent, recovery.
 
-Loss recovery is SACK-based (RFC 6675: a hole with three segments' worth of SACKed data above
-it is lost) with NewReno behaviour when the peer does not do SACK; congestion control is
-NewReno with appropriate byte counting. ``_send_data`` is what the windows let out at a flush;
-``_new_ack`` is what an acknowledgement does to the buffer, the scoreboard and ``cwnd``.
+Every segment sent is a :class:`~.rack.Sent` record in ``rtx`` (sequence order). SACK blocks
+mark records delivered; RACK (``rack.py``) marks the ones that are lost by time; lost records are
+retransmitted first, in the order they were found. ``pipe`` (RFC 6675) is what was sent minus
+what was SACKed and what is deemed lost: O(1), kept as counters.
+
+Recovery: the window falls once per loss episode and Proportional Rate Reduction (RFC 6937)
+spreads the retransmissions and new data over the ACKs that come back. A retransmission found
+spurious undoes the reduction: every retransmission of an episode is remembered, and when
+D-SACKs (RFC 2883) have reported all of them as duplicates, ``cwnd`` and ``ssthresh`` go back
+to what they were (as Linux's undo). Without SACK, three duplicate ACKs or a partial ACK mark
+the first unacknowledged segment lost (NewReno, RFC 6582). After a timeout everything not
+SACKed is lost and is sent again from one segment of window.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Self
 
 from ..events import DRAINED
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH
+from .cubic import Cubic
+from .pacing import Pacing
+from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
 from .sequence import unwrap
 from .state import CAN_SEND, State
 
 DUP_THRESH = 3
 SEND_BUFFER_LOW = 1 << 20  # default: DRAINED fires when unsent+unacked data falls below this
+UNDO_MAX_RANGES = 4096  # retransmissions remembered per episode; beyond, no undo
 
 
-class SendSide:
+def _start(rec: Sent) -> int:
+    return rec.start
+
+
+class SendSide(RackSide, Pacing):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
     # What this part uses of the rest of the connection, declared for the type checker only.
@@ -38,20 +58,20 @@ class SendSide:
     if TYPE_CHECKING:
 
         def _send_segment(
-            self, seq: int, flags: int, payload: bytes = b"", options: bytes = b""
+            self, seq: int, flags: int, payload: bytes = b"", options: bytes | None = None
         ) -> None: ...
         def _ack_options(self) -> bytes: ...
         def _fin_fits(self) -> bool: ...
         def _fin_sent(self, seq: int) -> None: ...
         def _our_fin_acked(self, now: float) -> None: ...
-        def _sample_rtt(self, ack: int, now: float) -> None: ...
+        def _rtt_update(self, rtt: float) -> None: ...
         def _computed_rto(self) -> float: ...
         def _progress(self, now: float) -> None: ...
 
     def _init_send(self, iss: int) -> None:
         self.iss = iss
         self.snd_una = iss
-        self.snd_nxt = iss
+        self.snd_nxt = iss  # the next new sequence number (no go-back-N: always snd_max)
         self.snd_max = iss
         self.snd_wnd = 1
         self.snd_wl1 = 0
@@ -65,17 +85,39 @@ class SendSide:
         self.fin_seq: int | None = None  # sequence number of our FIN once it has one
         self.drained_pending = False
         self.send_low_water = SEND_BUFFER_LOW
+        # what was sent and what became of it
+        self.rtx: list[Sent] = []  # sequence order; rtx[rtx_head:] not yet acknowledged
+        self.rtx_head = 0
+        self.in_flight: OrderedDict[Sent, None] = OrderedDict()
+        self.lost_q: deque[Sent] = deque()  # to retransmit (lazily skipped once delivered)
+        self.sacked_bytes = 0
+        self.lost_bytes = 0
+        self.reno_sacked = 0  # without SACK: one segment per duplicate ACK (as Linux counts)
+        self.sack_cache: list[tuple[int, int]] = []  # the previous ACK's SACK blocks
+        self.sack_ok = False
         # congestion control and recovery
         self.cwnd = 10 * self.mss
         self.ssthresh = 1 << 30
-        self.ca_acked = 0
+        self.cc = Cubic(self.mss)
         self.dupacks = 0
-        self.in_recovery = False
+        self.in_recovery = False  # fast recovery (RFC 6675 / PRR)
+        self.in_loss = False  # after a timeout, until what was sent before it is acknowledged
         self.recover = iss
-        self.rexmit_next = iss
-        self.sacked: list[list[int]] = []  # disjoint sorted [start, end) above snd_una
-        self.sacked_bytes = 0
-        self.sack_ok = False
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.recover_fs = 0
+        # undo (Linux's undo_marker / undo_retrans, with the ranges themselves)
+        self.undo_ranges: dict[int, int] | None = None
+        self.undo_retransmitted = 0
+        self.prior_cwnd = 0
+        self.prior_ssthresh = 0
+        self.prior_cc = (0.0, 0.0)
+        # cwnd validation (RFC 7661, as Linux's tcp_cwnd_validate): grow only when used
+        self.max_flight = 0
+        self.max_flight_seq = iss
+        self.cwnd_limited = False
+        self._init_rack()
+        self._init_pacing()
 
     # --- application interface -----------------------------------------------------------------
 
@@ -99,83 +141,27 @@ class SendSide:
         return self.buf_seq + len(self.sndbuf) - self.buf_off
 
     def _pipe(self) -> int:
-        """RFC 6675 pipe: bytes believed in flight.
+        """RFC 6675 pipe: bytes believed in flight (sent, not SACKed, not deemed lost)."""
+        flight = (
+            self.snd_max - self.snd_una - self.sacked_bytes - self.lost_bytes - self.reno_sacked
+        )
+        return flight if flight > 0 else 0
 
-        Counted up to ``snd_nxt``, not ``snd_max``: after a timeout ``snd_nxt`` goes back to
-        ``snd_una`` and everything beyond it is presumed lost.
-        """
-        nxt = self.snd_nxt
-        if nxt >= self.snd_max:
-            sacked = self.sacked_bytes
-        else:
-            sacked = sum(min(e, nxt) - s for s, e in self.sacked if s < nxt)
-        flight = nxt - self.snd_una - sacked
-        if self.in_recovery:
-            flight -= self._lost_bytes_after(self.rexmit_next)
-        return max(flight, 0)
+    def _mark_lost(self, rec: Sent) -> None:
+        if rec.state != INFLIGHT:
+            return
+        rec.state = LOST
+        self.lost_bytes += rec.end - rec.start
+        del self.in_flight[rec]
+        self.lost_q.append(rec)
 
-    def _holes(self) -> list[tuple[int, int]]:
-        holes = []
-        point = self.snd_una
-        for start, end in self.sacked:
-            if start > point:
-                holes.append((point, start))
-            point = max(point, end)
-        return holes
-
-    def _lost_bytes_after(self, point: int) -> int:
-        lost = 0
-        for start, end in self._next_lost_holes():
-            if end <= point:
-                continue
-            lost += end - max(start, point)
-        return lost
-
-    def _next_lost_holes(self) -> list[tuple[int, int]]:
-        """Holes deemed lost: three segments' worth SACKed above them (or NewReno's first)."""
-        threshold = DUP_THRESH * self.mss
-        if not self.sacked:
-            if self.in_recovery:
-                return [(self.snd_una, min(self.snd_una + self.mss, self.snd_max))]
-            return []
-        lost = []
-        above = self.sacked_bytes
-        point = self.snd_una
-        for start, end in self.sacked:
-            if start > point and (above >= threshold or point == self.snd_una):
-                lost.append((point, start))
-            above -= end - start
-            point = max(point, end)
-        return lost
-
-    def _update_scoreboard(self, blocks: list[tuple[int, int]]) -> None:
-        changed = False
-        for left_w, right_w in blocks:
-            left = unwrap(left_w, self.snd_una)
-            right = unwrap(right_w, self.snd_una)
-            if not (self.snd_una <= left < right <= self.snd_max):
-                continue
-            self._sack_add(left, right)
-            changed = True
-        if changed:
-            self.sacked_bytes = sum(e - s for s, e in self.sacked)
-
-    def _sack_add(self, left: int, right: int) -> None:
-        merged: list[list[int]] = []
-        placed = False
-        for block in self.sacked:
-            if block[1] < left:
-                merged.append(block)
-            elif right < block[0]:
-                if not placed:
-                    merged.append([left, right])
-                    placed = True
-                merged.append(block)
-            else:
-                left, right = min(left, block[0]), max(right, block[1])
-        if not placed:
-            merged.append([left, right])
-        self.sacked = merged
+    def _forget_sent(self) -> None:
+        """Drop the record (the connection is gone)."""
+        self.rtx = []
+        self.rtx_head = 0
+        self.in_flight = OrderedDict()
+        self.lost_q = deque()
+        self.undo_ranges = None
 
     # --- output --------------------------------------------------------------------------------
 
@@ -183,93 +169,101 @@ class SendSide:
         offset = self.buf_off + (seq - self.buf_seq)
         return bytes(self.sndbuf[offset : offset + n])
 
-    def _emit_data(self, seq: int, n: int, now: float) -> None:
-        payload = self._segment_bytes(seq, n)
+    def _transmit(self, rec: Sent, now: float, options: bytes) -> None:
+        """Put ``rec`` on the wire (again); ``options`` are the ACK's, if they fit."""
+        start, end = rec.start, rec.end
+        fin = self.fin_seq is not None and end == self.fin_seq + 1
+        data_end = end - 1 if fin else end
+        payload = self._segment_bytes(start, data_end - start) if data_end > start else b""
         flags = ACK
-        end = seq + n
-        if end == self._data_end():
-            flags |= PSH
-        if self.fin_queued and end == self._data_end() and self._fin_fits():
+        if fin:
             flags |= FIN
-            self._fin_sent(end)
-            end += 1
-        self._send_segment(seq, flags, payload)
-        if end > self.snd_max:
-            if self.rtt_seq is None and not self.in_recovery:
-                self.rtt_seq = seq
-                self.rtt_time = now
-            self.snd_max = end
+        if payload and data_end == self._data_end():
+            flags |= PSH
+        if len(options) + len(payload) > self.mss:
+            options = b""  # a segment cut before SACK blocks were due: they ride on ACKs
+        self._send_segment(start, flags, payload, options)
+        rec.xmit = now
+        self.pace_tokens -= end - start
         if self.t_rto is None:
             self.t_rto = now + self.rto
+
+    def _new_segment(self, start: int, end: int, now: float, options: bytes) -> None:
+        rec = Sent(start, end, now)
+        self.rtx.append(rec)
+        self.in_flight[rec] = None
+        self.snd_nxt = self.snd_max = end
+        self._transmit(rec, now, options)
+        if self.in_recovery:
+            self.prr_out += end - start
+
+    def _retransmit(self, rec: Sent, now: float, options: bytes) -> None:
+        if rec.state == LOST:
+            self.lost_bytes -= rec.end - rec.start
+        elif rec.state == INFLIGHT:
+            del self.in_flight[rec]
+        rec.state = INFLIGHT
+        rec.retrans = True
+        self.in_flight[rec] = None  # to the end: the newest transmission
+        self.stack.count("tcp_retransmitted_segments")
+        if self.in_recovery:
+            self.prr_out += rec.end - rec.start
+        ranges = self.undo_ranges
+        if ranges is not None:
+            if len(ranges) >= UNDO_MAX_RANGES:
+                self.undo_ranges = None
+            else:
+                ranges[rec.start] = rec.end
+                self.undo_retransmitted += 1
+        self._transmit(rec, now, options)
 
     def _send_data(self, now: float) -> bool:
         sent = False
         # SACK blocks ride on data segments too: leave room for them within the MTU
-        mss = self.mss - len(self._ack_options())
-        # 1. retransmit lost holes during recovery
-        if self.in_recovery:
-            pipe = self._pipe()
-            for start, end in self._next_lost_holes():
-                if pipe >= self.cwnd:
-                    break
-                point = max(start, self.rexmit_next)
-                while point < end and pipe < self.cwnd:
-                    n = min(mss, end - point)
-                    if self.fin_seq is not None and point + n > self.fin_seq:
-                        n = self.fin_seq - point
-                    if n <= 0:
-                        break
-                    self.stack.count("tcp_retransmitted_segments")
-                    self._emit_data(point, n, now)
-                    point += n
-                    pipe += n
-                    sent = True
-                self.rexmit_next = max(self.rexmit_next, point)
-            if pipe >= self.cwnd:
-                return sent
-        # 2. new data (or go-back-N after a timeout) within both windows
-        data_end = self._data_end()
-        while True:
-            flight = self._pipe()
-            window_edge = self.snd_una + self.snd_wnd
-            budget = min(window_edge - self.snd_nxt, self.cwnd - flight)
-            if self.snd_nxt < data_end:
-                # skip what the peer already holds (after a timeout)
-                for start, end in self.sacked:
-                    if start <= self.snd_nxt < end:
-                        self.snd_nxt = end
-                if self.snd_nxt >= data_end:
-                    continue
-                n = min(mss, data_end - self.snd_nxt)
-                if budget < n:
-                    if budget <= 0 or (budget < mss and self.snd_max > self.snd_una):
-                        break  # wait for the window rather than send a sliver
-                    n = budget
-                for start, _ in self.sacked:
-                    if self.snd_nxt < start < self.snd_nxt + n:
-                        n = start - self.snd_nxt
-                        break
-                if self.snd_nxt < self.snd_max:
-                    self.stack.count("tcp_retransmitted_segments")
-                self._emit_data(self.snd_nxt, n, now)
-                self.snd_nxt += n + (1 if self.fin_seq == self.snd_nxt + n else 0)
-                sent = True
+        options = self._ack_options()
+        mss = self.mss - len(options)
+        self.t_pace = None
+        self._pace_start(now, self._pipe())
+        # 1. what is deemed lost, in the order it was found
+        lost_q = self.lost_q
+        while lost_q:
+            rec = lost_q[0]
+            if rec.state != LOST:
+                lost_q.popleft()
                 continue
-            if (
-                self.fin_queued
-                and self.snd_nxt == data_end
-                and (self.fin_seq is None or self.snd_nxt <= self.fin_seq)
-                and self._fin_fits()
-            ):
-                self._fin_sent(data_end)
-                self._send_segment(data_end, FIN | ACK)
-                self.snd_nxt = data_end + 1
-                self.snd_max = max(self.snd_max, self.snd_nxt)
-                if self.t_rto is None:
-                    self.t_rto = now + self.rto
-                sent = True
-            break
-        # 3. zero window: probe until it opens
+            if self._pipe() >= self.cwnd or self._pace_blocked(now):
+                return sent
+            lost_q.popleft()
+            self._retransmit(rec, now, options)
+            sent = True
+        # 2. new data within both windows, at the pacing rate
+        data_end = self._data_end()
+        while self.snd_nxt < data_end and not self._pace_blocked(now):
+            flight = self._pipe()
+            budget = min(self.snd_una + self.snd_wnd - self.snd_nxt, self.cwnd - flight)
+            n = min(mss, data_end - self.snd_nxt)
+            if budget < n:
+                if budget <= 0 or (budget < mss and self.snd_max > self.snd_una):
+                    break  # wait for the window rather than send a sliver
+                n = budget
+            start = self.snd_nxt
+            end = start + n
+            if self.fin_queued and end == data_end and self._fin_fits():
+                self._fin_sent(end)
+                end += 1
+            self._new_segment(start, end, now, options)
+            sent = True
+        # 3. a FIN on its own
+        if (
+            self.fin_queued
+            and self.fin_seq is None
+            and self.snd_nxt == data_end
+            and self._fin_fits()
+        ):
+            self._fin_sent(data_end)
+            self._new_segment(data_end, data_end + 1, now, options)
+            sent = True
+        # 4. zero window: probe until it opens
         if (
             self.snd_wnd == 0
             and data_end > self.snd_nxt
@@ -277,13 +271,218 @@ class SendSide:
             and self.t_persist is None
         ):
             self.t_persist = now + self.rto
+        if sent:
+            self._arm_tlp(now)
+        self._validate_cwnd()
         return sent
+
+    def _validate_cwnd(self) -> None:
+        """Note, per window of data, the most in flight and whether cwnd was what stopped
+        the sender (not the peer's window, pacing or the application)."""
+        flight = self.snd_max - self.snd_una
+        limited = self._pipe() + self.mss > self.cwnd
+        if self.snd_una >= self.max_flight_seq or flight > self.max_flight or limited:
+            self.max_flight = flight
+            self.max_flight_seq = self.snd_max
+            self.cwnd_limited = limited
+
+    def _is_cwnd_limited(self) -> bool:
+        if self.cwnd < self.ssthresh:  # slow start: grow while half the window is used
+            return self.cwnd < 2 * self.max_flight
+        return self.cwnd_limited
 
     # --- acknowledgements ----------------------------------------------------------------------
 
-    def _new_ack(self: Self, ack: int, now: float) -> None:
+    def _ack_arrived(
+        self: Self,
+        ack: int,
+        blocks: Sequence[tuple[int, int]],
+        duplicate: bool,
+        now: float,
+    ) -> None:
+        """An acceptable ACK (``ack`` unwrapped, at most ``snd_max``) with its SACK blocks
+        (wire values); ``duplicate``: no data, no window change, something in flight."""
+        prior_una = self.snd_una
+        prior_sacked = self.sacked_bytes
+        dsack = False
+        sacks: list[tuple[int, int]] = []
+        if blocks and self.sack_ok:
+            dsack = self._read_sack_blocks(ack, blocks, sacks)
+        newest: Sent | None = None
+        rtt: float | None = None
+        if ack > prior_una:
+            newest = self._acked_records(ack)
+        if sacks:
+            newest = self._sacked_records(sacks, newest)
+        if newest is not None:
+            self._rack_delivered(newest, now)
+            if not newest.retrans:
+                rtt = max(now - newest.xmit, 1e-6)
+                self._rack_rtt_sample(rtt)
+                self._rtt_update(rtt)
+        if dsack:
+            self._rack_dsack_seen()
+        if ack > prior_una:
+            self._advance_una(ack, now)
+        delivered = (ack - prior_una) + (self.sacked_bytes - prior_sacked)
+        # what is lost
+        if not self.sack_ok:
+            self._newreno(ack, prior_una, duplicate)
+        elif self.sacked_bytes or (self.in_flight and self.rack_xmit > float("-inf")):
+            self._rack_detect_loss(now)
+        if self._tlp_ack(ack, dsack, ack > prior_una, delivered > 0):
+            self._reduce_once()
+        # what the window does
+        if self.in_loss and self.snd_una >= self.recover:
+            self.in_loss = False
+            self._episode_over()
+        if self.in_recovery and self.snd_una >= self.recover:
+            self._exit_recovery()
+        if not self.in_recovery and not self.in_loss and self.lost_bytes:
+            self._enter_recovery()
+        if self.in_recovery:
+            self._prr(delivered)
+        elif delivered > 0:
+            self._grow(delivered, rtt, now)
+        self._try_undo()
+        # timers and the application
+        if self.snd_max > self.snd_una:
+            if ack > prior_una:
+                self.t_rto = now + self.rto
+                self._arm_tlp(now)
+        else:
+            self.t_rto = self.t_tlp = self.t_reo = None
+        if ack > prior_una:
+            if self.fin_seq is not None and ack > self.fin_seq:
+                self._our_fin_acked(now)
+            self._progress(now)
+            if (
+                self.drained_pending
+                and self.send_buffered < self.send_low_water
+                and self.state in CAN_SEND
+            ):
+                self.drained_pending = False
+                self.stack.emit(DRAINED, self, None)
+        self.stack.mark_output(self)
+
+    def _read_sack_blocks(
+        self, ack: int, blocks: Sequence[tuple[int, int]], out: list[tuple[int, int]]
+    ) -> bool:
+        """The new SACK information in ``blocks`` goes to ``out`` (unwrapped, clipped, minus
+        what the previous ACK already said); True if the first block is a D-SACK."""
+        dsack = False
+        una = self.snd_una
+        cache = self.sack_cache
+        fresh: list[tuple[int, int]] = []
+        for k, (left_w, right_w) in enumerate(blocks):
+            left = unwrap(left_w, una)
+            right = unwrap(right_w, una)
+            if k == 0 and left < right:
+                if right <= ack:
+                    dsack = True
+                elif len(blocks) > 1:
+                    l1 = unwrap(blocks[1][0], una)
+                    r1 = unwrap(blocks[1][1], una)
+                    dsack = l1 <= left and right <= r1
+                if dsack:
+                    self._dsack_arrived(left, right)
+                    continue
+            left = max(left, ack)
+            if not (left < right <= self.snd_max):
+                continue
+            fresh.append((left, right))
+            for c_left, c_right in cache:
+                if c_left <= left < c_right:
+                    left = c_right
+                if c_left < right <= c_right and left < c_left:
+                    right = c_left
+            if left < right:
+                out.append((left, right))
+        self.sack_cache = fresh
+        return dsack
+
+    def _dsack_arrived(self, left: int, right: int) -> None:
+        """The peer got [left, right) twice: if we retransmitted it in this episode, that
+        retransmission was not needed."""
+        self.stack.count("tcp_dsack_received")
+        ranges = self.undo_ranges
+        if not ranges:
+            return
+        point = left
+        while point < right:
+            end = ranges.pop(point, None)
+            if end is None:
+                break
+            point = end
+
+    def _acked_records(self, ack: int) -> Sent | None:
+        """Remove what ``ack`` covers from the record; the most recently sent one of them
+        that was still in flight or deemed lost."""
+        rtx, i = self.rtx, self.rtx_head
+        newest: Sent | None = None
+        lowest_unsacked: int | None = None
+        while i < len(rtx) and rtx[i].end <= ack:
+            rec = rtx[i]
+            i += 1
+            state = rec.state
+            if state == SACKED:
+                self.sacked_bytes -= rec.end - rec.start
+            else:
+                if state == INFLIGHT:
+                    del self.in_flight[rec]
+                elif state == LOST:
+                    self.lost_bytes -= rec.end - rec.start
+                if newest is None or (rec.xmit, rec.end) > (newest.xmit, newest.end):
+                    newest = rec
+                if not rec.retrans and lowest_unsacked is None:
+                    lowest_unsacked = rec.start
+            rec.state = ACKED
+        if i < len(rtx) and rtx[i].start < ack:
+            rec = rtx[i]  # acknowledged in part (the peer's window cut it)
+            if rec.state == SACKED:
+                self.sacked_bytes -= ack - rec.start
+            elif rec.state == LOST:
+                self.lost_bytes -= ack - rec.start
+            rec.start = ack
+        if lowest_unsacked is not None and lowest_unsacked < self.rack_fack:
+            self.reordering_seen = True  # delivered below what was already SACKed
+        if ack > self.rack_fack:
+            self.rack_fack = ack
+        if i >= 1024 and i * 2 >= len(rtx):
+            del rtx[:i]
+            i = 0
+        self.rtx_head = i
+        return newest
+
+    def _sacked_records(self, sacks: list[tuple[int, int]], newest: Sent | None) -> Sent | None:
+        rtx = self.rtx
+        fack = self.rack_fack
+        for left, right in sacks:
+            # the first record that starts within the block (one SACKed in part stays unSACKed)
+            i = bisect.bisect_left(rtx, left, lo=self.rtx_head, key=_start)
+            while i < len(rtx) and rtx[i].end <= right:
+                rec = rtx[i]
+                i += 1
+                state = rec.state
+                if state == SACKED:
+                    continue
+                if state == INFLIGHT:
+                    del self.in_flight[rec]
+                elif state == LOST:
+                    self.lost_bytes -= rec.end - rec.start
+                rec.state = SACKED
+                self.sacked_bytes += rec.end - rec.start
+                if newest is None or (rec.xmit, rec.end) > (newest.xmit, newest.end):
+                    newest = rec
+                if not rec.retrans and rec.end < fack:
+                    self.reordering_seen = True
+                if rec.end > self.rack_fack:
+                    self.rack_fack = rec.end
+        return newest
+
+    def _advance_una(self, ack: int, now: float) -> None:
+        """What a new cumulative ACK does to the buffer and the timers."""
         acked = ack - self.snd_una
-        self._sample_rtt(ack, now)
         data_acked = acked
         if self.fin_seq is not None and ack > self.fin_seq:
             data_acked -= 1
@@ -296,69 +495,203 @@ class SendSide:
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
-        if self.rexmit_next < ack:
-            self.rexmit_next = ack
-        if self.sacked:
-            while self.sacked and self.sacked[0][1] <= ack:
-                self.sacked.pop(0)
-            if self.sacked and self.sacked[0][0] < ack:
-                self.sacked[0][0] = ack
-            self.sacked_bytes = sum(e - s for s, e in self.sacked)
+        if self.reno_sacked:
+            self.reno_sacked = max(self.reno_sacked - acked, 0)
         self.retransmits = 0
         self.rto = self._computed_rto()
         self.dupacks = 0
-        # congestion control
-        mss = self.mss
-        if self.in_recovery:
-            if ack >= self.recover:
-                self.in_recovery = False
-                self.cwnd = max(min(self.ssthresh, self.snd_max - self.snd_una + mss), 2 * mss)
-            elif not self.sack_ok:
-                # NewReno partial ACK: the next segment is lost too; deflate by what was acked
-                self.rexmit_next = self.snd_una
-                self.cwnd = max(self.cwnd - acked + mss, mss)
-        elif self.cwnd < self.ssthresh:
-            # slow start counts every byte a (possibly stretch) ACK covers, at most doubling
-            self.cwnd = min(self.cwnd + min(acked, self.cwnd), max(self.ssthresh, 2 * mss))
-        else:
-            self.ca_acked += acked
-            if self.ca_acked >= self.cwnd:
-                self.ca_acked -= self.cwnd
-                self.cwnd += mss
-        # timers
-        if self.snd_max > self.snd_una:
-            self.t_rto = now + self.rto
-        else:
-            self.t_rto = None
-        if self.fin_seq is not None and ack > self.fin_seq:
-            self._our_fin_acked(now)
-        self._progress(now)
-        if (
-            self.drained_pending
-            and self.send_buffered < self.send_low_water
-            and self.state in CAN_SEND
-        ):
-            self.drained_pending = False
-            self.stack.emit(DRAINED, self, None)
-        self.stack.mark_output(self)
 
-    def _duplicate_ack(self: Self, now: float) -> None:
-        self.dupacks += 1
-        if self.in_recovery:
-            if not self.sack_ok:
-                self.cwnd += self.mss  # NewReno inflation
-            self.stack.mark_output(self)
-            return
-        if self.dupacks >= DUP_THRESH or self.sacked_bytes >= DUP_THRESH * self.mss:
-            self._enter_recovery()
+    def _newreno(self, ack: int, prior_una: int, duplicate: bool) -> None:
+        """Without SACK: three duplicate ACKs, or a partial ACK in recovery, mean the first
+        unacknowledged segment is lost (RFC 6582)."""
+        if duplicate and ack == prior_una:
+            self.dupacks += 1
+            flight = self.snd_max - self.snd_una
+            self.reno_sacked = min(self.reno_sacked + self.mss, max(flight - self.mss, 0))
+            if self.dupacks == DUP_THRESH and not self.in_recovery and not self.in_loss:
+                self._mark_head_lost()
+        elif ack > prior_una and self.in_recovery and ack < self.recover:
+            self._mark_head_lost()
+
+    def _mark_head_lost(self) -> None:
+        if self.rtx_head < len(self.rtx):
+            self._mark_lost(self.rtx[self.rtx_head])  # (already lost: nothing to do)
+
+    # --- congestion control --------------------------------------------------------------------
+
+    def _cc_ssthresh(self) -> int:
+        """The window after a loss (CUBIC's multiplicative decrease, cubic.py)."""
+        return self.cc.reduce(self.cwnd)
+
+    def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
+        """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only
+        while cwnd is what limits the sender."""
+        if not self._is_cwnd_limited():
+            self.cc.idle(now)
+        elif self.cwnd < self.ssthresh:
+            self.cwnd, self.ssthresh = self.cc.slow_start(
+                self.cwnd, self.ssthresh, delivered, rtt, self.snd_una, self.snd_max
+            )
+        elif not self.in_loss:
+            self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
+
+    def _begin_episode(self) -> None:
+        """A loss episode starts: remember the window for an undo."""
+        self.prior_cwnd = self.cwnd
+        self.prior_ssthresh = self.ssthresh
+        self.prior_cc = self.cc.state()
+        self.undo_ranges = {}
+        self.undo_retransmitted = 0
 
     def _enter_recovery(self: Self) -> None:
         self.stack.count("tcp_fast_retransmits")
-        flight = self.snd_max - self.snd_una
-        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self._begin_episode()
+        self.ssthresh = self._cc_ssthresh()
         self.in_recovery = True
         self.recover = self.snd_max
-        self.rexmit_next = self.snd_una
-        self.cwnd = self.ssthresh if self.sack_ok else self.ssthresh + DUP_THRESH * self.mss
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.recover_fs = max(self.snd_max - self.snd_una, 1)
         self.rtt_seq = None
+        self.t_tlp = None
+        self.tlp_end = None
+        self.stack.mark_output(self)
+
+    def _prr(self, delivered: int) -> None:
+        """RFC 6937: send in proportion to what is delivered, down to ssthresh."""
+        self.prr_delivered += max(delivered, 0)
+        pipe = self._pipe()
+        if pipe > self.ssthresh:
+            sndcnt = math.ceil(self.prr_delivered * self.ssthresh / self.recover_fs) - self.prr_out
+        else:  # slow start reduction bound
+            limit = max(self.prr_delivered - self.prr_out, delivered) + self.mss
+            sndcnt = min(self.ssthresh - pipe, limit)
+        if self.prr_out == 0 and self.lost_bytes:
+            sndcnt = max(sndcnt, self.mss)  # the fast retransmit goes at once
+        self.cwnd = pipe + max(sndcnt, 0)
+
+    def _exit_recovery(self) -> None:
+        self.in_recovery = False
+        self.cwnd = max(self.ssthresh, 2 * self.mss)
+        self._rack_recovery_ended()
+        self._episode_over()
+
+    def _episode_over(self) -> None:
+        """Recovery ended. If nothing had to be retransmitted, nothing was lost: undo."""
+        if self.undo_ranges is not None and self.undo_retransmitted == 0:
+            self._undo()
+
+    def _reduce_once(self) -> None:
+        """A loss repaired without recovery (a tail loss probe): reduce the window once."""
+        self.ssthresh = self._cc_ssthresh()
+        self.cwnd = min(self.cwnd, self.ssthresh)
+
+    def _try_undo(self) -> None:
+        if self.undo_ranges is not None and self.undo_retransmitted and not self.undo_ranges:
+            self._undo()
+
+    def _undo(self) -> None:
+        """The losses were not: restore the window from before the episode (and take back
+        what is still marked lost)."""
+        self.stack.count("tcp_undo")
+        self.cwnd = max(self.cwnd, self.prior_cwnd)
+        self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
+        self.cc.restore(self.prior_cc)
+        self.undo_ranges = None
+        if self.in_recovery:
+            self.in_recovery = False
+            self._rack_recovery_ended()
+        self.in_loss = False
+        if self.lost_bytes:
+            self._unmark_lost()
+
+    def _unmark_lost(self) -> None:
+        records = [r for r in self.rtx[self.rtx_head :] if r.state in (INFLIGHT, LOST)]
+        records.sort(key=lambda r: (r.xmit, r.end))
+        self.in_flight = OrderedDict.fromkeys(records)
+        for rec in records:
+            rec.state = INFLIGHT
+        self.lost_bytes = 0
+        self.lost_q.clear()
+
+    # --- the retransmission timeout ------------------------------------------------------------
+
+    def _timeout_loss(self: Self, now: float) -> None:
+        """RTO: everything not SACKed is lost; start again from one segment (RFC 5681 3.1)."""
+        if not self.in_loss and not self.in_recovery:
+            self._begin_episode()
+            self.ssthresh = self._cc_ssthresh()
+        elif not self.in_loss and self.undo_ranges is None:
+            self._begin_episode()
+        self.cc.timeout()
+        self.cwnd = self.mss
+        self.in_recovery = False
+        self.in_loss = True
+        self.recover = self.snd_max
+        self.dupacks = 0
+        self.reno_sacked = 0
+        self.t_tlp = self.t_reo = None
+        self.tlp_end = None
+        lost = 0
+        lost_q: deque[Sent] = deque()
+        for rec in self.rtx[self.rtx_head :]:
+            if rec.state == SACKED:
+                continue
+            if rec.state == INFLIGHT:
+                rec.state = LOST
+            lost += rec.end - rec.start
+            lost_q.append(rec)
+        self.in_flight = OrderedDict()
+        self.lost_q = lost_q
+        self.lost_bytes = lost
+        self._send_data(now)
+
+    # --- Tail Loss Probe -----------------------------------------------------------------------
+
+    def _arm_tlp(self, now: float) -> None:
+        if (
+            not self.sack_ok
+            or self.in_recovery
+            or self.in_loss
+            or self.tlp_end is not None
+            or self.snd_max == self.snd_una
+            or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1)
+        ):
+            self.t_tlp = None
+            return
+        segments = (self.snd_max - self.snd_una + self.mss - 1) // self.mss
+        self.t_tlp = self._pto(now, segments)
+
+    def _tail_loss_probe(self: Self, now: float) -> None:
+        """The PTO fired: send one segment, new data if there is some the peer's window
+        takes, else the last one again (RFC 8985 7.3)."""
+        self.t_tlp = None
+        if (
+            self.in_recovery
+            or self.in_loss
+            or self.tlp_end is not None
+            or self.snd_max == self.snd_una
+        ):
+            return
+        options = self._ack_options()
+        mss = self.mss - len(options)
+        data_end = self._data_end()
+        start = self.snd_nxt
+        n = min(mss, data_end - start, self.snd_una + self.snd_wnd - start)
+        self.stack.count("tcp_tlp_probes")
+        if start < data_end and n > 0:
+            end = start + n
+            if self.fin_queued and end == data_end and self._fin_fits():
+                self._fin_sent(end)
+                end += 1
+            self._new_segment(start, end, now, options)
+            self.tlp_retrans = False
+        else:
+            rec = self.rtx[-1]
+            if rec.state == SACKED or rec.state == ACKED:
+                return
+            self._retransmit(rec, now, options)
+            self.tlp_retrans = True
+        self.tlp_end = self.snd_max
+        self.t_rto = now + self.rto
         self.stack.mark_output(self)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Self
 
 from ..owner import Owner
-from ..segment import ACK, FIN
+from ..segment import ACK
 from .state import SYNCHRONIZED, State
 
 MIN_RTO = 0.2
@@ -48,8 +48,8 @@ class Timers:
     cwnd: int
     ssthresh: int
     in_recovery: bool
-    dupacks: int
-    rexmit_next: int
+    in_loss: bool
+    lost_bytes: int
     ack_pending: int
     fin_queued: bool
     orphaned: bool
@@ -59,11 +59,16 @@ class Timers:
         def send_buffered(self) -> int: ...
 
         def _send_segment(
-            self, seq: int, flags: int, payload: bytes = b"", options: bytes = b""
+            self, seq: int, flags: int, payload: bytes = b"", options: bytes | None = None
         ) -> None: ...
         def send_ack(self) -> None: ...
         def _send_syn(self, now: float) -> None: ...
         def _send_data(self, now: float) -> bool: ...
+        def _timeout_loss(self, now: float) -> None: ...
+        def _tail_loss_probe(self, now: float) -> None: ...
+        def _rack_detect_loss(self, now: float) -> bool: ...
+        def _enter_recovery(self) -> None: ...
+        def _prr(self, delivered: int) -> None: ...
         def _terminate(self, reason: str | None) -> None: ...
         def _reset(self, reason: str) -> None: ...
 
@@ -82,6 +87,9 @@ class Timers:
         self.t_timewait: float | None = None
         self.t_keepalive: float | None = None
         self.t_stall: float | None = None  # no progress by then: abort (user timeout)
+        self.t_reo: float | None = None  # RACK's reordering window ends (rack.py)
+        self.t_tlp: float | None = None  # the tail loss probe is due (rack.py)
+        self.t_pace: float | None = None  # the pacer lets the next quantum go (pacing.py)
         # the stall bound and unanswered zero-window probes
         self.user_timeout = USER_TIMEOUT
         self.orphan_timeout = ORPHAN_TIMEOUT
@@ -143,8 +151,12 @@ class Timers:
     def _sample_rtt(self, ack: int, now: float) -> None:
         if self.rtt_seq is None or ack <= self.rtt_seq:
             return
-        rtt = max(now - self.rtt_time, 1e-6)
         self.rtt_seq = None
+        self._rtt_update(max(now - self.rtt_time, 1e-6))
+
+    def _rtt_update(self, rtt: float) -> None:
+        """One round-trip sample (RFC 6298 2.2-2.3): from the handshake, then from each ACK
+        that delivers a segment sent once (Karn)."""
         if self.srtt is None:
             self.srtt = rtt
             self.rttvar = rtt / 2
@@ -169,12 +181,15 @@ class Timers:
             self.t_timewait,
             self.t_keepalive,
             self.t_stall,
+            self.t_reo,
+            self.t_tlp,
+            self.t_pace,
         ):
             if t is not None and (best is None or t < best):
                 best = t
         return best
 
-    def tick(self, now: float) -> None:
+    def tick(self: Self, now: float) -> None:
         if self.t_timewait is not None and self.t_timewait <= now:
             self._terminate(None)
             return
@@ -190,6 +205,19 @@ class Timers:
         if self.t_rto is not None and self.t_rto <= now:
             self.t_rto = None
             self._retransmit_timeout(now)
+            if self.state is State.CLOSED:
+                return
+        if self.t_reo is not None and self.t_reo <= now:
+            self.t_reo = None
+            if self._rack_detect_loss(now) and not self.in_recovery and not self.in_loss:
+                self._enter_recovery()
+                self._prr(0)
+            self.stack.mark_output(self)
+        if self.t_tlp is not None and self.t_tlp <= now:
+            self._tail_loss_probe(now)
+        if self.t_pace is not None and self.t_pace <= now:
+            self.t_pace = None
+            self.stack.mark_output(self)
         if self.t_persist is not None and self.t_persist <= now:
             self.t_persist = None
             if self.snd_wnd == 0 and self.state in SYNCHRONIZED:
@@ -231,16 +259,5 @@ class Timers:
             return
         if self.snd_max == self.snd_una:
             return
-        flight = self.snd_max - self.snd_una
-        self.ssthresh = max(flight // 2, 2 * self.mss)
-        self.cwnd = self.mss
-        self.in_recovery = False
-        self.dupacks = 0
-        self.snd_nxt = self.snd_una  # go back N (skipping what was SACKed)
-        self.rexmit_next = self.snd_una
-        if self.fin_seq is not None and self.snd_una == self.fin_seq:
-            self._send_segment(self.fin_seq, FIN | ACK)
-            self.snd_nxt = self.fin_seq + 1
-        else:
-            self._send_data(now)
+        self._timeout_loss(now)
         self.t_rto = now + self.rto
