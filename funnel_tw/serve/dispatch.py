@@ -125,7 +125,9 @@ class Dispatcher:
         overlay_addresses: list[str],
         handlers: Mapping[int | str, IIngressHandler] | None = None,
         proxy_factory: Any = None,
+        access: Any = None,
     ) -> None:
+        self.access = access  # serve/access/guard.py Access, or None: no policies
         self.serve = serve
         self.store = store
         self.reactor = reactor
@@ -174,7 +176,9 @@ class Dispatcher:
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
-                MountRouter(self.serve, flow.port, flow, self.proxy_factory, self.count),
+                MountRouter(
+                    self.serve, flow.port, flow, self.proxy_factory, self.count, self.access
+                ),
                 self.reactor,
                 timeout=self.http_timeout,
             )

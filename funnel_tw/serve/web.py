@@ -97,8 +97,10 @@ class MountRouter(resource.Resource):
         flow: Flow,
         proxy_factory: Any,
         count: Callable[[str], None] = lambda what: None,
+        access: Any = None,
     ) -> None:
         super().__init__()
+        self.access = access  # serve/access/guard.py Access: the policies guarding mounts
         self.serve = serve
         self.port = port
         self.flow = flow
@@ -127,11 +129,18 @@ class MountRouter(resource.Resource):
                 why=e,
             )
             return resource.ErrorPage(e.status, RESPONSES[e.status].decode(), str(e))
+        if self.access is not None and self.access.ambiguous(mounts, path):
+            self.count("refused_path")
+            return resource.ErrorPage(400, "Bad Request", "a path parameter changes the policy")
         found = match_mount(mounts, path)
         if found is None:
             return resource.NoResource()
         prefix, handler = found
-        return self._handler(prefix, handler, request, path, self.serve.timeouts[site])
+        child = self._handler(prefix, handler, request, path, self.serve.timeouts[site])
+        if handler.access is not None and self.access is not None:
+            # decided on the same normalized path the mount was matched on and is forwarded
+            return self.access.guard(handler.access, child, request, self.flow, host, path)
+        return child
 
     def render(self, request: Request) -> Any:
         child = resource.getChildForRequest(self.getChildWithDefault(b"", request), request)

@@ -178,6 +178,7 @@ def format_status(doc: dict[str, Any]) -> str:
     shown: list[tuple[str, int]] = []
     for group in ("ingress", "serve", "tls"):
         shown += sorted((counters.get(group) or {}).items())
+    shown += [(f"access_{k}", v) for k, v in sorted((counters.get("access") or {}).items())]
     overlay = counters.get("overlay") or {}
     shown += [(k, overlay[k]) for k in _SUMMARY_COUNTERS if k in overlay]
     drops = sum(v for k, v in overlay.items() if k.startswith("drop_"))

@@ -1,0 +1,271 @@
+"""The Twisted glue of access policies: `Access` holds the node's policies and their refusal
+counters; `Guarded` is the resource MountRouter puts in front of a guarded mount.
+
+A request passes the steps of docs/access.md in order; a refusal is answered (403, 401 with
+WWW-Authenticate, 429 with Retry-After, 413), logged with the client's ip:port, the host, the
+path and the reason, and counted by reason. What passes reaches the mount's own resource with
+the identity set for the backend (`REMOTE_IDENTITY`, read by serve/proxy.py) and the client's
+Authorization removed once it was used here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource
+from twisted.web.http import RESPONSES
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ...config.model import AccessPolicy
+from ...flow import Flow
+from ...web.hostport import format_host_port
+from ..http2 import reset_stream
+from ..model import HTTPHandler, match_mount
+from ..streaming import MAX_BUFFERED_BODY, wants_stream
+from .credentials import Credentials
+from .policy import Identity, Pending, Policy, Refusal
+
+__all__ = ["REMOTE_IDENTITY", "Access", "Guarded", "parameters_change_policy"]
+
+log = Logger()
+
+REMOTE_IDENTITY = "remote_identity"
+"""The request attribute holding the Remote-* headers the backend gets (name -> value)."""
+
+SlowCall = Callable[[Callable[[], str | None]], "defer.Deferred[str | None]"]
+
+
+def _in_thread(reactor: Any) -> SlowCall:
+    def run(call: Callable[[], str | None]) -> defer.Deferred[str | None]:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), call)
+
+    return run
+
+
+class Access:
+    """Every [access NAME] of the node, built once; counters of refusals by reason."""
+
+    def __init__(
+        self,
+        policies: Iterable[AccessPolicy],
+        reactor: Any,
+        slow: SlowCall | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.slow = slow if slow is not None else _in_thread(reactor)
+        self.counters: dict[str, int] = {}
+        self.policies = {p.name: Policy(p, self._file_error(p.name)) for p in policies}
+
+    def _file_error(self, name: str) -> Callable[[str], None]:
+        def report(why: str) -> None:
+            self.count("allow_file_errors")
+            log.warn("[access {name}]: {why}", name=name, why=why)
+
+        return report
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def refused(self, policy: str, flow: Flow, host: str, what: str, reason: str) -> None:
+        self.count(reason)
+        log.info(
+            "refused {what} from {client} for {host}: {reason} (access {policy})",
+            what=what,
+            client=format_host_port(*flow.client),
+            host=host,
+            reason=reason,
+            policy=policy,
+        )
+
+    def guard(
+        self, name: str, inner: Any, request: Request, flow: Flow, host: str, path: str
+    ) -> Any:
+        """``inner`` (a leaf resource) behind the policy ``name``, for ``request`` (its head)."""
+        guarded = Guarded(self, self.policies[name], inner, flow, host, path)
+        limit = guarded.policy.config.max_request_body
+        if (
+            limit is not None
+            and limit <= MAX_BUFFERED_BODY
+            and request.getHeader(b"content-length") is None
+        ):
+            # a body of unknown length under a small limit is buffered (bounded) and checked
+            # whole, so the client gets a clean 413 before anything reaches the backend
+            guarded.streams_request_body = False
+        return guarded
+
+    @staticmethod
+    def ambiguous(mounts: dict[str, HTTPHandler], path: str) -> bool:
+        return parameters_change_policy(mounts, path)
+
+    def admits_connection(self, name: str, flow: Flow, host: str) -> bool:
+        """A non-HTTP port: deny/allow and the rate of new connections."""
+        refusal = self.policies[name].check_connection(flow.client[0], self.reactor.seconds())
+        if refusal is None:
+            return True
+        self.refused(name, flow, f"{host}:{flow.port}", "connection", refusal.reason)
+        return False
+
+
+def parameters_change_policy(mounts: dict[str, HTTPHandler], path: str) -> bool:
+    """Whether ``;parameters`` in the path pick a mount whose policy differs from the one
+    the path without them picks: ``/admin;x/`` is ``/admin/`` to Tomcat, Spring and others
+    that strip path parameters, so it must not slip past /admin/'s policy through "/"."""
+    if ";" not in path:
+        return False
+    plain = "/".join(segment.partition(";")[0] for segment in path.split("/"))
+    with_params, without = match_mount(mounts, path), match_mount(mounts, plain)
+    policies = [None if m is None else m[1].access for m in (with_params, without)]
+    return policies[0] != policies[1]
+
+
+class _RefusalPage(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self.refusal = refusal
+
+    def render(self, request: Request) -> bytes:
+        status = self.refusal.status
+        request.setResponseCode(status)
+        for name, value in self.refusal.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b"%d %s\n" % (status, RESPONSES.get(status, b"Refused"))
+
+
+class Guarded(resource.Resource):
+    """One request's way through a policy to the mount's resource."""
+
+    isLeaf = True
+
+    def __init__(
+        self, access: Access, policy: Policy, inner: Any, flow: Flow, host: str, path: str
+    ) -> None:
+        super().__init__()
+        self.access = access
+        self.policy = policy
+        self.inner = inner
+        self.flow = flow
+        self.host = host
+        self.path = path
+        self.streams_request_body = wants_stream(inner)
+
+    def render(self, request: Request) -> Any:
+        policy = self.policy
+        now = self.access.reactor.seconds()
+        refusal = policy.check_connection(self.flow.client[0], now) or self._body(request)
+        if refusal is not None:
+            return self._refuse(request, refusal)
+        if not policy.wants_credentials:
+            return self._pass(request, None)
+        result = policy.check_credentials(request.getHeader(b"authorization"))
+        if isinstance(result, Pending):
+            credentials: Credentials = policy.credentials
+            d = self.access.slow(lambda: credentials.verify_basic(result.credential))
+            d.addCallback(lambda user: policy.basic_done(result, user))
+            d.addCallbacks(lambda r: self._later(request, r), lambda f: self._failed(request, f))
+            return NOT_DONE_YET
+        if isinstance(result, Refusal):
+            return self._refuse(request, result)
+        return self._pass(request, result)
+
+    def _body(self, request: Request) -> Refusal | None:
+        """413 for a declared length over the limit; a chunked body is counted as it comes."""
+        limit = self.policy.config.max_request_body
+        if limit is None:
+            return None
+        length = request.getHeader(b"content-length")
+        if length is not None:
+            return self.policy.check_body(int(length) if length.isdigit() else limit + 1)
+        body = getattr(request, "body", None)
+        if body is not None:  # streamed to the backend: stop it where it goes over
+            feed = body.feed
+
+            def counted(data: bytes) -> None:
+                if body.received + len(data) > limit:
+                    if not body.stopped:
+                        self._over_limit(request)
+                    body.stopped = True
+                feed(data)
+
+            body.feed = counted
+            return None
+        content = getattr(request, "content", None)
+        if content is not None and content.seek(0, 2) > limit:  # buffered already
+            content.seek(0)
+            return Refusal(413, "body_too_large")
+        if content is not None:
+            content.seek(0)
+        return None
+
+    def _over_limit(self, request: Request) -> None:
+        """A streamed body went over the limit while the backend was receiving it: cut the
+        request (HTTP/2: reset the stream; HTTP/1.1: abort the connection), as when a client
+        leaves, so the backend never gets the rest."""
+        self.access.refused(
+            self.policy.name, self.flow, self.host, self._what(request), "body_too_large"
+        )
+        stream = request.channel
+        if reset_stream(request):
+            # Twisted forgets a stream it resets without telling its request: tell it, so
+            # the proxy gives up the backend as it does for a client that left
+            stream.connectionLost(Failure(ConnectionLost("request body over max-request-body")))
+            return
+        transport = getattr(request, "transport", None) or request.channel
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    def _what(self, request: Request) -> str:
+        return f"{request.method.decode('ascii', 'replace')} {self.path}"
+
+    def _refuse(self, request: Request, refusal: Refusal) -> Any:
+        self.access.refused(
+            self.policy.name, self.flow, self.host, self._what(request), refusal.reason
+        )
+        return _RefusalPage(refusal).render(request)
+
+    def _pass(self, request: Request, identity: Identity | None) -> Any:
+        if identity is not None:
+            setattr(request, REMOTE_IDENTITY, identity.headers())
+            request.requestHeaders.removeHeader(b"authorization")
+        return self.inner.render(request)
+
+    def _gone(self, request: Request) -> bool:
+        return bool(getattr(request, "_disconnected", False) or request.finished)
+
+    def _later(self, request: Request, result: Identity | Refusal) -> None:
+        """The end of a slow check: render the refusal or the mount, as Request.render does."""
+        if self._gone(request):
+            return
+        if isinstance(result, Refusal):
+            self.access.refused(
+                self.policy.name, self.flow, self.host, self._what(request), result.reason
+            )
+            request.render(_RefusalPage(result))
+            return
+        request.render(_Passed(self, result))
+
+    def _failed(self, request: Request, failure: Failure) -> None:
+        log.failure("access check failed", failure)
+        if not self._gone(request):
+            request.render(_RefusalPage(Refusal(500, "check_failed")))
+
+
+class _Passed(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, guarded: Guarded, identity: Identity) -> None:
+        super().__init__()
+        self.guarded = guarded
+        self.identity = identity
+
+    def render(self, request: Request) -> Any:
+        return self.guarded._pass(request, self.identity)
