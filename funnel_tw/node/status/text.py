@@ -53,11 +53,12 @@ def format_expiry(expires_in: float) -> str:
 
 
 def _mount_text(handler: dict[str, Any]) -> str:
+    access = f" (access {handler['Access']})" if "Access" in handler else ""
     if "Proxy" in handler:
-        return f"proxy {handler['Proxy']}"
+        return f"proxy {handler['Proxy']}{access}"
     if "Path" in handler:
-        return f"files {handler['Path']}"
-    return f"text {json.dumps(handler.get('Text', ''))}"
+        return f"files {handler['Path']}{access}"
+    return f"text {json.dumps(handler.get('Text', ''))}{access}"
 
 
 def _port_text(entry: dict[str, Any]) -> str:
@@ -70,6 +71,8 @@ def _port_text(entry: dict[str, Any]) -> str:
         text = kind
     if entry.get("proxy_protocol"):
         text += f", PROXY protocol v{entry['proxy_protocol']}"
+    if entry.get("access"):
+        text += f", access {entry['access']}"
     return text
 
 

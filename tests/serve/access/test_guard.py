@@ -13,6 +13,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from funnel_tw.node.status.document import status_document
+from funnel_tw.node.status.text import format_status
 from tests._support import ProcessResult
 
 from ..backend import backend_site, listen
@@ -142,6 +144,14 @@ access /big/ = big
         seen = await self.echo("/x", "-u", "alice:wonderland")
         self.assertIn("authorization", seen["headers"])
         self.assertNotIn("remote-user", seen["headers"])
+
+    async def test_status_shows_policies_and_refusals(self) -> None:
+        self.assertEqual(await self.status("/x", source="127.0.0.3"), 403)
+        text = format_status(status_document(self.h.node, 0.0))
+        self.assertIn("https, access office", text)
+        self.assertRegex(text, r"/admin/ +proxy http://127.0.0.1:[0-9]+/ \(access staff\)")
+        self.assertIn('text "open" (access office)', text)
+        self.assertRegex(text, r"access_address_denied\s+1")
 
     async def test_rate_limit_burst(self) -> None:
         codes = [await self.status("/hooks/") for _ in range(5)]
