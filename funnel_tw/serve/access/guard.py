@@ -24,10 +24,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ...config.model import AccessPolicy
 from ...flow import Flow
 from ...web.hostport import format_host_port
+from ...web.paths import request_target
 from ..http2 import reset_stream
 from ..model import HTTPHandler, match_mount
 from ..streaming import MAX_BUFFERED_BODY, wants_stream
 from .credentials import Credentials
+from .forward import ForwardAuth, request_headers
 from .policy import Identity, Pending, Policy, Refusal
 
 __all__ = ["REMOTE_IDENTITY", "Access", "Guarded", "parameters_change_policy"]
@@ -60,6 +62,11 @@ class Access:
         self.slow = slow if slow is not None else _in_thread(reactor)
         self.counters: dict[str, int] = {}
         self.policies = {p.name: Policy(p, self._file_error(p.name)) for p in policies}
+        self.forward = {
+            p.name: ForwardAuth(p.forward_auth, reactor)
+            for p in policies
+            if p.forward_auth is not None
+        }
 
     def _file_error(self, name: str) -> Callable[[str], None]:
         def report(why: str) -> None:
@@ -87,6 +94,7 @@ class Access:
     ) -> Any:
         """``inner`` (a leaf resource) behind the policy ``name``, for ``request`` (its head)."""
         guarded = Guarded(self, self.policies[name], inner, flow, host, path)
+        guarded.forward = self.forward.get(name)
         limit = guarded.policy.config.max_request_body
         if (
             limit is not None
@@ -135,6 +143,8 @@ class _RefusalPage(resource.Resource):
         request.setResponseCode(status)
         for name, value in self.refusal.headers:
             request.responseHeaders.addRawHeader(name, value)
+        if self.refusal.body is not None:  # a forward-auth service's answer, as it was
+            return self.refusal.body
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return b"%d %s\n" % (status, RESPONSES.get(status, b"Refused"))
@@ -156,6 +166,7 @@ class Guarded(resource.Resource):
         self.host = host
         self.path = path
         self.streams_request_body = wants_stream(inner)
+        self.forward: ForwardAuth | None = None
 
     def render(self, request: Request) -> Any:
         policy = self.policy
@@ -164,7 +175,7 @@ class Guarded(resource.Resource):
         if refusal is not None:
             return self._refuse(request, refusal)
         if not policy.wants_credentials:
-            return self._pass(request, None)
+            return self._after_credentials(request, None)
         result = policy.check_credentials(request.getHeader(b"authorization"))
         if isinstance(result, Pending):
             credentials: Credentials = policy.credentials
@@ -174,7 +185,27 @@ class Guarded(resource.Resource):
             return NOT_DONE_YET
         if isinstance(result, Refusal):
             return self._refuse(request, result)
-        return self._pass(request, result)
+        return self._after_credentials(request, result)
+
+    def _after_credentials(self, request: Request, identity: Identity | None) -> Any:
+        """The last step, forward-auth, if the policy has it; then the mount."""
+        if identity is not None:
+            request.requestHeaders.removeHeader(b"authorization")  # used here: not passed on
+        if self.forward is None:
+            return self._pass(request, identity)
+        _, query = request_target(request)
+        uri = self.path + (f"?{query}" if query else "")
+        headers = request_headers(
+            list(request.requestHeaders.getAllRawHeaders()),
+            request.method,
+            request.getHeader(b"host") or self.host.encode(),
+            uri.encode("utf-8", "surrogateescape"),
+            self.flow.client[0],
+        )
+        d = defer.ensureDeferred(self.forward.ask(headers))
+        d.addCallback(lambda answer: answer if answer is not None else identity)
+        d.addCallbacks(lambda r: self._later(request, r, True), lambda f: self._failed(request, f))
+        return NOT_DONE_YET
 
     def _body(self, request: Request) -> Refusal | None:
         """413 for a declared length over the limit; a chunked body is counted as it comes."""
@@ -235,14 +266,16 @@ class Guarded(resource.Resource):
     def _pass(self, request: Request, identity: Identity | None) -> Any:
         if identity is not None:
             setattr(request, REMOTE_IDENTITY, identity.headers())
-            request.requestHeaders.removeHeader(b"authorization")
         return self.inner.render(request)
 
     def _gone(self, request: Request) -> bool:
         return bool(getattr(request, "_disconnected", False) or request.finished)
 
-    def _later(self, request: Request, result: Identity | Refusal) -> None:
-        """The end of a slow check: render the refusal or the mount, as Request.render does."""
+    def _later(
+        self, request: Request, result: Identity | Refusal | None, final: bool = False
+    ) -> None:
+        """The end of a slow check: render the refusal, or go on (``final``: to the mount),
+        as Request.render does."""
         if self._gone(request):
             return
         if isinstance(result, Refusal):
@@ -251,7 +284,7 @@ class Guarded(resource.Resource):
             )
             request.render(_RefusalPage(result))
             return
-        request.render(_Passed(self, result))
+        request.render(_Passed(self, result, final))
 
     def _failed(self, request: Request, failure: Failure) -> None:
         log.failure("access check failed", failure)
@@ -262,10 +295,13 @@ class Guarded(resource.Resource):
 class _Passed(resource.Resource):
     isLeaf = True
 
-    def __init__(self, guarded: Guarded, identity: Identity) -> None:
+    def __init__(self, guarded: Guarded, identity: Identity | None, final: bool) -> None:
         super().__init__()
         self.guarded = guarded
         self.identity = identity
+        self.final = final  # forward-auth answered: nothing is left to check
 
     def render(self, request: Request) -> Any:
-        return self.guarded._pass(request, self.identity)
+        if self.final:
+            return self.guarded._pass(request, self.identity)
+        return self.guarded._after_credentials(request, self.identity)

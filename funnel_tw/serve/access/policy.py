@@ -25,6 +25,7 @@ class Refusal:
     status: int
     reason: str  # the counter's name and the log's why
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes | None = None  # None: a short text of the status
 
 
 @attrs.frozen
