@@ -10,6 +10,7 @@ from ipaddress import ip_network
 from funnel_tw.config import HTTPSMounts, load_node_config
 from funnel_tw.config.access import rate, read_htpasswd, size
 
+from ._support import issue, make_ca
 from .test_config import NODE, ConfigTestCase
 
 BCRYPT = "alice:$2y$05$h/a.hztH7U2AayeTSLJxKu/RcRojuWWSy.G3HKtSWwrS31q/lFCfu\n"
@@ -22,7 +23,7 @@ class AccessConfigTests(ConfigTestCase):
         self.write("tokens", TOKEN, 0o600)
         self.write("hooks.txt", "# GitHub hooks\n192.30.252.0/22  # meta\n\n2001:db8::/48\n", 0o644)
         self.write("oidc.secret", "s3cret\n", 0o600)
-        self.write("ca.pem", "x", 0o644)
+        self.write("ca.pem", make_ca().cert_pem(), 0o644)
         path = self.write(
             "node.ini",
             NODE
@@ -129,7 +130,7 @@ access /x/ = b
 
     def test_http_only_keys_refused_on_other_ports(self) -> None:
         self.write("staff.htpasswd", BCRYPT, 0o600)
-        self.write("ca.pem", "x", 0o644)
+        self.write("ca.pem", make_ca().cert_pem(), 0o644)
         self.assertErrors(
             NODE
             + """[access web]
@@ -157,6 +158,16 @@ access /x/ = devices
             "18: [serve 9000] access: [access devices] has client-ca-file, which only HTTPS"
             " mounts apply; a tcp-forward port takes allow/allow-file/deny, rate-limit",
             "21: [serve 443] access /x/: is only used with /PATH = TARGET mounts",
+        )
+
+    def test_client_ca_file(self) -> None:
+        self.write("leaf.pem", issue("device").cert_pem(), 0o644)
+        self.write("junk.pem", "not a certificate\n", 0o644)
+        self.assertErrors(
+            NODE + "[access a]\nclient-ca-file = leaf.pem\n[access b]\nclient-ca-file = junk.pem\n",
+            f"5: [access a] client-ca-file: {self.dir.absolute()}/leaf.pem: CN=device is not a"
+            " CA certificate",
+            f"7: [access b] client-ca-file: {self.dir.absolute()}/junk.pem: not PEM certificates",
         )
 
     def test_apache_htpasswd_schemes(self) -> None:

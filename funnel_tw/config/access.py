@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+
 from . import values
 from .ini import Section
 from .model import AccessPolicy, IPNetwork
@@ -27,6 +29,7 @@ __all__ = [
     "access_policy",
     "check_port_access",
     "read_bearer_tokens",
+    "read_ca_file",
     "read_htpasswd",
     "read_networks",
     "read_secret_text",
@@ -187,6 +190,23 @@ def read_secret_text(file: Path) -> str:
     return lines[0]
 
 
+def read_ca_file(file: Path) -> list[x509.Certificate]:
+    """client-ca-file: one or more PEM CA certificates."""
+    data = "\n".join(_read_text(file, world_readable_ok=True)).encode()
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{file}: not PEM certificates") from None
+    for cert in certs:
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise ValueError(f"{file}: {cert.subject.rfc4514_string()} is not a CA certificate")
+    return certs
+
+
 def _issuer(value: str) -> str:
     values.url(value, ("https", "http"))
     parts = urllib.parse.urlsplit(value)
@@ -255,7 +275,7 @@ def access_policy(section: Section) -> AccessPolicy | None:
                 why = " (who may pass: addresses, *@domain)" if key == "oidc-allow" else ""
                 section.error(key, f"required with oidc-issuer{why}")
     forward = section.opt("forward-auth", lambda v: values.url(v, ("http", "https")), None)
-    client_ca = file_key("client-ca-file")
+    client_ca = file_key("client-ca-file", read_ca_file)
     limit = section.opt("rate-limit", rate, None)
     burst = section.opt("rate-burst", lambda v: values.integer(v, 1, 1_000_000, "count"), None)
     if burst is not None and "rate-limit" not in section.values:

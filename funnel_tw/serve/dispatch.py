@@ -148,10 +148,12 @@ class Dispatcher:
         )
         return proxyproto.header(version, flow.client, (own, backend_port))
 
-    def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
+    def _tls(
+        self, inner: IProtocol, alpn: tuple[bytes, ...], client_certificates: bool = False
+    ) -> IProtocol:
         # a bounded close: a stalled client cannot hold a TLS flow open after it is closed
         factory = BoundedCloseTLSFactory(
-            self.store.creator(alpn),
+            self.store.creator(alpn, client_certificates),
             False,
             OneProtocolFactory(CloseAfterACMEHandshake(inner)),
             clock=self.reactor,
@@ -184,7 +186,10 @@ class Dispatcher:
             )
             inner = site.buildProtocol(None)
             assert inner is not None
-            return self._tls(inner, HTTP_ALPN)
+            mtls = self.access is not None and self.access.wants_client_certificates(
+                self.serve, flow.port, handler
+            )
+            return self._tls(inner, HTTP_ALPN, mtls)
         if handler.tcp_forward is not None:
             connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
             if handler.terminate_tls is not None:

@@ -25,8 +25,8 @@ from ...config.model import AccessPolicy
 from ...flow import Flow
 from ...web.hostport import format_host_port
 from ...web.paths import request_target
-from ..http2 import reset_stream
-from ..model import HTTPHandler, match_mount
+from ..http2 import h2_connection, reset_stream
+from ..model import HTTPHandler, ServeConfig, match_mount
 from ..streaming import MAX_BUFFERED_BODY, wants_stream
 from .credentials import Credentials
 from .forward import ForwardAuth, request_headers
@@ -106,6 +106,18 @@ class Access:
             guarded.streams_request_body = False
         return guarded
 
+    def wants_client_certificates(self, serve: ServeConfig, port: int, handler: Any) -> bool:
+        """Whether TLS on ``port`` asks for a client certificate: some policy applied there
+        (the port's own, or a mount's on any site of that port) has client-ca-file."""
+        names = {getattr(handler, "access", None)}
+        if getattr(handler, "https", False):
+            suffix = f":{port}"
+            names |= {
+                h.access for site, mounts in serve.web.items() if site.endswith(suffix)
+                for h in mounts.values()
+            }  # fmt: skip
+        return any(self.policies[n].client_ca is not None for n in names if n in self.policies)
+
     @staticmethod
     def ambiguous(mounts: dict[str, HTTPHandler], path: str) -> bool:
         return parameters_change_policy(mounts, path)
@@ -129,6 +141,23 @@ def parameters_change_policy(mounts: dict[str, HTTPHandler], path: str) -> bool:
     with_params, without = match_mount(mounts, path), match_mount(mounts, plain)
     policies = [None if m is None else m[1].access for m in (with_params, without)]
     return policies[0] != policies[1]
+
+
+def peer_certificates(request: Request) -> tuple[Any, list[Any]]:
+    """The client certificate of the TLS connection a request came on (HTTP/1.1 or HTTP/2),
+    and the rest of the chain it sent; (None, []) without one."""
+    for holder in (request.channel, h2_connection(request)):
+        get_handle = getattr(getattr(holder, "transport", None), "getHandle", None)
+        if get_handle is None:
+            continue
+        try:
+            handle = get_handle()
+            leaf = handle.get_peer_certificate(as_cryptography=True)
+            chain = handle.get_peer_cert_chain(as_cryptography=True) or []
+        except Exception:
+            return None, []
+        return leaf, list(chain)
+    return None, []
 
 
 class _RefusalPage(resource.Resource):
@@ -174,8 +203,11 @@ class Guarded(resource.Resource):
         refusal = policy.check_connection(self.flow.client[0], now) or self._body(request)
         if refusal is not None:
             return self._refuse(request, refusal)
+        certified = policy.check_certificate(*peer_certificates(request))
+        if isinstance(certified, Refusal):
+            return self._refuse(request, certified)
         if not policy.wants_credentials:
-            return self._after_credentials(request, None)
+            return self._after_credentials(request, certified)
         result = policy.check_credentials(request.getHeader(b"authorization"))
         if isinstance(result, Pending):
             credentials: Credentials = policy.credentials
@@ -185,12 +217,15 @@ class Guarded(resource.Resource):
             return NOT_DONE_YET
         if isinstance(result, Refusal):
             return self._refuse(request, result)
-        return self._after_credentials(request, result)
+        return self._after_credentials(request, result, used=True)
 
-    def _after_credentials(self, request: Request, identity: Identity | None) -> Any:
-        """The last step, forward-auth, if the policy has it; then the mount."""
-        if identity is not None:
-            request.requestHeaders.removeHeader(b"authorization")  # used here: not passed on
+    def _after_credentials(
+        self, request: Request, identity: Identity | None, used: bool = False
+    ) -> Any:
+        """The last step, forward-auth, if the policy has it; then the mount. ``used``: the
+        client's Authorization was checked here, so it is not passed on."""
+        if used:
+            request.requestHeaders.removeHeader(b"authorization")
         if self.forward is None:
             return self._pass(request, identity)
         _, query = request_target(request)
@@ -304,4 +339,4 @@ class _Passed(resource.Resource):
     def render(self, request: Request) -> Any:
         if self.final:
             return self.guarded._pass(request, self.identity)
-        return self.guarded._after_credentials(request, self.identity)
+        return self.guarded._after_credentials(request, self.identity, used=True)

@@ -7,13 +7,15 @@ Credentials that need a slow check (an uncached bcrypt) come back as `Pending`: 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
+from cryptography import x509
 
 from ...config.access import read_bearer_tokens, read_htpasswd
 from ...config.model import AccessPolicy
 from .addresses import AddressFilter
+from .certificates import ClientCA, common_name
 from .credentials import BasicCredential, BearerCredential, Credentials, parse_authorization
 from .limits import RateLimiter
 
@@ -76,6 +78,24 @@ class Policy:
             read_bearer_tokens(config.bearer_tokens_file) if config.bearer_tokens_file else None
         )
         self.credentials = Credentials(users, tokens)
+        self.client_ca = ClientCA(config.client_ca_file) if config.client_ca_file else None
+
+    def check_certificate(
+        self, leaf: x509.Certificate | None, chain: Sequence[x509.Certificate]
+    ) -> Identity | Refusal | None:
+        """client-ca-file: a certificate from one of its CAs is required (403 otherwise);
+        its subject CN becomes Remote-User. None: the policy asks for no certificate."""
+        if self.client_ca is None:
+            return None
+        if leaf is None:
+            return Refusal(403, "client_certificate_missing")
+        why = self.client_ca.verify(leaf, chain)
+        if why is not None:
+            return Refusal(403, "client_certificate_invalid")
+        name = common_name(leaf)
+        if not name:
+            return Refusal(403, "client_certificate_without_cn")
+        return Identity(name)
 
     @property
     def wants_credentials(self) -> bool:

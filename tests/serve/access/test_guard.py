@@ -145,6 +145,12 @@ access /big/ = big
         self.assertIn("authorization", seen["headers"])
         self.assertNotIn("remote-user", seen["headers"])
 
+    def test_no_client_certificate_asked(self) -> None:
+        node = self.h.node
+        self.assertFalse(
+            node.access.wants_client_certificates(node.serve, 443, node.serve.tcp[443])
+        )
+
     async def test_status_shows_policies_and_refusals(self) -> None:
         self.assertEqual(await self.status("/x", source="127.0.0.3"), 403)
         text = format_status(status_document(self.h.node, 0.0))
