@@ -158,7 +158,7 @@ class NodeService(MultiService):
             )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
-        self.access = Access(config.access, reactor)
+        self.access = Access(config.access, reactor, state_dir=config.state_dir)
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,

@@ -129,6 +129,9 @@ class MountRouter(resource.Resource):
                 why=e,
             )
             return resource.ErrorPage(e.status, RESPONSES[e.status].decode(), str(e))
+        own = None if self.access is None else self.access.reserved(path, self.flow, host)
+        if own is not None:
+            return own  # the OIDC callback and logout paths
         if self.access is not None and self.access.ambiguous(mounts, path):
             self.count("refused_path")
             return resource.ErrorPage(400, "Bad Request", "a path parameter changes the policy")

@@ -11,6 +11,7 @@ Authorization removed once it was used here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -30,6 +31,21 @@ from ..model import HTTPHandler, ServeConfig, match_mount
 from ..streaming import MAX_BUFFERED_BODY, wants_stream
 from .credentials import Credentials
 from .forward import ForwardAuth, request_headers
+from .oidc import (
+    CALLBACK,
+    LOGIN_COOKIE,
+    LOGIN_LIFETIME,
+    LOGOUT,
+    Login,
+    LoginError,
+    OIDCClient,
+    cookie_header,
+    load_session_key,
+    safe_return,
+    session_cookie,
+    state_matches,
+    unseal,
+)
 from .policy import Identity, Pending, Policy, Refusal
 
 __all__ = ["REMOTE_IDENTITY", "Access", "Guarded", "parameters_change_policy"]
@@ -57,7 +73,9 @@ class Access:
         policies: Iterable[AccessPolicy],
         reactor: Any,
         slow: SlowCall | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        policies = list(policies)
         self.reactor = reactor
         self.slow = slow if slow is not None else _in_thread(reactor)
         self.counters: dict[str, int] = {}
@@ -67,6 +85,12 @@ class Access:
             for p in policies
             if p.forward_auth is not None
         }
+        self.oidc: dict[str, OIDCClient] = {}
+        with_oidc = [p for p in policies if p.oidc_issuer is not None]
+        if with_oidc:
+            key = load_session_key(state_dir if state_dir is not None else Path("state"))
+            self.session_key = key
+            self.oidc = {p.name: OIDCClient(p, key, reactor) for p in with_oidc}
 
     def _file_error(self, name: str) -> Callable[[str], None]:
         def report(why: str) -> None:
@@ -118,6 +142,12 @@ class Access:
             }  # fmt: skip
         return any(self.policies[n].client_ca is not None for n in names if n in self.policies)
 
+    def reserved(self, path: str, flow: Flow, host: str) -> Any:
+        """The OIDC callback and logout paths, on every name of the node: the node's own."""
+        if self.oidc and path in (CALLBACK, LOGOUT):
+            return OIDCEndpoint(self, path, flow, host)
+        return None
+
     @staticmethod
     def ambiguous(mounts: dict[str, HTTPHandler], path: str) -> bool:
         return parameters_change_policy(mounts, path)
@@ -141,6 +171,50 @@ def parameters_change_policy(mounts: dict[str, HTTPHandler], path: str) -> bool:
     with_params, without = match_mount(mounts, path), match_mount(mounts, plain)
     policies = [None if m is None else m[1].access for m in (with_params, without)]
     return policies[0] != policies[1]
+
+
+def cookie(request: Request, name: str) -> str | None:
+    """One cookie's value from the request's Cookie headers (HTTP/2 may send several)."""
+    for header in request.requestHeaders.getRawHeaders(b"cookie", []):
+        for part in header.split(b";"):
+            key, eq, value = part.strip().partition(b"=")
+            if eq and key.decode("latin-1") == name:
+                return value.decode("latin-1")
+    return None
+
+
+def strip_own_cookies(request: Request) -> None:
+    """Remove the node's ``__Host-funnel-tw-*`` cookies from what the backend gets."""
+    headers = request.requestHeaders.getRawHeaders(b"cookie")
+    if not headers or not any(_OWN_COOKIE in h for h in headers):
+        return
+    kept = [
+        part.strip()
+        for header in headers
+        for part in header.split(b";")
+        if part.strip() and not part.strip().startswith(_OWN_COOKIE)
+    ]
+    if kept:
+        request.requestHeaders.setRawHeaders(b"cookie", [b"; ".join(kept)])
+    else:
+        request.requestHeaders.removeHeader(b"cookie")
+
+
+_OWN_COOKIE = b"__Host-funnel-tw-"
+
+
+def callback_url(request: Request, host: str) -> str:
+    """https://HOST[:PORT]/.funnel-tw/oidc/callback, for the name the client asked (the Host
+    header when it names the TLS server name, else that name)."""
+    given = (request.getHeader(b"host") or b"").decode("ascii", "replace").lower()
+    name = given.rpartition(":")[0] if given.rpartition(":")[2].isdigit() else given
+    authority = given if name.rstrip(".") == host.lower() else host
+    return f"https://{authority}{CALLBACK}"
+
+
+def policy_challenge(policy: Policy, reason: str) -> Refusal:
+    """401: with Basic/Bearer challenges where the policy takes them."""
+    return policy.challenge(reason)
 
 
 def peer_certificates(request: Request) -> tuple[Any, list[Any]]:
@@ -206,6 +280,13 @@ class Guarded(resource.Resource):
         certified = policy.check_certificate(*peer_certificates(request))
         if isinstance(certified, Refusal):
             return self._refuse(request, certified)
+        oidc = self.access.oidc.get(policy.name)
+        if oidc is not None:
+            session = oidc.session(cookie(request, session_cookie(policy.name)))
+            if session is not None:
+                return self._after_credentials(request, session)
+            if not policy.wants_credentials or request.getHeader(b"authorization") is None:
+                return self._login(request, oidc)
         if not policy.wants_credentials:
             return self._after_credentials(request, certified)
         result = policy.check_credentials(request.getHeader(b"authorization"))
@@ -219,6 +300,33 @@ class Guarded(resource.Resource):
             return self._refuse(request, result)
         return self._after_credentials(request, result, used=True)
 
+    def _login(self, request: Request, oidc: OIDCClient) -> Any:
+        """No session: a browser's GET goes to the provider; anything else gets 401."""
+        if request.method not in (b"GET", b"HEAD"):
+            return self._refuse(request, policy_challenge(self.policy, "oidc_no_session"))
+        _, query = request_target(request)
+        return_to = self.path + (f"?{query}" if query else "")
+        d = defer.ensureDeferred(oidc.start(callback_url(request, self.host), return_to))
+
+        def redirect(login: Login) -> None:
+            if self._gone(request):
+                return
+            request.setResponseCode(302)
+            request.setHeader(b"location", login.location.encode())
+            request.setHeader(b"cache-control", b"no-store")
+            request.responseHeaders.addRawHeader(
+                b"set-cookie", cookie_header(LOGIN_COOKIE, login.cookie, LOGIN_LIFETIME)
+            )
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.info("OIDC discovery for [access {name}] failed: {why}",
+                     name=self.policy.name, why=failure.getErrorMessage())  # fmt: skip
+            self._later(request, Refusal(503, "oidc_provider_unavailable"))
+
+        d.addCallbacks(redirect, failed)
+        return NOT_DONE_YET
+
     def _after_credentials(
         self, request: Request, identity: Identity | None, used: bool = False
     ) -> Any:
@@ -226,6 +334,7 @@ class Guarded(resource.Resource):
         client's Authorization was checked here, so it is not passed on."""
         if used:
             request.requestHeaders.removeHeader(b"authorization")
+        strip_own_cookies(request)  # a session cookie is a credential: not for the backend
         if self.forward is None:
             return self._pass(request, identity)
         _, query = request_target(request)
@@ -340,3 +449,80 @@ class _Passed(resource.Resource):
         if self.final:
             return self.guarded._pass(request, self.identity)
         return self.guarded._after_credentials(request, self.identity, used=True)
+
+
+class OIDCEndpoint(resource.Resource):
+    """The callback (finish a login, set the session) and logout paths."""
+
+    isLeaf = True
+
+    def __init__(self, access: Access, path: str, flow: Flow, host: str) -> None:
+        super().__init__()
+        self.access = access
+        self.path = path
+        self.flow = flow
+        self.host = host
+
+    def _refuse(self, request: Request, status: int, reason: str, policy: str = "-") -> bytes:
+        self.access.refused(policy, self.flow, self.host, f"GET {self.path}", reason)
+        request.responseHeaders.addRawHeader(b"set-cookie", cookie_header(LOGIN_COOKIE, "", 0))
+        return _RefusalPage(Refusal(status, reason)).render(request)
+
+    def render(self, request: Request) -> Any:
+        if self.path == LOGOUT:
+            for name in self.access.oidc:
+                request.responseHeaders.addRawHeader(
+                    b"set-cookie", cookie_header(session_cookie(name), "", 0)
+                )
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie_header(LOGIN_COOKIE, "", 0))
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            return b"logged out\n"
+        login = unseal(self.access.session_key, cookie(request, LOGIN_COOKIE))
+        policy = str((login or {}).get("p"))
+        client = self.access.oidc.get(policy)
+        if login is None or client is None or not isinstance(login.get("x"), int):
+            return self._refuse(request, 400, "oidc_no_login")
+        if login["x"] < client.now():
+            return self._refuse(request, 400, "oidc_login_expired", policy)
+        args = request.args or {}
+        state = (args.get(b"state") or [b""])[0].decode("ascii", "replace")
+        code = (args.get(b"code") or [b""])[0].decode("ascii", "replace")
+        if not state_matches(login, state):
+            return self._refuse(request, 400, "oidc_bad_state", policy)
+        if args.get(b"error") or not code:
+            return self._refuse(request, 403, "oidc_provider_refused", policy)
+        d = defer.ensureDeferred(client.finish(login, code))
+
+        def done(result: tuple[Identity, str]) -> None:
+            identity, session = result
+            if getattr(request, "_disconnected", False) or request.finished:
+                return
+            log.info(
+                "OIDC login of {user} from {client} for {host} (access {policy})",
+                user=identity.user,
+                client=format_host_port(*self.flow.client),
+                host=self.host,
+                policy=policy,
+            )
+            request.setResponseCode(302)
+            request.setHeader(b"location", safe_return(str(login.get("r", "/"))).encode())
+            request.setHeader(b"cache-control", b"no-store")
+            lifetime = int(client.config.oidc_session_lifetime)
+            request.responseHeaders.addRawHeader(
+                b"set-cookie", cookie_header(session_cookie(policy), session, lifetime)
+            )
+            request.responseHeaders.addRawHeader(b"set-cookie", cookie_header(LOGIN_COOKIE, "", 0))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if getattr(request, "_disconnected", False) or request.finished:
+                return
+            error = failure.value
+            reason = error.reason if isinstance(error, LoginError) else "oidc_provider_error"
+            log.info("OIDC login failed: {why}", why=failure.getErrorMessage())
+            request.write(self._refuse(request, 403, reason, policy))
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
