@@ -82,8 +82,12 @@ class BackendConnector(splice.SpliceEnd):
         self.target = target
         self.flow = flow
         self.proxy_protocol = proxy_protocol
+        self.admit: Any = None  # after the TLS handshake: (transport) -> bool, client-ca-file
 
     def connectionMade(self) -> None:
+        if self.admit is not None and not self.admit(self.transport):
+            self.transport.loseConnection()
+            return
         parsed = parse_host_port(self.target)
         if parsed is None:  # the configuration writes every target as host:port
             raise ValueError(f"backend {self.target!r} is not host:port")
@@ -171,8 +175,13 @@ class Dispatcher:
         if found is None:
             self.count("no_handler")
             return None
-        self.count("flows")
         key, handler = found
+        # a non-HTTP port: deny/allow and the rate of new connections, before anything
+        guarded = handler.access is not None and self.access is not None and not handler.https
+        if guarded and not self.access.admits_connection(handler.access, flow, flow.host):
+            self.count("access_refused")
+            return None
+        self.count("flows")
         return self._build(handler, flow, key)
 
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
@@ -193,7 +202,12 @@ class Dispatcher:
         if handler.tcp_forward is not None:
             connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
             if handler.terminate_tls is not None:
-                return self._tls(connector, ())
+                mtls = self.access is not None and self.access.wants_client_certificates(
+                    self.serve, flow.port, handler
+                )
+                if mtls and handler.access is not None:
+                    connector.admit = self.access.certificate_check(handler.access, flow)
+                return self._tls(connector, (), mtls)
             return connector
         if handler.handler is not None:
             plugin = self.handlers.get(key)

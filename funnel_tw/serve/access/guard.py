@@ -130,6 +130,26 @@ class Access:
             guarded.streams_request_body = False
         return guarded
 
+    def certificate_check(self, name: str, flow: Flow) -> Callable[[Any], bool]:
+        """For a tls-terminated-tcp port: after the handshake, whether the client's
+        certificate satisfies the policy (refusals logged and counted)."""
+        policy = self.policies[name]
+
+        def check(transport: Any) -> bool:
+            try:
+                handle = transport.getHandle()
+                leaf = handle.get_peer_certificate(as_cryptography=True)
+                chain = list(handle.get_peer_cert_chain(as_cryptography=True) or [])
+            except Exception:
+                leaf, chain = None, []
+            result = policy.check_certificate(leaf, chain)
+            if isinstance(result, Refusal):
+                self.refused(name, flow, f"{flow.host}:{flow.port}", "connection", result.reason)
+                return False
+            return True
+
+        return check
+
     def wants_client_certificates(self, serve: ServeConfig, port: int, handler: Any) -> bool:
         """Whether TLS on ``port`` asks for a client certificate: some policy applied there
         (the port's own, or a mount's on any site of that port) has client-ca-file."""
