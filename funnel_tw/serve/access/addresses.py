@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from ipaddress import ip_address
@@ -14,6 +15,17 @@ __all__ = ["RELOAD_EVERY", "AddressFilter"]
 
 RELOAD_EVERY = 5.0
 """Seconds between looks at the allow-file's modification time."""
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_address(ip: str) -> IPAddress | None:
+    """An address (IPv4-mapped IPv6 as IPv4); cached, since a client sends many requests."""
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
 
 
 def _contains(networks: Sequence[IPNetwork], address: IPAddress) -> bool:
@@ -60,14 +72,12 @@ class AddressFilter:
 
     def check(self, ip: str, now: float) -> str | None:
         """None if ``ip`` may pass, else the reason ("denied", "not_allowed")."""
+        if not self.deny and not self.allow and self.allow_file is None:
+            return None  # the policy has no address rule: nothing to parse
         self.reload(now)
-        try:
-            address = ip_address(ip)
-        except ValueError:
+        address = parse_address(ip)
+        if address is None:
             return "not_allowed"
-        mapped = getattr(address, "ipv4_mapped", None)
-        if mapped is not None:
-            address = mapped
         if _contains(self.deny, address):
             return "denied"
         if self.allow_file is None and not self.allow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from ipaddress import ip_address, ip_network
@@ -13,6 +14,7 @@ MAX_CLIENTS = 65536
 full bucket if it comes back): memory stays bounded whatever the number of sources."""
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(ip: str) -> str:
     """The rate-limited unit: an IPv4 address, or the /64 of an IPv6 one (a single host
     usually holds a whole /64, and would otherwise get 2^64 buckets)."""
