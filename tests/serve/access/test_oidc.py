@@ -9,16 +9,19 @@ import shutil
 import time
 from pathlib import Path
 
+from cryptography import x509
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from twisted.internet import reactor, threads
 from twisted.trial.unittest import TestCase
 
 from funnel_tw.serve.access.guard import Access
 from funnel_tw.serve.access.oidc import LoginError
 from tests._support import ProcessResult
 
+from ...e2e.harness import chromium_dump_dom, ensure_chromium, spki_sha256_b64
 from ..backend import backend_site, listen
-from ..harness import ServeHarness
+from ..harness import HOSTNAME, ServeHarness
 from .provider import Provider
 
 
@@ -89,18 +92,30 @@ access /app/ = staff
             Path(self.jar).unlink()
             self.assertEqual(await self.status("/app/again", version), b"302")
 
+    async def test_headless_chromium_logs_in(self) -> None:
+        """A real browser follows the redirects, keeps the __Host- cookies and lands on the
+        page it asked for, as alice."""
+        ensure_chromium(self)
+        pem = (self.h.config.state_dir / "tls" / "node.example.com.pem").read_bytes()
+        spki = spki_sha256_b64(x509.load_pem_x509_certificates(pem)[0])
+        url = f"https://{HOSTNAME}:{self.port}/app/page?x=1"
+        done = await threads.deferToThread(
+            chromium_dump_dom, url, HOSTNAME, spki, self.folder, 60.0, "127.0.0.1"
+        )
+        self.assertIn("alice@example.com", done.stdout, done.stderr[-2000:])
+        self.assertIn("/page?x=1", done.stdout)
+        self.assertEqual(self.h.node.access.counters.get("oidc_no_session"), None)
+
     async def test_session_survives_a_restart(self) -> None:
         code, _, err = await self.login()
         self.assertEqual(code, 0, err)
         key = (self.h.config.state_dir / "access-session.key").stat()
         self.assertEqual(key.st_mode & 0o777, 0o600)
-
-        self.h.node.access = again = Access(
-            self.h.config.access, None, state_dir=self.h.config.state_dir
-        )
+        # a new node process: the same state-dir, so the same key, so the same sessions
+        again = Access(self.h.config.access, reactor, state_dir=self.h.config.state_dir)
         self.h.node.dispatcher.access = again
-        again.reactor = __import__("twisted.internet.reactor", fromlist=["reactor"])
         self.assertEqual(await self.status("/app/"), b"200")
+        self.assertEqual(again.counters, {}, "no new login was needed")
 
     async def test_tampered_cookie_and_no_session(self) -> None:
         code, _, err = await self.login()
