@@ -140,9 +140,12 @@ class MountRouter(resource.Resource):
             return resource.NoResource()
         prefix, handler = found
         child = self._handler(prefix, handler, request, path, self.serve.timeouts[site])
-        if handler.access is not None and self.access is not None:
+        if self.access is None:
+            return child
+        if handler.access is not None:
             # decided on the same normalized path the mount was matched on and is forwarded
             return self.access.guard(handler.access, child, request, self.flow, host, path)
+        self.access.forget_own_cookies(request)  # an open mount: no session cookie for it
         return child
 
     def render(self, request: Request) -> Any:

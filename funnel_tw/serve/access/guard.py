@@ -168,6 +168,12 @@ class Access:
             return OIDCEndpoint(self, path, flow, host)
         return None
 
+    def forget_own_cookies(self, request: Request) -> None:
+        """Every request, guarded mount or not: the node's session cookies (``Path=/``, so a
+        browser sends them everywhere) never reach a backend, not even an open mount's."""
+        if self.oidc:
+            strip_own_cookies(request)
+
     @staticmethod
     def ambiguous(mounts: dict[str, HTTPHandler], path: str) -> bool:
         return parameters_change_policy(mounts, path)

@@ -48,6 +48,7 @@ oidc-session-lifetime = 3600
 [serve 443]
 funnel = yes
 / = text:open
+/open/ = http://127.0.0.1:{port}/
 /app/ = http://127.0.0.1:{port}/
 access /app/ = staff
 """,
@@ -78,6 +79,10 @@ access /app/ = staff
             self.assertNotIn("__Host-funnel-tw", json.dumps(seen["headers"]))
             # the session: no provider round trip any more
             self.assertEqual(await self.status("/app/again", version), b"200")
+            # an open mount's backend never sees the session cookie either
+            code, out, err = await self.curl("/open/", version, "-b", "theirs=1")
+            self.assertEqual(code, 0, err)
+            self.assertNotIn("__Host-funnel-tw", out.decode())
             jar = Path(self.jar).read_text()
             self.assertIn("__Host-funnel-tw-staff", jar)
             self.assertRegex(jar, r"#HttpOnly_node.example.com\tFALSE\t/\tTRUE")
