@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 
 __all__ = [
+    "AccessPolicy",
     "HTTPSMounts",
     "IPAddress",
     "IPInterface",
@@ -74,6 +75,42 @@ class TLSConfig:
 
 
 @attrs.frozen
+class AccessPolicy:
+    """``[access NAME]``: who on the internet may reach a port or mount (docs/access.md).
+
+    Files are checked when the config loads and read again by serve/access when it starts."""
+
+    name: str
+    allow: tuple[IPNetwork, ...] = ()  # empty: every address (unless allow-file lists some)
+    allow_file: Path | None = None
+    deny: tuple[IPNetwork, ...] = ()
+    basic_auth_file: Path | None = None
+    bearer_tokens_file: Path | None = None
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret_file: Path | None = None
+    oidc_allow: tuple[str, ...] = ()  # addresses, or "*@domain"
+    oidc_session_lifetime: float = 86400.0
+    forward_auth: str | None = None
+    client_ca_file: Path | None = None
+    rate_limit: float | None = None  # requests (or new connections) per second
+    rate_burst: int | None = None
+    max_request_body: int | None = None  # bytes
+
+    @property
+    def http_only(self) -> tuple[str, ...]:
+        """The keys set that only an HTTP mount can apply (refused on other ports)."""
+        keys = {
+            "basic-auth-file": self.basic_auth_file,
+            "bearer-tokens-file": self.bearer_tokens_file,
+            "oidc-issuer": self.oidc_issuer,
+            "forward-auth": self.forward_auth,
+            "max-request-body": self.max_request_body,
+        }
+        return tuple(k for k, v in keys.items() if v is not None)
+
+
+@attrs.frozen
 class HTTPSMounts:
     """``/PATH = TARGET`` lines: HTTPS with the node's certificate, routed by path."""
 
@@ -81,6 +118,8 @@ class HTTPSMounts:
     proxy_timeout: float = DEFAULT_PROXY_TIMEOUT
     # the mount paths whose backends get request header names with "_" (off by default)
     underscores: frozenset[str] = frozenset()
+    # ``access /PATH = NAME``: a mount's own policy, replacing the port's
+    access: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -119,6 +158,7 @@ class ServePort:
     funnel: bool
     handler: PortHandler
     host: str | None = None  # lower case, covered by one of the node's hostnames
+    access: str | None = None  # ``access = NAME``: the [access NAME] of every mount / connection
 
     @property
     def key(self) -> int | str:
@@ -153,6 +193,7 @@ class NodeConfig:
     serve: tuple[ServePort, ...]
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
+    access: tuple[AccessPolicy, ...] = ()  # [access NAME] sections
 
 
 @attrs.frozen

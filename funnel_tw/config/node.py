@@ -11,10 +11,12 @@ import attrs
 from funnel_tw.keys import decode_key
 
 from . import values
+from .access import ACCESS, access_policy, check_port_access
 from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
 from .model import (
     DEFAULT_PROXY_TIMEOUT,
+    AccessPolicy,
     HTTPSMounts,
     NodeConfig,
     PeerConfig,
@@ -79,6 +81,7 @@ _SERVE_KEYS = (
     "handler",
     "proxy-timeout",
     "underscores-in-headers",
+    ACCESS,
 )
 _SERVE_CHOICES = ("tcp-forward", "tls-terminated-tcp", "handler")
 
@@ -93,7 +96,7 @@ def node_config(file: IniFile) -> NodeConfig:
     groups = group_sections(
         file,
         singles=("node", "tls"),
-        named=("peer", "serve"),
+        named=("peer", "serve", "access"),
         required="node",
         own_names=("serve",),
     )
@@ -109,8 +112,14 @@ def node_config(file: IniFile) -> NodeConfig:
             node.private_key,
         )
     tls = _tls(groups["tls"][0]) if groups["tls"] else TLSConfig(source="self-signed")
+    policies = {section.name: access_policy(section) for section in groups["access"]}
     serve = [
-        _serve(section, node.peerapi_port if node else None, node.hostnames if node else None)
+        _serve(
+            section,
+            node.peerapi_port if node else None,
+            node.hostnames if node else None,
+            policies,
+        )
         for section in groups["serve"]
     ]
     serving = [
@@ -126,6 +135,7 @@ def node_config(file: IniFile) -> NodeConfig:
         tls=tls,
         serve=tuple(s for s in serve if s),
         warnings=file.warnings,
+        access=tuple(p for p in policies.values() if p),
     )
 
 
@@ -294,8 +304,9 @@ UNDERSCORES = "underscores-in-headers"
 
 
 def _per_mount_keys(section: Section) -> list[str]:
-    """``underscores-in-headers /PATH`` keys: an option for one mount of the section."""
-    return [k for k in section.values if k.partition(" ")[0] == UNDERSCORES and " " in k]
+    """``underscores-in-headers /PATH`` and ``access /PATH`` keys: options for one mount."""
+    per_mount = (UNDERSCORES, ACCESS)
+    return [k for k in section.values if k.partition(" ")[0] in per_mount and " " in k]
 
 
 def _underscores(section: Section, mount_keys: list[str]) -> frozenset[str]:
@@ -316,7 +327,10 @@ def _underscores(section: Section, mount_keys: list[str]) -> frozenset[str]:
 
 
 def _serve(
-    section: Section, peerapi_port: int | None, hostnames: tuple[str, ...] | None
+    section: Section,
+    peerapi_port: int | None,
+    hostnames: tuple[str, ...] | None,
+    policies: dict[str, AccessPolicy | None] | None = None,
 ) -> ServePort | None:
     """[serve PORT] / [serve HOST:PORT]: what it serves is decided by its keys, exactly one of
     the PortHandlers."""
@@ -342,7 +356,11 @@ def _serve(
     # The other keys are checked even when the one that picks the kind is wrong: all errors show.
     plugin = section.opt("handler", values.plugin_name, None)
     if kind == "handler":
-        options = tuple((k, v) for k, v in section.values.items() if k not in _SERVE_KEYS)
+        options = tuple(
+            (k, v)
+            for k, v in section.values.items()
+            if k not in _SERVE_KEYS and k.partition(" ")[0] != ACCESS
+        )
     else:
         section.reject_unknown([*_SERVE_KEYS, *mount_keys, *_per_mount_keys(section)])
         options = ()
@@ -370,9 +388,10 @@ def _serve(
         except ValueError as e:
             section.error(key, str(e))
     funnel = section.opt("funnel", values.boolean, False)
+    access, mount_access = check_port_access(section, kind, policies or {})
     handler: PortHandler
     if kind == "mounts":
-        handler = HTTPSMounts(tuple(mounts), proxy_timeout, underscores)
+        handler = HTTPSMounts(tuple(mounts), proxy_timeout, underscores, mount_access)
     elif target is not None and kind == "tcp-forward":
         handler = TCPForward(target, proxy_protocol)
     elif target is not None and kind == "tls-terminated-tcp":
@@ -381,4 +400,4 @@ def _serve(
         handler = PluginHandler(plugin, options)
     else:
         return None  # the bad value is recorded: the file fails
-    return ServePort(port=port, funnel=funnel, handler=handler, host=host)
+    return ServePort(port=port, funnel=funnel, handler=handler, host=host, access=access)

@@ -40,7 +40,7 @@ from ..daemon.metrics import MetricsService, wireguard_metrics
 from ..flow import Flow
 from ..overlay.interface import OverlayInterface
 from ..serve.model import TCPPortHandler
-from ..serve.web import request_notes
+from ..serve.notes import request_notes
 from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
 

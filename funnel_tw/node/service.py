@@ -18,6 +18,7 @@ from ..overlay.factory import build_overlay
 from ..overlay.service import OverlayService
 from ..peerapi.ingress import IngressResource
 from ..peerapi.site import PeerAPIRoot, PeerAPISite
+from ..serve.access.guard import Access
 from ..serve.dispatch import Dispatcher
 from ..serve.model import ServeConfig
 from ..serve.plugins import build_handlers
@@ -160,6 +161,7 @@ class NodeService(MultiService):
             )
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
+        self.access = Access(config.access, reactor, state_dir=config.state_dir)
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,
@@ -169,6 +171,7 @@ class NodeService(MultiService):
             proxy_factory=lambda target, prefix, flow, timeout, underscores: ProxyResource(
                 target, prefix, flow, reactor, self.backends, timeout, underscores
             ),
+            access=self.access,
         )
         self.ingress = IngressResource(
             reactor=reactor,
@@ -203,6 +206,7 @@ class NodeService(MultiService):
             "ingress": dict(self.ingress.counters),
             "serve": dict(self.dispatcher.counters),
             "tls": dict(self.store.counters),
+            "access": dict(self.access.counters),
             "overlay": self.overlay.stats(),
         }
 

@@ -83,8 +83,12 @@ class BackendConnector(splice.SpliceEnd):
         self.target = target
         self.flow = flow
         self.proxy_protocol = proxy_protocol
+        self.admit: Any = None  # after the TLS handshake: (transport) -> bool, client-ca-file
 
     def connectionMade(self) -> None:
+        if self.admit is not None and not self.admit(self.transport):
+            self.transport.loseConnection()
+            return
         parsed = parse_host_port(self.target)
         if parsed is None:  # the configuration writes every target as host:port
             raise ValueError(f"backend {self.target!r} is not host:port")
@@ -126,7 +130,9 @@ class Dispatcher:
         overlay_addresses: list[str],
         handlers: Mapping[int | str, IIngressHandler] | None = None,
         proxy_factory: Any = None,
+        access: Any = None,
     ) -> None:
+        self.access = access  # serve/access/guard.py Access, or None: no policies
         self.serve = serve
         self.store = store
         self.reactor = reactor
@@ -150,10 +156,12 @@ class Dispatcher:
         )
         return proxyproto.header(version, flow.client, (own, backend_port))
 
-    def _tls(self, inner: IProtocol, alpn: tuple[bytes, ...]) -> IProtocol:
+    def _tls(
+        self, inner: IProtocol, alpn: tuple[bytes, ...], client_certificates: bool = False
+    ) -> IProtocol:
         # a bounded close: a stalled client cannot hold a TLS flow open after it is closed
         factory = BoundedCloseTLSFactory(
-            self.store.creator(alpn),
+            self.store.creator(alpn, client_certificates),
             False,
             OneProtocolFactory(CloseAfterACMEHandshake(inner)),
             clock=self.reactor,
@@ -171,8 +179,13 @@ class Dispatcher:
         if found is None:
             self.count("no_handler")
             return None
-        self.count("flows")
         key, handler = found
+        # a non-HTTP port: deny/allow and the rate of new connections, before anything
+        guarded = handler.access is not None and self.access is not None and not handler.https
+        if guarded and not self.access.admits_connection(handler.access, flow, flow.host):
+            self.count("access_refused")
+            return None
+        self.count("flows")
         protocol = self._build(handler, flow, key)
         if protocol is not None and self.track is not None:
             return self.track(flow, protocol, handler)
@@ -181,18 +194,28 @@ class Dispatcher:
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
             site = ServeSite(
-                MountRouter(self.serve, flow.port, flow, self.proxy_factory, self.count),
+                MountRouter(
+                    self.serve, flow.port, flow, self.proxy_factory, self.count, self.access
+                ),
                 self.reactor,
                 timeout=self.http_timeout,
             )
             site.on_request, site.flow = self.on_request, flow
             inner = site.buildProtocol(None)
             assert inner is not None
-            return self._tls(inner, HTTP_ALPN)
+            mtls = self.access is not None and self.access.wants_client_certificates(
+                self.serve, flow.port, handler
+            )
+            return self._tls(inner, HTTP_ALPN, mtls)
         if handler.tcp_forward is not None:
             connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
             if handler.terminate_tls is not None:
-                return self._tls(connector, ())
+                mtls = self.access is not None and self.access.wants_client_certificates(
+                    self.serve, flow.port, handler
+                )
+                if mtls and handler.access is not None:
+                    connector.admit = self.access.certificate_check(handler.access, flow)
+                return self._tls(connector, (), mtls)
             return connector
         if handler.handler is not None:
             plugin = self.handlers.get(key)

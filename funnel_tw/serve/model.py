@@ -39,13 +39,18 @@ class HTTPHandler:
     path: str | None = None
     text: str | None = None
     underscores: bool = False  # proxy: pass request header names with "_" (not in the JSON)
+    access: str | None = None  # the [access NAME] guarding it: the mount's own, else the port's
 
     def to_json(self) -> dict[str, str]:
         if self.proxy is not None:
-            return {"Proxy": self.proxy}
-        if self.path is not None:
-            return {"Path": self.path}
-        return {"Text": self.text or ""}
+            out = {"Proxy": self.proxy}
+        elif self.path is not None:
+            out = {"Path": self.path}
+        else:
+            out = {"Text": self.text or ""}
+        if self.access is not None:
+            out["Access"] = self.access  # funnel-tw's, not in Tailscale's model
+        return out
 
 
 @attrs.frozen
@@ -55,6 +60,7 @@ class TCPPortHandler:
     terminate_tls: str | None = None  # the hostname whose certificate ends TLS
     proxy_protocol: int | None = None
     handler: str | None = None  # a plugin (not in Tailscale's model)
+    access: str | None = None  # [access NAME] of a non-HTTP port: checked per connection
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -68,16 +74,18 @@ class TCPPortHandler:
             out["ProxyProtocol"] = self.proxy_protocol
         if self.handler is not None:
             out["Handler"] = self.handler
+        if self.access is not None and not self.https:
+            out["Access"] = self.access
         return out
 
 
-def mount_handler(target: str, underscores: bool = False) -> HTTPHandler:
+def mount_handler(target: str, underscores: bool = False, access: str | None = None) -> HTTPHandler:
     """funnel_tw.config has normalised targets: URLs, ``unix:``, ``text:``, absolute paths."""
     if target.startswith("text:"):
-        return HTTPHandler(text=target[5:])
+        return HTTPHandler(text=target[5:], access=access)
     if target.startswith(("http://", "https://", "https+insecure://", "unix:")):
-        return HTTPHandler(proxy=target, underscores=underscores)
-    return HTTPHandler(path=target)
+        return HTTPHandler(proxy=target, underscores=underscores, access=access)
+    return HTTPHandler(path=target, access=access)
 
 
 def _split_key(key: str) -> tuple[str, int]:
@@ -133,8 +141,11 @@ class ServeConfig:
             else:
                 hosts[f"{port.host}:{port.port}"] = handler
             if isinstance(port.handler, HTTPSMounts):
+                own_access = dict(port.handler.access)
                 mounts = {
-                    path: mount_handler(target, path in port.handler.underscores)
+                    path: mount_handler(
+                        target, path in port.handler.underscores, own_access.get(path, port.access)
+                    )
                     for path, target in port.handler.mounts
                 }
                 for site in names:
@@ -228,14 +239,19 @@ def _port_handler(port: ServePort, name: str | None) -> TCPPortHandler:
         case HTTPSMounts():
             return TCPPortHandler(https=True)
         case TCPForward(target=target, proxy_protocol=proxy_protocol):
-            return TCPPortHandler(tcp_forward=target, proxy_protocol=proxy_protocol)
+            return TCPPortHandler(
+                tcp_forward=target, proxy_protocol=proxy_protocol, access=port.access
+            )
         case TLSTerminatedTCP(target=target, proxy_protocol=proxy_protocol):
             # no hostname, no certificate: the TLS bytes are forwarded as they come
             return TCPPortHandler(
-                tcp_forward=target, terminate_tls=name, proxy_protocol=proxy_protocol
+                tcp_forward=target,
+                terminate_tls=name,
+                proxy_protocol=proxy_protocol,
+                access=port.access,
             )
         case PluginHandler(name=plugin):
-            return TCPPortHandler(handler=plugin)
+            return TCPPortHandler(handler=plugin, access=port.access)
         case unreachable:
             assert_never(unreachable)
 

@@ -241,6 +241,9 @@ def forwarded_headers(
     out.setRawHeaders(b"X-Forwarded-For", [flow.client[0].encode()])
     if flow.funnel:
         out.setRawHeaders(b"Tailscale-Funnel-Request", [b"?1"])
+    # who an access policy let through (serve/access/guard.py REMOTE_IDENTITY): Remote-User...
+    for name, value in getattr(request, "remote_identity", {}).items():
+        out.setRawHeaders(name, [value])
     return out
 
 

@@ -22,21 +22,10 @@ from ..web.paths import PathError, request_target
 from .files import FileMount
 from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
+from .notes import request_notes
 from .streaming import StreamingRequest
 
 log = Logger()
-
-NOTES = "funnel_notes"
-
-
-def request_notes(request: Any) -> dict[str, Any]:
-    """Facts about one request for its access log line and metrics, noted while it is served:
-    ``started`` (reactor time of its head), ``mount`` (the mount path that took it),
-    ``reason`` (why it was refused), ``user`` (who authenticated, set by access policies)."""
-    notes: dict[str, Any] | None = request.__dict__.get(NOTES)
-    if notes is None:
-        notes = request.__dict__[NOTES] = {}
-    return notes
 
 
 def tls_server_name(request: Request) -> str | None:
@@ -83,8 +72,10 @@ class MountRouter(resource.Resource):
         flow: Flow,
         proxy_factory: Any,
         count: Callable[[str], None] = lambda what: None,
+        access: Any = None,
     ) -> None:
         super().__init__()
+        self.access = access  # serve/access/guard.py Access: the policies guarding mounts
         self.serve = serve
         self.port = port
         self.flow = flow
@@ -114,12 +105,25 @@ class MountRouter(resource.Resource):
                 why=e,
             )
             return resource.ErrorPage(e.status, RESPONSES[e.status].decode(), str(e))
+        own = None if self.access is None else self.access.reserved(path, self.flow, host)
+        if own is not None:
+            return own  # the OIDC callback and logout paths
+        if self.access is not None and self.access.ambiguous(mounts, path):
+            self.count("refused_path")
+            return resource.ErrorPage(400, "Bad Request", "a path parameter changes the policy")
         found = match_mount(mounts, path)
         if found is None:
             return resource.NoResource()
         prefix, handler = found
         request_notes(request)["mount"] = prefix
-        return self._handler(prefix, handler, request, path, self.serve.timeouts[site])
+        child = self._handler(prefix, handler, request, path, self.serve.timeouts[site])
+        if self.access is None:
+            return child
+        if handler.access is not None:
+            # decided on the same normalized path the mount was matched on and is forwarded
+            return self.access.guard(handler.access, child, request, self.flow, host, path)
+        self.access.forget_own_cookies(request)  # an open mount: no session cookie for it
+        return child
 
     def render(self, request: Request) -> Any:
         child = resource.getChildForRequest(self.getChildWithDefault(b"", request), request)

@@ -194,20 +194,35 @@ class CertificateStore:
         log.info("answered a tls-alpn-01 validation for {name}", name=name)
         return ACME_ALPN
 
-    def creator(self, alpn: tuple[bytes, ...] = HTTP_ALPN) -> SNIServerCreator:
-        return SNIServerCreator(self, alpn)
+    def creator(
+        self, alpn: tuple[bytes, ...] = HTTP_ALPN, client_certificates: bool = False
+    ) -> SNIServerCreator:
+        return SNIServerCreator(self, alpn, client_certificates)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIServerCreator:
     """What TLSMemoryBIOFactory asks for a server connection."""
 
-    def __init__(self, store: CertificateStore, alpn: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, store: CertificateStore, alpn: tuple[bytes, ...], client_certificates: bool = False
+    ) -> None:
         self.store = store
         self.alpn = alpn
+        self.client_certificates = client_certificates
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         default = self.store.lookup(None)
         if default is None:
             raise UnknownServerName("no certificate installed")
-        return SSL.Connection(default.context(self.alpn, self.store), None)
+        conn = SSL.Connection(default.context(self.alpn, self.store), None)
+        if self.client_certificates:
+            # ask for a certificate but let every handshake finish: whether one is needed,
+            # and from which CA, is each access policy's decision (serve/access), per mount.
+            # Set on the connection, the mode survives the SNI callback's set_context.
+            conn.set_verify(SSL.VERIFY_PEER, _accept_any)
+        return conn
+
+
+def _accept_any(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    return True

@@ -696,10 +696,16 @@ def spki_sha256_b64(cert: x509.Certificate) -> str:
 
 
 def chromium_dump_dom(
-    url: str, name: str, spki: str, workdir: Path, timeout: float = 60.0
+    url: str,
+    name: str,
+    spki: str,
+    workdir: Path,
+    timeout: float = 60.0,
+    also: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium loads ``url`` (``name`` mapped to 127.0.0.1, nothing else resolves),
-    trusting only the certificate whose SPKI hash is ``spki``; returns the dumped DOM."""
+    """Headless Chromium loads ``url`` (``name`` mapped to 127.0.0.1, nothing else resolves
+    but the ``also`` host, e.g. a loopback OpenID Provider), trusting only the certificate
+    whose SPKI hash is ``spki``; returns the dumped DOM."""
     profile = Path(tempfile.mkdtemp(prefix="profile-", dir=workdir))
     cmd = [
         CHROMIUM,
@@ -713,7 +719,8 @@ def chromium_dump_dom(
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        f"--host-resolver-rules=MAP {name} 127.0.0.1, MAP * ~NOTFOUND",
+        f"--host-resolver-rules=MAP {name} 127.0.0.1, MAP * ~NOTFOUND"
+        + (f", EXCLUDE {also}" if also else ""),
         f"--ignore-certificate-errors-spki-list={spki}",
         "--virtual-time-budget=5000",
         "--dump-dom",

@@ -64,6 +64,8 @@ def _ports(node: StatusSource) -> list[dict[str, Any]]:
         if port.host is not None:
             entry["host"] = port.host
         entry["funnel"] = any(serve.allow_funnel.get(site, False) for site in sites)
+        if port.access is not None:
+            entry["access"] = port.access  # each mount's own shows in its "Access"
         match port.handler:
             case HTTPSMounts():
                 # the mounts the web side serves: none on a node without a hostname

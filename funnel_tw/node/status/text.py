@@ -31,11 +31,12 @@ def format_expiry(expires_in: float) -> str:
 
 
 def _mount_text(handler: dict[str, Any]) -> str:
+    access = f" (access {handler['Access']})" if "Access" in handler else ""
     if "Proxy" in handler:
-        return f"proxy {handler['Proxy']}"
+        return f"proxy {handler['Proxy']}{access}"
     if "Path" in handler:
-        return f"files {handler['Path']}"
-    return f"text {json.dumps(handler.get('Text', ''))}"
+        return f"files {handler['Path']}{access}"
+    return f"text {json.dumps(handler.get('Text', ''))}{access}"
 
 
 def _port_text(entry: dict[str, Any]) -> str:
@@ -48,6 +49,8 @@ def _port_text(entry: dict[str, Any]) -> str:
         text = kind
     if entry.get("proxy_protocol"):
         text += f", PROXY protocol v{entry['proxy_protocol']}"
+    if entry.get("access"):
+        text += f", access {entry['access']}"
     return text
 
 
@@ -148,6 +151,7 @@ def format_status(doc: dict[str, Any]) -> str:
     shown: list[tuple[str, int]] = []
     for group in ("ingress", "serve", "tls"):
         shown += sorted((counters.get(group) or {}).items())
+    shown += [(f"access_{k}", v) for k, v in sorted((counters.get("access") or {}).items())]
     overlay = counters.get("overlay") or {}
     shown += [(k, overlay[k]) for k in _SUMMARY_COUNTERS if k in overlay]
     drops = sum(v for k, v in overlay.items() if k.startswith("drop_"))
