@@ -20,7 +20,9 @@ from twisted.web.server import Request, Site
 
 from ..flow import Flow
 from ..web.hostport import format_host_port
+from ..web.httplimits import HTTPLimits, limited_channel
 from ..web.paths import PathError, decoded_segments, request_target
+from .guard import server_name
 from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .streaming import StreamingRequest
@@ -32,14 +34,8 @@ def tls_server_name(request: Request) -> str | None:
     """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
     for holder in (request.channel, h2_connection(request)):
         transport = getattr(holder, "transport", None)
-        get_handle = getattr(transport, "getHandle", None)
-        if get_handle is None:
-            continue
-        try:
-            name = get_handle().get_servername()
-        except Exception:
-            return None
-        return name.decode("ascii", "replace").lower() if name else None
+        if getattr(transport, "getHandle", None) is not None:
+            return server_name(transport)
     return None
 
 
@@ -152,11 +148,29 @@ class MountRouter(resource.Resource):
 
 
 class ServeSite(Site):
-    requestFactory = StreamingRequest
+    """The HTTPS site of one flow: streamed request bodies, and the limits of
+    web/httplimits.py on request heads (HTTP/1.1) and bodies (both HTTP versions)."""
 
-    def __init__(self, root: resource.Resource, reactor: Any, timeout: float = 300) -> None:
+    requestFactory = StreamingRequest
+    protocol = limited_channel
+
+    def __init__(
+        self,
+        root: resource.Resource,
+        reactor: Any,
+        timeout: float = 300,
+        limits: HTTPLimits | None = None,
+        refused: Callable[[str, str, str | None], None] | None = None,
+    ) -> None:
         super().__init__(root, timeout=timeout, reactor=reactor)
         self.displayTracebacks = False
+        self.http_limits = limits or HTTPLimits()
+        self._refused = refused
+
+    def http_refused(self, transport: Any, counter: str, reason: str) -> None:
+        """A request refused by a limit: to the dispatcher, with the connection's SNI."""
+        if self._refused is not None:
+            self._refused(f"http_{counter}", reason, server_name(transport))
 
     def log(self, request: Any) -> None:
         pass
