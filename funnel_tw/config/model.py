@@ -20,6 +20,7 @@ from pathlib import Path
 import attrs
 
 __all__ = [
+    "ClientLimits",
     "HTTPSMounts",
     "IPAddress",
     "IPInterface",
@@ -124,6 +125,16 @@ class ServePort:
 
 
 @attrs.frozen
+class ClientLimits:
+    """[node] deadlines for public clients (seconds) and a request body's minimum rate."""
+
+    tls_handshake_timeout: float = 10.0
+    http_head_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_body_min_rate: int = 500  # bytes a second, over each http-body-timeout window
+
+
+@attrs.frozen
 class NodeConfig:
     """A parsed node.ini."""
 
@@ -140,6 +151,7 @@ class NodeConfig:
     tls: TLSConfig
     serve: tuple[ServePort, ...]
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
+    limits: ClientLimits = ClientLimits()
 
 
 @attrs.frozen

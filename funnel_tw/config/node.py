@@ -15,6 +15,7 @@ from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
 from .model import (
     DEFAULT_PROXY_TIMEOUT,
+    ClientLimits,
     HTTPSMounts,
     NodeConfig,
     PeerConfig,
@@ -38,6 +39,10 @@ _NODE_KEYS = (
     "mtu",
     "network",
     "state-dir",
+    "tls-handshake-timeout",
+    "http-head-timeout",
+    "http-body-timeout",
+    "http-body-min-rate",
 )
 _PEER_KEYS = (
     "public-key",
@@ -168,6 +173,16 @@ def _node(section: Section) -> NodeConfig | None:
     peerapi_port = section.opt("peerapi-port", values.port, 41642)
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))
+    limits = ClientLimits(
+        tls_handshake_timeout=section.opt("tls-handshake-timeout", values.seconds, 10.0),
+        http_head_timeout=section.opt("http-head-timeout", values.seconds, 10.0),
+        http_body_timeout=section.opt("http-body-timeout", values.seconds, 30.0),
+        http_body_min_rate=section.opt(
+            "http-body-min-rate",
+            lambda v: values.integer(v, 0, 1 << 30, "whole number (bytes a second)"),
+            500,
+        ),
+    )
     if wireguard is None:
         return None
     return NodeConfig(
@@ -183,6 +198,7 @@ def _node(section: Section) -> NodeConfig | None:
         peers=(),
         tls=TLSConfig(source="self-signed"),
         serve=(),
+        limits=limits,
     )
 
 
