@@ -9,8 +9,10 @@ elsewhere the proxy and the site use only these functions.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from h2.exceptions import StreamClosedError
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
@@ -56,11 +58,12 @@ def abort_stream(request: Request, status: int | None, reason: str) -> bool:
     if h2 is None or stream_id is None or stream_id not in getattr(h2, "streams", {}):
         return False
     stream = h2.streams[stream_id]
-    if status is not None and not request.startedWriting:
-        h2.conn.send_headers(stream_id, [(b":status", b"%d" % status)], end_stream=True)
-        h2.conn.reset_stream(stream_id, error_code=NO_ERROR)
-    else:
-        h2.conn.reset_stream(stream_id, error_code=CANCEL)
+    with contextlib.suppress(StreamClosedError):  # the client had ended its side
+        if status is not None and not request.startedWriting:
+            h2.conn.send_headers(stream_id, [(b":status", b"%d" % status)], end_stream=True)
+            h2.conn.reset_stream(stream_id, error_code=NO_ERROR)
+        else:
+            h2.conn.reset_stream(stream_id, error_code=CANCEL)
     h2._tryToWriteControlData()
     stream.connectionLost(Failure(ConnectionLost(reason)))
     if stream_id in h2.streams:

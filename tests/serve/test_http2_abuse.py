@@ -261,6 +261,37 @@ class HTTP2AbuseTests(TestCase):
         self.assertLess(self.traced() - before, 4 * MIB)
         await self.still_serving()
 
+    async def test_slow_body_stream_is_408(self) -> None:
+        """A request body below the minimum rate: 408 on that stream (then RST_STREAM
+        NO_ERROR); the connection and its other streams go on."""
+        self.dispatcher.http_limits = HTTPLimits(body_timeout=1.0, body_min_rate=1000)
+        raw = await self.client()
+        block = hpack.Encoder().encode(
+            [
+                (":method", "POST"),
+                (":path", "/"),
+                (":scheme", "https"),
+                (":authority", HOSTNAME),
+                ("content-length", "100000"),
+            ]
+        )
+        await self.in_thread(
+            raw.send, HeadersFrame(1, data=block, flags=["END_HEADERS"]).serialize()
+        )
+        for _ in range(15):
+            await self.in_thread(raw.send, DataFrame(1, data=b"x" * 10).serialize())
+            await task.deferLater(reactor, 0.15, lambda: None)
+        await self.in_thread(raw.drain, 0.5)
+        frames = raw.frames()
+        heads = [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id == 1]
+        self.assertTrue(heads, frames)
+        self.assertEqual(hpack.Decoder().decode(heads[0].data), [(":status", "408")])
+        resets = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 1]
+        self.assertEqual(resets[0].error_code, 0)  # later ones: h2's STREAM_CLOSED to our DATA
+        self.assertFalse(raw.closed)
+        self.assertEqual(self.dispatcher.counters.get("http_body_too_slow"), 1)
+        await self.still_serving()
+
     async def test_zero_window_stall(self) -> None:
         """A client that opens many streams for 1 MiB files with a zero window and never
         reads: the responses wait, bounded (the proxy and files pause on flow control), and
