@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
     IProtocol,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,8 +50,9 @@ def server_name(transport: Any) -> str | None:
     return name.decode("ascii", "replace").lower() if name else None
 
 
-class GuardedTLS(TLSMemoryBIOProtocol):
-    """TLS whose close cannot be held open by a producer or by the client (module docstring)."""
+class GuardedTLS(BufferingTLSTransport):
+    """TLS whose close cannot be held open by a producer or by the client (module docstring).
+    Twisted's own default protocol underneath, small writes aggregated into one record."""
 
     factory: GuardedTLSFactory
     _close_timer: IDelayedCall | None = None
