@@ -31,6 +31,7 @@ from funnel_tw.config import (
     load_node_config,
     load_relay_config,
 )
+from funnel_tw.config.model import ClientLimits
 from funnel_tw.keys import encode_key, public_key
 
 # RFC 7748 section 6.1: Alice is the node, Bob the relay, so public keys are known values.
@@ -362,6 +363,27 @@ class GoodFilesTests(ConfigTestCase):
             "7: [serve 80] underscores-in-headers: 'maybe' is not a boolean "
             "(use yes/no, true/false, on/off or 1/0)",
             "10: [serve 81] underscores-in-headers: is only used with /PATH = TARGET mounts",
+        )
+
+    def test_client_limits(self) -> None:
+        """[node] deadlines for public clients: defaults, values, and FILE:LINE errors."""
+        config = load_node_config(self.write("node.ini", NODE))
+        self.assertEqual(config.limits, ClientLimits(10.0, 10.0, 30.0, 500))
+        config = load_node_config(
+            self.write(
+                "node.ini",
+                NODE + "tls-handshake-timeout = 5\nhttp-head-timeout = 2.5\n"
+                "http-body-timeout = 60\nhttp-body-min-rate = 0\n",
+            )
+        )
+        self.assertEqual(config.limits, ClientLimits(5.0, 2.5, 60.0, 0))
+        self.assertErrors(
+            NODE + "tls-handshake-timeout = 0\nhttp-head-timeout = soon\n"
+            "http-body-timeout = -1\nhttp-body-min-rate = 1.5\n",
+            "4: [node] tls-handshake-timeout: must be more than 0 seconds",
+            "5: [node] http-head-timeout: 'soon' is not a number of seconds",
+            "6: [node] http-body-timeout: '-1' is not a number of seconds",
+            "7: [node] http-body-min-rate: '1.5' is not a whole number (bytes a second)",
         )
 
     def test_tls_sources(self) -> None:

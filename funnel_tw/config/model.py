@@ -21,6 +21,7 @@ import attrs
 
 __all__ = [
     "AccessPolicy",
+    "ClientLimits",
     "HTTPSMounts",
     "IPAddress",
     "IPInterface",
@@ -176,6 +177,16 @@ class OpsConfig:
 
 
 @attrs.frozen
+class ClientLimits:
+    """[node] deadlines for public clients (seconds) and a request body's minimum rate."""
+
+    tls_handshake_timeout: float = 10.0
+    http_head_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_body_min_rate: int = 500  # bytes a second, over each http-body-timeout window
+
+
+@attrs.frozen
 class NodeConfig:
     """A parsed node.ini."""
 
@@ -194,6 +205,7 @@ class NodeConfig:
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
     access: tuple[AccessPolicy, ...] = ()  # [access NAME] sections
+    limits: ClientLimits = ClientLimits()
 
 
 @attrs.frozen

@@ -17,6 +17,7 @@ from .interface import check_peers, wireguard_keys
 from .model import (
     DEFAULT_PROXY_TIMEOUT,
     AccessPolicy,
+    ClientLimits,
     HTTPSMounts,
     NodeConfig,
     PeerConfig,
@@ -42,6 +43,10 @@ _NODE_KEYS = (
     "network",
     "state-dir",
     *OPS_KEYS,
+    "tls-handshake-timeout",
+    "http-head-timeout",
+    "http-body-timeout",
+    "http-body-min-rate",
 )
 _PEER_KEYS = (
     "public-key",
@@ -182,6 +187,16 @@ def _node(section: Section) -> NodeConfig | None:
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))
     ops = ops_config(section)
+    limits = ClientLimits(
+        tls_handshake_timeout=section.opt("tls-handshake-timeout", values.seconds, 10.0),
+        http_head_timeout=section.opt("http-head-timeout", values.seconds, 10.0),
+        http_body_timeout=section.opt("http-body-timeout", values.seconds, 30.0),
+        http_body_min_rate=section.opt(
+            "http-body-min-rate",
+            lambda v: values.integer(v, 0, 1 << 30, "whole number (bytes a second)"),
+            500,
+        ),
+    )
     if wireguard is None:
         return None
     return NodeConfig(
@@ -198,6 +213,7 @@ def _node(section: Section) -> NodeConfig | None:
         tls=TLSConfig(source="self-signed"),
         serve=(),
         ops=ops,
+        limits=limits,
     )
 
 

@@ -31,6 +31,7 @@ from ..tls.sources import (
 )
 from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
+from ..web.httplimits import HTTPLimits
 from .observe import attach_observer
 from .status.server import LocalAPIService
 
@@ -172,6 +173,13 @@ class NodeService(MultiService):
                 target, prefix, flow, reactor, self.backends, timeout, underscores
             ),
             access=self.access,
+        )
+        limits = config.limits  # [node] deadlines for public clients
+        self.dispatcher.tls_handshake_timeout = limits.tls_handshake_timeout
+        self.dispatcher.http_limits = HTTPLimits(
+            head_timeout=limits.http_head_timeout,
+            body_timeout=limits.http_body_timeout,
+            body_min_rate=limits.http_body_min_rate,
         )
         self.ingress = IngressResource(
             reactor=reactor,

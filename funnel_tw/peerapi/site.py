@@ -15,14 +15,17 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from ..web.hostport import format_host_port
+from ..web.httplimits import HTTPLimits, limited_channel
 from .errors import Refusal, plain_error
 from .ingress import IngressResource
 
 log = Logger()
 
-# seconds a caller may stay silent before the connection is closed; request heads are capped
+# seconds a caller may stay silent before the connection is closed; the relay's request heads
+# are small and sent at once: a head has 10 seconds and 16 KiB, 50 headers
 IDLE_TIMEOUT = 30
-MAX_HEAD_BYTES = 16384
+LIMITS = HTTPLimits(head_timeout=10.0, max_request_line=4096, max_head_bytes=16384, max_headers=50)
 
 
 class PeerAPIRoot(Resource):
@@ -59,23 +62,32 @@ class PeerAPIRoot(Resource):
 
 
 class PeerAPISite(Site):
-    """A Site with the peerAPI's limits: idle timeout, no access log of its own."""
+    """A Site with the peerAPI's limits: idle timeout, head deadline and sizes (answered
+    408/414/431, logged and counted with the ingress counters), no access log of its own."""
+
+    protocol = limited_channel
 
     noisy = False
 
     def __init__(
-        self, root: PeerAPIRoot, reactor: Any = None, timeout: float = IDLE_TIMEOUT
+        self,
+        root: PeerAPIRoot,
+        reactor: Any = None,
+        timeout: float = IDLE_TIMEOUT,
+        limits: HTTPLimits = LIMITS,
     ) -> None:
         super().__init__(root, timeout=timeout, reactor=reactor)
         self.displayTracebacks = False
+        self.http_limits = limits
+        self.root = root
 
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        channel = getattr(protocol, "_channel", None)
-        if channel is not None:
-            channel.totalHeadersSize = MAX_HEAD_BYTES
-            channel.maxHeaders = 100
-        return protocol
+    def http_refused(self, transport: Any, counter: str, reason: str) -> None:
+        counters = self.root.ingress.counters
+        name = f"peerapi_{counter}"
+        counters[name] = counters.get(name, 0) + 1
+        peer = transport.getPeer()
+        client = format_host_port(str(getattr(peer, "host", peer)), int(getattr(peer, "port", 0)))
+        log.info("peerAPI: refused {client}: {why}", client=client, why=reason)
 
     def log(self, request: http.Request) -> None:
         pass  # ingress decisions are logged where they are made

@@ -13,63 +13,23 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from ..flow import Flow, IIngressHandler
-from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
+from ..tls.store import HTTP_ALPN, CertificateStore
 from ..web import splice
-from ..web.closing import BoundedCloseTLSFactory
 from ..web.factories import OneProtocolFactory
-from ..web.hostport import parse_host_port
+from ..web.h2watch import H2Limits
+from ..web.hostport import format_host_port, parse_host_port
+from ..web.httplimits import HTTPLimits
 from . import proxyproto
+from .guard import FlowGuard, guarded_tls
 from .model import ServeConfig, TCPPortHandler
 from .web import MountRouter, ServeSite
 
 log = Logger()
-
-
-@implementer(IHandshakeListener, IHalfCloseableProtocol)
-class CloseAfterACMEHandshake(Protocol):
-    """RFC 8737: a connection that negotiated ``acme-tls/1`` is closed right after its
-    handshake and never reaches the handler; every other one is passed straight through."""
-
-    def __init__(self, inner: IProtocol) -> None:
-        self.inner = inner
-        self.started = False  # the handler is connected only once the handshake is done
-
-    def handshakeCompleted(self) -> None:
-        if getattr(self.transport, "negotiatedProtocol", None) == ACME_ALPN:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-            return
-        self.started = True
-        self.inner.makeConnection(self.transport)  # type: ignore[arg-type]
-        listener = IHandshakeListener(self.inner, None)
-        if listener is not None:
-            listener.handshakeCompleted()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.started:
-            self.inner.dataReceived(data)
-
-    def readConnectionLost(self) -> None:
-        half = IHalfCloseableProtocol(self.inner, None)
-        if half is not None:
-            half.readConnectionLost()
-        else:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        half = IHalfCloseableProtocol(self.inner, None)
-        if half is not None:
-            half.writeConnectionLost()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.started:
-            self.inner.connectionLost(reason)
 
 
 class BackendConnector(splice.SpliceEnd):
@@ -144,9 +104,25 @@ class Dispatcher:
         # set by the node for its access log and metrics (node/observe.py)
         self.on_request: Callable[[Request, Flow], None] | None = None
         self.track: Callable[[Flow, IProtocol, TCPPortHandler], IProtocol] | None = None
+        # the limits of every flow (set from [node] by NodeService; tests shorten them)
+        self.tls_handshake_timeout = 10.0
+        self.close_timeout = 10.0  # after the node closes: then aborted
+        self.http_limits = HTTPLimits()
+        self.h2_limits = H2Limits()
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+
+    def refused(self, flow: Flow, counter: str, reason: str, host: str | None) -> None:
+        """A client refused by a limit: counted, and logged with who, for what, and why."""
+        self.count(counter)
+        log.info(
+            "refused {client} for {host}:{port}: {why}",
+            client=format_host_port(*flow.client),
+            host=host or flow.host,
+            port=flow.port,
+            why=reason,
+        )
 
     def proxy_header(self, version: int, flow: Flow, backend_port: int) -> bytes:
         family = ip_address(flow.client[0]).version
@@ -157,18 +133,27 @@ class Dispatcher:
         return proxyproto.header(version, flow.client, (own, backend_port))
 
     def _tls(
-        self, inner: IProtocol, alpn: tuple[bytes, ...], client_certificates: bool = False
+        self,
+        inner: IProtocol,
+        alpn: tuple[bytes, ...],
+        flow: Flow,
+        http: bool = False,
+        client_certificates: bool = False,
     ) -> IProtocol:
-        # a bounded close: a stalled client cannot hold a TLS flow open after it is closed
-        factory = BoundedCloseTLSFactory(
-            self.store.creator(alpn, client_certificates),
-            False,
-            OneProtocolFactory(CloseAfterACMEHandshake(inner)),
-            clock=self.reactor,
+        """TLS around ``inner``, with the handshake and close deadlines (serve/guard.py), for an
+        HTTPS site the HTTP/2 frame watch, and a client certificate asked for when an access
+        policy of the port needs one."""
+        guard = FlowGuard(
+            inner,
+            self.reactor,
+            lambda counter, why, host: self.refused(flow, counter, why, host),
+            handshake_timeout=self.tls_handshake_timeout,
+            h2_limits=self.h2_limits if http else None,
+            head_timeout=self.http_limits.head_timeout,
         )
-        wrapped = factory.buildProtocol(None)
-        assert wrapped is not None
-        return wrapped
+        return guarded_tls(
+            self.store.creator(alpn, client_certificates), guard, self.reactor, self.close_timeout
+        )
 
     def protocol_for(self, flow: Flow) -> IProtocol | None:
         """The protocol that takes ``flow``'s stream, or None (refused and counted).
@@ -199,6 +184,8 @@ class Dispatcher:
                 ),
                 self.reactor,
                 timeout=self.http_timeout,
+                limits=self.http_limits,
+                refused=lambda counter, why, host: self.refused(flow, counter, why, host),
             )
             site.on_request, site.flow = self.on_request, flow
             inner = site.buildProtocol(None)
@@ -206,7 +193,7 @@ class Dispatcher:
             mtls = self.access is not None and self.access.wants_client_certificates(
                 self.serve, flow.port, handler
             )
-            return self._tls(inner, HTTP_ALPN, mtls)
+            return self._tls(inner, HTTP_ALPN, flow, http=True, client_certificates=mtls)
         if handler.tcp_forward is not None:
             connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
             if handler.terminate_tls is not None:
@@ -215,7 +202,7 @@ class Dispatcher:
                 )
                 if mtls and handler.access is not None:
                     connector.admit = self.access.certificate_check(handler.access, flow)
-                return self._tls(connector, (), mtls)
+                return self._tls(connector, (), flow, client_certificates=mtls)
             return connector
         if handler.handler is not None:
             plugin = self.handlers.get(key)
@@ -227,6 +214,6 @@ class Dispatcher:
                 self.count("plugin_refused")
                 return None
             alpn = tuple(getattr(plugin, "alpn", ()))  # a plugin may name its protocols
-            return self._tls(protocol, alpn) if plugin.terminate_tls else protocol
+            return self._tls(protocol, alpn, flow) if plugin.terminate_tls else protocol
         self.count("no_handler")
         return None

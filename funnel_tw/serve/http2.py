@@ -1,19 +1,24 @@
 """What the proxy needs from Twisted's HTTP/2 and Twisted does not make public.
 
 A request on HTTP/2 has an ``H2Stream`` as its channel; the stream's connection, whether that
-connection's transport is full, and a stream reset with an error code of our choosing are all
-private (twisted.web._http2). Every such access is here, and tests/serve/test_http2.py fails
-if Twisted changes any of it; elsewhere the proxy and the site use only these functions.
+connection's transport is full, a stream reset with an error code of our choosing, and ending
+the stream of a client too slow to send its body are all private (twisted.web._http2). Every
+such access is here, and tests/serve/test_http2.py fails if Twisted changes any of it;
+elsewhere the proxy and the site use only these functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from h2.exceptions import StreamClosedError
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-INTERNAL_ERROR = 2  # RFC 9113 7
+NO_ERROR, INTERNAL_ERROR, CANCEL = 0, 2, 8  # RFC 9113 7
 
 
 def h2_connection(request: Request) -> Any | None:
@@ -41,4 +46,26 @@ def reset_stream(request: Request, error_code: int = INTERNAL_ERROR) -> bool:
     h2.conn.reset_stream(stream_id, error_code=error_code)
     h2._tryToWriteControlData()
     h2._requestDone(stream_id)
+    return True
+
+
+def abort_stream(request: Request, status: int | None, reason: str) -> bool:
+    """End ``request``'s HTTP/2 stream for a misbehaving client: answer ``status`` if no
+    response has started (then RST_STREAM NO_ERROR: stop sending, RFC 9113 8.1), else reset
+    it with CANCEL; the request learns it lost its connection. False if not on HTTP/2."""
+    h2 = h2_connection(request)
+    stream_id = getattr(request.channel, "streamID", None)
+    if h2 is None or stream_id is None or stream_id not in getattr(h2, "streams", {}):
+        return False
+    stream = h2.streams[stream_id]
+    with contextlib.suppress(StreamClosedError):  # the client had ended its side
+        if status is not None and not request.startedWriting:
+            h2.conn.send_headers(stream_id, [(b":status", b"%d" % status)], end_stream=True)
+            h2.conn.reset_stream(stream_id, error_code=NO_ERROR)
+        else:
+            h2.conn.reset_stream(stream_id, error_code=CANCEL)
+    h2._tryToWriteControlData()
+    stream.connectionLost(Failure(ConnectionLost(reason)))
+    if stream_id in h2.streams:
+        h2._requestDone(stream_id)
     return True

@@ -6,6 +6,12 @@ Request asks the site, as soon as the head is complete, whether the resource wan
 as a stream (:func:`wants_stream`); if so it renders at once and passes each body chunk to a
 :class:`BodySource` that the resource reads with backpressure. Other resources get the normal
 buffered behaviour, with the body capped.
+
+A body must keep coming (HTTP/1.1 and HTTP/2 alike): in every window of the site's
+``HTTPLimits.body_timeout`` seconds in which the node was reading (it did not pause the client
+for backpressure), at least ``body_timeout * body_min_rate`` bytes, and one at the least, must
+arrive; else the client is answered 408 (if no response has started) and dropped: the whole
+connection on HTTP/1.1, the stream on HTTP/2. A fast upload of any size is never affected.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.web import http, server
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
+
+from ..web.httplimits import STATUS_TEXT, HTTPLimits
+from .http2 import abort_stream, h2_connection
 
 MAX_BUFFERED_BODY = 1 << 20  # for resources that do not stream (text, files)
 _EARLY_LIMIT = 256 * 1024  # held while the backend connection is being set up
@@ -68,6 +77,7 @@ class BodySource:
         return getattr(channel, "_networkProducer", channel)
 
     def _pause_client(self) -> None:
+        self.request.reading_paused = True  # this body-rate window does not count
         if not self._paused_client and self.request.channel is not None:
             self._paused_client = True
             self._reader().pauseProducing()
@@ -116,6 +126,9 @@ class StreamingRequest(server.Request):
     _length: int | None = None
     _body_complete = False
     _finish_when_complete = False
+    _body_timer: IDelayedCall | None = None
+    _window_bytes = 0
+    reading_paused = False  # set when the node paused the client during this window
 
     def _request_line(self) -> tuple[bytes, bytes, bytes] | None:
         channel = self.channel
@@ -130,6 +143,59 @@ class StreamingRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         self._length = length
         super().gotLength(length)
+        if length != 0:
+            self._watch_body()
+
+    # --- the body's minimum rate ---------------------------------------------------------
+
+    def _watch_body(self, limits: HTTPLimits | None = None) -> None:
+        site = getattr(self.channel, "site", None)
+        limits = limits or getattr(site, "http_limits", None)
+        reactor = getattr(site, "reactor", None)
+        if not isinstance(limits, HTTPLimits) or reactor is None:
+            return
+        self._window_bytes = 0
+        self.reading_paused = bool(self.body is not None and self.body._paused_client)
+        self._body_timer = reactor.callLater(limits.body_timeout, self._check_body, limits)
+
+    def _check_body(self, limits: HTTPLimits) -> None:
+        self._body_timer = None
+        if self.channel is None or self._body_complete:
+            return
+        need = max(1, int(limits.body_timeout * limits.body_min_rate))
+        if self.reading_paused or self._window_bytes >= need:
+            self._watch_body(limits)
+            return
+        self._body_too_slow(
+            f"request body: {self._window_bytes} bytes in {limits.body_timeout:g} s "
+            f"(at least {need})"
+        )
+
+    def _stop_body_watch(self) -> None:
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.cancel()
+        self._body_timer = None
+
+    def _body_too_slow(self, reason: str) -> None:
+        channel: Any = self.channel
+        h2 = h2_connection(self)
+        transport = h2.transport if h2 is not None else channel.transport
+        report = getattr(channel.site, "http_refused", None)
+        if report is not None:
+            report(transport, "body_too_slow", reason)
+        if h2 is not None:
+            abort_stream(self, 408, reason)
+            return
+        if not self.startedWriting and transport is not None:
+            transport.write(
+                b"HTTP/1.1 408 %s\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                % STATUS_TEXT[408]
+            )
+        channel.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_body_watch()
+        super().connectionLost(reason)
 
     def _decide(self) -> None:
         self._decided = True
@@ -158,6 +224,7 @@ class StreamingRequest(server.Request):
         self.prepath, self.postpath = [], [unquote_to_bytes(p) for p in self.path[1:].split(b"/")]
 
     def handleContentChunk(self, data: bytes) -> None:
+        self._window_bytes += len(data)
         if not self._decided:
             self._decide()
         if self.body is not None:
@@ -170,6 +237,7 @@ class StreamingRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stop_body_watch()  # the body is complete
         if self._early:
             assert self.body is not None
             self.body.finish()

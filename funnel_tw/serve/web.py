@@ -18,8 +18,10 @@ from twisted.web.server import Request, Site
 
 from ..flow import Flow
 from ..web.hostport import format_host_port
+from ..web.httplimits import HTTPLimits, limited_channel
 from ..web.paths import PathError, request_target
 from .files import FileMount
+from .guard import server_name
 from .http2 import h2_connection
 from .model import HTTPHandler, ServeConfig, match_mount
 from .notes import request_notes
@@ -32,14 +34,8 @@ def tls_server_name(request: Request) -> str | None:
     """The SNI of the TLS connection a request arrived on (HTTP/1.1 or HTTP/2)."""
     for holder in (request.channel, h2_connection(request)):
         transport = getattr(holder, "transport", None)
-        get_handle = getattr(transport, "getHandle", None)
-        if get_handle is None:
-            continue
-        try:
-            name = get_handle().get_servername()
-        except Exception:
-            return None
-        return name.decode("ascii", "replace").lower() if name else None
+        if getattr(transport, "getHandle", None) is not None:
+            return server_name(transport)
     return None
 
 
@@ -143,18 +139,35 @@ class MountRouter(resource.Resource):
 
 
 class ServeSite(Site):
-    """The HTTP side of one HTTPS flow. ``on_request(request, flow)`` (set by the dispatcher
-    when the node keeps an access log or metrics) hears of every request once: when it
-    finishes, or when its connection is lost first."""
+    """The HTTPS site of one flow: streamed request bodies, and the limits of
+    web/httplimits.py on request heads (HTTP/1.1) and bodies (both HTTP versions).
+    ``on_request(request, flow)`` (set by the dispatcher when the node keeps an access log or
+    metrics) hears of every request once: when it finishes, or when its connection is lost
+    first."""
 
     requestFactory = StreamingRequest
     noisy = False
     on_request: Callable[[Request, Flow], None] | None = None
     flow: Flow | None = None
+    protocol = limited_channel
 
-    def __init__(self, root: resource.Resource, reactor: Any, timeout: float = 300) -> None:
+    def __init__(
+        self,
+        root: resource.Resource,
+        reactor: Any,
+        timeout: float = 300,
+        limits: HTTPLimits | None = None,
+        refused: Callable[[str, str, str | None], None] | None = None,
+    ) -> None:
         super().__init__(root, timeout=timeout, reactor=reactor)
         self.displayTracebacks = False
+        self.http_limits = limits or HTTPLimits()
+        self._refused = refused
+
+    def http_refused(self, transport: Any, counter: str, reason: str) -> None:
+        """A request refused by a limit: to the dispatcher, with the connection's SNI."""
+        if self._refused is not None:
+            self._refused(f"http_{counter}", reason, server_name(transport))
 
     def getResourceFor(self, request: Request) -> Any:
         if self.on_request is not None:

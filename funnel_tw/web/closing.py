@@ -13,11 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from twisted.python.failure import Failure
 
 CLOSE_TIMEOUT = 30.0  # a close of an unbounded transport: abort after this long
-CLOSE_NOTIFY_WAIT = 5.0  # TLS: wait this long for the peer's close_notify, then close TCP
 
 
 def _default_clock() -> Any:
@@ -48,45 +45,3 @@ def close_within(
         return None
     clock = clock or _default_clock()
     return clock.callLater(seconds, transport.abortConnection)  # type: ignore[no-any-return]
-
-
-class BoundedCloseTLS(TLSMemoryBIOProtocol):
-    """TLS whose ``loseConnection`` does not wait forever: after ``CLOSE_NOTIFY_WAIT`` seconds
-    without the peer's ``close_notify`` (or while a producer or unsent data holds the close
-    back), the TCP connection underneath is closed (bounded in turn) or aborted."""
-
-    closes_bounded = True
-    _close_call: IDelayedCall | None = None
-
-    def loseConnection(self) -> None:
-        was = self.disconnecting
-        super().loseConnection()  # type: ignore[no-untyped-call]
-        if was or not self.disconnecting or self._close_call is not None:
-            return
-        clock = getattr(self.factory, "clock", None) or _default_clock()
-        self._close_call = clock.callLater(CLOSE_NOTIFY_WAIT, self._close_underneath)
-
-    def _close_underneath(self) -> None:
-        self._close_call = None
-        if self.transport is None:
-            return
-        if closes_bounded(self.transport):
-            self.transport.loseConnection()
-        else:
-            self.abortConnection()  # type: ignore[no-untyped-call]
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        if self._close_call is not None and self._close_call.active():
-            self._close_call.cancel()
-        self._close_call = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
-
-
-class BoundedCloseTLSFactory(TLSMemoryBIOFactory):
-    """A TLSMemoryBIOFactory whose connections are :class:`BoundedCloseTLS`."""
-
-    protocol = BoundedCloseTLS
-
-    def __init__(self, *args: Any, clock: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.clock = clock

@@ -18,6 +18,7 @@ from funnel_tw.flow import Flow
 from funnel_tw.peerapi.ingress import SWITCHING_PROTOCOLS, IngressResource, parse_ip_port
 from funnel_tw.peerapi.site import PeerAPIRoot, PeerAPISite
 from funnel_tw.web.hostport import parse_host_port
+from funnel_tw.web.httplimits import HTTPLimits
 
 
 class Recorder(protocol.Protocol):
@@ -264,13 +265,43 @@ class IngressTests(TestCase):
         self.assertEqual(self.flows, [])
 
     async def test_oversized_head_refused(self) -> None:
-        # many header lines adding up past the 16 KiB cap: 400 and closed
-        many = "".join(f"X-Junk-{i}: {'a' * 400}\r\n" for i in range(50))
+        # many header lines adding up past the 16 KiB cap: 431 and closed
+        many = "".join(f"X-Junk-{i}: {'a' * 400}\r\n" for i in range(45))
         answer = await self.exchange(request(extra=many))
-        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:60])
-        # one line longer than the cap: dropped without an answer
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
+        # one line longer than the cap: 431 too, answered, not a hang
         answer = await self.exchange(request(extra="X-Junk: " + "a" * 20000 + "\r\n"))
-        self.assertEqual(answer, b"")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
+        # more headers than the peerAPI takes (50), each small: 431
+        answer = await self.exchange(request(extra="".join(f"X-{i}: a\r\n" for i in range(60))))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
+        # a request line over 4 KiB: 414
+        answer = await self.exchange(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: peer\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 414 "), answer[:60])
+        self.assertEqual(self.flows, [])
+        counters = self.ingress.counters
+        self.assertEqual(counters.get("peerapi_head_too_large"), 2)
+        self.assertEqual(counters.get("peerapi_too_many_headers"), 1)
+        self.assertEqual(counters.get("peerapi_request_line_too_long"), 1)
+
+    async def test_slow_head_gets_408(self) -> None:
+        """One header line every 0.3 s keeps the idle timeout (2 s) from firing; the head
+        deadline (1 s here) does not restart with each byte."""
+        self.site.http_limits = HTTPLimits(head_timeout=1.0)
+        client, pump = self.connect()
+        client.transport.write(b"POST /v0/ingress HTTP/1.1\r\n")
+        pump.flush()
+        for i in range(8):
+            self.elapse(pump, 0.3, client.closed)
+            if client.closed.called:
+                break
+            client.transport.write(b"X-Slow-%d: a\r\n" % i)
+            pump.flush()
+        self.assertTrue(client.closed.called, "the slow head was not cut at its deadline")
+        self.assertLess(self.clock.seconds(), 1.5)
+        answer = await client.closed
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:60])
+        self.assertEqual(self.ingress.counters.get("peerapi_head_timeout"), 1)
         self.assertEqual(self.flows, [])
 
 

@@ -14,7 +14,13 @@ from twisted.web import http, server
 from twisted.web._http2 import H2Connection  # private on purpose: what the module wraps
 from twisted.web.resource import Resource
 
-from funnel_tw.serve.http2 import INTERNAL_ERROR, connection_blocked, h2_connection, reset_stream
+from funnel_tw.serve.http2 import (
+    INTERNAL_ERROR,
+    abort_stream,
+    connection_blocked,
+    h2_connection,
+    reset_stream,
+)
 
 
 class _Capture(Resource):
@@ -71,6 +77,19 @@ class HTTP2InternalsTests(SynchronousTestCase):
         resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
         self.assertEqual([(e.stream_id, e.error_code) for e in resets], [(1, INTERNAL_ERROR)])
 
+    def test_abort_a_stream_with_an_answer(self) -> None:
+        lost: list[object] = []
+        self.request.notifyFinish().addErrback(lost.append)
+        self.assertTrue(abort_stream(self.request, 408, "too slow"))
+        self.assertNotIn(1, self.conn.streams)
+        self.assertEqual(len(lost), 1)  # the request learns its stream is gone
+        events = self.client.receive_data(self.transport.value())
+        answers = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        self.assertEqual(dict(answers[0].headers)[b":status"], b"408")
+        ended = [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)]
+        self.assertEqual(ended, [1])  # the client had ended its side: no reset is needed
+        self.assertFalse(abort_stream(self.request, 408, "again"))  # gone already
+
     def test_http1_request_has_none_of_it(self) -> None:
         channel = http.HTTPChannel()
         channel.callLater = Clock().callLater  # its idle timeout, off the global reactor
@@ -79,3 +98,4 @@ class HTTP2InternalsTests(SynchronousTestCase):
         self.assertIsNone(h2_connection(request))
         self.assertIsNone(connection_blocked(request))
         self.assertFalse(reset_stream(request))
+        self.assertFalse(abort_stream(request, 408, "not HTTP/2"))

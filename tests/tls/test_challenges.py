@@ -21,13 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import protocol, reactor, threads
 from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from funnel_tw.flow import Flow
-from funnel_tw.serve.dispatch import CloseAfterACMEHandshake
+from funnel_tw.serve.guard import FlowGuard
 from funnel_tw.tls.challenges import (
     ACME_IDENTIFIER_OID,
     ChallengeError,
@@ -179,7 +180,7 @@ class TLSALPNTests(TestCase):
         for alpn in (["http/1.1"], []):
             seen = await self.handshake(HOSTNAME, alpn, request=True)
             self.assertFalse(seen.is_challenge(), alpn)
-            self.assertIn(b"normal page", seen.answer, alpn)
+            self.assertIn(b"normal page", seen.answer, (alpn, seen.answer))
         self.assertIsNone(self.h.node.store.counters.get("tls_alpn_01_answered"))
 
     async def test_no_acme_alpn_without_a_pending_challenge(self) -> None:
@@ -221,9 +222,11 @@ class _Recorder(protocol.Protocol):
 
 
 class CloseAfterACMEHandshakeTests(TestCase):
+    """serve/guard.py:FlowGuard, the layer inside the flow's TLS, closes acme-tls/1."""
+
     def _drive(self, negotiated: bytes | None) -> tuple[_Recorder, StringTransport]:
         inner = _Recorder()
-        wrapper = CloseAfterACMEHandshake(inner)
+        wrapper = FlowGuard(inner, Clock(), lambda counter, why, host: None)
         transport = StringTransport()
         transport.negotiatedProtocol = negotiated  # type: ignore[attr-defined]
         wrapper.makeConnection(transport)

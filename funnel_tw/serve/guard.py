@@ -1,0 +1,211 @@
+"""Deadlines and bounds around a flow's TLS: the layer between the TLS session and the handler.
+
+- TLS handshake: a client that has not completed it ``handshake_timeout`` seconds after the
+  flow started is aborted, counted (``tls_handshake_timeout``) and logged.
+- Closing: Twisted's TLS ``loseConnection`` waits for a registered producer (HTTP/2 never
+  unregisters) and then for the client's close_notify, while still delivering the client's
+  bytes to the handler: a client that keeps sending kept the connection, and everything it
+  sent, for ever. Here a close unregisters the producer, everything the client sends after it
+  is dropped unread, and the connection is aborted ``close_timeout`` seconds later at most.
+- HTTP/2 (ALPN ``h2`` on an HTTPS site): the client's frames pass through
+  :class:`~funnel_tw.web.h2watch.H2Watch` before h2 sees them; a violation is answered with
+  GOAWAY and closes the connection; a header block open longer than the head deadline too.
+- RFC 8737: a connection that negotiated ``acme-tls/1`` is closed right after its handshake
+  and never reaches the handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IProtocol,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..tls.store import ACME_ALPN
+from ..web.factories import OneProtocolFactory
+from ..web.h2watch import H2Limits, H2Watch, Violation
+
+# (counter, reason, server name or None): the dispatcher logs it with the flow and counts it
+Report = Callable[[str, str, str | None], None]
+
+
+def server_name(transport: Any) -> str | None:
+    """The SNI of a TLS transport, lower case; None without one."""
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return None
+    try:
+        name = get_handle().get_servername()
+    except Exception:
+        return None
+    return name.decode("ascii", "replace").lower() if name else None
+
+
+class GuardedTLS(BufferingTLSTransport):
+    """TLS whose close cannot be held open by a producer or by the client (module docstring).
+    Twisted's own default protocol underneath, small writes aggregated into one record."""
+
+    factory: GuardedTLSFactory
+    _close_timer: IDelayedCall | None = None
+
+    def loseConnection(self) -> None:
+        if self.disconnecting or not self.connected:
+            return
+        self.unregisterProducer()  # data already written is still flushed before close_notify
+        super().loseConnection()
+        if self.connected and self._close_timer is None:
+            self._close_timer = self.factory.reactor.callLater(
+                self.factory.close_timeout, self._close_timed_out
+            )
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        transport: Any = self.transport
+        if self.connected and transport is not None:
+            transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        super().connectionLost(reason)
+
+
+class GuardedTLSFactory(TLSMemoryBIOFactory):
+    protocol = GuardedTLS
+
+    def __init__(
+        self, creator: Any, wrapped: Any, reactor: Any, close_timeout: float = 10.0
+    ) -> None:
+        super().__init__(creator, False, wrapped)
+        self.reactor = reactor
+        self.close_timeout = close_timeout
+
+
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
+class FlowGuard(Protocol):
+    """Inside the TLS session, in front of the handler (module docstring)."""
+
+    def __init__(
+        self,
+        inner: IProtocol,
+        reactor: Any,
+        report: Report,
+        handshake_timeout: float = 10.0,
+        h2_limits: H2Limits | None = None,
+        head_timeout: float = 10.0,
+    ) -> None:
+        self.inner = inner
+        self.reactor = reactor
+        self.report = report
+        self.handshake_timeout = handshake_timeout
+        self.h2_limits = h2_limits  # None: no HTTP/2 watch (not an HTTPS site)
+        self.head_timeout = head_timeout
+        self.started = False  # the handler is connected only once the handshake is done
+        self.watch: H2Watch | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._head_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._handshake_timer = self.reactor.callLater(
+            self.handshake_timeout, self._handshake_timed_out
+        )
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self.transport is None or self.started:
+            return
+        self.report(
+            "tls_handshake_timeout",
+            f"TLS handshake not complete after {self.handshake_timeout:g} s",
+            server_name(self.transport),
+        )
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        self._cancel("_handshake_timer")
+        transport: Any = self.transport
+        protocol = getattr(transport, "negotiatedProtocol", None)
+        if protocol == ACME_ALPN:
+            transport.loseConnection()
+            return
+        if protocol == b"h2" and self.h2_limits is not None:
+            self.watch = H2Watch(self.h2_limits, self.reactor.seconds())
+        self.started = True
+        self.inner.makeConnection(transport)
+        listener = IHandshakeListener(self.inner, None)
+        if listener is not None:
+            listener.handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if not self.started or transport is None or transport.disconnecting:
+            return  # closing: what the client still sends is dropped unread
+        if self.watch is not None:
+            violation = self.watch.feed(data, self.reactor.seconds())
+            if violation is not None:
+                self._refuse(violation)
+                return
+            self._track_head()
+        self.inner.dataReceived(data)
+
+    def _track_head(self) -> None:
+        assert self.watch is not None
+        if self.watch.block_since is None:
+            self._cancel("_head_timer")
+        elif self._head_timer is None:
+            self._head_timer = self.reactor.callLater(self.head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.watch is not None and self.transport is not None:
+            self._refuse(self.watch.timed_out(self.head_timeout))
+
+    def _refuse(self, violation: Violation) -> None:
+        transport: Any = self.transport
+        self._cancel("_head_timer")
+        self.report(violation.counter, violation.reason, server_name(transport))
+        transport.write(violation.goaway)
+        transport.loseConnection()
+
+    def _cancel(self, name: str) -> None:
+        timer: IDelayedCall | None = getattr(self, name)
+        if timer is not None and timer.active():
+            timer.cancel()
+        setattr(self, name, None)
+
+    def readConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None and self.started:
+            half.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None and self.started:
+            half.writeConnectionLost()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel("_handshake_timer")
+        self._cancel("_head_timer")
+        if self.started:
+            self.inner.connectionLost(reason)
+
+
+def guarded_tls(creator: Any, guard: FlowGuard, reactor: Any, close_timeout: float) -> IProtocol:
+    """The protocol that takes a flow's raw stream: TLS, then the guard, then the handler."""
+    factory = GuardedTLSFactory(creator, OneProtocolFactory(guard), reactor, close_timeout)
+    wrapped = factory.buildProtocol(None)
+    assert wrapped is not None
+    return wrapped
