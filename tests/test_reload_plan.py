@@ -175,7 +175,7 @@ class NodePlanTests(PlanCase):
             [str(c) for c in node_plan(old, new).changes],
             ["[serve 443] changed (handler)", "[serve 8443] added"],
         )
-        self.assertEqual([str(c) for c in node_plan(new, old).changes][0], "[serve 8443] removed")
+        self.assertEqual(str(node_plan(new, old).changes[0]), "[serve 8443] removed")
 
 
 class RelayPlanTests(PlanCase):
