@@ -14,12 +14,11 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from .logfilter import LogFilterService
+from .reload import Reloader
 from .sdnotify import NotifyService
 from .signals import SignalService
 
 log = Logger()
-
-RELOAD_UNSUPPORTED = "reload is not supported yet; restart to apply changes"
 
 
 def add_daemon_services(
@@ -29,14 +28,17 @@ def add_daemon_services(
     reopen: Callable[[], None],
     not_ready: Callable[[], str | None],
     status: Callable[[], str],
+    reloader: Reloader[Any],
     debug: bool = False,
 ) -> NotifyService:
-    """The log filter (no chatter; debug lines only with ``debug``), SIGHUP (a warning until
-    live reload exists), SIGUSR1 (``reopen``: the access log), and sd_notify (READY=1 once
-    ``not_ready()`` is None). Added last: sd_notify is stopped first."""
+    """The log filter (no chatter; debug lines only with ``debug``), SIGHUP (``reloader``:
+    reread the config file, RELOADING=1 / READY=1 around it), SIGUSR1 (``reopen``: the access
+    log), and sd_notify (READY=1 once ``not_ready()`` is None). Added last: sd_notify is
+    stopped first."""
 
     def hup() -> None:
-        log.warn("SIGHUP: " + RELOAD_UNSUPPORTED)
+        log.info("SIGHUP: reloading the configuration")
+        reloader.reload()
 
     def usr1() -> None:
         reopen()
@@ -47,4 +49,5 @@ def add_daemon_services(
     SignalService(reactor, hup, usr1).setServiceParent(parent)
     notify = NotifyService(reactor, not_ready, status)
     notify.setServiceParent(parent)
+    reloader.notify = notify.notifier.send
     return notify

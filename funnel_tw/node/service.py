@@ -148,18 +148,7 @@ class NodeService(MultiService):
         LocalAPIService(self, reactor).setServiceParent(self)  # first: a second node stops here
         OverlayService(self.overlay).setServiceParent(self)
         self.store = CertificateStore(config.hostnames)
-        tls_dir = config.state_dir / "tls"
-        if config.tls.source == "files":
-            assert config.tls.cert_file is not None and config.tls.key_file is not None
-            self.certificates: CertificateSource = FilesSource(
-                self.store, config.tls.cert_file, config.tls.key_file, reactor
-            )
-        elif config.tls.source == "self-signed":
-            self.certificates = SelfSignedSource(self.store, tls_dir, reactor)
-        else:
-            self.certificates = build_acme_source(
-                config, self.store, reactor, relay_session=self.relay_session
-            )
+        self.certificates: CertificateSource = self.certificate_source(config)
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
         self.access = Access(config.access, reactor, state_dir=config.state_dir)
@@ -189,7 +178,29 @@ class NodeService(MultiService):
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
+        self.serve_listeners: dict[int, IListeningPort] = {}  # by serve port (reload.py)
         self.observer = attach_observer(self)  # metrics-listen, access-log
+
+    def certificate_source(self, config: NodeConfig) -> CertificateSource:
+        """The source ``[tls]`` names, filling ``self.store`` (at start, and on a reload)."""
+        if config.tls.source == "files":
+            assert config.tls.cert_file is not None and config.tls.key_file is not None
+            return FilesSource(self.store, config.tls.cert_file, config.tls.key_file, self.reactor)
+        if config.tls.source == "self-signed":
+            return SelfSignedSource(self.store, config.state_dir / "tls", self.reactor)
+        acme: CertificateSource = build_acme_source(
+            config, self.store, self.reactor, self.relay_session
+        )
+        return acme
+
+    def listen_serve(self, port: int) -> None:
+        """Tailnet serve on ``port`` of our overlay addresses (at start, or added by a reload)."""
+
+        def listening(listener: IListeningPort) -> None:
+            self.listening.append(listener)
+            self.serve_listeners[port] = listener
+
+        self.overlay.server_endpoint(port).listen(_ServeFactory(self, port)).addCallback(listening)
 
     # --- decisions ---------------------------------------------------------------------------
 
@@ -251,8 +262,7 @@ class NodeService(MultiService):
         d = self.overlay.server_endpoint(self.config.peerapi_port).listen(self.peerapi_site)
         d.addCallback(self.listening.append)
         for port in self.serve.ports:
-            serve = self.overlay.server_endpoint(port).listen(_ServeFactory(self, port))
-            serve.addCallback(self.listening.append)
+            self.listen_serve(port)
         log.info(
             "peerAPI on port {port}; serving {ports}",
             port=self.config.peerapi_port,

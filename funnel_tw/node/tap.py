@@ -22,6 +22,7 @@ class Options(ConfigOptions):
 def makeService(options: Options) -> IService:
     from ..daemon.run import add_daemon_services
     from .observe import not_serving, status_line
+    from .reload import node_reloader
     from .service import NodeService
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "node")
@@ -33,6 +34,7 @@ def makeService(options: Options) -> IService:
         reopen=node.observer.reopen,
         not_ready=lambda: not_serving(node),
         status=lambda: status_line(node),
+        reloader=node_reloader(node),
         debug=bool(options["debug"]),
     )
     return node

@@ -11,7 +11,7 @@ one. Overlay TCP is reached through Twisted endpoints (``server_endpoint``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -123,4 +123,15 @@ class OverlayInterface(Protocol):
 
     def tcp_connections(self) -> list[ConnectionKey] | None:
         """Our TCP connections; None where the kernel owns TCP (``network = tun``)."""
+        ...
+
+    def reconfigure_peers(
+        self,
+        *,
+        remove: Sequence[str],
+        add: Sequence[PeerSpec],
+        update: Sequence[tuple[PeerSpec, PeerSpec]],
+        restricted: Mapping[str, frozenset[int]],
+    ) -> None:
+        """A reload's peer changes, applied to the running device (overlay/peers.py)."""
         ...

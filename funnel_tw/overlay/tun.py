@@ -41,7 +41,7 @@ from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .interface import IOverlayReactor, PeerSpec, PingTimeout, source_address
 from .kernel_tcp import TunClientEndpoint, TunServerEndpoint
-from .peers import build_device, build_filter
+from .peers import build_device, build_filter, reconfigure_peers
 from .tun_device import DEFAULT_NAME, TUN_PATH, TunDevice
 from .tunnel import Tunnel
 
@@ -205,6 +205,31 @@ class TunOverlayInterface:
 
     def client_endpoint(self, host: str, port: int, timeout: float = 30.0) -> TunClientEndpoint:
         return TunClientEndpoint(self.reactor, self.addresses, host, port, timeout)
+
+    def reconfigure_peers(
+        self,
+        *,
+        remove: Sequence[str],
+        add: Sequence[PeerSpec],
+        update: Sequence[tuple[PeerSpec, PeerSpec]],
+        restricted: Mapping[str, frozenset[int]],
+    ) -> None:
+        """A reload's peer changes (overlay/peers.py), and the kernel
+        routes follow the allowed IPs."""
+        before = set(self.routes())
+        reconfigure_peers(
+            self.device,
+            self.filter,
+            self.tunnel,
+            remove=remove,
+            add=add,
+            update=update,
+            restricted=restricted,
+            now=self.reactor.seconds(),
+        )
+        after = set(self.routes())
+        if self.tun is not None:
+            self.tun.update_routes(add=after - before, remove=before - after)
 
     def tcp_connections(self) -> None:
         """The kernel owns TCP here: ``ss`` lists its connections, we do not."""

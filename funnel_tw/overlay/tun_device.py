@@ -13,7 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
@@ -147,6 +147,26 @@ class TunDevice:
                     network=str(network),
                     name=name,
                 )
+
+    def update_routes(
+        self,
+        *,
+        add: Iterable[IPv4Network | IPv6Network],
+        remove: Iterable[IPv4Network | IPv6Network],
+    ) -> None:
+        """A reload changed the peers' allowed IPs: delete and add routes through us."""
+        for network in remove:
+            family = "-4" if network.version == 4 else "-6"
+            try:
+                _ip_command([family, "route", "del", str(network), "dev", self.name])
+            except TunError as e:
+                log.warn("route {network}: {error}", network=str(network), error=e)
+        for network in add:
+            family = "-4" if network.version == 4 else "-6"
+            try:
+                _ip_command([family, "route", "add", str(network), "dev", self.name])
+            except TunError as e:
+                log.warn("route {network}: {error}", network=str(network), error=e)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
 from .interface import ConnectionKey, PeerSpec, PingTimeout, source_address
-from .peers import build_device, build_filter
+from .peers import build_device, build_filter, reconfigure_peers
 from .transport import OverlayTCPTransport
 from .tunnel import ITunnelReactor, Tunnel
 
@@ -320,6 +320,26 @@ class UserspaceOverlayInterface:
         )
         self._to_tunnel()
         return result
+
+    def reconfigure_peers(
+        self,
+        *,
+        remove: Sequence[str],
+        add: Sequence[PeerSpec],
+        update: Sequence[tuple[PeerSpec, PeerSpec]],
+        restricted: Mapping[str, frozenset[int]],
+    ) -> None:
+        """A reload's peer changes (overlay/peers.py)."""
+        reconfigure_peers(
+            self.device,
+            self.filter,
+            self.tunnel,
+            remove=remove,
+            add=add,
+            update=update,
+            restricted=restricted,
+            now=self.reactor.seconds(),
+        )
 
     def tcp_connections(self) -> list[ConnectionKey]:
         return list(self.stack.connections)

@@ -9,6 +9,10 @@ from ..config import RelayNode
 
 class Routes:
     def __init__(self, nodes: Sequence[RelayNode]) -> None:
+        self.replace(nodes)
+
+    def replace(self, nodes: Sequence[RelayNode]) -> None:
+        """Route by these nodes from now on (a reload): new lookups see them at once."""
         self.exact: dict[str, RelayNode] = {}
         self.wildcard: dict[str, RelayNode] = {}
         for node in nodes:

@@ -53,6 +53,8 @@ class RelayService(MultiService):
         for service in self.observer.services():
             service.setServiceParent(self)
         self.ports: list[IListeningPort] = []
+        self.public: dict[int, IListeningPort] = {}  # public port -> listener (reload.py)
+        self.factories: dict[int, PublicFactory] = {}
         self.endpoints = EndpointMemory(
             self.overlay,
             config.state_dir / "endpoints.json",
@@ -61,7 +63,7 @@ class RelayService(MultiService):
         )
 
     def factory_for(self, public_port: int) -> PublicFactory:
-        return PublicFactory(
+        factory = self.factories[public_port] = PublicFactory(
             reactor=self.reactor,
             routes=self.routes,
             node_endpoint=lambda host, port: self.overlay.client_endpoint(
@@ -75,6 +77,7 @@ class RelayService(MultiService):
             why_unreachable=self.why_unreachable,
             on_finished=self.observer.finished,
         )
+        return factory
 
     def why_unreachable(self, node: str) -> str | None:
         """What the overlay knows of a node that does not answer (None: its session is up)."""
@@ -101,11 +104,7 @@ class RelayService(MultiService):
         address = self.config.public_address
         try:
             for port in self.config.public_ports:
-                self.ports.append(
-                    self.reactor.listenTCP(
-                        port, self.factory_for(port), interface=address, backlog=1024
-                    )
-                )
+                self.ports.append(self.listen_public(port))
             if self.config.http_redirect_port is not None:
                 https_port = self.config.public_ports[0]
                 self.ports.append(
@@ -120,6 +119,14 @@ class RelayService(MultiService):
             address=address,
             ports=", ".join(str(self.public_port(i)) for i in range(len(self.ports))),
         )
+
+    def listen_public(self, port: int) -> IListeningPort:
+        """Listen on a public port (at start, or when a reload adds one); raises OSError."""
+        listener: IListeningPort = self.reactor.listenTCP(
+            port, self.factory_for(port), interface=self.config.public_address, backlog=1024
+        )
+        self.public[port] = listener
+        return listener
 
     def public_port(self, index: int = 0) -> int:
         return int(getattr(self.ports[index].getHost(), "port", 0))

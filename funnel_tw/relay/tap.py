@@ -18,6 +18,7 @@ class Options(ConfigOptions):
 def makeService(options: Options) -> IService:
     from ..daemon.run import add_daemon_services
     from .observe import not_serving, status_line
+    from .reload import relay_reloader
     from .service import RelayService
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "relay")
@@ -29,6 +30,7 @@ def makeService(options: Options) -> IService:
         reopen=relay.observer.reopen,
         not_ready=lambda: not_serving(relay),
         status=lambda: status_line(relay),
+        reloader=relay_reloader(relay),
         debug=bool(options["debug"]),
     )
     return relay

@@ -88,6 +88,13 @@ class CertificateStore:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
+    def set_hostnames(self, hostnames: Sequence[str]) -> None:
+        """Serve these names from now on (a reload): handshakes for a removed name are refused,
+        its certificate forgotten; open connections keep theirs."""
+        self.hostnames = [h.lower() for h in hostnames]
+        for name in [n for n in self._certs if n not in self.hostnames]:
+            del self._certs[name]
+
     def install(self, cert: Certificate) -> list[str]:
         """Use ``cert`` for every configured hostname it covers; returns those names."""
         covered = [

@@ -68,6 +68,62 @@ class Device(Receiving, Timers):
         self._source_owner.clear()
         return peer
 
+    def remove_peer(self, peer: Peer) -> None:
+        """Forget ``peer`` entirely (a reload removed it): its keypairs and handshake leave the
+        index table, its staged packets and timers go, its allowed IPs stop routing. Its
+        transport packets then drop as ``unknown_index`` and its initiations as an unknown key."""
+        if self.peers_by_key.get(peer.public_key) is not peer:
+            raise ValueError(f"{peer.name} is not a peer of this device")
+        self.peers.remove(peer)
+        del self.peers_by_key[peer.public_key]
+        self.routes.remove_peer(peer)
+        self._source_owner.clear()
+        self._reset_session(peer)
+        for index in [i for i, owner in self._handshakes.items() if owner is peer]:
+            del self._handshakes[index]
+        self.incoming = [(packet, p) for packet, p in self.incoming if p is not peer]
+        peer.allowed_ips = ()
+        peer.endpoint = None
+
+    def update_peer(
+        self,
+        peer: Peer,
+        *,
+        allowed_ips: tuple[IPv4Network | IPv6Network, ...],
+        endpoint: Endpoint | None,
+        persistent_keepalive: int,
+        preshared_key: bytes | None,
+    ) -> None:
+        """Apply a changed configuration to a peer whose key stays (a reload): the session
+        survives unless the preshared key changed (the next handshake then uses the new one).
+        ``endpoint`` None keeps the one learned from the peer's packets."""
+        if tuple(allowed_ips) != peer.allowed_ips:
+            self.routes.remove_peer(peer)
+            for network in allowed_ips:
+                self.routes.insert(network, peer)
+            peer.allowed_ips = tuple(allowed_ips)
+            self._source_owner.clear()
+        if endpoint is not None:
+            peer.endpoint = endpoint
+        peer.persistent_keepalive = persistent_keepalive
+        if not persistent_keepalive:
+            peer.t_persistent_keepalive = None
+        psk = preshared_key or bytes(32)
+        if psk != peer.preshared_key:
+            peer.preshared_key = psk
+            self._reset_session(peer)
+
+    def _reset_session(self, peer: Peer) -> None:
+        """Drop ``peer``'s keypairs, handshake, staged packets and timers."""
+        self._forget_keypairs(peer.keypairs.clear())
+        if peer.handshake.local_index:
+            self._handshakes.pop(peer.handshake.local_index, None)
+        peer.handshake.clear()
+        peer.staged.clear()
+        peer.handshake_attempts = 0
+        peer.t_retransmit_handshake = peer.t_send_keepalive = peer.t_new_handshake = None
+        peer.t_zero_key_material = peer.t_persistent_keepalive = None
+
     def up(self, now: float) -> None:
         """The socket is ready: peers with a persistent keepalive and an endpoint say hello."""
         for peer in self.peers:

@@ -1,0 +1,126 @@
+"""Live reload of the node: apply a plan (config/plan.py) to the running NodeService.
+
+Checked first, before anything changes: plugin handlers of changed [serve] sections are built
+(their options checked), a ``files`` certificate is loaded, new peer endpoints resolve. Then:
+
+- peers: removed from / added to / updated on the WireGuard device, and the funnel-ingress
+  packet filter restricts exactly the new funnel-ingress peers;
+- hostnames and [tls]: the store serves the new names (a removed name's handshakes are
+  refused) and the certificate source is started again for them;
+- everything else (serve sections, and any section kind added to ``NODE_SECTIONS`` later, such
+  as access policies): the serve model is rebuilt from the new file and swapped in whole. The
+  dispatcher reads it per flow, so new flows use the new configuration while flows in progress
+  keep the site and handler they were given; serve ports are listened on or closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from ..config import ConfigError, NodeConfig, PeerConfig, load_node_config
+from ..config.plan import Plan, node_plan, peer_changes
+from ..daemon.reload import Reloader, ReloadRefused
+from ..flow import IIngressHandler
+from ..serve.model import ServeConfig
+from ..serve.plugins import build_handlers
+from ..tls.sources import CertificateSourceError, FilesSource
+from ..tls.store import CertificateStore
+from .service import NodeService
+
+log = Logger()
+
+OWN_STEPS = ("peer", "tls")  # every other kind of change rebuilds the serve model
+
+
+def _handlers(node: NodeService, new: NodeConfig, plan: Plan) -> dict[int | str, IIngressHandler]:
+    """Plugin handlers for ``new``: unchanged sections keep their running instance."""
+    try:
+        built: Mapping[int | str, IIngressHandler] = build_handlers(new)
+    except ConfigError as e:
+        raise ReloadRefused(str(e).replace("\n", "; ")) from None
+    changed = {c.name for c in plan.of("serve")}
+    current = node.dispatcher.handlers
+    return {
+        key: current[key] if str(key) not in changed and key in current else handler
+        for key, handler in built.items()
+    }
+
+
+def _check_certificates(new: NodeConfig) -> None:
+    tls = new.tls
+    if tls.source != "files":
+        return  # self-signed is made on the spot; ACME keeps a stand-in while it issues
+    assert tls.cert_file is not None and tls.key_file is not None
+    scratch = CertificateStore(new.hostnames)
+    try:
+        FilesSource(scratch, tls.cert_file, tls.key_file, None).load()
+    except CertificateSourceError as e:
+        raise ReloadRefused(f"[tls]: {e}") from None
+
+
+def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
+    rebuild_serve = any(c.kind not in OWN_STEPS for c in plan.changes)
+    certificates = plan.touches("tls", "hostname")
+    # --- what can fail, before anything changes
+    handlers = _handlers(node, new, plan) if rebuild_serve else None
+    if certificates:
+        _check_certificates(new)
+    remove, add, update = peer_changes(plan, "peer", PeerConfig)
+    ingress_port = frozenset({new.peerapi_port})
+    try:
+        node.overlay.reconfigure_peers(
+            remove=remove,
+            add=add,
+            update=update,
+            restricted={p.name: ingress_port for p in new.peers if p.funnel_ingress},
+        )
+    except OSError as e:
+        raise ReloadRefused(f"a peer's endpoint does not resolve: {e}") from None
+    # --- from here on, nothing refuses
+    old = node.config
+    node.config = new
+    node.peers_by_name = {p.name: p for p in new.peers}
+    if certificates:
+        node.certificates.stop()
+        node.store.set_hostnames(new.hostnames)
+        node.certificates = node.certificate_source(new)
+        if node.running:
+            try:
+                node.certificates.start()
+            except CertificateSourceError as e:  # checked above: the files changed since
+                log.warn("reload: no certificate for the new [tls] yet: {error}", error=e)
+    if handlers is not None:
+        _swap_serve(node, old, new, handlers)
+
+
+def _swap_serve(
+    node: NodeService, old: NodeConfig, new: NodeConfig, handlers: dict[int | str, Any]
+) -> None:
+    serve = ServeConfig.from_node_config(new)
+    before, after = set(node.serve.ports), set(serve.ports)
+    node.serve = serve
+    node.dispatcher.serve = serve
+    node.dispatcher.handlers = handlers
+    node.ingress.policy = serve
+    if not node.running:
+        return
+    for port in sorted(before - after):
+        listener = node.serve_listeners.pop(port, None)
+        if listener is not None:
+            node.listening.remove(listener)
+            listener.stopListening()  # connections already accepted go on
+    for port in sorted(after - before):
+        node.listen_serve(port)
+
+
+def node_reloader(node: NodeService) -> Reloader[NodeConfig]:
+    """What SIGHUP runs for the node (daemon/run.py)."""
+    return Reloader(
+        current=lambda: node.config,
+        load=lambda old: load_node_config(old.path),
+        plan=node_plan,
+        apply=lambda new, plan: apply_node_plan(node, new, plan),
+    )
