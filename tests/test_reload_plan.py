@@ -178,6 +178,33 @@ class NodePlanTests(PlanCase):
         self.assertEqual(str(node_plan(new, old).changes[0]), "[serve 8443] removed")
 
 
+class AccessReloadTests(PlanCase):
+    def test_access_policies_are_a_section_kind(self) -> None:
+        serve = "[serve 443]\nfunnel = yes\naccess = office\n/ = http://127.0.0.1:8080\n"
+        old = self.node(serve="[access office]\nallow = 198.51.100.0/24\n\n" + serve)
+        new = self.node(serve="[access office]\nallow = 203.0.113.0/24\n\n" + serve)
+        self.assertEqual(
+            [str(c) for c in node_plan(old, new).changes], ["[access office] changed (allow)"]
+        )
+
+    def test_a_reload_swaps_the_policies_for_new_flows(self) -> None:
+        from twisted.internet.task import Clock
+
+        from funnel_tw.node.reload import apply_node_plan
+        from funnel_tw.node.service import NodeService
+
+        serve = "[serve 443]\nfunnel = yes\naccess = office\n/ = http://127.0.0.1:8080\n"
+        old = self.node(serve="[access office]\nallow = 198.51.100.0/24\n\n" + serve)
+        new = self.node(serve="[access office]\nallow = 203.0.113.0/24\n\n" + serve)
+        node = NodeService(old, Clock())
+        before = node.access
+        apply_node_plan(node, new, node_plan(old, new))
+        self.assertIsNot(node.access, before)
+        self.assertIs(node.dispatcher.access, node.access)
+        (policy,) = node.access.policies.values()
+        self.assertEqual([str(n) for n in policy.config.allow], ["203.0.113.0/24"])
+
+
 class RelayPlanTests(PlanCase):
     def test_nodes_ports_and_settings(self) -> None:
         old = self.relay()

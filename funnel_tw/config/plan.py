@@ -194,6 +194,7 @@ NODE_SECTIONS: list[Sections] = [
     ("hostname", lambda c: {h: h for h in c.hostnames}),
     ("tls", lambda c: {"tls": c.tls}),
     ("serve", lambda c: {str(s.key): s for s in c.serve}),
+    ("access", lambda c: {a.name: a for a in c.access}),
 ]
 
 

@@ -24,6 +24,7 @@ from ..config import ConfigError, NodeConfig, PeerConfig, load_node_config
 from ..config.plan import Plan, node_plan, peer_changes
 from ..daemon.reload import Reloader, ReloadRefused
 from ..flow import IIngressHandler
+from ..serve.access.guard import Access
 from ..serve.model import ServeConfig
 from ..serve.plugins import build_handlers
 from ..tls.sources import CertificateSourceError, FilesSource
@@ -101,6 +102,9 @@ def _swap_serve(
 ) -> None:
     serve = ServeConfig.from_node_config(new)
     before, after = set(node.serve.ports), set(serve.ports)
+    if old.access != new.access:  # new flows get the new policies (their counters start anew)
+        node.access = Access(new.access, node.reactor, state_dir=new.state_dir)
+        node.dispatcher.access = node.access
     node.serve = serve
     node.dispatcher.serve = serve
     node.dispatcher.handlers = handlers
