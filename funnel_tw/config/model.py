@@ -15,7 +15,9 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -105,6 +107,9 @@ class PluginHandler:
 
     name: str
     options: tuple[tuple[str, str], ...] = ()  # in file order
+    # the options as the plugin's declared schema parsed them (None: not checked at load)
+    parsed: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    line: int = attrs.field(default=0, eq=False)  # the section's line, for later errors
 
 
 PortHandler = HTTPSMounts | TCPForward | TLSTerminatedTCP | PluginHandler
