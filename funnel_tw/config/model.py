@@ -7,6 +7,7 @@ the type and no combination the file format forbids can be built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -15,7 +16,6 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -40,8 +40,9 @@ class PluginServices:
             return defer.succeed(None)
         self.running = False
         waits = [self._stop_one(p, s, timeout) for p, s in self.services]
-        d = defer.gatherResults(waits, consumeErrors=True)
-        d.addCallback(lambda _: None)
+        d: defer.Deferred[None] = defer.gatherResults(waits, consumeErrors=True).addCallback(
+            lambda _: None
+        )
         return d
 
     def _stop_one(self, plugin: ConfiguredPlugin, service: IService, timeout: float) -> Any:

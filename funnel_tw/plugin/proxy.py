@@ -121,10 +121,10 @@ class BackendProxy(splice.SpliceEnd):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        if not self.connected_backend or self.backend.other is None:
-            # not joined yet: the splice cannot pass the loss on
-            if self.backend.transport is not None and not self.backend.lost:
-                self.backend.transport.abortConnection()
+        # not joined yet: the splice cannot pass the loss on
+        joined = self.connected_backend and self.backend.other is not None
+        if not joined and self.backend.transport is not None and not self.backend.lost:
+            self.backend.transport.abortConnection()
         if self._on_done is not None:
             done, self._on_done = self._on_done, None
             done(self, reason)

@@ -20,12 +20,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..flow import Flow, IIngressHandler
+from ..plugin.api import PluginMetrics
 from ..tls.store import ACME_ALPN, HTTP_ALPN, CertificateStore
 from ..web import splice
 from ..web.closing import BoundedCloseTLSFactory
 from ..web.factories import OneProtocolFactory
 from ..web.hostport import parse_host_port
-from ..plugin.api import PluginMetrics
 from . import proxyproto
 from .model import ServeConfig, TCPPortHandler
 from .plugins import PluginStart, plugin_protocol

@@ -116,10 +116,10 @@ def build_plugins(config: NodeConfig, reactor: Any) -> dict[int | str, Configure
     """Build every plugin handler of ``config`` with its context (options parsed at load;
     a config loaded without the check is checked now, from its file)."""
     found = handler_factories()
-    sections = [p for p in config.serve if isinstance(p.handler, PluginHandler)]
-    if any(p.handler.parsed is None for p in sections if _new(found, p.handler.name)):
+    specs = [p.handler for p in config.serve if isinstance(p.handler, PluginHandler)]
+    if any(s.parsed is None for s in specs if _new(found, s.name)):
         config = load_checked(config.path)  # raises ConfigError with every FILE:LINE
-        sections = [p for p in config.serve if isinstance(p.handler, PluginHandler)]
+    sections = [p for p in config.serve if isinstance(p.handler, PluginHandler)]
     built: dict[int | str, ConfiguredPlugin] = {}
     for port in sections:
         spec = port.handler
@@ -165,7 +165,7 @@ def create_legacy(factory: Any, name: str, options: Mapping[str, str]) -> IIngre
     handler = factory.create(dict(options))
     if not IIngressHandler.providedBy(handler):
         raise ValueError(f"plugin {name!r} did not return an IIngressHandler")
-    return handler  # type: ignore[no-any-return]
+    return handler
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
@@ -210,7 +210,7 @@ class PluginStart(Protocol):
         if half is not None:
             half.readConnectionLost()
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self.inner, None)
@@ -238,7 +238,7 @@ def plugin_protocol(
         reason = e.reason
     else:
         if protocol is not None:
-            return protocol  # type: ignore[no-any-return]
+            return protocol
         reason = "refused"
     count("plugin_refused")
     label = metrics.refuse(reason) if metrics is not None else reason_label(reason)

@@ -16,9 +16,8 @@ from zope.interface.verify import verifyObject
 
 from funnel_tw import keys
 from funnel_tw.config import ConfigError, load_node_config
-from funnel_tw.serve.plugins import build_handlers
 from funnel_tw.serve.interfaces import Flow, IIngressHandler, IIngressHandlerFactory
-from funnel_tw.serve.plugins import handler_factories
+from funnel_tw.serve.plugins import build_handlers, handler_factories
 
 from .harness import HOSTNAME, Front, ServeHarness
 
