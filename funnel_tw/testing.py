@@ -94,11 +94,17 @@ def parse_options(plugin: Any, options: Mapping[str, str]) -> dict[str, Any]:
         parsed = plugin_checker_for(plugin)(section, plugin.name, dict(options))
         if file.errors:
             found = sorted(file.errors, key=lambda e: e[0])  # in the order of the keys given
-            raise ValueError("\n".join(text.partition("] ")[2] for _, text in found))
+            raise ValueError("\n".join(_why(text) for _, text in found))
         assert parsed is not None
         return dict(parsed)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _why(error: str) -> str:
+    """ "KEY: WHY" (or "WHY") of a "FILE:LINE: [SECTION] KEY: WHY" error line."""
+    rest = error[error.index("]") + 1 :]
+    return rest.removeprefix(":").strip()
 
 
 def plugin_checker_for(plugin: Any) -> Any:

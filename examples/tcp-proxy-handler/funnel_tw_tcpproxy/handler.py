@@ -9,9 +9,15 @@ from twisted.internet.interfaces import IProtocol
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from funnel_tw.plugin import Flow, HandlerContext, IHandlerPlugin, IIngressHandler, Refused
+from funnel_tw.plugin import (
+    Flow,
+    HandlerContext,
+    IHandlerPlugin,
+    IIngressHandler,
+    Refused,
+    proxy_to,
+)
 from funnel_tw.plugin import options as opt
-from funnel_tw.plugin import proxy_to
 
 
 @implementer(IIngressHandler)
