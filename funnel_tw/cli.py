@@ -157,16 +157,17 @@ def _check_config(options: argparse.Namespace) -> int:
     path: str = options.file
     config: NodeConfig | RelayConfig
     try:
-        if options.kind == "node":
-            config = load_node_config(path)
-        elif options.kind == "relay":
+        if options.kind == "relay":
             config = load_relay_config(path)
         else:
-            config = load_config(path)
-        if isinstance(config, NodeConfig):
-            from funnel_tw.serve.plugins import build_handlers
+            # a node.ini's handler plugins check their options too: each error at its line,
+            # reported together with the core errors
+            from funnel_tw.serve.plugins import plugin_checker
 
-            build_handlers(config)  # plugin handlers check their options too
+            if options.kind == "node":
+                config = load_node_config(path, plugins=plugin_checker())
+            else:
+                config = load_config(path, plugins=plugin_checker())
     except ConfigError as e:
         for line in e.errors:
             sys.stderr.write(line + "\n")

@@ -6,6 +6,8 @@ handler); plugin authors import both from ``funnel_tw.serve.interfaces`` or from
 
 from __future__ import annotations
 
+import secrets
+
 import attrs
 from twisted.internet.interfaces import IProtocol
 from zope.interface import Attribute, Interface
@@ -18,6 +20,8 @@ class Flow:
     ``client`` is the public client's (ip, port) for funnel flows (from
     Tailscale-Ingress-Src), else the overlay peer's address. ``peer`` is the name of the
     WireGuard peer the stream came through (the relay for funnel flows).
+    ``server_name`` and ``alpn`` are set for handlers that have the node terminate TLS (their
+    ``build_protocol`` is called once the handshake is done); ``id`` is 8 hex digits.
     """
 
     client: tuple[str, int]
@@ -25,6 +29,11 @@ class Flow:
     port: int
     funnel: bool
     peer: str
+    # TLS, when the node terminates it (else None): the client's SNI and the negotiated ALPN
+    server_name: str | None = attrs.field(default=None, kw_only=True)
+    alpn: str | None = attrs.field(default=None, kw_only=True)
+    # a short random id for log correlation: access log lines and plugin logs carry it
+    id: str = attrs.field(factory=lambda: secrets.token_hex(4), eq=False, kw_only=True)
 
 
 class IIngressHandler(Interface):
@@ -40,4 +49,5 @@ class IIngressHandler(Interface):
     )
 
     def build_protocol(flow: Flow) -> IProtocol | None:
-        """The Protocol for this flow, or None to refuse it (the connection is closed)."""
+        """The Protocol for this flow; raise ``funnel_tw.plugin.Refused(reason)`` (or return
+        None, counted without a reason) to refuse it: the connection is closed."""

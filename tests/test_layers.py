@@ -23,12 +23,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tls",),
     ("flow",),
     ("web",),
+    ("plugin",),  # the handler plugin API: schema, context, helpers
     ("serve",),
     ("peerapi",),
     ("daemon",),  # signals, sd_notify, metrics endpoint, access log, the local API socket
     ("relay",),
     ("node",),
-    ("demo",),
+    ("demo", "testing"),  # testing: the plugin authors' test kit
     ("cli",),
     ("__main__", "__init__"),  # __init__: the public facade, names loaded on first use
 )

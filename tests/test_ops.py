@@ -518,6 +518,7 @@ class FlowAccountingTests(SynchronousTestCase):
         self.assertEqual(inner.got, [b"hello", "eof"])
         self.assertEqual(observer.active, 0)
         record = json.loads((folder / "a.log").read_text())
+        self.assertRegex(record.pop("flow"), r"\A[0-9a-f]{8}\Z")  # the flow id, for plugin logs
         self.assertEqual(
             record,
             {

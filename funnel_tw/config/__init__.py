@@ -30,7 +30,7 @@ from .model import (
     TLSConfig,
     TLSTerminatedTCP,
 )
-from .node import load_node_config, node_config
+from .node import PluginCheck, load_node_config, node_config
 from .relay import load_relay_config, relay_config
 
 __all__ = [
@@ -56,10 +56,13 @@ __all__ = [
 ]
 
 
-def load_config(path: str | os.PathLike[str]) -> NodeConfig | RelayConfig:
-    """Read either file: one with a [relay] section and no [node] section is a relay.ini."""
+def load_config(
+    path: str | os.PathLike[str], plugins: PluginCheck | None = None
+) -> NodeConfig | RelayConfig:
+    """Read either file: one with a [relay] section and no [node] section is a relay.ini
+    (``plugins`` checks a node.ini's handler plugin options, as in load_node_config)."""
     file = IniFile(path)
     headers = {section.header.strip() for section in file.sections}
     if "relay" in headers and "node" not in headers:
         return relay_config(file)
-    return node_config(file)
+    return node_config(file, plugins)

@@ -7,6 +7,7 @@ the type and no combination the file format forbids can be built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -16,6 +17,7 @@ from ipaddress import (
     IPv6Network,
 )
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -145,6 +147,9 @@ class PluginHandler:
 
     name: str
     options: tuple[tuple[str, str], ...] = ()  # in file order
+    # the options as the plugin's declared schema parsed them (None: not checked at load)
+    parsed: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    line: int = attrs.field(default=0, eq=False)  # the section's line, for later errors
 
 
 PortHandler = HTTPSMounts | TCPForward | TLSTerminatedTCP | PluginHandler

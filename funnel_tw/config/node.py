@@ -4,7 +4,9 @@ NodeConfig, with the warnings the file alone shows."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -91,12 +93,20 @@ _SERVE_KEYS = (
 _SERVE_CHOICES = ("tcp-forward", "tls-terminated-tcp", "handler")
 
 
-def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
-    """Read node.ini; raise ConfigError listing every problem found."""
-    return node_config(IniFile(path))
+PluginCheck = Callable[[Section, str, Mapping[str, str]], "Mapping[str, Any] | None"]
+"""Checks a ``handler = NAME`` section's options (serve/plugins.py gives one): records each
+error on the section at its line, returns the parsed options (None when wrong, or unchecked)."""
 
 
-def node_config(file: IniFile) -> NodeConfig:
+def load_node_config(
+    path: str | os.PathLike[str], plugins: PluginCheck | None = None
+) -> NodeConfig:
+    """Read node.ini; raise ConfigError listing every problem found (with ``plugins``, the
+    handler plugins' option errors too, each at its line)."""
+    return node_config(IniFile(path), plugins)
+
+
+def node_config(file: IniFile, plugins: PluginCheck | None = None) -> NodeConfig:
     """The NodeConfig of a file already read; ConfigError listing every problem found."""
     groups = group_sections(
         file,
@@ -124,6 +134,7 @@ def node_config(file: IniFile) -> NodeConfig:
             node.peerapi_port if node else None,
             node.hostnames if node else None,
             policies,
+            plugins,
         )
         for section in groups["serve"]
     ]
@@ -347,6 +358,7 @@ def _serve(
     peerapi_port: int | None,
     hostnames: tuple[str, ...] | None,
     policies: dict[str, AccessPolicy | None] | None = None,
+    plugins: PluginCheck | None = None,
 ) -> ServePort | None:
     """[serve PORT] / [serve HOST:PORT]: what it serves is decided by its keys, exactly one of
     the PortHandlers."""
@@ -371,12 +383,15 @@ def _serve(
     (kind,) = chosen.values()
     # The other keys are checked even when the one that picks the kind is wrong: all errors show.
     plugin = section.opt("handler", values.plugin_name, None)
+    parsed: Mapping[str, Any] | None = None
     if kind == "handler":
         options = tuple(
             (k, v)
             for k, v in section.values.items()
             if k not in _SERVE_KEYS and k.partition(" ")[0] != ACCESS
         )
+        if plugin is not None and plugins is not None:
+            parsed = plugins(section, plugin, dict(options))
     else:
         section.reject_unknown([*_SERVE_KEYS, *mount_keys, *_per_mount_keys(section)])
         options = ()
@@ -413,7 +428,7 @@ def _serve(
     elif target is not None and kind == "tls-terminated-tcp":
         handler = TLSTerminatedTCP(target, proxy_protocol)
     elif plugin is not None:
-        handler = PluginHandler(plugin, options)
+        handler = PluginHandler(plugin, options, parsed, section.line())
     else:
         return None  # the bad value is recorded: the file fails
     return ServePort(port=port, funnel=funnel, handler=handler, host=host, access=access)

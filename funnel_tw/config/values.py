@@ -313,3 +313,17 @@ def read_key_file(file: Path) -> bytes:
         raise ValueError(f"{file}: not a valid key: it is not base64") from None
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from None
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size(value: str, low: int = 0, high: int = 1 << 40) -> int:
+    """A size in bytes: ``4096``, ``64k``, ``10M``, ``1G`` (binary units, case ignored)."""
+    match = re.fullmatch(r"([0-9]{1,13})\s*([kKmMgG]?)[bB]?", value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size (bytes, or a number with k, M or G)")
+    number = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not low <= number <= high:
+        raise ValueError(f"{value} is out of range ({low}..{high} bytes)")
+    return number

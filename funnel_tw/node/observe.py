@@ -245,6 +245,7 @@ class NodeObserver:
             "bytes_sent": sent,
             "duration": round(max(0.0, now - tracked.started), 6),
             "reason": _end_reason(reason),
+            "flow": flow.id,
             "_time": now,
         }
         if self.access_log.format == "combined":
@@ -326,6 +327,8 @@ class NodeCollector:
                 events.add_metric([component, key], n)
         yield events
 
+        yield from plugin_metrics(node)
+
         expiry = GaugeMetricFamily(
             "funnel_node_certificate_expiry_timestamp_seconds",
             "When the certificate served for each hostname expires (Unix time).",
@@ -339,6 +342,42 @@ class NodeCollector:
         yield expiry
 
         yield from wireguard_metrics("funnel_node", "peer", node.overlay, counters["overlay"])
+
+
+def plugin_metrics(node: Any) -> Iterator[Metric]:
+    """Handler plugins' own counters and gauges, labelled by plugin name (sections of one
+    plugin add up), and their refusals by reason: names and reasons are bounded per plugin."""
+    status = node.plugin_status() if hasattr(node, "plugin_status") else {}
+    counters: dict[tuple[str, str], float] = {}
+    gauges: dict[tuple[str, str], float] = {}
+    refused: dict[tuple[str, str], float] = {}
+    for entry in status.values():
+        for into, group in ((counters, "counters"), (gauges, "gauges"), (refused, "refused")):
+            for name, value in entry[group].items():
+                key = (entry["plugin"], name)
+                into[key] = into.get(key, 0) + value
+    families = (
+        (
+            CounterMetricFamily,
+            "funnel_node_plugin_events",
+            "A plugin's own counters.",
+            "name",
+            counters,
+        ),
+        (GaugeMetricFamily, "funnel_node_plugin_gauge", "A plugin's own gauges.", "name", gauges),
+        (
+            CounterMetricFamily,
+            "funnel_node_plugin_refusals",
+            "Flows a plugin refused, by its reason.",
+            "reason",
+            refused,
+        ),
+    )
+    for family, metric, text, label, found in families:
+        out = family(metric, text, labels=["plugin", label])
+        for (plugin, name), value in sorted(found.items()):
+            out.add_metric([plugin, name], value)
+        yield out
 
 
 def attach_observer(node: Any) -> NodeObserver:

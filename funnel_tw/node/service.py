@@ -21,7 +21,7 @@ from ..peerapi.site import PeerAPIRoot, PeerAPISite
 from ..serve.access.guard import Access
 from ..serve.dispatch import Dispatcher
 from ..serve.model import ServeConfig
-from ..serve.plugins import build_handlers
+from ..serve.plugins import ConfiguredPlugin, build_plugins
 from ..serve.proxy import Backends, ProxyResource
 from ..tls.sources import (
     CertificateSource,
@@ -33,6 +33,7 @@ from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
 from ..web.httplimits import HTTPLimits
 from .observe import attach_observer
+from .plugins import PluginServices
 from .status.server import LocalAPIService
 
 log = Logger()
@@ -152,12 +153,16 @@ class NodeService(MultiService):
         self.serve = ServeConfig.from_node_config(config)
         self.backends = Backends(reactor)
         self.access = Access(config.access, reactor, state_dir=config.state_dir)
+        self.plugins: dict[int | str, ConfiguredPlugin] = {}
+        if handlers is None:  # built with their context: reactor, log, state, metrics
+            self.plugins = build_plugins(config, reactor)
+            handlers = {key: p.handler for key, p in self.plugins.items()}
         self.dispatcher = Dispatcher(
             serve=self.serve,
             store=self.store,
             reactor=reactor,
             overlay_addresses=[str(a.ip) for a in config.addresses],
-            handlers=handlers if handlers is not None else build_handlers(config),
+            handlers=handlers,
             proxy_factory=lambda target, prefix, flow, timeout, underscores: ProxyResource(
                 target, prefix, flow, reactor, self.backends, timeout, underscores
             ),
@@ -180,6 +185,10 @@ class NodeService(MultiService):
         self.listening: list[IListeningPort] = []
         self.serve_listeners: dict[int, IListeningPort] = {}  # by serve port (reload.py)
         self.observer = attach_observer(self)  # metrics-listen, access-log
+        self.plugin_services = PluginServices(self.plugins, reactor)
+        for key, plugin in self.plugins.items():
+            if plugin.context is not None:
+                self.dispatcher.plugin_metrics[key] = plugin.context.metrics
 
     def certificate_source(self, config: NodeConfig) -> CertificateSource:
         """The source ``[tls]`` names, filling ``self.store`` (at start, and on a reload)."""
@@ -220,6 +229,14 @@ class NodeService(MultiService):
     def renewal_status(self) -> dict[str, Any] | None:
         return self.certificates.status()
 
+    def plugin_status(self) -> dict[str, Any]:
+        """Each plugin section's counters, gauges and refusals, by section key."""
+        return {
+            str(key): {"plugin": p.name, **p.context.metrics.to_json()}
+            for key, p in sorted(self.plugins.items(), key=lambda kv: str(kv[0]))
+            if p.context is not None
+        }
+
     def counters(self) -> dict[str, dict[str, int]]:
         return {
             "ingress": dict(self.ingress.counters),
@@ -259,6 +276,7 @@ class NodeService(MultiService):
         except CertificateSourceError as e:
             raise SystemExit(f"funnel-tw: no certificate to serve: {e}") from None
         super().startService()
+        self.plugin_services.start()  # before any serve port takes a flow
         d = self.overlay.server_endpoint(self.config.peerapi_port).listen(self.peerapi_site)
         d.addCallback(self.listening.append)
         for port in self.serve.ports:
@@ -275,4 +293,6 @@ class NodeService(MultiService):
             port.stopListening()
         self.listening = []
         self.backends.close()
-        return super().stopService()  # type: ignore[no-any-return]
+        drained = self.plugin_services.stop()  # no new flows now; each within its deadline
+        drained.addCallback(lambda _: super(NodeService, self).stopService())
+        return drained

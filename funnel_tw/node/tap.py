@@ -12,11 +12,11 @@ class Options(ConfigOptions):
     longdesc = "Run a funnel-tw node: WireGuard, peerAPI ingress, TLS and serve handlers."
 
     def load(self, path: str) -> NodeConfig:
-        from ..serve.plugins import build_handlers
+        from ..serve.plugins import plugin_checker
 
-        config = load_node_config(path)
-        self.handlers = build_handlers(config)  # plugin options are checked now
-        return config
+        # plugin options are checked now, each error at its line with the core errors; the
+        # handlers are built with their context (the reactor, state) by NodeService
+        return load_node_config(path, plugins=plugin_checker())
 
 
 def makeService(options: Options) -> IService:
@@ -27,7 +27,7 @@ def makeService(options: Options) -> IService:
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "node")
 
-    node = NodeService(options.loaded, handlers=options.handlers)
+    node = NodeService(options.loaded)
     add_daemon_services(
         node,
         node.reactor,

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..flow import Flow, IIngressHandler
+from ..plugin.api import PluginMetrics
 from ..tls.store import HTTP_ALPN, CertificateStore
 from ..web import splice
 from ..web.factories import OneProtocolFactory
@@ -27,6 +28,7 @@ from ..web.httplimits import HTTPLimits
 from . import proxyproto
 from .guard import FlowGuard, guarded_tls
 from .model import ServeConfig, TCPPortHandler
+from .plugins import PluginStart, plugin_protocol
 from .web import MountRouter, ServeSite
 
 log = Logger()
@@ -98,6 +100,7 @@ class Dispatcher:
         self.reactor = reactor
         self.overlay_addresses = overlay_addresses
         self.handlers = dict(handlers or {})  # by section key: port, or "host:port"
+        self.plugin_metrics: dict[int | str, PluginMetrics] = {}  # by section key
         self.proxy_factory = proxy_factory
         self.counters: dict[str, int] = {}
         self.http_timeout = 300.0  # an HTTPS connection idle this long is closed
@@ -209,11 +212,14 @@ class Dispatcher:
             if plugin is None:
                 self.count("no_handler")
                 return None
-            protocol = plugin.build_protocol(flow)
-            if protocol is None:
-                self.count("plugin_refused")
-                return None
+            metrics = self.plugin_metrics.get(key)
+
+            def build(flow: Flow) -> IProtocol | None:
+                return plugin_protocol(plugin, flow, handler.handler or "", metrics, self.count)
+
+            if not plugin.terminate_tls:
+                return build(flow)
             alpn = tuple(getattr(plugin, "alpn", ()))  # a plugin may name its protocols
-            return self._tls(protocol, alpn, flow) if plugin.terminate_tls else protocol
+            return self._tls(PluginStart(build, flow), alpn, flow)  # built after the handshake
         self.count("no_handler")
         return None

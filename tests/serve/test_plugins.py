@@ -3,6 +3,8 @@ configured from node.ini, and reached through the ingress path with and without 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import select
 import socket
 import ssl
@@ -14,11 +16,11 @@ from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from funnel_tw import keys
+from funnel_tw import cli, keys, testing
 from funnel_tw.config import ConfigError, load_node_config
-from funnel_tw.node.service import build_handlers
-from funnel_tw.serve.interfaces import Flow, IIngressHandler, IIngressHandlerFactory
-from funnel_tw.serve.plugins import handler_factories
+from funnel_tw.plugin import IHandlerPlugin
+from funnel_tw.serve.interfaces import IIngressHandler
+from funnel_tw.serve.plugins import build_handlers, handler_factories
 
 from .harness import HOSTNAME, Front, ServeHarness
 
@@ -174,6 +176,9 @@ def stall_then_drain(port: int, ca_file: str, limit: int) -> tuple[int, int]:
         pump.close()
 
 
+TCP_PROXY = EXAMPLE.parent / "tcp-proxy-handler"
+
+
 class DiscoveryTests(TestCase):
     def setUp(self) -> None:
         install_example(self)
@@ -181,39 +186,21 @@ class DiscoveryTests(TestCase):
     def test_found_by_twisted_plugin(self) -> None:
         factories = handler_factories()
         self.assertIn("echo", factories)
-        factory = factories["echo"]
-        self.assertTrue(verifyObject(IIngressHandlerFactory, factory))
-        self.assertEqual(factory.name, "echo")
+        plugin = factories["echo"]
+        self.assertTrue(verifyObject(IHandlerPlugin, plugin))
+        self.assertEqual(plugin.name, "echo")
 
     def test_defaults(self) -> None:
-        handler = handler_factories()["echo"].create({})
+        plugin = handler_factories()["echo"]
+        handler = plugin.build(testing.parse_options(plugin, {}), testing.make_context("echo"))
         self.assertTrue(verifyObject(IIngressHandler, handler))
         self.assertIs(handler.terminate_tls, True)
-
-    def test_options(self) -> None:
-        factory = handler_factories()["echo"]
-        handler = factory.create({"greeting": "hi there", "terminate-tls": "no"})
-        self.assertIs(handler.terminate_tls, False)
-        flow = Flow(("2001:db8::1", 4242), HOSTNAME, 10000, True, "relay")
-        protocol = handler.build_protocol(flow)
-        self.assertIsNotNone(protocol)
-
-    def test_bad_options(self) -> None:
-        factory = handler_factories()["echo"]
-        cases = {
-            "colour": {"colour": "red"},
-            "terminate-tls": {"terminate-tls": "maybe"},
-            "greeting": {"greeting": "   "},
-        }
-        for key, options in cases.items():
-            with self.assertRaises(ValueError) as caught:
-                factory.create(options)
-            self.assertIn(key, str(caught.exception))
 
 
 class ConfigTests(TestCase):
     def setUp(self) -> None:
         install_example(self)
+        testing.plugin_path(self, TCP_PROXY)
 
     def test_loads_and_builds(self) -> None:
         h = ServeHarness(self, echo_section(greeting="hi", terminate_tls="no"))
@@ -221,35 +208,116 @@ class ConfigTests(TestCase):
         self.assertEqual((handler.greeting, handler.terminate_tls), ("hi", False))
         self.assertEqual(h.node.serve.to_json()["TCP"]["10000"], {"Handler": "echo"})
         self.assertTrue(h.node.admits_funnel(HOSTNAME, 10000))
+        context = h.node.plugins[10000].context
+        self.assertEqual(
+            (context.section, context.port, context.plugin), ("serve 10000", 10000, "echo")
+        )
+        self.assertIs(context.reactor, h.node.reactor)
+        state = context.state_dir()
+        self.assertEqual(state, h.node.config.state_dir / "plugins" / "echo-10000")
+        self.assertEqual(state.stat().st_mode & 0o777, 0o700)
 
-    def _config(self, sections: str) -> Any:
-        # load_node_config only checks the section's shape; options are the plugin's to judge.
+    def _write(self, sections: str) -> Path:
         path = Path(self.mktemp())
         path.write_text(
             f"[node]\nprivate-key = {keys.encode_key(keys.generate_private_key())}\n"
             "address = 100.64.0.2/32\nhostname = node.example.com\n\n" + sections
         )
-        return load_node_config(path)
+        return path
 
-    def test_bad_option_is_config_error_at_build(self) -> None:
-        config = self._config(echo_section(colour="red"))
+    def test_every_option_error_at_its_line_with_core_errors(self) -> None:
+        """check-config: both plugins' option errors, each at its own line, a cross-check at
+        its section's line, and the core errors, all in one run (file order)."""
+        path = self._write(
+            "mtu = 1\n"  # line 6: a core error
+            + echo_section(10000, colour="red", terminate_tls="sometimes")  # 7..11
+            + "[serve 10001]\nhandler = tcp-proxy\nmax-clients = 0\n"  # 12..14
+            + "[serve 10002]\nhandler = tcp-proxy\nbackend = 80\n"  # 15..19
+            + "connect-timeout = 9\nidle-timeout = 3\n"
+            + "[serve 10003]\nhandler = nope\n"  # 20..21
+        )
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["check-config", str(path)])
+        self.assertEqual(code, 1)
+        lines = [line.removeprefix(f"{path}:") for line in err.getvalue().splitlines()]
+        self.assertEqual(len(lines), 7, lines)
+        self.assertTrue(lines[0].startswith("6: [node] mtu:"), lines[0])
+        self.assertTrue(
+            lines[1].startswith("10: [serve 10000] colour: unknown option for handler echo")
+        )
+        self.assertTrue(lines[2].startswith("11: [serve 10000] terminate-tls: 'sometimes' is not"))
+        self.assertEqual(
+            lines[3], "12: [serve 10001] backend: required by handler tcp-proxy (HOST:PORT)"
+        )
+        self.assertEqual(lines[4], "14: [serve 10001] max-clients: 0 is out of range (1..100000)")
+        self.assertEqual(
+            lines[5],
+            "15: [serve 10002]: handler tcp-proxy: connect-timeout is longer than idle-timeout",
+        )
+        self.assertTrue(
+            lines[6].startswith("21: [serve 10003] handler: no handler plugin named 'nope'")
+        )
+
+    def test_node_refuses_to_start(self) -> None:
         with self.assertRaises(ConfigError) as caught:
-            build_handlers(config)
-        message = str(caught.exception)
-        self.assertIn("[serve 10000] handler", message)
-        self.assertIn("unknown option 'colour'", message)
-        self.assertIn("greeting, terminate-tls", message)
-        # and the node refuses to start with it
-        self.assertRaises(ConfigError, ServeHarness, self, echo_section(terminate_tls="sometimes"))
+            ServeHarness(self, echo_section(terminate_tls="sometimes"))
+        self.assertIn("terminate-tls: 'sometimes' is not a boolean", str(caught.exception))
 
     def test_unknown_handler_is_config_error(self) -> None:
-        config = self._config("[serve 10000]\nhandler = nope\n")
+        config = load_node_config(self._write("[serve 10000]\nhandler = nope\n"))
         with self.assertRaises(ConfigError) as caught:
             build_handlers(config)
         message = str(caught.exception)
         self.assertIn("[serve 10000] handler", message)
         self.assertIn("no handler plugin named 'nope'", message)
-        self.assertIn("installed: echo", message)
+        self.assertIn("echo", message)
+
+
+class LegacyTests(TestCase):
+    """The older interface (IIngressHandlerFactory.create on raw strings) is still accepted."""
+
+    def setUp(self) -> None:
+        root = Path(self.mktemp())
+        (root / "twisted" / "plugins").mkdir(parents=True)
+        (root / "twisted" / "plugins" / "funnel_tw_legacy_test.py").write_text(LEGACY)
+        testing.plugin_path(self, root)
+        self.addCleanup(sys.modules.pop, "twisted.plugins.funnel_tw_legacy_test", None)
+
+    def test_legacy_plugin_builds_and_its_error_is_reported(self) -> None:
+        h = ServeHarness(self, "[serve 10000]\nhandler = legacy-test\nword = hi\n")
+        self.assertEqual(h.node.dispatcher.handlers[10000].word, "hi")
+        self.assertIsNone(h.node.plugins[10000].context)
+        with self.assertRaises(ConfigError) as caught:
+            ServeHarness(self, "[serve 10000]\nhandler = legacy-test\ncolour = red\n")
+        self.assertIn("[serve 10000] handler: unknown option 'colour'", str(caught.exception))
+
+
+LEGACY = """
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+from twisted.plugin import IPlugin
+from funnel_tw.serve.interfaces import IIngressHandler, IIngressHandlerFactory
+
+@implementer(IIngressHandler)
+class Handler:
+    terminate_tls = True
+    def __init__(self, word):
+        self.word = word
+    def build_protocol(self, flow):
+        return Protocol()
+
+@implementer(IPlugin, IIngressHandlerFactory)
+class Factory:
+    name = "legacy-test"
+    def create(self, options):
+        unknown = sorted(set(options) - {"word"})
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r}")
+        return Handler(options.get("word", ""))
+
+legacy = Factory()
+"""
 
 
 class FlowTests(TestCase):

@@ -1,5 +1,5 @@
 """An example funnel-tw handler plugin (see docs/plugins.md)."""
 
-from .handler import EchoHandler, EchoHandlerFactory, EchoProtocol
+from .handler import EchoHandler, EchoPlugin, EchoProtocol
 
-__all__ = ["EchoHandler", "EchoHandlerFactory", "EchoProtocol"]
+__all__ = ["EchoHandler", "EchoPlugin", "EchoProtocol"]

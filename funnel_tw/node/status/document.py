@@ -169,4 +169,6 @@ def status_document(node: StatusSource, now: float) -> dict[str, Any]:
         "renewal": node.renewal_status(),
         "ingress": {"open": open_ingress_connections(node)},
         "counters": node.counters(),
+        # handler plugins' own counters, gauges and refusals by reason, by serve section
+        "plugins": node.plugin_status() if hasattr(node, "plugin_status") else {},
     }

@@ -158,4 +158,21 @@ def format_status(doc: dict[str, Any]) -> str:
     shown.append(("overlay_drops", drops))
     lines += ["", "counters:"]
     lines += _table([[k, str(v)] for k, v in shown])
+    lines += _plugin_lines(doc.get("plugins") or {})
     return "\n".join(lines) + "\n"
+
+
+def _plugin_lines(plugins: dict[str, Any]) -> list[str]:
+    """One block per plugin section: its counters, gauges and refusals by reason."""
+    if not plugins:
+        return []
+    rows = []
+    for key, entry in plugins.items():
+        where = f"{entry.get('plugin', '?')} [serve {key}]"
+        values = [(k, v) for k, v in sorted((entry.get("counters") or {}).items())]
+        values += [(k, v) for k, v in sorted((entry.get("gauges") or {}).items())]
+        values += [(f"refused {r}", n) for r, n in sorted((entry.get("refused") or {}).items())]
+        rows += [[where, k, f"{v:g}" if isinstance(v, float) else str(v)] for k, v in values]
+        if not values:
+            rows.append([where, "-", ""])
+    return ["", "plugins:", *_table(rows)]
