@@ -15,8 +15,8 @@ request or flow, never per byte:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -33,16 +33,14 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ..config import NodeConfig, PeerConfig
 from ..daemon.accesslog import AccessLog, AccessLogService, fields_line, iso_time
 from ..daemon.accesslog import http_combined_line as combined
 from ..daemon.metrics import MetricsService, wireguard_metrics
 from ..flow import Flow
-from ..overlay.interface import OverlayInterface
 from ..serve.model import TCPPortHandler
 from ..serve.notes import request_notes
-from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
+from .status.document import StatusSource
 
 SESSION_LIFETIME = 180.0  # WireGuard's Reject-After-Time: no handshake since is no session
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -53,23 +51,6 @@ INGRESS_OUTCOMES = {
     "ingress_403": "forbidden",
     "ingress_405": "method_not_allowed",
 }
-
-
-class ObservedNode(Protocol):
-    """What the observer reads from the node (NodeService provides it)."""
-
-    @property
-    def reactor(self) -> Any: ...
-    @property
-    def config(self) -> NodeConfig: ...
-    @property
-    def overlay(self) -> OverlayInterface: ...
-    @property
-    def store(self) -> CertificateStore: ...
-    @property
-    def peers_by_name(self) -> Mapping[str, PeerConfig]: ...
-
-    def counters(self) -> dict[str, dict[str, int]]: ...
 
 
 def flow_kind(handler: TCPPortHandler) -> str:
@@ -124,7 +105,7 @@ class HalfCloseTrackedFlow(TrackedFlow):
 class NodeObserver:
     """The node's metrics registry, access log and request/flow accounting."""
 
-    def __init__(self, node: ObservedNode) -> None:
+    def __init__(self, node: StatusSource) -> None:
         self.node = node
         self.reactor = node.reactor
         ops = node.config.ops
