@@ -76,6 +76,9 @@ class MountRouter(resource.Resource):
         self.port = port
         self.flow = flow
         self.proxy_factory = proxy_factory
+        # one proxy resource per mount for the life of this connection (it keeps no request
+        # state): keep-alive requests do not parse the target URL again each time
+        self._proxies: dict[tuple[str, str | None, float, bool], Any] = {}
         self.count = count
 
     def getChildWithDefault(self, name: bytes, request: Request) -> Any:
@@ -135,7 +138,13 @@ class MountRouter(resource.Resource):
             client = format_host_port(*self.flow.client)
             site = format_host_port(tls_server_name(request) or self.flow.host, self.port)
             return FileMount(handler.path, path, rest, client, site, self.count)
-        return self.proxy_factory(handler.proxy, prefix, self.flow, timeout, handler.underscores)
+        key = (prefix, handler.proxy, timeout, handler.underscores)
+        proxy = self._proxies.get(key)
+        if proxy is None:
+            proxy = self._proxies[key] = self.proxy_factory(
+                handler.proxy, prefix, self.flow, timeout, handler.underscores
+            )
+        return proxy
 
 
 class ServeSite(Site):
