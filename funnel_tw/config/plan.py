@@ -25,6 +25,7 @@ import attrs
 from .model import NodeConfig, RelayConfig
 
 __all__ = [
+    "COMMON_RESTART",
     "NODE_RESTART",
     "NODE_SECTIONS",
     "RELAY_RESTART",
@@ -176,17 +177,23 @@ def peer_changes(
 
 # --- node.ini ---------------------------------------------------------------------------------
 
-NODE_RESTART: list[Restart] = [
+# keys of both daemons that only a restart applies: the WireGuard identity and socket, the
+# state folder, and the listeners and files of metrics and access logs
+COMMON_RESTART: list[Restart] = [
     ("listen-port", lambda c: c.listen_port),
     ("private-key", lambda c: c.private_key),
     ("address", lambda c: c.addresses),
     ("state-dir", lambda c: c.state_dir),
-    ("network", lambda c: c.network),
-    ("peerapi-port", lambda c: c.peerapi_port),
     ("mtu", lambda c: c.mtu),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),
+]
+
+NODE_RESTART: list[Restart] = [
+    *COMMON_RESTART,
+    ("network", lambda c: c.network),
+    ("peerapi-port", lambda c: c.peerapi_port),
 ]
 
 NODE_SECTIONS: list[Sections] = [
@@ -205,16 +212,9 @@ def node_plan(old: NodeConfig, new: NodeConfig) -> Plan:
 # --- relay.ini --------------------------------------------------------------------------------
 
 RELAY_RESTART: list[Restart] = [
-    ("listen-port", lambda c: c.listen_port),
-    ("private-key", lambda c: c.private_key),
-    ("address", lambda c: c.addresses),
-    ("state-dir", lambda c: c.state_dir),
-    ("mtu", lambda c: c.mtu),
+    *COMMON_RESTART,
     ("public-address", lambda c: c.public_address),
     ("http-redirect-port", lambda c: c.http_redirect_port),
-    ("metrics-listen", lambda c: c.ops.metrics_listen),
-    ("access-log", lambda c: c.ops.access_log),
-    ("access-log-format", lambda c: c.ops.access_log_format),
 ]
 
 RELAY_SECTIONS: list[Sections] = [
