@@ -26,11 +26,20 @@ class WireGuardKeys:
     mtu: int
 
 
-def wireguard_keys(section: Section) -> WireGuardKeys | None:
-    """The interface keys of `section`; None if a required one is missing or wrong (recorded)."""
+def wireguard_keys(
+    section: Section, assigned: tuple[IPInterface, ...] | None = None
+) -> WireGuardKeys | None:
+    """The interface keys of `section`; None if a required one is missing or wrong (recorded).
+    ``assigned``: the addresses a relay gave at join, used when ``address`` is absent."""
     private_key = section.secret("private-key", required=True)
     listen_port = section.opt("listen-port", values.listen_port, 41641)
-    addresses = section.req("address", values.interfaces)
+    if assigned is not None and "address" in section.values:
+        shown = ", ".join(str(a) for a in assigned)
+        section.error("address", f"the relay assigned {shown} at join: remove this key")
+    if assigned is not None:
+        addresses: tuple[IPInterface, ...] | None = assigned
+    else:
+        addresses = section.req("address", values.interfaces)
     mtu = section.opt("mtu", lambda v: values.integer(v, 576, 9000), 1280)
     if private_key is None or addresses is None:
         return None

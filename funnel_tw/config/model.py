@@ -24,6 +24,7 @@ import attrs
 __all__ = [
     "AccessPolicy",
     "ClientLimits",
+    "EnrollConfig",
     "HTTPSMounts",
     "IPAddress",
     "IPInterface",
@@ -211,6 +212,7 @@ class NodeConfig:
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
     access: tuple[AccessPolicy, ...] = ()  # [access NAME] sections
     limits: ClientLimits = ClientLimits()
+    enrollment: Path | None = None  # state-dir/enrollment.json, when the node joined a relay
 
 
 @attrs.frozen
@@ -225,6 +227,20 @@ class RelayNode:
     endpoint: tuple[str, int] | None
     persistent_keepalive: int
     preshared_key: bytes | None
+
+
+@attrs.frozen
+class EnrollConfig:
+    """[relay] enroll-port, public-endpoint, node-addresses: nodes join with a token."""
+
+    port: int  # TCP, on public-address; 0: any free port (tests)
+    public_endpoint: tuple[str, int]  # the relay's WireGuard endpoint as nodes dial it
+    node_addresses: tuple[IPNetwork, ...]  # the pools enrolled nodes get addresses from
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where nodes reach the enroll listener: public-endpoint's host, enroll-port."""
+        return self.public_endpoint[0], self.port
 
 
 @attrs.frozen
@@ -249,3 +265,6 @@ class RelayConfig:
     ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
+    enroll: EnrollConfig | None = None  # off unless enroll-port is set
+    # the names among ``nodes`` that enrolled with a token (state-dir/enrolled-nodes.json)
+    enrolled: frozenset[str] = frozenset()

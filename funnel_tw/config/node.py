@@ -14,6 +14,7 @@ from funnel_tw.keys import decode_key
 
 from . import values
 from .access import ACCESS, access_policy, check_port_access
+from .enrolled import NODE_ENROLLMENT, Enrollment, read_enrollment
 from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
 from .model import (
@@ -115,8 +116,11 @@ def node_config(file: IniFile, plugins: PluginCheck | None = None) -> NodeConfig
         required="node",
         own_names=("serve",),
     )
-    node = _node(groups["node"][0]) if groups["node"] else None
+    enrollment = _enrollment(groups["node"][0]) if groups["node"] else None
+    node = _node(groups["node"][0], enrollment) if groups["node"] else None
     peers = [_peer(section) for section in groups["peer"]]
+    if enrollment is not None:
+        _check_joined(groups["peer"], peers, enrollment)
     if node is not None:
         check_peers(
             [
@@ -144,10 +148,11 @@ def node_config(file: IniFile, plugins: PluginCheck | None = None) -> NodeConfig
     _check_one_section_per_key(serving)
     file.check()
     assert node is not None and tls is not None  # else an error was recorded
-    _warn(groups["peer"], [p for p in peers if p], serving)
+    _warn(groups["peer"], [p for p in peers if p], serving, enrollment)
+    joined = (enrollment.relay,) if enrollment is not None else ()
     return attrs.evolve(
         node,
-        peers=tuple(p for p in peers if p),
+        peers=(*(p for p in peers if p), *joined),
         tls=tls,
         serve=tuple(s for s in serve if s),
         warnings=file.warnings,
@@ -165,14 +170,38 @@ def _check_one_section_per_key(serving: list[tuple[Section, ServePort]]) -> None
             section.error(None, f"same {what} as [{seen.header}] (line {seen.line()})")
 
 
+def _enrollment(section: Section) -> Enrollment | None:
+    """The relay this node joined (state-dir/enrollment.json), if it did."""
+    state_dir = section.opt("state-dir", section.path, section.path("state"))
+    path = state_dir / NODE_ENROLLMENT
+    try:
+        return read_enrollment(path)
+    except ValueError as e:
+        section.error("state-dir", f"{path}: {e} (written by funnel-tw join: join again)")
+        return None
+
+
+def _check_joined(
+    sections: list[Section], peers: list[PeerConfig | None], enrollment: Enrollment
+) -> None:
+    """A [peer] for the relay joined by token would be that relay twice."""
+    relay = enrollment.relay
+    for section, peer in zip(sections, peers, strict=True):
+        if section.name == relay.name:
+            section.error(None, "same name as the relay joined by token (state-dir)")
+        elif peer is not None and peer.public_key == relay.public_key:
+            section.error("public-key", "is the relay joined by token: remove this section")
+
+
 def _warn(
     peer_sections: list[Section],
     peers: list[PeerConfig],
     serving: list[tuple[Section, ServePort]],
+    enrollment: Enrollment | None = None,
 ) -> None:
     """What the file alone shows will not work as it seems to say: warnings, not errors."""
     ingress = [p for p in peers if p.funnel_ingress]
-    if not ingress:
+    if not ingress and enrollment is None:
         for section, port in serving:
             if port.funnel:
                 section.warn(
@@ -190,10 +219,12 @@ def _warn(
             )
 
 
-def _node(section: Section) -> NodeConfig | None:
+def _node(section: Section, enrollment: Enrollment | None = None) -> NodeConfig | None:
     section.reject_unknown(_NODE_KEYS)
-    wireguard = wireguard_keys(section)
-    hostnames = section.opt("hostname", values.hostnames, ())
+    wireguard = wireguard_keys(section, enrollment.addresses if enrollment else None)
+    # a joined node serves the names the relay granted, unless hostname says otherwise
+    granted = enrollment.hostnames if enrollment else ()
+    hostnames = section.opt("hostname", values.hostnames, granted)
     peerapi_port = section.opt("peerapi-port", values.port, 41642)
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))
@@ -225,6 +256,7 @@ def _node(section: Section) -> NodeConfig | None:
         serve=(),
         ops=ops,
         limits=limits,
+        enrollment=state_dir / NODE_ENROLLMENT if enrollment else None,
     )
 
 

@@ -215,6 +215,7 @@ RELAY_RESTART: list[Restart] = [
     *COMMON_RESTART,
     ("public-address", lambda c: c.public_address),
     ("http-redirect-port", lambda c: c.http_redirect_port),
+    ("enroll-port, public-endpoint, node-addresses", lambda c: c.enroll),
 ]
 
 RELAY_SECTIONS: list[Sections] = [

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from funnel_tw.keys import decode_key
 
 from . import values
+from .enrolled import RELAY_ENROLLED, read_enrolled_nodes, relay_node
 from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
-from .model import RelayConfig, RelayNode
+from .model import EnrollConfig, RelayConfig, RelayNode
 from .ops import OPS_KEYS, ops_config
 
-__all__ = ["load_relay_config", "relay_config"]
+__all__ = ["load_relay_config", "relay_config", "with_enrolled"]
 
 _RELAY_KEYS = (
     "private-key",
@@ -33,7 +36,11 @@ _RELAY_KEYS = (
     "state-dir",
     "mtu",
     *OPS_KEYS,
+    "enroll-port",
+    "public-endpoint",
+    "node-addresses",
 )
+_ENROLL_KEYS = ("public-endpoint", "node-addresses")
 _RELAY_NODE_KEYS = (
     "public-key",
     "allowed-ips",
@@ -68,7 +75,98 @@ def relay_config(file: IniFile) -> RelayConfig:
                 section.error("hostnames", f"{name} is already claimed by {where}")
     file.check()
     assert relay is not None  # else an error was recorded
-    return attrs.evolve(relay, nodes=tuple(n for n in nodes if n), warnings=file.warnings)
+    config = attrs.evolve(relay, nodes=tuple(n for n in nodes if n))
+    config = _add_enrolled(groups["relay"][0], config)
+    return attrs.evolve(config, warnings=file.warnings)
+
+
+def _add_enrolled(section: Section, config: RelayConfig) -> RelayConfig:
+    """The nodes that enrolled with a token (state-dir/enrolled-nodes.json) join the [node]
+    sections; one that clashes with a section is left out, with a warning."""
+    path = config.state_dir / RELAY_ENROLLED
+    try:
+        records = read_enrolled_nodes(path)
+    except ValueError as e:
+        section.error("state-dir", f"{path}: {e} (written by the enroll listener; restore it)")
+        section.file.check()
+    config, skipped = with_enrolled(config, records)
+    for why in skipped:
+        section.warn("state-dir", f"{path}: {why}")
+    return config
+
+
+def with_enrolled(
+    config: RelayConfig, records: Sequence[Mapping[str, Any]]
+) -> tuple[RelayConfig, list[str]]:
+    """``config`` with its [node] sections and the enrolled ``records`` (replacing the enrolled
+    nodes it had): the effective node list. A record that clashes with a section (name, key,
+    hostname, network) is left out; the reasons are returned."""
+    static = [n for n in config.nodes if n.name not in config.enrolled]
+    names = {n.name for n in static}
+    keys = {n.public_key for n in static}
+    hosts = {h for n in static for h in n.hostnames}
+    networks = [net for n in static for net in n.allowed_ips]
+    networks += [a.network for a in config.addresses]
+    added: list[RelayNode] = []
+    skipped: list[str] = []
+    for record in records:
+        node = relay_node(record)
+        clash = _clash(node, names, keys, hosts, networks)
+        if clash:
+            skipped.append(f"enrolled node {node.name} left out: {clash}")
+            continue
+        names.add(node.name)
+        keys.add(node.public_key)
+        hosts.update(node.hostnames)
+        networks += node.allowed_ips
+        added.append(node)
+    new = attrs.evolve(config, nodes=(*static, *added), enrolled=frozenset(n.name for n in added))
+    return new, skipped
+
+
+def _clash(
+    node: RelayNode,
+    names: set[str],
+    keys: set[bytes],
+    hosts: set[str],
+    networks: list[Any],
+) -> str:
+    """Why an enrolled node cannot join the nodes already there ("" when it can)."""
+    if node.name in names:
+        return "its name is taken"
+    if node.public_key in keys:
+        return "its key is another node's"
+    taken = sorted(h for h in node.hostnames if h in hosts)
+    if taken:
+        return f"hostnames {', '.join(taken)} are another node's"
+    overlap = [str(a) for a in node.allowed_ips if any(a.overlaps(b) for b in networks)]
+    if overlap:
+        return f"addresses {', '.join(overlap)} are another node's or the relay's"
+    return ""
+
+
+def _enroll(section: Section, taken: dict[str, int | None]) -> EnrollConfig | None:
+    """enroll-port, public-endpoint and node-addresses: all three, or none."""
+    port = section.opt("enroll-port", values.listen_port, None)
+    endpoint = section.opt("public-endpoint", values.endpoint, None)
+    pools = section.opt("node-addresses", values.networks, None)
+    if port is None:
+        for key in _ENROLL_KEYS:
+            if key in section.values:
+                section.error(key, "is only used with enroll-port")
+        return None
+    for key in _ENROLL_KEYS:
+        if key not in section.values:
+            section.error("enroll-port", f"needs {key} too")
+    for what, used in taken.items():
+        if port and port == used:
+            section.error("enroll-port", f"port {port} is also {what}")
+    for pool in pools or ():
+        if pool.max_prefixlen - pool.prefixlen < 2:
+            section.error("node-addresses", f"{pool} is too small to assign addresses from")
+    if endpoint is None or pools is None:
+        return None
+    return EnrollConfig(port=port, public_endpoint=endpoint, node_addresses=pools)
 
 
 def _relay(section: Section) -> RelayConfig | None:
@@ -94,6 +192,10 @@ def _relay(section: Section) -> RelayConfig | None:
         redirect_port,
     ):
         section.error("metrics-listen", f"port {ops.metrics_listen[1]} is a public port")
+    taken: dict[str, int | None] = {f"public port {p}": p for p in public_ports}
+    taken["http-redirect-port"] = redirect_port
+    taken["metrics-listen's port"] = ops.metrics_listen[1] if ops.metrics_listen else None
+    enroll = _enroll(section, taken)
     if wireguard is None:
         return None
     return RelayConfig(
@@ -114,6 +216,7 @@ def _relay(section: Section) -> RelayConfig | None:
         state_dir=relay_state,
         ingress_connect_timeout=ingress_timeout,
         ops=ops,
+        enroll=enroll,
     )
 
 

@@ -47,8 +47,8 @@ class RelayService(MultiService):
         # metrics-listen, access-log, and the local API for `funnel-tw status` (first: a
         # second relay with the same state-dir stops there)
         self.observer = RelayObserver(reactor, config, self.overlay, self.limits)
-        status = LocalAPISite({STATUS_PATH: self.observer.status}, reactor)
-        LocalAPIService(status, config.state_dir, reactor, "relay").setServiceParent(self)
+        self.localapi = LocalAPISite({STATUS_PATH: self.observer.status}, reactor)
+        LocalAPIService(self.localapi, config.state_dir, reactor, "relay").setServiceParent(self)
         OverlayService(self.overlay).setServiceParent(self)
         for service in self.observer.services():
             service.setServiceParent(self)

@@ -17,6 +17,7 @@ class Options(ConfigOptions):
 
 def makeService(options: Options) -> IService:
     from ..daemon.run import add_daemon_services
+    from .enroll.live import attach_enroll
     from .observe import not_serving, status_line
     from .reload import relay_reloader
     from .service import RelayService
@@ -24,6 +25,7 @@ def makeService(options: Options) -> IService:
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "relay")
 
     relay = RelayService(options.loaded)
+    attach_enroll(relay)  # invite, nodes, remove-node; the enroll listener with enroll-port
     add_daemon_services(
         relay,
         relay.reactor,

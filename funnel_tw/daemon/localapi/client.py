@@ -14,6 +14,10 @@ from typing import Any
 from .address import LocalAPIUnavailable, SocketAddress
 
 
+class LocalAPIRefused(LocalAPIUnavailable):
+    """The daemon answered, and refused the action; the message is the daemon's."""
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a UNIX socket."""
 
@@ -35,16 +39,27 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def fetch(path: str | os.PathLike[str], url: str, timeout: float = 10.0, who: str = "node") -> Any:
-    """GET ``url`` from the local API of the daemon (``who``: node, relay) at ``path``; the
-    parsed JSON answer.
+def fetch(
+    path: str | os.PathLike[str],
+    url: str,
+    timeout: float = 10.0,
+    who: str = "node",
+    post: dict[str, Any] | None = None,
+) -> Any:
+    """GET ``url`` (POST the JSON ``post`` when given) from the local API of the daemon
+    (``who``: node, relay) at ``path``; the parsed JSON answer.
 
-    Raises LocalAPIUnavailable with a message for a person when no daemon answers.
+    Raises LocalAPIUnavailable with a message for a person when no daemon answers, and
+    LocalAPIRefused with the daemon's message when it refuses an action.
     """
     where = os.fspath(path)
     conn = UnixHTTPConnection(where, timeout)
     try:
-        conn.request("GET", url)
+        if post is None:
+            conn.request("GET", url)
+        else:
+            headers = {"Content-Type": "application/json"}
+            conn.request("POST", url, json.dumps(post).encode(), headers)
         response = conn.getresponse()
         body = response.read()
     except FileNotFoundError:
@@ -70,6 +85,14 @@ def fetch(path: str | os.PathLike[str], url: str, timeout: float = 10.0, who: st
         raise LocalAPIUnavailable(f"cannot talk to the {who} on {where}: {reason}") from None
     finally:
         conn.close()
+    if response.status == 400 and post is not None:
+        try:
+            message = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = f"the {who} refused the request"
+        raise LocalAPIRefused(str(message))
+    if response.status == 404 and post is not None:
+        raise LocalAPIUnavailable(f"the {who} does not know {url} (an older version?)")
     if response.status != 200:
         raise LocalAPIUnavailable(
             f"the {who} answered {response.status} {response.reason} for {url}"

@@ -54,6 +54,38 @@ class _JSONResource(Resource):
         return body
 
 
+class ActionRefused(Exception):
+    """An action's refusal: answered 400 with ``{"error": message}`` for the command to show."""
+
+
+MAX_ACTION_BODY = 64 << 10
+
+
+class _ActionResource(Resource):
+    """POST with a JSON object body: ``act(body)`` answers, as JSON (ActionRefused: 400)."""
+
+    isLeaf = True
+
+    def __init__(self, act: Callable[[dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.act = act
+
+    def render_POST(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        assert request.content is not None
+        data = request.content.read(MAX_ACTION_BODY + 1)
+        try:
+            body = json.loads(data) if len(data) <= MAX_ACTION_BODY else None
+            if not isinstance(body, dict):
+                raise ActionRefused("the request body is not a JSON object")
+            answer = self.act(body)
+        except (ActionRefused, ValueError) as e:
+            request.setResponseCode(400)
+            return json.dumps({"error": str(e)}).encode() + b"\n"
+        return json.dumps(answer, indent=2).encode() + b"\n"
+
+
 Routes = Mapping[str, Callable[[], Any]]  # "/v0/status" -> what it answers, as JSON
 
 
@@ -63,19 +95,30 @@ class LocalAPISite(Site):
     noisy = False
 
     def __init__(self, routes: Routes, reactor: Any) -> None:
-        root = Resource()
+        self.root = Resource()
         for url, produce in routes.items():
-            parent = root
-            *dirs, leaf = url.strip("/").split("/")
-            for name in dirs:
-                child = parent.children.get(name.encode())
-                if child is None:
-                    child = Resource()
-                    parent.putChild(name.encode(), child)
-                parent = child
-            parent.putChild(leaf.encode(), _JSONResource(produce))
-        super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
+            self.add(url, _JSONResource(produce))
+        super().__init__(self.root, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.displayTracebacks = False
+
+    def add(self, url: str, resource: Resource) -> None:
+        parent = self.root
+        *dirs, leaf = url.strip("/").split("/")
+        for name in dirs:
+            child = parent.children.get(name.encode())
+            if child is None:
+                child = Resource()
+                parent.putChild(name.encode(), child)
+            parent = child
+        parent.putChild(leaf.encode(), resource)
+
+    def add_route(self, url: str, produce: Callable[[], Any]) -> None:
+        """GET ``url`` answers ``produce()`` as JSON."""
+        self.add(url, _JSONResource(produce))
+
+    def add_action(self, url: str, act: Callable[[dict[str, Any]], Any]) -> None:
+        """POST ``url`` with a JSON object answers ``act(body)`` (ActionRefused: 400)."""
+        self.add(url, _ActionResource(act))
 
     def log(self, request: web_http.Request) -> None:
         pass

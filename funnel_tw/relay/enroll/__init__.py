@@ -1,0 +1,1 @@
+"""Enrollment by token on the relay: invitations, the enroll listener, live application."""
