@@ -1,4 +1,5 @@
-"""The `funnel-tw` command: key tools that match wg's, a config checker, status, and the demo.
+"""The `funnel-tw` command: key tools that match wg's, a config checker, status, enrollment by
+token (invite, join, nodes, remove-node), and the demo.
 
 Exit codes: 0 success (`check-config` warnings included), 1 a bad key or config, or no running
 node for `status` (a message on stderr, never a traceback), 2 bad command-line usage (argparse's
@@ -104,9 +105,140 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(run=_status)
 
+    _enroll_parsers(sub)
+
     # Listed for --help only: main() hands "demo ..." over before argparse sees it.
     sub.add_parser("demo", help="run a node, a relay and a backend on this machine", add_help=False)
     return parser
+
+
+def _enroll_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """invite, join, nodes, remove-node: enrollment by token (docs/operations.md)."""
+    invite = sub.add_parser("invite", help="make a token a node joins this relay with")
+    invite.add_argument("--config", metavar="FILE", default="relay.ini", help="the relay.ini")
+    invite.add_argument(
+        "--hostnames", metavar="LIST", required=True, help="names the node may serve, comma list"
+    )
+    invite.add_argument("--name", metavar="NAME", help="the node's name (default: a hostname)")
+    invite.add_argument(
+        "--expires", metavar="SECONDS", type=float, default=3600.0, help="default: 3600"
+    )
+    invite.add_argument(
+        "--reusable", action="store_true", help="many nodes may join with it until it expires"
+    )
+    invite.set_defaults(run=_invite)
+
+    join = sub.add_parser("join", help="enroll this node with a relay, with a token")
+    join.add_argument("--config", metavar="FILE", default="node.ini", help="the node.ini")
+    join.add_argument("token", metavar="TOKEN")
+    join.set_defaults(run=_join)
+
+    nodes = sub.add_parser("nodes", help="list the relay's nodes, static and enrolled")
+    nodes.add_argument("--config", metavar="FILE", default="relay.ini", help="the relay.ini")
+    nodes.add_argument("--json", action="store_true", help="print the relay's JSON answer")
+    nodes.set_defaults(run=_nodes)
+
+    remove = sub.add_parser("remove-node", help="revoke an enrolled node, live")
+    remove.add_argument("--config", metavar="FILE", default="relay.ini", help="the relay.ini")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(run=_remove_node)
+
+
+def _relay_call(
+    options: argparse.Namespace, url: str, post: dict[str, object] | None = None
+) -> object | None:
+    """Ask the running relay of ``--config`` (None: the error is on stderr)."""
+    from funnel_tw.daemon.localapi.address import (
+        RELAY_SOCKET_NAME,
+        LocalAPIUnavailable,
+        socket_path,
+    )
+    from funnel_tw.daemon.localapi.client import fetch
+
+    try:
+        config = load_relay_config(options.config)
+    except ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(line + "\n")
+        return None
+    path = socket_path(config.state_dir, RELAY_SOCKET_NAME)
+    try:
+        answer: object = fetch(path, url, who="relay", post=post)
+    except LocalAPIUnavailable as e:
+        sys.stderr.write(f"{PROG} {options.command}: {e}\n")
+        return None
+    return answer
+
+
+def _invite(options: argparse.Namespace) -> int:
+    from funnel_tw.daemon.enroll import INVITE_PATH
+
+    body = {
+        "hostnames": options.hostnames,
+        "name": options.name,
+        "expires": options.expires,
+        "reusable": options.reusable,
+    }
+    answer = _relay_call(options, INVITE_PATH, body)
+    if not isinstance(answer, dict):
+        return 1
+    kind = "reusable" if answer.get("reusable") else "single-use"
+    sys.stdout.write(
+        f"invitation for {', '.join(answer.get('hostnames') or [])} ({kind}, expires in "
+        f"{answer.get('expires_in', 0):g}s; nodes enroll at {answer.get('enroll')})\n"
+        "on the node: funnel-tw join --config node.ini TOKEN\n"
+        f"{answer['token']}\n"
+    )
+    return 0
+
+
+def _join(options: argparse.Namespace) -> int:
+    from funnel_tw.node.join import JoinError, join
+
+    try:
+        joined = join(options.config, options.token)
+    except ConfigError as e:
+        for line in e.errors:
+            sys.stderr.write(line + "\n")
+        return 1
+    except JoinError as e:
+        sys.stderr.write(f"{PROG} join: {e}\n")
+        return 1
+    got = joined.enrollment
+    if joined.key_created is not None:
+        sys.stdout.write(f"created the node key {joined.key_created} (0600)\n")
+    host, port = got.relay.endpoint or ("?", 0)
+    sys.stdout.write(
+        f"joined relay {got.relay.name} ({host}:{port}) as node {got.name}: "
+        f"{', '.join(str(a) for a in got.addresses)}; hostnames {', '.join(got.hostnames)}\n"
+        f"recorded in {joined.path}; start (or restart) the node to use it\n"
+    )
+    return 0
+
+
+def _nodes(options: argparse.Namespace) -> int:
+    from funnel_tw.daemon.enroll import NODES_PATH
+
+    answer = _relay_call(options, NODES_PATH)
+    if not isinstance(answer, dict):
+        return 1
+    if options.json:
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+        return 0
+    from funnel_tw.relay.statustext import format_nodes
+
+    sys.stdout.write(format_nodes(answer))
+    return 0
+
+
+def _remove_node(options: argparse.Namespace) -> int:
+    from funnel_tw.daemon.enroll import REMOVE_PATH
+
+    answer = _relay_call(options, REMOVE_PATH, {"name": options.name})
+    if not isinstance(answer, dict):
+        return 1
+    sys.stdout.write(f"removed node {answer.get('removed')}: its peer and routes are gone\n")
+    return 0
 
 
 def _write_secret(key: bytes, out: TextIO) -> int:
@@ -177,10 +309,14 @@ def _check_config(options: argparse.Namespace) -> int:
         sys.stderr.write(line + "\n")
     if isinstance(config, NodeConfig):
         summary = f"node, {_count(config.peers, 'peer')}, {_count(config.serve, 'serve port')}"
+        if config.enrollment is not None:
+            summary += f", joined by token ({config.enrollment})"
     else:
         summary = (
             f"relay, {_count(config.nodes, 'node')}, {_count(config.public_ports, 'public port')}"
         )
+        if config.enrolled:
+            summary += f", {len(config.enrolled)} of the nodes enrolled by token"
     if config.warnings:
         summary += f", {_count(config.warnings, 'warning')}"
     sys.stdout.write(f"{path}: ok ({summary})\n")

@@ -49,6 +49,10 @@ MAX_ADDRESS_BYTES = 262  # a 253-byte DNS name, ":", a port
 MAX_TOKEN_CHARS = len(TOKEN_PREFIX) + (SECRET_BYTES + PIN_BYTES + MAX_ADDRESS_BYTES) * 4 // 3 + 4
 
 ENROLL_PATH = "/v0/enroll"
+# the relay's local API (funnel-tw invite, nodes, remove-node)
+INVITE_PATH = "/v0/invite"
+NODES_PATH = "/v0/nodes"
+REMOVE_PATH = "/v0/remove-node"
 MAX_REQUEST_BODY = 4096
 MAX_RESPONSE_BODY = 64 << 10
 

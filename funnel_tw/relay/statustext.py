@@ -52,3 +52,29 @@ def format_relay_status(doc: dict[str, Any]) -> str:
     lines += ["", "counters:"]
     lines += table([[k, str(v)] for k, v in shown])
     return "\n".join(lines) + "\n"
+
+
+def format_nodes(doc: dict[str, Any]) -> str:
+    """``funnel-tw nodes``: one row per node, static and enrolled."""
+    rows = [["NAME", "KIND", "KEY", "ADDRESSES", "HANDSHAKE", "ENDPOINT", "HOSTNAMES"]]
+    for n in doc.get("nodes") or []:
+        age = n.get("last_handshake_age")
+        rows.append(
+            [
+                n["name"],
+                n.get("kind", "?"),
+                (n.get("public_key") or "")[:8] + "...",
+                ", ".join(n.get("addresses") or []),
+                "never" if age is None else f"{format_age(age)} ago",
+                n.get("endpoint") or "-",
+                ", ".join(n.get("hostnames") or []),
+            ]
+        )
+    lines = table(rows, indent="")
+    if len(rows) == 1:
+        lines.append("(no nodes)")
+    refusals = doc.get("enroll") or {}
+    if doc.get("enroll_address"):
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(refusals.items())) or "none yet"
+        lines += ["", f"enroll listener {doc['enroll_address']}: {shown}"]
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from ipaddress import ip_address
 from typing import Any
 
 from twisted.application.service import Service
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from ...config import RelayConfig, values
 from ...config.plan import relay_plan
 from ...config.relay import with_enrolled
-from ...daemon.enroll import SECRET_BYTES, Token
+from ...daemon.enroll import INVITE_PATH, NODES_PATH, REMOVE_PATH, SECRET_BYTES, Token
 from ...daemon.localapi.server import ActionRefused
 from ...keys import decode_key, encode_key, public_key
 from ...overlay.tunnel import display_endpoint
@@ -32,9 +33,6 @@ from .store import DEFAULT_EXPIRY, EnrollStore, Refused
 
 log = Logger()
 
-INVITE_PATH = "/v0/invite"
-NODES_PATH = "/v0/nodes"
-REMOVE_PATH = "/v0/remove-node"
 RELAY_KEEPALIVE = 25  # a node behind NAT keeps its mapping open towards the relay
 
 
@@ -43,7 +41,11 @@ def relay_name(config: RelayConfig) -> str:
     if config.enroll is None:
         return "relay"
     host = config.enroll.public_endpoint[0]
-    return host if values.NAME.match(host) else "relay"
+    try:
+        ip_address(host)
+    except ValueError:
+        return host if values.NAME.match(host) else "relay"
+    return "relay"
 
 
 class EnrollService(Service):
