@@ -1282,3 +1282,180 @@ class OpsKeysTests(ConfigTestCase):
             f"6: [relay] access-log: {self.dir.absolute()} is a directory; name a file in it",
             loader=load_relay_config,
         )
+
+
+class EnrollKeysTests(ConfigTestCase):
+    """[relay] enroll-port, public-endpoint, node-addresses; the enrolled nodes and a node's
+    enrollment read beside the file (issue 14, enrollment by token)."""
+
+    ENROLL = "enroll-port = 41643\npublic-endpoint = relay.example.net:41641\n"
+
+    def test_good_values(self) -> None:
+        from funnel_tw.config.model import EnrollConfig
+
+        path = self.write(
+            "relay.ini", RELAY + self.ENROLL + "node-addresses = 100.64.0.0/24, fd7a:115c::/64\n"
+        )
+        enroll = load_relay_config(path).enroll
+        self.assertEqual(
+            enroll,
+            EnrollConfig(
+                41643,
+                ("relay.example.net", 41641),
+                (ip_network("100.64.0.0/24"), ip_network("fd7a:115c::/64")),
+            ),
+        )
+        assert enroll is not None
+        self.assertEqual(enroll.address, ("relay.example.net", 41643))
+        self.assertIsNone(load_relay_config(self.write("r.ini", RELAY)).enroll)
+
+    def test_errors_name_file_and_line(self) -> None:
+        self.assertErrors(
+            RELAY + "enroll-port = 41643\n",
+            "4: [relay] enroll-port: needs public-endpoint too",
+            "4: [relay] enroll-port: needs node-addresses too",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "public-endpoint = relay.example.net:41641\nnode-addresses = 10.0.0.0/8\n",
+            "4: [relay] public-endpoint: is only used with enroll-port",
+            "5: [relay] node-addresses: is only used with enroll-port",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + "public-ports = 443\nenroll-port = 443\n"
+            "public-endpoint = relay.example.net\nnode-addresses = 100.64.0.0/31, 10.0.0.1/8\n",
+            "5: [relay] enroll-port: port 443 is also public port 443",
+            "6: [relay] public-endpoint: 'relay.example.net' is not HOST:PORT",
+            "7: [relay] node-addresses: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
+            loader=load_relay_config,
+        )
+        self.assertErrors(
+            RELAY + self.ENROLL + "node-addresses = 100.64.0.0/31\n",
+            "6: [relay] node-addresses: 100.64.0.0/31 is too small to assign addresses from",
+            loader=load_relay_config,
+        )
+
+    def enrolled(self, *records: dict[str, object]) -> None:
+        import json
+
+        (self.dir / "state").mkdir(exist_ok=True)
+        (self.dir / "state" / "enrolled-nodes.json").write_text(
+            json.dumps({"version": 1, "nodes": list(records)})
+        )
+
+    def record(self, name: str, key: bytes, address: str, *hostnames: str) -> dict[str, object]:
+        from funnel_tw.config.enrolled import enrolled_node_record
+
+        return enrolled_node_record(name, key, (ip_interface(address),), hostnames, 41642, 1.0)
+
+    def test_enrolled_nodes_join_the_sections(self) -> None:
+        self.enrolled(self.record("laptop", CAROL_PUB, "100.64.0.3/32", "laptop.example.com"))
+        config = load_relay_config(self.write("relay.ini", RELAY + HOME))
+        self.assertEqual([n.name for n in config.nodes], ["home", "laptop"])
+        self.assertEqual(config.enrolled, frozenset({"laptop"}))
+        laptop = config.nodes[1]
+        self.assertEqual(laptop.peerapi, (IPv4Address("100.64.0.3"), 41642))
+        self.assertEqual(laptop.allowed_ips, (ip_network("100.64.0.3/32"),))
+        self.assertEqual(config.warnings, ())
+
+    def test_an_enrolled_node_that_clashes_is_left_out_with_a_warning(self) -> None:
+        self.enrolled(
+            self.record("laptop", CAROL_PUB, "100.64.0.3/32", "node.example.com"),
+            self.record("home", PSK, "100.64.0.4/32", "x.example.com"),
+            self.record("copy", ALICE_PUB, "100.64.0.5/32", "y.example.com"),
+            self.record("inside", public_key(PSK), "100.64.0.2/32", "z.example.com"),
+        )
+        path = self.write("relay.ini", RELAY + HOME)
+        config = load_relay_config(path)
+        self.assertEqual([n.name for n in config.nodes], ["home"])
+        state = self.dir.absolute() / "state" / "enrolled-nodes.json"
+        self.assertEqual(
+            list(config.warnings),
+            [
+                f"{path}:1: [relay] state-dir: {state}: enrolled node laptop left out: "
+                "hostnames node.example.com are another node's",
+                f"{path}:1: [relay] state-dir: {state}: enrolled node home left out: "
+                "its name is taken",
+                f"{path}:1: [relay] state-dir: {state}: enrolled node copy left out: "
+                "its key is another node's",
+                f"{path}:1: [relay] state-dir: {state}: enrolled node inside left out: "
+                "addresses 100.64.0.2/32 are another node's or the relay's",
+            ],
+        )
+
+    def test_a_damaged_enrolled_file_is_an_error(self) -> None:
+        (self.dir / "state").mkdir()
+        (self.dir / "state" / "enrolled-nodes.json").write_text('{"nodes": [{"name": 1}]}')
+        path = self.write("relay.ini", RELAY + "state-dir = state\n")
+        state = self.dir.absolute() / "state" / "enrolled-nodes.json"
+        self.assertEqual(
+            self.errors(load_relay_config, path),
+            [
+                f"{path}:4: [relay] state-dir: {state}: 'name' has the wrong type "
+                "(written by the enroll listener; restore it)"
+            ],
+        )
+
+    def joined(self, text: str | None = None) -> None:
+        import json
+
+        from funnel_tw.config.enrolled import Enrollment, enrollment_record
+
+        relay = PeerConfig(
+            name="relay.example.net",
+            public_key=BOB_PUB,
+            endpoint=("relay.example.net", 41641),
+            allowed_ips=(ip_network("100.64.0.1/32"),),
+            persistent_keepalive=25,
+            funnel_ingress=True,
+            preshared_key=None,
+        )
+        record = enrollment_record(
+            Enrollment("home", (ip_interface("100.64.0.7/32"),), ("a.example.com",), relay)
+        )
+        (self.dir / "state").mkdir(exist_ok=True)
+        (self.dir / "state" / "enrollment.json").write_text(text or json.dumps(record))
+
+    def test_a_joined_node_needs_no_address_nor_peer(self) -> None:
+        self.joined()
+        path = self.write("node.ini", f"[node]\nprivate-key = {encode_key(ALICE)}\n")
+        config = load_node_config(path)
+        self.assertEqual(config.addresses, (ip_interface("100.64.0.7/32"),))
+        self.assertEqual(config.hostnames, ("a.example.com",))
+        (relay,) = config.peers
+        self.assertEqual(relay.name, "relay.example.net")
+        self.assertTrue(relay.funnel_ingress)
+        self.assertEqual(relay.persistent_keepalive, 25)
+        self.assertEqual(config.enrollment, self.dir.absolute() / "state" / "enrollment.json")
+        # hostname in node.ini wins over the granted names
+        path = self.write(
+            "n2.ini", f"[node]\nprivate-key = {encode_key(ALICE)}\nhostname = b.example.com\n"
+        )
+        self.assertEqual(load_node_config(path).hostnames, ("b.example.com",))
+
+    def test_a_joined_node_with_address_or_the_relay_as_peer_is_an_error(self) -> None:
+        self.joined()
+        self.assertErrors(
+            NODE + PEER,
+            "3: [node] address: the relay assigned 100.64.0.7/32 at join: remove this key",
+            "5: [peer relay] public-key: is the relay joined by token: remove this section",
+        )
+        self.assertErrors(
+            f"[node]\nprivate-key = {encode_key(ALICE)}\n[peer relay.example.net]\n"
+            f"public-key = {encode_key(CAROL_PUB)}\nallowed-ips = 10.0.0.1/32\n",
+            "3: [peer relay.example.net]: same name as the relay joined by token (state-dir)",
+        )
+
+    def test_a_damaged_enrollment_is_an_error(self) -> None:
+        self.joined('{"relay": {}}')
+        path = self.write("node.ini", f"[node]\nprivate-key = {encode_key(ALICE)}\n")
+        state = self.dir.absolute() / "state" / "enrollment.json"
+        self.assertEqual(
+            self.errors(load_node_config, path),
+            [
+                f"{path}:1: [node] state-dir: {state}: 'name' is missing "
+                "(written by funnel-tw join: join again)",
+                f"{path}:1: [node] address: required key is missing",
+            ],
+        )
