@@ -117,10 +117,10 @@ class EnrollProtocol(Protocol):
             if name.strip().lower() == b"content-length"
         ]
         chunked = any(h.partition(b":")[0].strip().lower() == b"transfer-encoding" for h in headers)
-        if chunked or len(values) != 1 or not values[0].isdigit() or len(values[0]) > 8:
+        if chunked or len(values) != 1 or not values[0].isdigit():
             self._refuse(411, "bad_request", "needs one Content-Length and no Transfer-Encoding")
             return None
-        length = int(values[0])
+        length = int(values[0][:12])
         if length > MAX_REQUEST_BODY:
             self._refuse(413, "too_large", f"body of {length} bytes (at most {MAX_REQUEST_BODY})")
             return None
