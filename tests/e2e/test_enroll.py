@@ -130,6 +130,11 @@ funnel = yes
         funnel.wait_fetch(node, "x.apps.enroll.e2e.test")
         self.assertTrue(refused(funnel.public_port, OTHER, str(node.ca)))
 
+        status = cli("status", "--config", str(ini), cwd=folder)
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn("joined a relay by token", status.stdout)
+        self.assertIn("100.64.0.2/32", status.stdout)
+
         listed = cli("nodes", "--config", str(funnel.relay_ini), cwd=funnel.dir)
         self.assertEqual(listed.returncode, 0, listed.stderr)
         self.assertIn("home", listed.stdout)
@@ -198,3 +203,48 @@ funnel = yes
         self.assertTrue(self.relay.alive())
         with socket.create_connection(("127.0.0.1", self.enroll_port), timeout=5):
             pass  # still listening
+
+    def test_hostile_clients_on_the_enroll_port(self) -> None:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        address = ("127.0.0.1", self.enroll_port)
+
+        def tls_request(data: bytes) -> bytes:
+            with (
+                socket.create_connection(address, timeout=10) as raw,
+                context.wrap_socket(raw) as tls,
+            ):
+                tls.sendall(data)
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                return answer
+
+        silent = socket.create_connection(address, timeout=5)
+        self.addCleanup(silent.close)
+        garbage = socket.create_connection(address, timeout=5)
+        self.addCleanup(garbage.close)
+        garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" * 100)  # not TLS
+        self.assertIsNotNone(harness.closed_within(garbage, 5))
+
+        big = tls_request(b"POST /v0/enroll HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+        self.assertIn(b" 413 ", big.split(b"\r\n")[0])
+        head = tls_request(b"POST /v0/enroll HTTP/1.1\r\n" + b"X: y\r\n" * 5000)
+        self.assertIn(b" 431 ", head.split(b"\r\n")[0])
+        junk = tls_request(b"POST /v0/enroll HTTP/1.1\r\nContent-Length: 5\r\n\r\n\xff\xfe{{{")
+        self.assertIn(b" 400 ", junk.split(b"\r\n")[0])
+
+        started = time.monotonic()
+        self.assertIsNotNone(harness.closed_within(silent, 20))  # no TLS handshake at all
+        self.assertGreater(time.monotonic() - started, 1.0)
+        self.assertTrue(self.relay.alive())
+        listed = cli("nodes", "--config", str(self.funnel.relay_ini), "--json", cwd=self.funnel.dir)
+        counters = json.loads(listed.stdout)["enroll"]
+        self.assertEqual(counters.get("too_large"), 2)
+        self.assertEqual(counters.get("bad_request"), 1)
+        self.assertGreaterEqual(counters.get("timeout", 0), 1)
+        self.assertGreaterEqual(counters.get("closed_early", 0), 1)  # the non-TLS bytes
+        self.assertIn("enroll refused from 127.0.0.1:", self.relay.log())

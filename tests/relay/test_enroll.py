@@ -262,6 +262,7 @@ class ListenerTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         self.assertEqual(self.factory.counters, {"timeout": 1})
         protocol.connectionLost()
+        self.assertEqual(self.factory.counters, {"timeout": 1})
         self.assertEqual(self.factory.open, 0)
 
     def test_connections_over_the_cap_are_aborted(self) -> None:
@@ -273,6 +274,7 @@ class ListenerTests(SynchronousTestCase):
             protocol.connectionLost()
         _, fourth = self.connect()
         self.assertFalse(fourth.disconnected)
+        self.assertEqual(self.factory.counters, {"too_many": 1, "closed_early": 2})
 
 
 class LiveTests(SynchronousTestCase):

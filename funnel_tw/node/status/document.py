@@ -161,6 +161,8 @@ def status_document(node: StatusSource, now: float) -> dict[str, Any]:
         "network": config.network,
         "listen_port": overlay.port if overlay.tunnel is not None else None,
         "peerapi_port": config.peerapi_port,
+        # state-dir/enrollment.json when the node joined a relay by token (funnel-tw join)
+        "joined": str(config.enrollment) if config.enrollment is not None else None,
         "peers": _peers(node, now),
         "serve": serve_status(node),
         "ports": _ports(node),

@@ -74,6 +74,8 @@ def format_status(doc: dict[str, Any]) -> str:
         f"WireGuard UDP port {udp if udp is not None else '(not listening)'}, "
         f"peerAPI port {doc.get('peerapi_port')}"
     )
+    if doc.get("joined"):
+        lines.append(f"  joined a relay by token: addresses and relay peer from {doc['joined']}")
 
     lines += ["", "peers:"]
     peers = doc.get("peers") or []

@@ -167,6 +167,15 @@ class EnrollProtocol(Protocol):
         if self.counted:
             self.factory.open -= 1
             self.counted = False
+            if not self.done:  # a failed TLS handshake, or a client that gave up
+                self.done = True
+                counters = self.factory.counters
+                counters["closed_early"] = counters.get("closed_early", 0) + 1
+                log.debug(
+                    "enroll connection from {peer} closed before a request: {why}",
+                    peer=self.peer,
+                    why=reason.getErrorMessage(),
+                )
 
 
 class EnrollFactory(Factory):

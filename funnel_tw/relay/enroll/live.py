@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from ipaddress import ip_address
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet import defer, ssl
 from twisted.internet.interfaces import IListeningPort
@@ -60,6 +62,7 @@ class EnrollService(Service):
         relay.localapi.add_action(INVITE_PATH, self.invite)
         relay.localapi.add_route(NODES_PATH, self.nodes)
         relay.localapi.add_action(REMOVE_PATH, self.remove)
+        relay.observer.registry.register(_EnrollCollector(self.factory.counters))
 
     def startService(self) -> None:
         config = self.relay.config
@@ -251,6 +254,23 @@ class EnrollService(Service):
         self.apply()
         log.info("removed enrolled node {name}", name=name)
         return {"removed": name}
+
+
+class _EnrollCollector:
+    """``funnel_relay_enroll_total{outcome}``: enrolled, or the reason it was refused."""
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "funnel_relay_enroll",
+            "Enrollment requests, by outcome (enrolled, or the refusal reason).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.counters.items()):
+            family.add_metric([outcome], n)
+        yield family
 
 
 def attach_enroll(relay: RelayService) -> EnrollService:
