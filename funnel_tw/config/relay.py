@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from ipaddress import ip_network
 from typing import Any
 
 import attrs
@@ -14,7 +15,7 @@ from . import values
 from .enrolled import RELAY_ENROLLED, read_enrolled_nodes, relay_node
 from .ini import IniFile, Section, group_sections
 from .interface import check_peers, wireguard_keys
-from .model import EnrollConfig, RelayConfig, RelayNode
+from .model import EnrollConfig, IPNetwork, RelayConfig, RelayNode
 from .ops import OPS_KEYS, ops_config
 
 __all__ = ["load_relay_config", "relay_config", "with_enrolled"]
@@ -102,47 +103,64 @@ def with_enrolled(
     nodes it had): the effective node list. A record that clashes with a section (name, key,
     hostname, network) is left out; the reasons are returned."""
     static = [n for n in config.nodes if n.name not in config.enrolled]
-    names = {n.name for n in static}
-    keys = {n.public_key for n in static}
-    hosts = {h for n in static for h in n.hostnames}
-    networks = [net for n in static for net in n.allowed_ips]
-    networks += [a.network for a in config.addresses]
+    taken = _Taken()
+    for a in config.addresses:
+        taken.networks.add(ip_network(a.ip))
+    for n in static:
+        taken.add(n)
     added: list[RelayNode] = []
     skipped: list[str] = []
     for record in records:
         node = relay_node(record)
-        clash = _clash(node, names, keys, hosts, networks)
+        clash = taken.clash(node)
         if clash:
             skipped.append(f"enrolled node {node.name} left out: {clash}")
             continue
-        names.add(node.name)
-        keys.add(node.public_key)
-        hosts.update(node.hostnames)
-        networks += node.allowed_ips
+        taken.add(node)
         added.append(node)
     new = attrs.evolve(config, nodes=(*static, *added), enrolled=frozenset(n.name for n in added))
     return new, skipped
 
 
-def _clash(
-    node: RelayNode,
-    names: set[str],
-    keys: set[bytes],
-    hosts: set[str],
-    networks: list[Any],
-) -> str:
-    """Why an enrolled node cannot join the nodes already there ("" when it can)."""
-    if node.name in names:
-        return "its name is taken"
-    if node.public_key in keys:
-        return "its key is another node's"
-    taken = sorted(h for h in node.hostnames if h in hosts)
-    if taken:
-        return f"hostnames {', '.join(taken)} are another node's"
-    overlap = [str(a) for a in node.allowed_ips if any(a.overlaps(b) for b in networks)]
-    if overlap:
-        return f"addresses {', '.join(overlap)} are another node's or the relay's"
-    return ""
+@attrs.define
+class _Taken:
+    """What the nodes so far hold: a node's clash check is O(1) but for networks wider than
+    one address, which are few (a relay has thousands of enrolled single addresses)."""
+
+    names: set[str] = attrs.Factory(set)
+    keys: set[bytes] = attrs.Factory(set)
+    hosts: set[str] = attrs.Factory(set)
+    networks: set[IPNetwork] = attrs.Factory(set)  # single addresses
+    wide: list[IPNetwork] = attrs.Factory(list)
+
+    def add(self, node: RelayNode) -> None:
+        self.names.add(node.name)
+        self.keys.add(node.public_key)
+        self.hosts.update(node.hostnames)
+        for net in node.allowed_ips:
+            if net.num_addresses == 1:
+                self.networks.add(net)
+            else:
+                self.wide.append(net)
+
+    def overlaps(self, net: IPNetwork) -> bool:
+        if net in self.networks or any(net.overlaps(w) for w in self.wide):
+            return True
+        return net.num_addresses > 1 and any(n.overlaps(net) for n in self.networks)
+
+    def clash(self, node: RelayNode) -> str:
+        """Why ``node`` cannot join the nodes already there ("" when it can)."""
+        if node.name in self.names:
+            return "its name is taken"
+        if node.public_key in self.keys:
+            return "its key is another node's"
+        taken = sorted(h for h in node.hostnames if h in self.hosts)
+        if taken:
+            return f"hostnames {', '.join(taken)} are another node's"
+        overlap = [str(a) for a in node.allowed_ips if self.overlaps(a)]
+        if overlap:
+            return f"addresses {', '.join(overlap)} are another node's or the relay's"
+        return ""
 
 
 def _enroll(section: Section, taken: dict[str, int | None]) -> EnrollConfig | None:

@@ -205,7 +205,18 @@ def _free(pool: IPNetwork, used: list[IPNetwork]) -> Iterator[IPInterface]:
     v4 = isinstance(pool, IPv4Network)
     first = int(pool.network_address) + 1
     last = int(pool.broadcast_address) - (1 if v4 else 0)
+    # single addresses (most of them) in a set; the few wider networks checked one by one
+    hosts = {
+        int(net.network_address)
+        for net in used
+        if net.num_addresses == 1 and net.version == pool.version
+    }
+    wide = [
+        (int(net.network_address), int(net.broadcast_address))
+        for net in used
+        if net.num_addresses > 1 and net.version == pool.version
+    ]
     for value in range(first, min(last, first + 1_000_000) + 1):
-        candidate: IPInterface = IPv4Interface((value, 32)) if v4 else IPv6Interface((value, 128))
-        if not any(candidate.ip in net for net in used):
-            yield candidate
+        if value in hosts or any(low <= value <= high for low, high in wide):
+            continue
+        yield IPv4Interface((value, 32)) if v4 else IPv6Interface((value, 128))
