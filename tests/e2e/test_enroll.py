@@ -112,7 +112,9 @@ funnel = yes
         self.assertEqual(checked.returncode, 0, checked.stderr)
         self.assertIn("joined by token", checked.stdout)
         relay_record = funnel.relay_dir / "state" / "enrolled-nodes.json"
-        self.assertEqual(stat.S_IMODE(relay_record.stat().st_mode), 0o600)
+        for name in ("enrolled-nodes.json", "enroll-tokens.json", "enroll.pem"):
+            mode = (funnel.relay_dir / "state" / name).stat().st_mode
+            self.assertEqual(stat.S_IMODE(mode), 0o600, name)
 
         node = harness.Node(
             name="home",
