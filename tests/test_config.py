@@ -1428,11 +1428,23 @@ class EnrollKeysTests(ConfigTestCase):
         self.assertTrue(relay.funnel_ingress)
         self.assertEqual(relay.persistent_keepalive, 25)
         self.assertEqual(config.enrollment, self.dir.absolute() / "state" / "enrollment.json")
-        # hostname in node.ini wins over the granted names
+        # hostname in node.ini wins over the granted names (a name not granted: a warning)
         path = self.write(
             "n2.ini", f"[node]\nprivate-key = {encode_key(ALICE)}\nhostname = b.example.com\n"
         )
-        self.assertEqual(load_node_config(path).hostnames, ("b.example.com",))
+        config = load_node_config(path)
+        self.assertEqual(config.hostnames, ("b.example.com",))
+        self.assertEqual(
+            list(config.warnings),
+            [
+                f"{path}:3: [node] hostname: b.example.com not granted by the relay joined by "
+                "token (it grants a.example.com): that relay will not route it"
+            ],
+        )
+        path = self.write(
+            "n3.ini", f"[node]\nprivate-key = {encode_key(ALICE)}\nhostname = a.example.com\n"
+        )
+        self.assertEqual(load_node_config(path).warnings, ())
 
     def test_a_joined_node_with_address_or_the_relay_as_peer_is_an_error(self) -> None:
         self.joined()

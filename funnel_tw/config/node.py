@@ -225,6 +225,14 @@ def _node(section: Section, enrollment: Enrollment | None = None) -> NodeConfig 
     # a joined node serves the names the relay granted, unless hostname says otherwise
     granted = enrollment.hostnames if enrollment else ()
     hostnames = section.opt("hostname", values.hostnames, granted)
+    if enrollment is not None and "hostname" in section.values:
+        others = [h for h in hostnames if not _covers(granted, h)]
+        if others:
+            section.warn(
+                "hostname",
+                f"{', '.join(others)} not granted by the relay joined by token (it grants "
+                f"{', '.join(granted)}): that relay will not route it",
+            )
     peerapi_port = section.opt("peerapi-port", values.port, 41642)
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))

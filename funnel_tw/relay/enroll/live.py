@@ -142,7 +142,13 @@ class EnrollService(Service):
             raise Refused("bad_request", "this key is a [node] section of relay.ini")
         now = self.relay.reactor.seconds()
         record = self.store.redeem(config, secret, key, port, now)
-        self.apply()
+        try:
+            self.apply()
+        except Exception:  # saved: a reload or a restart applies it
+            log.failure(
+                "enrolled node {name} saved, but not applied live: reload the relay",
+                name=record["name"],
+            )
         log.info(
             "enrolled node {name} from {peer}: key {key}..., {addresses}, {hostnames}",
             name=record["name"],
