@@ -29,6 +29,7 @@ from ..serve.model import ServeConfig
 from ..serve.plugins import build_handlers
 from ..tls.sources import CertificateSourceError, FilesSource
 from ..tls.store import CertificateStore
+from .fallback import fallback_targets
 from .service import NodeService
 
 log = Logger()
@@ -84,6 +85,7 @@ def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
     old = node.config
     node.config = new
     node.peers_by_name = {p.name: p for p in new.peers}
+    node.fallback.configure(fallback_targets(new.peers))
     if certificates:
         node.certificates.stop()
         node.store.set_hostnames(new.hostnames)
