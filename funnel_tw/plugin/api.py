@@ -70,12 +70,18 @@ class PluginMetrics:
 
     Names are fixed at build time (``[a-z][a-z0-9_]*``, at most MAX_METRICS per plugin)."""
 
-    def __init__(self, plugin: str) -> None:
+    def __init__(self, plugin: str, carried: PluginMetrics | None = None) -> None:
         self.plugin = plugin
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, float] = {}
         self.help: dict[str, str] = {}
         self.refused: dict[str, int] = {}
+        # a reload's new instance of the same plugin: counters and refusals go on from the
+        # old instance's values (monotonic, as Prometheus expects); gauges are its own
+        self._carried: dict[str, int] = {}
+        if carried is not None and carried.plugin == plugin:
+            self._carried = dict(carried.counters)
+            self.refused = dict(carried.refused)
 
     def _declare(self, name: str, help: str) -> None:
         if not _METRIC_NAME.match(name):
@@ -88,7 +94,7 @@ class PluginMetrics:
 
     def counter(self, name: str, help: str = "") -> Counter:
         self._declare(name, help)
-        self.counters[name] = 0
+        self.counters[name] = self._carried.get(name, 0)
         return Counter(self, name)
 
     def gauge(self, name: str, help: str = "") -> Gauge:
