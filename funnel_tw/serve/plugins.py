@@ -152,6 +152,7 @@ def build_plugins(
                     port.key, spec.name, handler, context, spec, dict(spec.parsed)
                 )
             else:
+                _warn_legacy(spec.name)
                 handler = create_legacy(plugin, spec.name, dict(spec.options))
                 built[port.key] = ConfiguredPlugin(
                     port.key, spec.name, handler, None, spec, dict(spec.options)
@@ -178,6 +179,21 @@ def build_handlers(config: NodeConfig, reactor: Any = None) -> dict[int | str, I
 
         reactor = default_reactor
     return {key: c.handler for key, c in build_plugins(config, reactor).items()}
+
+
+_warned: set[str] = set()
+
+
+def _warn_legacy(name: str) -> None:
+    """Once per plugin and process: the older interface is deprecated (docs/plugins.md)."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    log.warn(
+        "handler plugin {name!r} uses the deprecated IIngressHandlerFactory.create(options); "
+        "it keeps working for now: move it to funnel_tw.plugin.IHandlerPlugin (docs/plugins.md)",
+        name=name,
+    )
 
 
 def create_legacy(factory: Any, name: str, options: Mapping[str, str]) -> IIngressHandler:
