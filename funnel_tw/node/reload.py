@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from ..config import ConfigError, NodeConfig, PeerConfig, load_node_config
+from ..config import ConfigError, NodeConfig, PeerConfig
 from ..config.plan import Plan, node_plan, peer_changes
 from ..daemon.reload import Reloader, ReloadRefused
 from ..serve.access.guard import Access
 from ..serve.model import ServeConfig
+from ..serve.plugins import load_checked
 from ..tls.sources import CertificateSourceError, FilesSource
 from ..tls.store import CertificateStore
 from .plugins import PluginReload, prepare_reload
@@ -122,7 +123,7 @@ def node_reloader(node: NodeService) -> Reloader[NodeConfig]:
     """What SIGHUP runs for the node (daemon/run.py)."""
     return Reloader(
         current=lambda: node.config,
-        load=lambda old: load_node_config(old.path),
+        load=lambda old: load_checked(old.path),  # plugin options too, with core errors
         plan=node_plan,
         apply=lambda new, plan: apply_node_plan(node, new, plan),
     )
