@@ -78,6 +78,9 @@ def node_held(proxy: Any) -> dict[str, int]:
         app = getattr(layer, "_appSendBuffer", None)
         if app:
             held["tls pending"] = sum(map(len, app))
+        aggregator = getattr(layer, "_aggregator", None)  # small writes, one reactor turn
+        if aggregator is not None and getattr(aggregator, "_buffer", None):
+            held["tls small writes"] = sum(map(len, aggregator._buffer))
         conn = getattr(layer, "conn", None)
         if conn is not None:
             held["overlay send"] = conn.send_buffered
