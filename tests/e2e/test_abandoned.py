@@ -171,7 +171,13 @@ class AbandonedFlowTests(SynchronousTestCase):
 class AbandonedPluginFlowTests(SynchronousTestCase):
     """The same through a handler plugin, the echo example with the node ending TLS (so the
     flow passes the node's TLS layer and the echo's own pacing: it registers its transport as
-    its producer, so a client that reads nothing pauses it)."""
+    its producer, so a client that reads nothing pauses it).
+
+    Both fail on the code before the fixes (b80d63e, and 51c8540 with the netstack part
+    only): the flows stay open. The reset case is held by two fixes, either of which is
+    enough: the splice passes a reset on as a reset (web/splice.py) and the overlay's close
+    orphans the connection (overlay/transport.py); the close case by the node's TLS close
+    deadline (serve/guard.py)."""
 
     def setUp(self) -> None:
         harness.require_tools(self, "curl")
