@@ -173,11 +173,12 @@ class AbandonedPluginFlowTests(SynchronousTestCase):
     flow passes the node's TLS layer and the echo's own pacing: it registers its transport as
     its producer, so a client that reads nothing pauses it).
 
-    Both fail on the code before the fixes (b80d63e, and 51c8540 with the netstack part
-    only): the flows stay open. The reset case is held by two fixes, either of which is
-    enough: the splice passes a reset on as a reset (web/splice.py) and the overlay's close
-    orphans the connection (overlay/transport.py); the close case by the node's TLS close
-    deadline (serve/guard.py)."""
+    Both fail on the code before the fixes (b80d63e: every flow stays open, every run; at
+    51c8540, after the flows fixes and before the TLS close deadline, the close case still
+    fails and the reset case failed 1 run in 5). The reset case is held by two fixes, either
+    of which is enough: the splice passes a reset on as a reset (web/splice.py) and the
+    overlay's close orphans the connection (overlay/transport.py); the close case by the
+    node's TLS close deadline (serve/guard.py)."""
 
     def setUp(self) -> None:
         harness.require_tools(self, "curl")
