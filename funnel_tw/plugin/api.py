@@ -36,7 +36,9 @@ class IHandlerPlugin(IPlugin):
 
     ``validate`` is optional: provide it for checks across options. The built handler may
     also provide ``twisted.application.service.IService``: the node then starts it before its
-    port is served and stops it (with a drain deadline) when the node stops.
+    port is served and stops it (with a drain deadline) when the node stops, or when a reload
+    replaces it. A handler with a ``reload(options)`` method is told a reload's new options
+    instead of being replaced (docs/plugins.md, "Lifecycle").
     """
 
     name = Attribute("The name used in [serve PORT] handler = NAME.")
