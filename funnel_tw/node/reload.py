@@ -26,6 +26,7 @@ from ..serve.model import ServeConfig
 from ..serve.plugins import load_checked
 from ..tls.sources import CertificateSourceError, FilesSource
 from ..tls.store import CertificateStore
+from .fallback import fallback_targets
 from .plugins import PluginReload, prepare_reload
 from .service import NodeService
 
@@ -76,6 +77,7 @@ def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
     old = node.config
     node.config = new
     node.peers_by_name = {p.name: p for p in new.peers}
+    node.fallback.configure(fallback_targets(new.peers))
     if certificates:
         node.certificates.stop()
         node.store.set_hostnames(new.hostnames)
