@@ -243,7 +243,9 @@ class Funnel:
         return open_ingress_connections(self.node) or 0
 
 
-def write_configs(folder: Path, section: str, public: int) -> tuple[Path, Path]:
+def write_configs(
+    folder: Path, section: str, public: int, node_options: str = ""
+) -> tuple[Path, Path]:
     relay_key, node_key = keys.generate_private_key(), keys.generate_private_key()
     for name, key in (("relay.key", relay_key), ("node.key", node_key)):
         path = folder / name
@@ -259,7 +261,8 @@ def write_configs(folder: Path, section: str, public: int) -> tuple[Path, Path]:
     )
     (folder / "node.ini").write_text(
         "[node]\nprivate-key-file = node.key\nlisten-port = 0\naddress = 100.64.0.2/32\n"
-        f"hostname = {HOSTNAME}\npeerapi-port = 41642\nstate-dir = state\n\n[peer relay]\n"
+        f"hostname = {HOSTNAME}\npeerapi-port = 41642\nstate-dir = state\n"
+        f"{node_options.strip()}\n\n[peer relay]\n"
         f"public-key = {keys.encode_key(keys.public_key(relay_key))}\n"
         f"endpoint = 127.0.0.1:{relay_wg}\nallowed-ips = 100.64.0.1/32\n"
         "persistent-keepalive = 25\nfunnel-ingress = yes\n\n[tls]\nsource = self-signed\n\n"
@@ -269,12 +272,15 @@ def write_configs(folder: Path, section: str, public: int) -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def funnel(section: str, reactor: Any = None) -> AsyncIterator[Funnel]:
+async def funnel(
+    section: str, reactor: Any = None, node_options: str = ""
+) -> AsyncIterator[Funnel]:
     """A relay and a node on loopback in this process, the node serving ``section`` (the
     keys of one ``[serve PORT]``, e.g. ``"handler = echo\\ngreeting = hi"``) on a free public
     port with funnel on; both are stopped and their files removed on exit. The plugin must be
-    visible to twisted.plugin (installed, or :func:`plugin_path`). Use from an ``async def``
-    trial test."""
+    visible to twisted.plugin (installed, or :func:`plugin_path`). ``node_options``: more
+    ``[node]`` keys (``"metrics-listen = 127.0.0.1:9100"``). Use from an ``async def`` trial
+    test; the node.ini is ``folder / "node.ini"`` (for ``funnel-tw status --config``)."""
     from .node.service import NodeService
     from .relay.service import RelayService
 
@@ -286,7 +292,7 @@ async def funnel(section: str, reactor: Any = None) -> AsyncIterator[Funnel]:
     relay = node = None
     try:
         public = _free_port(socket.SOCK_STREAM)
-        relay_ini, node_ini = write_configs(folder, section, public)
+        relay_ini, node_ini = write_configs(folder, section, public, node_options)
         config = node_config(IniFile(node_ini), plugin_checker())  # option errors: ConfigError
         relay = RelayService(load_relay_config(relay_ini), reactor)
         node = NodeService(config, reactor)

@@ -182,6 +182,8 @@ class GoodFilesTests(ConfigTestCase):
                         persistent_keepalive=25,
                         funnel_ingress=True,
                         preshared_key=None,
+                        # tcp-fallback = auto: the relay's host, port 443
+                        tcp_fallback=("203.0.113.7", 443),
                     ),
                 ),
                 tls=TLSConfig(source="self-signed"),
@@ -1470,4 +1472,39 @@ class EnrollKeysTests(ConfigTestCase):
                 "(written by funnel-tw join: join again)",
                 f"{path}:1: [node] address: required key is missing",
             ],
+        )
+
+
+class TCPFallbackConfigTests(ConfigTestCase):
+    """``tcp-fallback`` in [peer] (node) and [relay]: WireGuard over TLS when UDP is blocked."""
+
+    def peer(self, extra: str) -> object:
+        config = load_node_config(self.write("node.ini", NODE + PEER + extra))
+        return config.peers[0].tcp_fallback  # type: ignore[attr-defined]
+
+    def test_auto_is_the_relay_https_port_for_ingress_peers(self) -> None:
+        endpoint = "endpoint = relay.example.net:41641\n"
+        self.assertEqual(self.peer(endpoint + "funnel-ingress = yes\n"), ("relay.example.net", 443))
+        # an ordinary peer (perhaps plain wireguard-go), or one with no endpoint: none
+        self.assertIsNone(self.peer(endpoint))
+        self.assertIsNone(self.peer("funnel-ingress = yes\npersistent-keepalive = 25\n"))
+        self.assertIsNone(self.peer(endpoint + "funnel-ingress = yes\ntcp-fallback = off\n"))
+        self.assertEqual(
+            self.peer(endpoint + "tcp-fallback = relay.example.net:8443\n"),
+            ("relay.example.net", 8443),
+        )
+
+    def test_errors_at_their_line(self) -> None:
+        self.assertErrors(
+            NODE + PEER + "tcp-fallback = 443\n",
+            "7: [peer relay] tcp-fallback: '443' is not HOST:PORT",
+        )
+        self.assertErrors(
+            NODE + PEER + "tcp-fallback = relay.example.net:443\n",
+            "7: [peer relay] tcp-fallback: needs an endpoint: the fallback is for a peer we dial",
+        )
+        self.assertErrors(
+            RELAY + "tcp-fallback = maybe\n",
+            "4: [relay] tcp-fallback: 'maybe' is not a boolean (use yes/no, true/false, on/off or 1/0)",
+            loader=load_relay_config,
         )

@@ -24,7 +24,7 @@ class ExampleSuites(SynchronousTestCase):
                 "-m",
                 "twisted.trial",
                 "--temp-directory",
-                self.mktemp(),
+                os.path.abspath(self.mktemp()),  # not under the example's folder
                 PACKAGES[folder],
             ],
             cwd=root,

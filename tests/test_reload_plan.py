@@ -135,7 +135,8 @@ class NodePlanTests(PlanCase):
         result = node_plan(old, new)
         self.assertEqual(
             [str(c) for c in result.changes],
-            ["[peer relay] changed (endpoint)", "[peer laptop] added"],
+            # tcp-fallback = auto follows the endpoint's host
+            ["[peer relay] changed (endpoint, tcp-fallback)", "[peer laptop] added"],
         )
         remove, add, update = peer_changes(result, "peer", PeerConfig)
         self.assertEqual(remove, [])

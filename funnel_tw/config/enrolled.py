@@ -183,6 +183,7 @@ def enrollment_record(enrollment: Enrollment) -> dict[str, Any]:
     relay = enrollment.relay
     assert relay.endpoint is not None
     host, port = relay.endpoint
+    fallback = relay.tcp_fallback
     return {
         "version": 1,
         "name": enrollment.name,
@@ -192,11 +193,16 @@ def enrollment_record(enrollment: Enrollment) -> dict[str, Any]:
         "relay": {
             "name": relay.name,
             "public_key": encode_key(relay.public_key),
-            "endpoint": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "endpoint": _host_port(host, port),
             "allowed_ips": [str(n) for n in relay.allowed_ips],
             "persistent_keepalive": relay.persistent_keepalive,
+            "tcp_fallback": _host_port(*fallback) if fallback is not None else None,
         },
     }
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def enrollment_from(data: Any) -> Enrollment:
@@ -212,14 +218,22 @@ def enrollment_from(data: Any) -> Enrollment:
     allowed = _networks(relay, "allowed_ips")
     if not allowed:
         raise ValueError("'allowed_ips' is empty")
+    endpoint = values.endpoint(_field(relay, "endpoint", str))
+    # WireGuard over TLS when UDP is blocked: where the relay said (absent: as tcp-fallback =
+    # auto, the endpoint's host and port 443; null: none)
+    fallback: tuple[str, int] | None = (endpoint[0], 443)
+    if "tcp_fallback" in relay:
+        given = relay["tcp_fallback"]
+        fallback = None if given is None else values.endpoint(_field(relay, "tcp_fallback", str))
     peer = PeerConfig(
         name=name,
         public_key=decode_key(_field(relay, "public_key", str)),
-        endpoint=values.endpoint(_field(relay, "endpoint", str)),
+        endpoint=endpoint,
         allowed_ips=allowed,
         persistent_keepalive=values.keepalive(str(keepalive)),
         funnel_ingress=True,
         preshared_key=None,
+        tcp_fallback=fallback,
     )
     at = data.get("enrolled_at", 0.0)
     return Enrollment(

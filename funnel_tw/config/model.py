@@ -61,6 +61,8 @@ class PeerConfig:
     persistent_keepalive: int
     funnel_ingress: bool
     preshared_key: bytes | None
+    # the relay's public port for WireGuard over TLS when UDP fails (overlay/fallback.py)
+    tcp_fallback: tuple[str, int] | None = None
 
 
 @attrs.frozen
@@ -263,6 +265,7 @@ class RelayConfig:
     shutdown_timeout: float = 10.0
     state_dir: Path = Path("state")  # learned node endpoints, kept across restarts
     ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
+    tcp_fallback: bool = True  # nodes may carry WireGuard over TLS to a public port (ALPN)
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
     enroll: EnrollConfig | None = None  # off unless enroll-port is set

@@ -57,6 +57,7 @@ _PEER_KEYS = (
     "allowed-ips",
     "persistent-keepalive",
     "funnel-ingress",
+    "tcp-fallback",
     "preshared-key",
     "preshared-key-file",
 )
@@ -276,6 +277,11 @@ def _peer(section: Section) -> PeerConfig | None:
     keepalive = section.opt("persistent-keepalive", values.keepalive, 0)
     funnel_ingress = section.opt("funnel-ingress", values.boolean, False)
     preshared_key = section.secret("preshared-key", required=False)
+    fallback = section.opt("tcp-fallback", _fallback_target, "auto")
+    if fallback == "auto":  # a relay's public HTTPS port, where it takes the fallback
+        fallback = (endpoint[0], 443) if funnel_ingress and endpoint is not None else None
+    elif fallback is not None and endpoint is None:
+        section.error("tcp-fallback", "needs an endpoint: the fallback is for a peer we dial")
     if key is None or allowed_ips is None:
         return None
     return PeerConfig(
@@ -286,7 +292,17 @@ def _peer(section: Section) -> PeerConfig | None:
         persistent_keepalive=keepalive,
         funnel_ingress=funnel_ingress,
         preshared_key=preshared_key,
+        tcp_fallback=fallback if isinstance(fallback, tuple) else None,
     )
+
+
+def _fallback_target(value: str) -> tuple[str, int] | str | None:
+    """``auto`` (the endpoint's host, port 443, for funnel-ingress peers), ``off`` or HOST:PORT."""
+    if value == "auto":
+        return "auto"
+    if value == "off":
+        return None
+    return values.endpoint(value)
 
 
 def _tls(section: Section) -> TLSConfig | None:

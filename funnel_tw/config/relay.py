@@ -36,6 +36,7 @@ _RELAY_KEYS = (
     "shutdown-timeout",
     "state-dir",
     "mtu",
+    "tcp-fallback",
     *OPS_KEYS,
     "enroll-port",
     "public-endpoint",
@@ -201,6 +202,7 @@ def _relay(section: Section) -> RelayConfig | None:
     idle_timeout = section.opt("idle-timeout", values.seconds, 600.0)
     redirect_port = section.opt("http-redirect-port", values.port, None)
     shutdown_timeout = section.opt("shutdown-timeout", values.seconds, 10.0)
+    tcp_fallback = section.opt("tcp-fallback", values.boolean, True)
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
@@ -233,6 +235,7 @@ def _relay(section: Section) -> RelayConfig | None:
         shutdown_timeout=shutdown_timeout,
         state_dir=relay_state,
         ingress_connect_timeout=ingress_timeout,
+        tcp_fallback=tcp_fallback,
         ops=ops,
         enroll=enroll,
     )

@@ -13,7 +13,7 @@ work and a request on the data path costs nothing extra.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +31,7 @@ from twisted.web.server import Request, Site
 
 from ..overlay.interface import OverlayInterface
 from ..web.hostport import format_host_port
+from .reload import Reloader
 
 log = Logger()
 
@@ -170,3 +171,33 @@ def wireguard_metrics(
     )
     handshakes.add_metric([], stats.get("handshakes", 0))
     return [handshake, received, sent, drops, handshakes]
+
+
+class ReloadCollector:
+    """SIGHUP reloads by outcome, and when one last left the daemon on its file's content."""
+
+    def __init__(self, prefix: str, reloader: Reloader[Any]) -> None:
+        self.prefix = prefix
+        self.reloader = reloader
+
+    def collect(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            f"{self.prefix}_config_reloads",
+            "Configuration reloads (SIGHUP) by outcome: applied, unchanged, refused, failed.",
+            labels=["outcome"],
+        )
+        for outcome, n in self.reloader.counters.items():
+            reloads.add_metric([outcome], n)
+        yield reloads
+        ok = GaugeMetricFamily(
+            f"{self.prefix}_config_last_reload_successful",
+            "1 when the last reload applied the file (or found no change), 0 when it was refused.",
+        )
+        ok.add_metric([], 1.0 if self.reloader.last_ok else 0.0)
+        yield ok
+        when = GaugeMetricFamily(
+            f"{self.prefix}_config_last_reload_success_timestamp_seconds",
+            "When a reload last succeeded (Unix time; 0: none since the daemon started).",
+        )
+        when.add_metric([], self.reloader.last_success or 0.0)
+        yield when

@@ -55,6 +55,10 @@ class Reloader(Generic[C]):
         self.apply = apply
         self.notify = notify
         self.counters = {"applied": 0, "unchanged": 0, "refused": 0, "failed": 0}
+        # Unix time of the last reload that left the daemon on the file's content (applied or
+        # unchanged), and whether the last attempt did: the two gauges Prometheus itself exports
+        self.last_success: float | None = None
+        self.last_ok = True
 
     def reload(self) -> str:
         """Reload now; returns the outcome ("applied", "unchanged", "refused" or "failed")."""
@@ -65,6 +69,9 @@ class Reloader(Generic[C]):
         finally:
             self.notify("READY=1")
         self.counters[outcome] += 1
+        self.last_ok = outcome in ("applied", "unchanged")
+        if self.last_ok:
+            self.last_success = time.time()
         return outcome
 
     def _reload(self) -> str:

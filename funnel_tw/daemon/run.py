@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from .logfilter import LogFilterService
+from .metrics import ReloadCollector
 from .reload import Reloader
 from .sdnotify import NotifyService
 from .signals import SignalService
@@ -29,12 +31,13 @@ def add_daemon_services(
     not_ready: Callable[[], str | None],
     status: Callable[[], str],
     reloader: Reloader[Any],
+    metrics: tuple[str, CollectorRegistry] | None = None,
     debug: bool = False,
 ) -> NotifyService:
     """The log filter (no chatter; debug lines only with ``debug``), SIGHUP (``reloader``:
     reread the config file, RELOADING=1 / READY=1 around it), SIGUSR1 (``reopen``: the access
     log), and sd_notify (READY=1 once ``not_ready()`` is None). Added last: sd_notify is
-    stopped first."""
+    stopped first. ``metrics``: (prefix, registry) to count the reloads in."""
 
     def hup() -> None:
         log.info("SIGHUP: reloading the configuration")
@@ -50,4 +53,7 @@ def add_daemon_services(
     notify = NotifyService(reactor, not_ready, status)
     notify.setServiceParent(parent)
     reloader.notify = notify.notifier.send
+    if metrics is not None:
+        prefix, registry = metrics
+        registry.register(ReloadCollector(prefix, reloader))
     return notify

@@ -1,7 +1,8 @@
 """Live reload of the node: apply a plan (config/plan.py) to the running NodeService.
 
 Checked first, before anything changes: plugin handlers of changed [serve] sections are built
-(their options checked), a ``files`` certificate is loaded, new peer endpoints resolve. Then:
+(their options checked; unchanged sections keep their running instance, see node/plugins.py),
+a ``files`` certificate is loaded, new peer endpoints resolve. Then:
 
 - peers: removed from / added to / updated on the WireGuard device, and the funnel-ingress
   packet filter restricts exactly the new funnel-ingress peers;
@@ -15,20 +16,18 @@ Checked first, before anything changes: plugin handlers of changed [serve] secti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from twisted.logger import Logger
 
-from ..config import ConfigError, NodeConfig, PeerConfig, load_node_config
+from ..config import ConfigError, NodeConfig, PeerConfig
 from ..config.plan import Plan, node_plan, peer_changes
 from ..daemon.reload import Reloader, ReloadRefused
-from ..flow import IIngressHandler
 from ..serve.access.guard import Access
 from ..serve.model import ServeConfig
-from ..serve.plugins import build_handlers
+from ..serve.plugins import load_checked
 from ..tls.sources import CertificateSourceError, FilesSource
 from ..tls.store import CertificateStore
+from .fallback import fallback_targets
+from .plugins import PluginReload, prepare_reload
 from .service import NodeService
 
 log = Logger()
@@ -36,18 +35,12 @@ log = Logger()
 OWN_STEPS = ("peer", "tls")  # every other kind of change rebuilds the serve model
 
 
-def _handlers(node: NodeService, new: NodeConfig, plan: Plan) -> dict[int | str, IIngressHandler]:
-    """Plugin handlers for ``new``: unchanged sections keep their running instance."""
+def _plugins(node: NodeService, new: NodeConfig) -> PluginReload:
+    """Plugin sections after the reload (node/plugins.py): unchanged ones keep their instance."""
     try:
-        built: Mapping[int | str, IIngressHandler] = build_handlers(new)
+        return prepare_reload(node.plugins, new, node.reactor)
     except ConfigError as e:
         raise ReloadRefused(str(e).replace("\n", "; ")) from None
-    changed = {c.name for c in plan.of("serve")}
-    current = node.dispatcher.handlers
-    return {
-        key: current[key] if str(key) not in changed and key in current else handler
-        for key, handler in built.items()
-    }
 
 
 def _check_certificates(new: NodeConfig) -> None:
@@ -66,7 +59,7 @@ def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
     rebuild_serve = any(c.kind not in OWN_STEPS for c in plan.changes)
     certificates = plan.touches("tls", "hostname")
     # --- what can fail, before anything changes
-    handlers = _handlers(node, new, plan) if rebuild_serve else None
+    plugins = _plugins(node, new) if rebuild_serve else None
     if certificates:
         _check_certificates(new)
     remove, add, update = peer_changes(plan, "peer", PeerConfig)
@@ -84,6 +77,7 @@ def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
     old = node.config
     node.config = new
     node.peers_by_name = {p.name: p for p in new.peers}
+    node.fallback.configure(fallback_targets(new.peers))
     if certificates:
         node.certificates.stop()
         node.store.set_hostnames(new.hostnames)
@@ -93,13 +87,11 @@ def apply_node_plan(node: NodeService, new: NodeConfig, plan: Plan) -> None:
                 node.certificates.start()
             except CertificateSourceError as e:  # checked above: the files changed since
                 log.warn("reload: no certificate for the new [tls] yet: {error}", error=e)
-    if handlers is not None:
-        _swap_serve(node, old, new, handlers)
+    if plugins is not None:
+        _swap_serve(node, old, new, plugins)
 
 
-def _swap_serve(
-    node: NodeService, old: NodeConfig, new: NodeConfig, handlers: dict[int | str, Any]
-) -> None:
+def _swap_serve(node: NodeService, old: NodeConfig, new: NodeConfig, plugins: PluginReload) -> None:
     serve = ServeConfig.from_node_config(new)
     before, after = set(node.serve.ports), set(serve.ports)
     if old.access != new.access:  # new flows get the new policies (their counters start anew)
@@ -107,7 +99,7 @@ def _swap_serve(
         node.dispatcher.access = node.access
     node.serve = serve
     node.dispatcher.serve = serve
-    node.dispatcher.handlers = handlers
+    node.plugin_services.apply_reload(plugins, lambda: _swap_plugins(node, plugins))
     node.ingress.policy = serve
     if not node.running:
         return
@@ -120,11 +112,20 @@ def _swap_serve(
         node.listen_serve(port)
 
 
+def _swap_plugins(node: NodeService, plugins: PluginReload) -> None:
+    """New flows go to the new handlers (their services started already)."""
+    node.plugins = plugins.plugins
+    node.dispatcher.handlers = plugins.handlers
+    node.dispatcher.plugin_metrics = {
+        key: p.context.metrics for key, p in plugins.plugins.items() if p.context is not None
+    }
+
+
 def node_reloader(node: NodeService) -> Reloader[NodeConfig]:
     """What SIGHUP runs for the node (daemon/run.py)."""
     return Reloader(
         current=lambda: node.config,
-        load=lambda old: load_node_config(old.path),
+        load=lambda old: load_checked(old.path),  # plugin options too, with core errors
         plan=node_plan,
         apply=lambda new, plan: apply_node_plan(node, new, plan),
     )

@@ -32,6 +32,7 @@ from ..tls.sources import (
 from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
 from ..web.httplimits import HTTPLimits
+from .fallback import FallbackService, fallback_targets
 from .observe import attach_observer
 from .plugins import PluginServices
 from .status.server import LocalAPIService
@@ -148,6 +149,10 @@ class NodeService(MultiService):
         )
         LocalAPIService(self, reactor).setServiceParent(self)  # first: a second node stops here
         OverlayService(self.overlay).setServiceParent(self)
+        # after the overlay: WireGuard over TLS to a relay's public port when UDP fails
+        self.fallback = FallbackService(reactor, self.overlay)
+        self.fallback.configure(fallback_targets(config.peers))
+        self.fallback.setServiceParent(self)
         self.store = CertificateStore(config.hostnames)
         self.certificates: CertificateSource = self.certificate_source(config)
         self.serve = ServeConfig.from_node_config(config)
@@ -244,6 +249,7 @@ class NodeService(MultiService):
             "tls": dict(self.store.counters),
             "access": dict(self.access.counters),
             "overlay": self.overlay.stats(),
+            "fallback": self.fallback.counters(),
         }
 
     def relay_session(self) -> bool:

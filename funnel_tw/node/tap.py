@@ -35,6 +35,7 @@ def makeService(options: Options) -> IService:
         not_ready=lambda: not_serving(node),
         status=lambda: status_line(node),
         reloader=node_reloader(node),
+        metrics=("funnel_node", node.observer.registry),
         debug=bool(options["debug"]),
     )
     return node

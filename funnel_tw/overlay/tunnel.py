@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from ..keys import encode_key
 from ..wireguard.device import Device, Peer
+from .stream import is_stream_address
 from .udp import Address, Batch, UDPSocket
 
 PacketHandler = Callable[[bytes, Peer], None]
@@ -31,10 +33,18 @@ UNKNOWN_LOG_INTERVAL = 60.0  # seconds between two warnings about the same unkno
 UNKNOWN_LOG_KEYS = 256  # unknown keys remembered for that
 
 
+class StreamSink(Protocol):
+    """A TCP fallback link seen from the tunnel: where datagrams for its address go."""
+
+    def send(self, datagrams: list[bytes]) -> None: ...
+
+
 def display_endpoint(endpoint: Address | None) -> str:
     if endpoint is None:
         return "(none)"
     host, port = endpoint
+    if is_stream_address(endpoint):
+        return host.partition("#")[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -70,6 +80,11 @@ class Tunnel:
         self._timer_at = float("inf")
         self._flush_call: IDelayedCall | None = None
         self._unknown_logged: dict[bytes, float] = {}  # claimed key -> when last logged
+        # TCP fallback links by their pseudo endpoint; ``_diverting`` once there was one, so a
+        # tunnel that never had one pays nothing per batch
+        self.streams: dict[Address, StreamSink] = {}
+        self._diverting = False
+        self.stream_drops = 0
         self.udp = UDPSocket(reactor, self._on_batch, listen_port, listen_host)
         for peer in device.peers:
             if peer.endpoint is not None:
@@ -102,6 +117,37 @@ class Tunnel:
         self.device.receive_batch(batch, self.reactor.seconds())
         self._after_work()
 
+    # --- TCP fallback links ----------------------------------------------------------------
+
+    def attach_stream(self, address: Address, sink: StreamSink) -> None:
+        """Datagrams for ``address`` (a peer's endpoint while it uses the link) go to ``sink``."""
+        self.streams[address] = sink
+        self._diverting = True
+
+    def detach_stream(self, address: Address) -> None:
+        self.streams.pop(address, None)
+
+    def receive_stream(self, datagrams: list[bytes], address: Address) -> None:
+        """Datagrams that came through a link: to WireGuard as if from ``address``."""
+        self._on_batch([(d, address) for d in datagrams])
+
+    def _divert(self, outgoing: Batch) -> Batch:
+        """Hand the datagrams for links to them; the rest go out over UDP."""
+        udp: Batch = []
+        by_link: dict[Address, list[bytes]] = {}
+        for datagram, address in outgoing:
+            if is_stream_address(address):
+                by_link.setdefault(address, []).append(datagram)
+            else:
+                udp.append((datagram, address))
+        for address, datagrams in by_link.items():
+            sink = self.streams.get(address)
+            if sink is None:  # the link closed; the peer's next packet names a new endpoint
+                self.stream_drops += len(datagrams)
+            else:
+                sink.send(datagrams)
+        return udp
+
     def send_packet(self, packet: bytes) -> bool:
         """Send an IP packet to the peer that owns its destination (False: no such peer).
 
@@ -126,6 +172,8 @@ class Tunnel:
         while device.outgoing or device.incoming or device.events:
             if device.outgoing:
                 outgoing, device.outgoing = device.outgoing, []
+                if self._diverting:
+                    outgoing = self._divert(outgoing)
                 self.udp.send(outgoing)
             if device.incoming:
                 incoming, device.incoming = device.incoming, []

@@ -36,7 +36,9 @@ class IHandlerPlugin(IPlugin):
 
     ``validate`` is optional: provide it for checks across options. The built handler may
     also provide ``twisted.application.service.IService``: the node then starts it before its
-    port is served and stops it (with a drain deadline) when the node stops.
+    port is served and stops it (with a drain deadline) when the node stops, or when a reload
+    replaces it. A handler with a ``reload(options)`` method is told a reload's new options
+    instead of being replaced (docs/plugins.md, "Lifecycle").
     """
 
     name = Attribute("The name used in [serve PORT] handler = NAME.")
@@ -70,12 +72,18 @@ class PluginMetrics:
 
     Names are fixed at build time (``[a-z][a-z0-9_]*``, at most MAX_METRICS per plugin)."""
 
-    def __init__(self, plugin: str) -> None:
+    def __init__(self, plugin: str, carried: PluginMetrics | None = None) -> None:
         self.plugin = plugin
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, float] = {}
         self.help: dict[str, str] = {}
         self.refused: dict[str, int] = {}
+        # a reload's new instance of the same plugin: counters and refusals go on from the
+        # old instance's values (monotonic, as Prometheus expects); gauges are its own
+        self._carried: dict[str, int] = {}
+        if carried is not None and carried.plugin == plugin:
+            self._carried = dict(carried.counters)
+            self.refused = dict(carried.refused)
 
     def _declare(self, name: str, help: str) -> None:
         if not _METRIC_NAME.match(name):
@@ -88,7 +96,7 @@ class PluginMetrics:
 
     def counter(self, name: str, help: str = "") -> Counter:
         self._declare(name, help)
-        self.counters[name] = 0
+        self.counters[name] = self._carried.get(name, 0)
         return Counter(self, name)
 
     def gauge(self, name: str, help: str = "") -> Gauge:

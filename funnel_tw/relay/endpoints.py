@@ -18,6 +18,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from ..overlay.interface import OverlayInterface
+from ..overlay.stream import is_stream_address
 from ..tls.pem import write_private
 
 log = Logger()
@@ -54,7 +55,7 @@ class EndpointMemory:
             if not (isinstance(entry, list) and len(entry) == 2):
                 continue
             host, port = entry
-            if not isinstance(host, str) or not isinstance(port, int):
+            if not isinstance(host, str) or not isinstance(port, int) or port == 0:
                 continue
             peer.endpoint = (host, port)
             self.overlay.device.greet(peer, now)
@@ -69,7 +70,9 @@ class EndpointMemory:
         current = {
             peer.name: [peer.endpoint[0], peer.endpoint[1]]
             for peer in self.overlay.device.peers
-            if peer.endpoint is not None and peer.name not in self.configured
+            if peer.endpoint is not None
+            and peer.name not in self.configured
+            and not is_stream_address(peer.endpoint)  # a TCP fallback link: gone at restart
         }
         if current == self.saved:
             return

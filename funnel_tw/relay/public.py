@@ -24,15 +24,17 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config import RelayNode
+from ..overlay.stream import ALPN
 from ..web import splice
 from ..web.factories import OneProtocolFactory
 from ..web.hostport import format_host_port
 from .clienthello import ClientHelloError, ClientHelloParser
+from .fallback import FallbackAcceptor
 from .ingress import IngressClientEnd, ingress_request
 from .routes import Routes
 
@@ -47,6 +49,7 @@ class State(enum.Enum):
     HELLO = "hello"  # reading the ClientHello
     INGRESS = "ingress"  # asking the node; later client bytes are held for the replay
     SPLICED = "spliced"  # joined to the node: bytes pass both ways
+    LINK = "link"  # a node's TCP fallback link (relay/fallback.py owns the bytes)
     CLOSED = "closed"
 
 
@@ -70,6 +73,7 @@ class PublicConnection(splice.SpliceEnd):
         self.outcome = "closed"
         self.started = 0.0
         self.early_in = 0
+        self.link: IProtocol | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +133,8 @@ class PublicConnection(splice.SpliceEnd):
         node_transport = self.node_end.transport if self.node_end is not None else None
         if self.state is not State.SPLICED and node_transport is not None:
             node_transport.abortConnection()
+        if self.link is not None:
+            self.link.connectionLost(reason)
         self.state = State.CLOSED
         super().connectionLost(reason)
 
@@ -138,6 +144,9 @@ class PublicConnection(splice.SpliceEnd):
         self.last_activity = self.factory.reactor.seconds()
         if self.state is State.SPLICED:
             super().dataReceived(data)
+            return
+        if self.link is not None:
+            self.link.dataReceived(data)
             return
         self.early_in += len(data)
         if self.state is not State.HELLO:
@@ -154,6 +163,9 @@ class PublicConnection(splice.SpliceEnd):
             self._close(str(e))
             return
         if hello is None:
+            return
+        if self.factory.fallback is not None and ALPN in hello.alpn:
+            self._to_link(self.factory.fallback)
             return
         if hello.server_name is None:
             self._count("no_sni")
@@ -173,6 +185,17 @@ class PublicConnection(splice.SpliceEnd):
         )
         self.transport.pauseProducing()
         self._ask_node(node, hello.server_name)
+
+    def _to_link(self, fallback: FallbackAcceptor) -> None:
+        """A node asks for the TCP fallback: the connection is its WireGuard link from now on."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.state = State.LINK
+        self._count("tcp_fallback")
+        self.target = "(TCP fallback)"
+        raw, self.parser = self.parser.raw, ClientHelloParser()
+        self.link = fallback.take(self.transport, raw, self.source)
 
     # --- the node ---------------------------------------------------------------------------
 
@@ -249,6 +272,7 @@ class PublicFactory(protocol.Factory):
         ingress_timeout: float = 5.0,
         why_unreachable: Callable[[str], str | None] = lambda node: None,
         on_finished: Callable[[PublicConnection], None] | None = None,
+        fallback: FallbackAcceptor | None = None,
     ) -> None:
         """``ingress_timeout``: connect to the node and get its answer within this long;
         ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session)."""
@@ -262,6 +286,7 @@ class PublicFactory(protocol.Factory):
         self.ingress_timeout = ingress_timeout
         self.why_unreachable = why_unreachable
         self.on_finished = on_finished  # the access log and metrics (relay/observe.py)
+        self.fallback = fallback  # nodes' TCP fallback links (ALPN funnel-wg/1), if enabled
         self._unreachable_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> PublicConnection:
@@ -330,8 +355,10 @@ class ConnectionLimits:
             self.per_ip[ip] = left
         else:
             self.per_ip.pop(ip, None)
-        if not self.open and self._drained is not None and not self._drained.called:
-            self._drained.callback(None)
+        if self._drained is not None and not self._drained.called:
+            self._close_links_when_alone()
+            if not self.open:
+                self._drained.callback(None)
 
     def drain(self, reactor: Any, timeout: float) -> defer.Deferred[None]:
         """Stop admitting; fire when every connection is gone, closing stragglers at timeout."""
@@ -339,6 +366,7 @@ class ConnectionLimits:
         if not self.open:
             return defer.succeed(None)
         self._drained = defer.Deferred()
+        self._close_links_when_alone()
 
         def force() -> None:
             for conn in list(self.open):
@@ -347,3 +375,9 @@ class ConnectionLimits:
         call = reactor.callLater(timeout, force)
         self._drained.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
         return self._drained
+
+    def _close_links_when_alone(self) -> None:
+        """Nodes' fallback links carry the connections being drained: they go last."""
+        if self.open and all(conn.state is State.LINK for conn in self.open):
+            for conn in list(self.open):
+                conn.transport.abortConnection()

@@ -53,6 +53,7 @@ def apply_relay_plan(relay: RelayService, new: RelayConfig, plan: Plan) -> None:
         factory.client_hello_timeout = new.client_hello_timeout
         factory.idle_timeout = new.idle_timeout
         factory.ingress_timeout = new.ingress_connect_timeout
+        factory.fallback = relay.fallback if new.tcp_fallback else None  # open links stay
     relay.limits.max_total = new.max_connections
     relay.limits.max_per_ip = new.max_connections_per_ip
     for change in plan.of("public-port"):

@@ -15,6 +15,7 @@ from ..daemon.localapi.server import LocalAPIService, LocalAPISite
 from ..overlay.service import OverlayService
 from ..overlay.userspace import UserspaceOverlayInterface
 from .endpoints import EndpointMemory
+from .fallback import FallbackAcceptor
 from .observe import RelayObserver
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site
@@ -43,6 +44,7 @@ class RelayService(MultiService):
             mtu=config.mtu,
         )
         self.routes = Routes(config.nodes)
+        self.fallback = FallbackAcceptor(reactor, lambda: self.overlay.tunnel)
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         # metrics-listen, access-log, and the local API for `funnel-tw status` (first: a
         # second relay with the same state-dir stops there)
@@ -76,6 +78,7 @@ class RelayService(MultiService):
             ingress_timeout=self.config.ingress_connect_timeout,
             why_unreachable=self.why_unreachable,
             on_finished=self.observer.finished,
+            fallback=self.fallback if self.config.tcp_fallback else None,
         )
         return factory
 

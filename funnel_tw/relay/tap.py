@@ -33,6 +33,7 @@ def makeService(options: Options) -> IService:
         not_ready=lambda: not_serving(relay),
         status=lambda: status_line(relay),
         reloader=relay_reloader(relay),
+        metrics=("funnel_relay", relay.observer.registry),
         debug=bool(options["debug"]),
     )
     return relay

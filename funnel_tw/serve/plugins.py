@@ -110,11 +110,20 @@ class ConfiguredPlugin:
     name: str
     handler: IIngressHandler
     context: HandlerContext | None  # None for the older interface
+    spec: PluginHandler | None = None  # the section it was built from (a reload compares)
+    options: Mapping[str, Any] = attrs.Factory(dict)  # as build() (or create()) got them
 
 
-def build_plugins(config: NodeConfig, reactor: Any) -> dict[int | str, ConfiguredPlugin]:
-    """Build every plugin handler of ``config`` with its context (options parsed at load;
-    a config loaded without the check is checked now, from its file)."""
+def build_plugins(
+    config: NodeConfig,
+    reactor: Any,
+    only: Callable[[int | str], bool] | None = None,
+    carried: Mapping[int | str, PluginMetrics] | None = None,
+) -> dict[int | str, ConfiguredPlugin]:
+    """Build the plugin handlers of ``config`` with their context (options parsed at load;
+    a config loaded without the check is checked now, from its file): every section, or
+    those whose key ``only`` accepts. ``carried`` metrics (a reload's, by key) keep their
+    counters in the new instance's metrics."""
     found = handler_factories()
     specs = [p.handler for p in config.serve if isinstance(p.handler, PluginHandler)]
     if any(s.parsed is None for s in specs if _new(found, s.name)):
@@ -122,6 +131,8 @@ def build_plugins(config: NodeConfig, reactor: Any) -> dict[int | str, Configure
     sections = [p for p in config.serve if isinstance(p.handler, PluginHandler)]
     built: dict[int | str, ConfiguredPlugin] = {}
     for port in sections:
+        if only is not None and not only(port.key):
+            continue
         spec = port.handler
         assert isinstance(spec, PluginHandler)
         plugin = found.get(spec.name)
@@ -131,19 +142,29 @@ def build_plugins(config: NodeConfig, reactor: Any) -> dict[int | str, Configure
                 raise UnknownHandler(_unknown(spec.name, found))
             if IHandlerPlugin.providedBy(plugin):
                 assert spec.parsed is not None
-                context = make_context(
-                    reactor, spec.name, port.key, config.state_dir, PluginMetrics(spec.name)
-                )
+                old = (carried or {}).get(port.key)
+                metrics = PluginMetrics(spec.name, carried=old)
+                context = make_context(reactor, spec.name, port.key, config.state_dir, metrics)
                 handler = plugin.build(dict(spec.parsed), context)
                 if not IIngressHandler.providedBy(handler):
                     raise ValueError(f"plugin {spec.name!r} did not return an IIngressHandler")
-                built[port.key] = ConfiguredPlugin(port.key, spec.name, handler, context)
+                built[port.key] = ConfiguredPlugin(
+                    port.key, spec.name, handler, context, spec, dict(spec.parsed)
+                )
             else:
+                _warn_legacy(spec.name)
                 handler = create_legacy(plugin, spec.name, dict(spec.options))
-                built[port.key] = ConfiguredPlugin(port.key, spec.name, handler, None)
+                built[port.key] = ConfiguredPlugin(
+                    port.key, spec.name, handler, None, spec, dict(spec.options)
+                )
         except (UnknownHandler, ValueError) as e:
             raise ConfigError(f"{where}: {e}") from None
     return built
+
+
+def plugin_specs(config: NodeConfig) -> dict[int | str, PluginHandler]:
+    """The ``handler = NAME`` sections of ``config`` by key."""
+    return {p.key: p.handler for p in config.serve if isinstance(p.handler, PluginHandler)}
 
 
 def _new(found: Mapping[str, Any], name: str) -> bool:
@@ -158,6 +179,21 @@ def build_handlers(config: NodeConfig, reactor: Any = None) -> dict[int | str, I
 
         reactor = default_reactor
     return {key: c.handler for key, c in build_plugins(config, reactor).items()}
+
+
+_warned: set[str] = set()
+
+
+def _warn_legacy(name: str) -> None:
+    """Once per plugin and process: the older interface is deprecated (docs/plugins.md)."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    log.warn(
+        "handler plugin {name!r} uses the deprecated IIngressHandlerFactory.create(options); "
+        "it keeps working for now: move it to funnel_tw.plugin.IHandlerPlugin (docs/plugins.md)",
+        name=name,
+    )
 
 
 def create_legacy(factory: Any, name: str, options: Mapping[str, str]) -> IIngressHandler:

@@ -64,6 +64,9 @@ class Certificate:
             ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
             ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
             ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+            # an idle connection gives its 2 x 16 KiB+ record buffers back to OpenSSL's pool
+            # (as Twisted's own CertificateOptions does): bench/idle.py's memory per connection
+            ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
             ctx.use_certificate(crypto.X509.from_cryptography(self.chain[0]))
             for extra in self.chain[1:]:
                 ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))

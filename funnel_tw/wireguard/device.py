@@ -134,6 +134,24 @@ class Device(Receiving, Timers):
         """Start a session with ``peer`` now (a keepalive, so a handshake if there is none)."""
         self._send_keepalive(peer, now)
 
+    def handshake_now(self, peer: Peer, now: float) -> None:
+        """Start a handshake through the peer's endpoint now, whatever the rate limit says: the
+        path just changed (a TCP fallback link opened), so the last attempt tells nothing."""
+        peer.last_sent_handshake = float("-inf")
+        self._send_initiation(peer, now, retry=False)
+
+    def probe(self, peer: Peer, endpoint: Endpoint, now: float) -> bool:
+        """Send a handshake initiation to ``endpoint``, leaving the peer's endpoint as it is:
+        whether another path works (the TCP fallback asks if UDP does again). If the answer
+        comes back that way, roaming moves the peer there. False: rate-limited, try later."""
+        saved, peer.endpoint = peer.endpoint, endpoint
+        before = peer.last_sent_handshake
+        try:
+            self._send_initiation(peer, now, retry=False)
+        finally:
+            peer.endpoint = saved
+        return peer.last_sent_handshake != before
+
     def stats(self) -> dict[str, int]:
         """Counters for logs, status and tests: ``drop_<reason>`` plus totals."""
         out = {f"drop_{k}": v for k, v in self.drops.items()}

@@ -1,11 +1,13 @@
 """Abandoned flows through the real relay and node processes: a client that stops reading and
-then resets (SO_LINGER 0), mid-download and mid-upload. The node must notice, paused or not:
-its open ingress connections (the status document) return to zero within a bound, and the
-funnel still serves afterwards."""
+then resets (SO_LINGER 0), mid-download and mid-upload, through tcp-forward and through a
+handler plugin (the echo example). The node must notice, paused or not: its open ingress
+connections (the status document) return to zero within a bound, and the funnel still serves
+afterwards. A plugin that closes a flow whose client reads nothing must see that close end."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -24,6 +26,7 @@ from tests._support import issue, make_ca
 from tests.e2e import harness
 
 NAME = "abandon.e2e.test"
+ECHO_ROOT = harness.REPO_ROOT / "examples" / "echo-handler"
 BOUND = 20.0  # seconds for both daemons to let go of a reset flow
 
 
@@ -163,3 +166,108 @@ class AbandonedFlowTests(SynchronousTestCase):
         for sock in flows:
             self.reset(sock)
         self.assert_released("tcp-forward")
+
+
+class AbandonedPluginFlowTests(SynchronousTestCase):
+    """The same through a handler plugin, the echo example with the node ending TLS (so the
+    flow passes the node's TLS layer and the echo's own pacing: it registers its transport as
+    its producer, so a client that reads nothing pauses it).
+
+    Both fail on the code before the fixes (b80d63e: every flow stays open, every run; at
+    51c8540, after the flows fixes and before the TLS close deadline, the close case still
+    fails and the reset case failed 1 run in 5). The reset case is held by two fixes, either
+    of which is enough: the splice passes a reset on as a reset (web/splice.py) and the
+    overlay's close orphans the connection (overlay/transport.py); the close case by the
+    node's TLS close deadline (serve/guard.py)."""
+
+    def setUp(self) -> None:
+        harness.require_tools(self, "curl")
+        # the node process finds the echo plugin on its PYTHONPATH (harness.child_env adds it)
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ECHO_ROOT), old]))
+        self.addCleanup(self._restore_path, old)
+        self.echo_port = harness.free_port()
+        self.funnel = harness.Funnel(self.addCleanup, more_public_ports=[self.echo_port])
+        self.node = self.funnel.add_node(
+            "home",
+            [NAME],
+            extra_serve=f"[serve {self.echo_port}]\nfunnel = yes\nhandler = echo\n",
+        )
+        self.funnel.start()
+
+    @staticmethod
+    def _restore_path(old: str | None) -> None:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+    open_ingress = AbandonedFlowTests.open_ingress
+    reset = AbandonedFlowTests.reset
+
+    def echo_client(self) -> tuple[ssl.SSLSocket, bytes]:
+        context = ssl.create_default_context(cafile=str(self.node.ca))
+        plain = socket.create_connection(("127.0.0.1", self.echo_port), timeout=10)
+        plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # fill up quickly
+        sock = context.wrap_socket(plain, server_hostname=NAME)
+        greeting = b""
+        while not greeting.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            self.assertTrue(chunk, f"closed before the greeting: {greeting!r}")
+            greeting += chunk
+        return sock, greeting
+
+    def flood(self, sock: ssl.SSLSocket) -> int:
+        """Send lines (each echoed back) without reading until the node stops taking them for
+        a second: the echo is paused, every buffer on the way is full."""
+        sock.setblocking(False)
+        line = b"y" * 1023 + b"\n"
+        sent, quiet_since = 0, time.monotonic()
+        deadline = time.monotonic() + 30
+        while time.monotonic() - quiet_since < 1.0:
+            self.assertLess(time.monotonic(), deadline, f"still taking bytes after {sent}")
+            try:
+                sent += sock.send(line * 16)
+                quiet_since = time.monotonic()
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                time.sleep(0.02)
+        return sent
+
+    def assert_released(self, what: str) -> None:
+        deadline = time.monotonic() + BOUND
+        while (count := self.open_ingress()) != 0:
+            self.assertLess(time.monotonic(), deadline, f"{what}: {count} flows still open")
+            time.sleep(0.2)
+        sock, greeting = self.echo_client()  # the plugin port still serves
+        with sock:
+            self.assertTrue(greeting.startswith(b"hello from funnel-tw echo"), greeting)
+            sock.sendall(b"after\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                self.assertTrue(chunk, f"closed before the echo: {answer!r}")
+                answer += chunk
+            self.assertEqual(answer, b"after\n")
+
+    def test_plugin_flood_stalled_then_reset(self) -> None:
+        """The issue's case: a client floods, stops reading, resets. The echo is paused (its
+        transport is its own producer) when the reset comes."""
+        flows = []
+        for _ in range(3):
+            sock, _greeting = self.echo_client()
+            self.assertGreater(self.flood(sock), 0)
+            flows.append(sock)
+        self.assertEqual(self.open_ingress(), 3)
+        for sock in flows:
+            self.reset(sock)
+        self.assert_released("plugin flood then reset")
+
+    def test_plugin_close_while_client_reads_nothing(self) -> None:
+        """The echo closes a flow (a line over its limit) whose client has read nothing and
+        never will, and stays connected: the documented close (unregisterProducer, then
+        loseConnection) sends TLS close_notify and, unbounded, would wait for the client's
+        close_notify for ever."""
+        sock, _greeting = self.echo_client()
+        sock.sendall(b"x" * (70 * 1024))  # over MAX_LINE, no newline: the echo closes
+        self.addCleanup(sock.close)
+        self.assert_released("plugin close, client silent")

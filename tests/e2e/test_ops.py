@@ -57,14 +57,35 @@ class OpsTests(SynchronousTestCase):
         self.relay = self.funnel.relay
         self.node_daemon = self.node.daemon
 
-    def test_sighup_does_not_kill_either_daemon(self) -> None:
+    def test_sighup_reloads_and_is_counted(self) -> None:
         """SIGHUP used to terminate the relay silently (the kernel's default action: twistd
         handles only SIGINT/SIGTERM, and SIGUSR1 when it logs to a file)."""
         self.start()
-        for process in (self.relay, self.node_daemon):
+        daemons = [
+            (self.relay, "funnel_relay", self.relay_metrics, self.funnel.relay_ini),
+            (self.node_daemon, "funnel_node", self.node_metrics, self.node.ini),
+        ]
+        for process, prefix, port, ini in daemons:
             offset = process.log_size()
             os.kill(process.pid, signal.SIGHUP)
             process.wait_log(r"reload: no changes in ", after=offset)
+            self.assertTrue(process.alive())
+            _, text = http_get(port, "/metrics")
+            self.assertEqual(sample(text, f"{prefix}_config_reloads_total", outcome="unchanged"), 1)
+            self.assertEqual(sample(text, f"{prefix}_config_last_reload_successful"), 1)
+            self.assertGreater(
+                sample(text, f"{prefix}_config_last_reload_success_timestamp_seconds") or 0, 0
+            )
+            # a file with an error is refused whole: counted, and the gauge says so
+            good = ini.read_text()
+            ini.write_text(good + "\nnot a key line\n")
+            offset = process.log_size()
+            os.kill(process.pid, signal.SIGHUP)
+            process.wait_log(r"reload refused, the running configuration stays", after=offset)
+            _, text = http_get(port, "/metrics")
+            self.assertEqual(sample(text, f"{prefix}_config_reloads_total", outcome="refused"), 1)
+            self.assertEqual(sample(text, f"{prefix}_config_last_reload_successful"), 0)
+            ini.write_text(good)
             self.assertTrue(process.alive())
         self.funnel.wait_fetch(self.node, NAME)
 

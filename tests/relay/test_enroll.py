@@ -314,6 +314,12 @@ class LiveTests(SynchronousTestCase):
         self.assertEqual(answer["relay"]["name"], "relay.example.net")
         self.assertEqual(answer["relay"]["endpoint"], "relay.example.net:41641")
         self.assertEqual(answer["relay"]["allowed_ips"], ["100.64.0.1/32"])
+        self.assertEqual(answer["relay"]["tcp_fallback"], "relay.example.net:443")
+        from funnel_tw.config.enrolled import enrollment_from
+
+        peer = enrollment_from(answer).relay  # what the node records and loads
+        self.assertEqual(peer.tcp_fallback, ("relay.example.net", 443))
+        self.assertTrue(peer.funnel_ingress)
         self.assertEqual(
             answer["relay"]["public_key"], encode_key(public_key(self.relay.config.private_key))
         )

@@ -285,7 +285,18 @@ class LegacyTests(TestCase):
         self.addCleanup(sys.modules.pop, "twisted.plugins.funnel_tw_legacy_test", None)
 
     def test_legacy_plugin_builds_and_its_error_is_reported(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from funnel_tw.serve import plugins
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.patch(plugins, "_warned", set())
         h = ServeHarness(self, "[serve 10000]\nhandler = legacy-test\nword = hi\n")
+        warnings = [formatEvent(e) for e in logged if "deprecated" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("handler plugin 'legacy-test' uses the deprecated", warnings[0])
         self.assertEqual(h.node.dispatcher.handlers[10000].word, "hi")
         self.assertIsNone(h.node.plugins[10000].context)
         with self.assertRaises(ConfigError) as caught:

@@ -57,20 +57,17 @@ class EchoProtocol(LineOnlyReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         self.handler.clients.inc()
         self.setTimeout(self.handler.idle_timeout)
+        # Backpressure: every byte we send comes from what we read, so the transport is its
+        # own producer. When the client reads slower than it sends, the write buffer fills,
+        # the transport pauses its producer (itself) and we stop reading until the client
+        # catches up: nothing is buffered without bound. (With terminate-tls the node
+        # connects us only once the TLS handshake is done, so registering here is safe.)
+        self.paced = True
+        self.transport.registerProducer(self.transport, True)
         self.sendLine(f"{self.handler.greeting} {describe_flow(self.flow)}".encode())
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        if not self.paced:
-            # Backpressure: every byte we send comes from what we read, so the transport is
-            # its own producer. When the client reads slower than it sends, the write buffer
-            # fills, the transport pauses its producer (itself) and we stop reading until the
-            # client catches up: nothing is buffered without bound.
-            # Registered on the first data, not in connectionMade: until the TLS handshake is
-            # done, the node's TLS layer pauses a registered producer while it holds our
-            # greeting, and a transport paused that way would never read the handshake.
-            self.paced = True
-            self.transport.registerProducer(self.transport, True)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:

@@ -16,6 +16,7 @@ from ...config import (
     TLSTerminatedTCP,
 )
 from ...overlay.interface import OverlayInterface
+from ...overlay.stream import is_stream_address
 from ...overlay.tunnel import display_endpoint
 from ...serve.model import ServeConfig
 from ...tls.store import CertificateStore
@@ -99,6 +100,7 @@ def _peers(node: StatusSource, now: float) -> list[dict[str, Any]]:
             {
                 "name": peer.name,
                 "endpoint": display_endpoint(peer.endpoint) if peer.endpoint else None,
+                "transport": "tcp" if peer.endpoint and is_stream_address(peer.endpoint) else "udp",
                 "allowed_ips": [str(n) for n in peer.allowed_ips],
                 "funnel_ingress": bool(spec and spec.funnel_ingress),
                 "last_handshake": last,

@@ -27,6 +27,7 @@ from ...daemon.localapi.server import ActionRefused
 from ...keys import decode_key, encode_key, public_key
 from ...overlay.tunnel import display_endpoint
 from ...tls.pem import PEMError
+from ...web.hostport import format_host_port
 from ..reload import apply_relay_plan
 from ..service import SESSION_LIFETIME, RelayService
 from .certificate import enroll_certificate, pem_pin
@@ -167,11 +168,15 @@ class EnrollService(Service):
             "relay": {
                 "name": relay_name(config),
                 "public_key": encode_key(public_key(config.private_key)),
-                "endpoint": f"[{host}]:{wg_port}" if ":" in host else f"{host}:{wg_port}",
+                "endpoint": format_host_port(host, wg_port),
                 "allowed_ips": [
                     str(a.ip) + ("/32" if a.version == 4 else "/128") for a in config.addresses
                 ],
                 "persistent_keepalive": RELAY_KEEPALIVE,
+                # WireGuard over TLS on the first public port, when UDP is blocked
+                "tcp_fallback": format_host_port(host, config.public_ports[0])
+                if config.tcp_fallback
+                else None,
             },
         }
 

@@ -146,3 +146,34 @@ class FunnelTests(TestCase):
                     return read_line(sock, buffer)
 
             self.assertEqual(await threads.deferToThread(again), b"after\n")
+
+    async def test_stalled_client_that_stays_is_aborted(self) -> None:
+        """A client floods without reading until everything is paused, then stays connected
+        and silent: no reset tells the node, so the echo's own idle timeout must end the flow
+        (an abort: a graceful close would wait on bytes the client never reads)."""
+        from twisted.internet import reactor
+
+        async with testing.funnel("handler = echo\nidle-timeout = 2") as f:
+
+            def flood() -> Any:
+                sock = f.connect()
+                read_line(sock, bytearray())
+                sock.setblocking(False)
+                quiet_since = time.monotonic()
+                while time.monotonic() - quiet_since < 1.0:
+                    try:
+                        sock.send(b"y" * 1023 + b"\n")
+                        quiet_since = time.monotonic()
+                    except (BlockingIOError, OSError):
+                        time.sleep(0.02)
+                return sock  # left open: neither read nor closed
+
+            sock = await threads.deferToThread(flood)
+            self.addCleanup(sock.close)
+            self.assertEqual(f.plugin_status()["gauges"]["clients"], 1)
+            for _ in range(100):
+                if f.open_flows() == 0 and f.plugin_status()["gauges"]["clients"] == 0:
+                    break
+                await task.deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual(f.plugin_status()["gauges"]["clients"], 0)
+            self.assertEqual(f.open_flows(), 0)

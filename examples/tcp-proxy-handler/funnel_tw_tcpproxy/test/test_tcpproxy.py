@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Echo(protocol.Protocol):
+    """The backend: echoes, and reads only while its echo is taken (its transport is its own
+    producer). Without that it would read all a client sends and buffer the echo in memory, so
+    a client that never reads could keep sending for as long as this process has memory."""
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
 
@@ -97,21 +104,23 @@ class FunnelTests(TestCase):
         idle timeout aborts the flow (both sides), and the node lets go of it."""
         async with testing.funnel(self.section(idle_timeout="2", connect_timeout="1")) as f:
 
-            def flood() -> Any:
+            def flood() -> tuple[Any, float]:
                 sock = f.connect()
                 sock.setblocking(False)
                 start = quiet_since = time.monotonic()
-                # until the path stops taking bytes, or for 5 s at most; then silence
-                while time.monotonic() - quiet_since < 1.0 and time.monotonic() - start < 5:
+                # until the path stops taking bytes (backpressure all the way: the backend
+                # stops reading, then the node, then the relay), 10 s at most; then silence
+                while time.monotonic() - quiet_since < 1.0 and time.monotonic() - start < 10:
                     try:
                         sock.send(b"z" * 16384)
                         quiet_since = time.monotonic()
                     except (BlockingIOError, OSError):
                         time.sleep(0.02)
-                return sock
+                return sock, quiet_since - start
 
-            sock = await threads.deferToThread(flood)
+            sock, sending = await threads.deferToThread(flood)
             self.addCleanup(sock.close)
+            self.assertLess(sending, 9.0)  # the client was paused; it did not stop on its own
             await self.wait(
                 lambda: f.plugin_status()["gauges"]["active"] == 0 and f.open_flows() == 0
             )

@@ -1,0 +1,174 @@
+"""Memory per idle funnel connection, relay and node, beside Caddy's (a benchmark, not a test).
+
+    python bench/idle.py [--connections 10000] [--step 2500]
+
+A relay and a node (``twistd``, their own processes; configs from ``funnel_tw.demo``) in front
+of a Caddy backend, and Caddy as a TLS reverse proxy to the same backend as the reference.
+The client opens ``--connections`` HTTPS connections to each, in steps of ``--step``: each
+completes TLS (SNI, the node's or Caddy's CA), sends one HTTP/1.1 keep-alive GET, reads the
+answer, then stays open and idle. The connections come from many loopback source addresses
+(127.0.1.1, 127.0.1.2, ...; at most 200 each) because the relay limits connections per address.
+After each step: the resident memory (VmRSS) of the relay, the node and Caddy, per connection
+over the baseline; and the latency of a fresh request made meanwhile (does the node still answer
+in milliseconds with all of them held?).
+
+Loopback only; every run is bounded (``--budget`` seconds), and every process and socket is
+closed however the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import signal
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from funnel import CADDY_HOST, Bench, wait_for
+
+from funnel_tw.demo import HOSTNAME
+
+PER_SOURCE = 200
+
+
+def rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def source(i: int) -> str:
+    n = i // PER_SOURCE + 1
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+class Idle:
+    """Idle keep-alive connections to one HTTPS endpoint."""
+
+    def __init__(self, port: int, name: str, ca: Path) -> None:
+        self.port = port
+        self.name = name
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.held: list[asyncio.StreamWriter] = []
+        self.failed = 0
+
+    async def open_one(self, i: int, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1",
+                        self.port,
+                        ssl=self.context,
+                        server_hostname=self.name,
+                        local_addr=(source(i), 0),
+                    ),
+                    30,
+                )
+                writer.write(f"GET / HTTP/1.1\r\nHost: {self.name}\r\n\r\n".encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if length:
+                    await asyncio.wait_for(reader.readexactly(int(length.group(1))), 30)
+                self.held.append(writer)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
+                self.failed += 1
+
+    async def grow(self, total: int, concurrency: int = 64) -> None:
+        gate = asyncio.Semaphore(concurrency)
+        start = len(self.held) + self.failed
+        await asyncio.gather(*(self.open_one(i, gate) for i in range(start, total)))
+
+    async def request_ms(self) -> float:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.context, server_hostname=self.name
+        )
+        writer.write(f"GET / HTTP/1.1\r\nHost: {self.name}\r\nConnection: close\r\n\r\n".encode())
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return (time.monotonic() - started) * 1000
+
+    def close(self) -> None:
+        for writer in self.held:
+            writer.transport.abort()
+        self.held = []
+
+
+async def run(bench: Bench, args: argparse.Namespace) -> None:
+    backend = bench.start_backend()
+    funnel_port, funnel_ca = start_funnel(bench, backend, args.connections)
+    caddy_port, caddy_root = bench.start_caddy_proxy(backend)
+    cases = {
+        "funnel": (Idle(funnel_port, HOSTNAME, funnel_ca), ["relay", "node"]),
+        "caddy": (Idle(caddy_port, CADDY_HOST, caddy_root), ["caddy-proxy"]),
+    }
+    deadline = time.monotonic() + args.budget
+    for label, (idle, procs) in cases.items():
+        await idle.request_ms()  # warm: code paths loaded before the baseline
+        base = {p: rss_kib(bench.procs[p].pid) for p in procs}
+        print(f"\n{label}: baseline " + ", ".join(f"{p} {base[p] / 1024:.0f} MiB" for p in procs))
+        target = 0
+        try:
+            while target < args.connections and time.monotonic() < deadline:
+                target = min(args.connections, target + args.step)
+                started = time.monotonic()
+                await asyncio.wait_for(idle.grow(target), max(1, deadline - time.monotonic()))
+                took = time.monotonic() - started
+                await asyncio.sleep(2)  # let buffers settle
+                n = len(idle.held)
+                per = {p: (rss_kib(bench.procs[p].pid) - base[p]) / max(n, 1) for p in procs}
+                latency = sorted([await idle.request_ms() for _ in range(5)])[2]
+                print(
+                    f"  {n:6d} idle ({idle.failed} failed, opened in {took:.1f} s): "
+                    + ", ".join(f"{p} {per[p]:.1f} KiB/conn" for p in procs)
+                    + f"; a new request meanwhile {latency:.1f} ms (median of 5)"
+                )
+        except TimeoutError:
+            print(f"  budget of {args.budget:.0f} s spent")
+        finally:
+            idle.close()
+
+
+def start_funnel(bench: Bench, backend: int, connections: int) -> tuple[int, Path]:
+    """bench/funnel.py's funnel; then room for the connections in the relay's limits, by a
+    live reload (max-connections applies without a restart)."""
+    port, ca = bench.start_funnel(backend)
+    relay_ini = bench.folder / "funnel" / "relay.ini"
+    limits = f"[relay]\nmax-connections = {connections + 1000}\n"
+    relay_ini.write_text(relay_ini.read_text().replace("[relay]\n", limits, 1))
+    bench.procs["relay"].send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: "reload: 1 changes applied" in bench.log_text("relay"), "the relay's reload", 10
+    )
+    return port, ca
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--step", type=int, default=2500)
+    parser.add_argument("--budget", type=float, default=300.0)
+    args = parser.parse_args()
+    args.size_mib = 1  # the backend's big file is not used here
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 4 * args.connections + 4096)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the daemons inherit it
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(stack, Path(tmp), args)
+        print(f"bench/idle.py: {args.connections} connections, {os.cpu_count()} cores")
+        asyncio.run(run(bench, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
