@@ -155,6 +155,16 @@ class StoreTests(SynchronousTestCase):
         self.assertFalse(again.remove("app.example.com"))
         self.assertEqual(json.loads((self.state / "enrolled-nodes.json").read_text())["nodes"], [])
 
+    def test_malformed_token_entries_are_dropped_at_load(self) -> None:
+        secret = self.store.invite(self.config, ("app.example.com",), 0.0)
+        data = json.loads((self.state / "enroll-tokens.json").read_text())
+        data["tokens"]["bogus"] = {"hostnames": "app.example.com", "expires": "never"}
+        data["tokens"]["other"] = []
+        (self.state / "enroll-tokens.json").write_text(json.dumps(data))
+        again = EnrollStore(self.state)
+        again.load()
+        self.assertEqual(list(again.tokens), [secret_hash(secret)])
+
     def test_damaged_files_are_named(self) -> None:
         self.state.mkdir(parents=True)
         (self.state / "enroll-tokens.json").write_text("{")

@@ -48,6 +48,22 @@ class Refused(Exception):
         self.reason = reason
 
 
+def _valid_token(entry: Any) -> bool:
+    """A token entry as :meth:`EnrollStore.invite` writes it (others are dropped at load)."""
+    if not isinstance(entry, dict):
+        return False
+    hostnames = entry.get("hostnames")
+    return (
+        isinstance(hostnames, list)
+        and bool(hostnames)
+        and all(isinstance(h, str) for h in hostnames)
+        and isinstance(entry.get("expires"), int | float)
+        and isinstance(entry.get("uses"), int)
+        and isinstance(entry.get("reusable"), bool)
+        and isinstance(entry.get("name"), str | None)
+    )
+
+
 def _owner(config: RelayConfig, hostname: str, key: bytes | None = None) -> str | None:
     """The node (other than the one with ``key``) that serves ``hostname`` now."""
     for node in config.nodes:
@@ -78,7 +94,7 @@ class EnrollStore:
                 raise ValueError("no 'tokens' table")
         except (ValueError, KeyError) as e:
             raise ValueError(f"{self.tokens_path}: {e}") from None
-        self.tokens = {k: v for k, v in tokens.items() if isinstance(v, dict)}
+        self.tokens = {k: v for k, v in tokens.items() if _valid_token(v)}
 
     def _save_tokens(self) -> None:
         write_private_json(self.tokens_path, {"version": 1, "tokens": self.tokens})
