@@ -175,6 +175,9 @@ def enroll_request(
         return data
     if isinstance(data, dict) and data.get("error") in REFUSALS:
         raise JoinError(f"the relay refused: {REFUSALS[str(data['error'])]}")
+    if isinstance(data, dict) and isinstance(data.get("message"), str):  # pinned: the relay's
+        said = "".join(c if c.isprintable() else "?" for c in data["message"][:200])
+        raise JoinError(f"the relay refused (status {status}): {said}")
     raise JoinError(f"{where} answered something that is not an enrollment (status {status})")
 
 

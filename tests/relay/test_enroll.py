@@ -184,6 +184,8 @@ class ListenerTests(SynchronousTestCase):
         self.calls.append(request)
         if request.get("secret") == "bad":
             raise Refused("bad_token", "no such token")
+        if request.get("secret") == "bug":
+            raise OSError(28, "No space left on device")
         return {"ok": True}
 
     def connect(self) -> tuple[EnrollProtocol, StringTransport]:
@@ -245,6 +247,11 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(self.factory.counters["bad_token"], 1)
         self.assertEqual(self.factory.counters["too_large"], 1)
         self.assertEqual(self.factory.open, 0)
+
+    def test_a_failure_is_answered_and_logged(self) -> None:
+        status, answer, _ = self.answer(self.post(b'{"secret": "bug"}'))
+        self.assertEqual((status, answer["error"]), (503, "error"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_an_endless_head_is_cut_at_8_kib(self) -> None:
         protocol, transport = self.connect()

@@ -140,6 +140,10 @@ class EnrollProtocol(Protocol):
             status = _REASON_STATUS.get(e.reason, 403)
             self._refuse(status, e.reason, str(e))
             return
+        except Exception:  # a bug or a full disk: the client gets an answer, the log the cause
+            log.failure("enrollment from {peer} failed", peer=self.peer)
+            self._refuse(503, "error", "the relay could not enroll the node (see its log)")
+            return
         self.factory.counters["enrolled"] = self.factory.counters.get("enrolled", 0) + 1
         self._send(200, answer)
 
