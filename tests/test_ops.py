@@ -437,6 +437,8 @@ class LogFilterTests(SynchronousTestCase):
             {"message": ("Stopping factory <x>",), "log_level": LogLevel.info},
             {"message": ("PublicFactory starting on 443",), "log_level": LogLevel.info},
             {"message": ("(TCP Port 9464 Closed)",), "log_level": LogLevel.info},
+            {"message": ("EnrollFactory (TLS) starting on 41643",), "log_level": LogLevel.info},
+            {"message": ("(TLS Port 41643 Closed)",), "log_level": LogLevel.info},
         ):
             self.assertIs(keep(event), no, event)
             self.assertIs(verbose(event), no, event)

@@ -24,8 +24,8 @@ from twisted.logger import (
 
 CHATTER = re.compile(
     r"^(Starting|Stopping) (factory|protocol)\b"
-    r"|^\S+ starting on \S+"
-    r"|^\((TCP|UDP|UNIX) Port \S+ Closed\)"
+    r"|^\S+( \(TLS\))? starting on \S+"
+    r"|^\((TCP|UDP|UNIX|TLS) Port \S+ Closed\)"
 )
 
 
