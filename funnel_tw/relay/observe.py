@@ -149,6 +149,7 @@ class RelayObserver:
             nodes.append(
                 {
                     "name": spec.name,
+                    "enrolled": spec.name in self.config.enrolled,  # by token, not relay.ini
                     "hostnames": list(spec.hostnames),
                     "endpoint": display_endpoint(peer.endpoint)
                     if peer is not None and peer.endpoint

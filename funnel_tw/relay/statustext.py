@@ -27,7 +27,7 @@ def format_relay_status(doc: dict[str, Any]) -> str:
             age = n.get("last_handshake_age")
             rows.append(
                 [
-                    n["name"],
+                    n["name"] + (" (enrolled)" if n.get("enrolled") else ""),
                     n.get("endpoint") or "(no endpoint)",
                     "handshake " + ("never" if age is None else f"{format_age(age)} ago"),
                     "session up" if n.get("session") else "NO SESSION",

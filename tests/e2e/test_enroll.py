@@ -155,6 +155,9 @@ funnel = yes
         self.assertIn("home", listed.stdout)
         self.assertIn("enrolled", listed.stdout)
         self.assertIn(APP, listed.stdout)
+        relay_status = cli("status", "--config", str(funnel.relay_ini), cwd=funnel.dir)
+        self.assertEqual(relay_status.returncode, 0, relay_status.stderr)
+        self.assertIn("home (enrolled)", relay_status.stdout)
 
         removed = cli("remove-node", "--config", str(funnel.relay_ini), "home", cwd=funnel.dir)
         self.assertEqual(removed.returncode, 0, removed.stderr)
