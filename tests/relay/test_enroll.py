@@ -382,3 +382,24 @@ class LiveTests(SynchronousTestCase):
         self.relay.config = attrs.evolve(self.relay.config, enroll=None)
         error = self.assertRaises(ActionRefused, self.enroll.invite, {"hostnames": "a.example.com"})
         self.assertIn("enrollment is off", str(error))
+
+
+class CertificateTests(SynchronousTestCase):
+    def test_kept_renewed_with_the_same_key_and_0600(self) -> None:
+        import datetime
+
+        from funnel_tw.relay.enroll.certificate import enroll_certificate, pem_pin
+        from funnel_tw.tls.pem import PEMError
+
+        state = Path(self.mktemp())
+        now = datetime.datetime.now(datetime.UTC)
+        first = enroll_certificate(state, now)
+        path = state / "enroll.pem"
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertEqual(enroll_certificate(state, now + datetime.timedelta(days=30)), first)
+        later = enroll_certificate(state, now + datetime.timedelta(days=3400))
+        self.assertNotEqual(later, first)  # renewed near its end...
+        self.assertEqual(pem_pin(later), pem_pin(first))  # ...with the key the tokens pin
+        path.write_text("garbage")
+        error = self.assertRaises(PEMError, enroll_certificate, state)
+        self.assertIn("invites are then void", str(error))
