@@ -249,3 +249,5 @@ class RelayConfig:
     ingress_connect_timeout: float = 5.0  # reach the node and get its answer within this long
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
+    balance: str = "round-robin"  # how a pool's nodes share new connections (relay/balance.py)
+    balance_by_name: tuple[tuple[str, str], ...] = ()  # `balance NAME = POLICY` keys

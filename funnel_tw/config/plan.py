@@ -229,6 +229,7 @@ RELAY_SETTINGS: list[Restart] = [
     ("max-connections", lambda c: c.max_connections),
     ("max-connections-per-ip", lambda c: c.max_connections_per_ip),
     ("shutdown-timeout", lambda c: c.shutdown_timeout),
+    ("balance", lambda c: (c.balance, c.balance_by_name)),
 ]
 
 

@@ -32,13 +32,17 @@ from ..config import RelayNode
 from ..web import splice
 from ..web.factories import OneProtocolFactory
 from ..web.hostport import format_host_port
+from .balance import Balancer
 from .clienthello import ClientHelloError, ClientHelloParser
+from .health import Health
 from .ingress import IngressClientEnd, ingress_request
 from .routes import Routes
 
 log = Logger()
 
 UNREACHABLE_LOG_INTERVAL = 60.0  # "node X unreachable" at most this often per node
+ATTEMPT_TIMEOUT = 1.0  # a node with another one behind it: connect and answer within this
+ACME_ALPN = b"acme-tls/1"
 
 
 class State(enum.Enum):
@@ -66,6 +70,12 @@ class PublicConnection(splice.SpliceEnd):
         self.target = ""  # SNI host:port, once the ClientHello named it
         self.node_name = ""
         self.node_address = ""
+        self.server_name = ""
+        self.acme = False  # the ClientHello offers acme-tls/1 (a tls-alpn-01 validation)
+        self.candidates: list[RelayNode] = []  # the nodes still to try, in order
+        self.deadline = 0.0  # the whole ingress (every attempt) ends by then
+        self.tried: list[str] = []  # why each node tried did not take it
+        self.holding = ""  # the node this spliced connection counts against (balance)
         # for the access log and metrics: how it ended, when it began, bytes before the splice
         self.outcome = "closed"
         self.started = 0.0
@@ -98,15 +108,6 @@ class PublicConnection(splice.SpliceEnd):
                 f"({len(self.parser.buffer)} bytes)"
             )
 
-    def _ingress_timeout(self) -> None:
-        self._timer = None
-        if self.state is not State.INGRESS:
-            return
-        self._count("node_timeout")
-        why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
-        self.factory.node_unreachable(self.node_name, why)
-        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
-
     def _close(self, why: str, quiet: bool = False) -> None:
         (log.debug if quiet else log.info)(
             "public connection from {src} for {target} closed: {why}",
@@ -124,6 +125,9 @@ class PublicConnection(splice.SpliceEnd):
             self._timer.cancel()
         self._timer = None
         self.factory.release(self)
+        if self.holding:
+            self.factory.balancer.closed(self.holding)
+            self.holding = ""
         if self.factory.on_finished is not None:
             self.factory.on_finished(self)
         node_transport = self.node_end.transport if self.node_end is not None else None
@@ -160,58 +164,108 @@ class PublicConnection(splice.SpliceEnd):
             self._close("no SNI in the ClientHello")
             return
         self.target = format_host_port(hello.server_name, self.public_port)
-        node = self.factory.routes.lookup(hello.server_name)
-        if node is None:
+        pool = self.factory.routes.pool(hello.server_name)
+        if pool is None:
             self._count("unknown_name")
             self._close("no node serves this name")
             return
+        self.candidates = self.factory.balancer.order(pool)
+        if not self.candidates:
+            self._count("no_node_in_service")
+            health = self.factory.balancer.health
+            why = "; ".join(f"{n.name}: {health.reason(n.name) or 'out'}" for n in pool.nodes)
+            self._close(f"every node of {pool.key} is out of service ({why})")
+            return
         self.state = State.INGRESS
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.factory.reactor.callLater(
-            self.factory.ingress_timeout, self._ingress_timeout
-        )
+        self.server_name = hello.server_name
+        self.acme = ACME_ALPN in hello.alpn
+        self.deadline = self.factory.reactor.seconds() + self.factory.ingress_timeout
         self.transport.pauseProducing()
-        self._ask_node(node, hello.server_name)
+        self._next_attempt()
 
     # --- the node ---------------------------------------------------------------------------
 
-    def _ask_node(self, node: RelayNode, server_name: str) -> None:
+    def _next_attempt(self) -> None:
+        """Ask the next candidate; with more behind it, give it ``attempt_timeout`` at most."""
+        node = self.candidates.pop(0)
+        budget = max(0.0, self.deadline - self.factory.reactor.seconds())
+        wait = min(budget, self.factory.attempt_timeout) if self.candidates else budget
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.reactor.callLater(wait, self._ingress_timeout)
+        self._ask_node(node)
+
+    def _ask_node(self, node: RelayNode) -> None:
         peerapi_ip, peerapi_port = node.peerapi
         request = ingress_request(
             format_host_port(str(peerapi_ip), peerapi_port),
             self.source,
-            format_host_port(server_name, self.public_port),
+            format_host_port(self.server_name, self.public_port),
+            acme=self.acme,
         )
-        self.node_end = IngressClientEnd(request, self._accepted, self._refused)
+        end = IngressClientEnd(request, self._accepted, lambda why: self._refused(end, why))
+        self.node_end = end
         self.node_name = node.name
         self.node_address = format_host_port(str(peerapi_ip), peerapi_port)
         endpoint = self.factory.node_endpoint(str(peerapi_ip), peerapi_port)
-        d = endpoint.connect(OneProtocolFactory(self.node_end))
-        d.addErrback(self._unreachable)
+        d = endpoint.connect(OneProtocolFactory(end))
+        d.addErrback(self._unreachable, end)
 
-    def _unreachable(self, failure: Failure) -> None:
-        if self.state is State.CLOSED:
+    def _ingress_timeout(self) -> None:
+        self._timer = None
+        if self.state is not State.INGRESS:
             return
-        self._count("node_unreachable")
+        why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
+        self.factory.node_unreachable(self.node_name, why)
+        self._attempt_failed("node_timeout", f"node {self.node_name} unreachable: {why}", why)
+
+    def _unreachable(self, failure: Failure, end: IngressClientEnd) -> None:
+        if self.state is not State.INGRESS or end is not self.node_end:
+            return
         why = self.factory.why_unreachable(self.node_name) or failure.getErrorMessage()
         self.factory.node_unreachable(self.node_name, why)
-        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
+        self._attempt_failed("node_unreachable", f"node {self.node_name} unreachable: {why}", why)
 
-    def _refused(self, why: str) -> None:
-        if self.state is State.CLOSED:
+    def _refused(self, end: IngressClientEnd, why: str) -> None:
+        if self.state is not State.INGRESS or end is not self.node_end:
             return
-        self._count("node_refused")
-        self._close(f"refused by node {self.node_name}: {why}")
+        # a 4xx is this node declining this name (not served here, no pending ACME challenge):
+        # the next node may take it; no answer or a 5xx (a node going away) puts the node out
+        out = end.status == 0 or end.status >= 500
+        self._attempt_failed(
+            "node_refused", f"refused by node {self.node_name}: {why}", why if out else None
+        )
+
+    def _attempt_failed(self, outcome: str, why: str, out_because: str | None) -> None:
+        """One node did not take the connection: put it out of service (``out_because``) and
+        try the next candidate while the ingress deadline allows, else close."""
+        end, self.node_end = self.node_end, None
+        if end is not None and end.transport is not None:
+            end.transport.abortConnection()
+        now = self.factory.reactor.seconds()
+        if out_because is not None:
+            self.factory.node_failed(self.node_name, out_because)
+        self.tried.append(why)
+        if self.candidates and now < self.deadline:
+            self.factory.count("failover")
+            log.debug("{target}: {why}; trying the next node", target=self.target, why=why)
+            self._next_attempt()
+            return
+        self._count(outcome)
+        if len(self.tried) > 1:
+            why = "no node took it: " + "; ".join(self.tried)
+        self._close(why, quiet=outcome != "node_refused")
 
     def _accepted(self, node_end: IngressClientEnd) -> None:
-        if self.state is not State.INGRESS:
+        if self.state is not State.INGRESS or node_end is not self.node_end:
             node_end.transport.abortConnection()
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.state = State.SPLICED
         self._count("spliced")
+        self.factory.node_took(self.node_name)
+        self.holding = self.node_name
         node_end.transport.write(self.parser.raw)  # the ClientHello, exactly as received
         self.parser = ClientHelloParser()  # drop the buffered copy
         splice.join(self, node_end)
@@ -249,9 +303,13 @@ class PublicFactory(protocol.Factory):
         ingress_timeout: float = 5.0,
         why_unreachable: Callable[[str], str | None] = lambda node: None,
         on_finished: Callable[[PublicConnection], None] | None = None,
+        balancer: Balancer | None = None,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
     ) -> None:
-        """``ingress_timeout``: connect to the node and get its answer within this long;
-        ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session)."""
+        """``ingress_timeout``: connect to a node and get its answer within this long, every
+        attempt included; ``attempt_timeout``: one attempt, when another node could take over;
+        ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session);
+        ``balancer``: the order of a pool's nodes and their health (shared by all ports)."""
         self.reactor = reactor
         self.routes = routes
         self.node_endpoint = node_endpoint
@@ -262,6 +320,8 @@ class PublicFactory(protocol.Factory):
         self.ingress_timeout = ingress_timeout
         self.why_unreachable = why_unreachable
         self.on_finished = on_finished  # the access log and metrics (relay/observe.py)
+        self.balancer = balancer or Balancer(routes, Health())
+        self.attempt_timeout = attempt_timeout
         self._unreachable_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> PublicConnection:
@@ -278,6 +338,15 @@ class PublicFactory(protocol.Factory):
             return
         self._unreachable_logged[node] = now
         log.warn("node {node} unreachable: {why}", node=node, why=why)
+
+    def node_failed(self, node: str, why: str) -> None:
+        if self.balancer.health.failed(node, why, self.reactor.seconds()):
+            log.warn("node {node} out of service: {why}", node=node, why=why)
+
+    def node_took(self, node: str) -> None:
+        self.balancer.opened(node)
+        if self.balancer.health.succeeded(node, self.reactor.seconds()):
+            log.info("node {node} back in service", node=node)
 
     def admit(self, conn: PublicConnection) -> bool:
         return self.limits.admit(conn)
