@@ -7,7 +7,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -33,10 +33,12 @@ from ..tls.store import CertificateStore
 from ..web.hostport import format_host_port
 from ..web.httplimits import HTTPLimits
 from .observe import attach_observer
-from .plugins import PluginServices
+from .plugins import DRAIN_TIMEOUT, PluginServices
 from .status.server import LocalAPIService
 
 log = Logger()
+
+DRAIN_POLL = 0.1  # how often a stopping node looks whether its flows are done
 
 
 def build_acme_source(
@@ -180,6 +182,7 @@ class NodeService(MultiService):
             caller_name=self.caller,
             policy=self.serve,
             dispatcher=self.dispatcher,
+            challenge_pending=self.store.has_challenge,
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
@@ -288,11 +291,33 @@ class NodeService(MultiService):
         )
 
     def stopService(self) -> defer.Deferred[None]:
+        """Stop gracefully: refuse new ingress (the peerAPI port closes, so a relay tries
+        another node of the pool at once), let open flows finish within ``DRAIN_TIMEOUT``, and
+        only then leave the overlay."""
         self.certificates.stop()
+        self.ingress.accepting = False
         for port in self.listening:
             port.stopListening()
         self.listening = []
         self.backends.close()
-        drained = self.plugin_services.stop()  # no new flows now; each within its deadline
-        drained.addCallback(lambda _: super(NodeService, self).stopService())
+        plugins = self.plugin_services.stop()  # no new flows now; each within its deadline
+        flows = defer.Deferred.fromCoroutine(self._drain_flows(DRAIN_TIMEOUT))
+        drained: defer.Deferred[None] = defer.gatherResults(
+            [plugins, flows], consumeErrors=True
+        ).addCallback(lambda _: super(NodeService, self).stopService())
         return drained
+
+    async def _drain_flows(self, timeout: float) -> None:
+        """Wait until the overlay holds no TCP connection (flows, ingress in progress), at
+        most ``timeout`` s; with ``network = tun`` the kernel holds them and this returns."""
+        open_now = self.overlay.tcp_connections()
+        if not open_now:
+            return
+        log.info("draining {n} open connections for up to {t} s", n=len(open_now), t=timeout)
+        deadline = self.reactor.seconds() + timeout
+        while self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, DRAIN_POLL, lambda: None)
+            if not self.overlay.tcp_connections():
+                return
+        left = len(self.overlay.tcp_connections() or ())
+        log.warn("{n} connections still open after {t} s; closing them", n=left, t=timeout)
