@@ -1297,7 +1297,8 @@ class BalanceTests(ConfigTestCase):
     def test_pool_and_policies(self) -> None:
         path = self.write(
             "relay.ini",
-            RELAY + "balance = first\nbalance NODE.example.com = least-connections\n"
+            RELAY
+            + "balance = first\nbalance NODE.example.com = least-connections\n"
             + HOME
             + POOL_B,
         )
@@ -1312,8 +1313,7 @@ class BalanceTests(ConfigTestCase):
     def test_errors_name_file_and_line(self) -> None:
         self.assertErrors(
             RELAY + "balance = random\nbalance other.example.com = first\n"
-            "balance x..y = first\nbalance node.example.com = fastest\nbalanse = first\n"
-            + HOME,
+            "balance x..y = first\nbalance node.example.com = fastest\nbalanse = first\n" + HOME,
             "4: [relay] balance: 'random' is not one of: round-robin, least-connections, first",
             "5: [relay] balance other.example.com: no [node] section lists other.example.com in"
             " its hostnames",

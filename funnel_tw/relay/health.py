@@ -110,8 +110,10 @@ class Health:
                     self.succeeded(state.name, now)
         if not state.up:
             return False
-        if not endpoint_known:
-            return self._out(state, "no WireGuard session (never heard from)", now, silent=True)
+        if not endpoint_known:  # not an outage: it has never been in service
+            state.up, state.silent, state.since = False, True, now
+            state.reason = "no WireGuard session (never heard from)"
+            return False
         if last_handshake is not None and now - last_handshake > SESSION_LIFETIME + 30:
             return self._out(state, "WireGuard session expired", now, silent=True)
         stale = STALE_AFTER_INTERVALS * max(state.interval, 1.0)
