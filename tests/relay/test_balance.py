@@ -222,3 +222,25 @@ class HealthTests(SynchronousTestCase):
         doc = self.h.document(5.0)
         self.assertEqual(doc["a"], {"up": False, "reason": "refused", "for": 3.0, "outages": 1})
         self.assertEqual(doc["b"]["up"], True)
+
+
+class StatusTextTests(SynchronousTestCase):
+    def test_health_and_pools_shown(self) -> None:
+        from funnel_tw.relay.statustext import format_relay_status
+
+        node = {"name": "a", "endpoint": "127.0.0.1:1", "last_handshake_age": 3.0}
+        text = format_relay_status(
+            {
+                "version": "1",
+                "nodes": [
+                    {**node, "session": True, "health": {"up": True}},
+                    {**node, "name": "b", "health": {"up": False, "reason": "probe: refused"}},
+                ],
+                "pools": [
+                    {"name": "x.test", "balance": "first", "nodes": ["a", "b"], "in_service": ["a"]}
+                ],
+            }
+        )
+        self.assertRegex(text, r"a\s+127\.0\.0\.1:1\s+handshake 3s ago\s+session up\s+in service")
+        self.assertIn("NO SESSION  OUT (probe: refused)", text)
+        self.assertRegex(text, r"pools:\n  x\.test\s+first\s+1 of 2 in service\s+a, b")
