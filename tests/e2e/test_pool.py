@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from funnel_tw import keys
 from tests._support import free_port, wait_until_blocking
 from tests.e2e import harness
 
@@ -192,3 +195,82 @@ class PoolTests(SynchronousTestCase):
         self.assertTrue(served["a"] and served["b"])
         relay_log = self.funnel.relay.log() if self.funnel.relay else ""
         self.assertNotIn("Traceback", relay_log)
+
+
+class TwoRelaysTests(SynchronousTestCase):
+    """One node with a session to each of two relays (two ``[peer]`` sections with
+    ``funnel-ingress = yes``); each relay routes the name on its own public address. A client
+    whose DNS lists both (curl ``--resolve NAME:PORT:ADDR1,ADDR2``) sees no failure when the
+    first relay is killed."""
+
+    def setUp(self) -> None:
+        self.funnel = harness.Funnel(self.addCleanup)
+        self.wg2 = free_port(socket.SOCK_DGRAM)
+        self.key2 = keys.generate_private_key()
+        self.node = self.funnel.add_node(
+            "a",
+            [NAME],
+            extra_serve=f"""[peer relay2]
+public-key = {keys.encode_key(keys.public_key(self.key2))}
+endpoint = 127.0.0.1:{self.wg2}
+allowed-ips = 100.64.0.254/32
+persistent-keepalive = 25
+funnel-ingress = yes
+""",
+        )
+        self.funnel.start()
+        folder = self.funnel.dir / "relay2"
+        folder.mkdir(mode=0o700)
+        harness.write_key(folder / "relay.key", self.key2)
+        node_key = keys.encode_key(keys.public_key(self.node.key))
+        (folder / "relay.ini").write_text(f"""[relay]
+private-key-file = relay.key
+listen-port = {self.wg2}
+address = 100.64.0.254/32
+public-address = 127.0.0.2
+public-ports = {self.funnel.public_port}
+
+[node a]
+public-key = {node_key}
+allowed-ips = {self.node.overlay_ip}/32
+hostnames = {NAME}
+peerapi = {self.node.overlay_ip}:{harness.PEERAPI_PORT}
+""")
+        self.relay2 = harness.start_daemon("funnel-relay", folder / "relay.ini", self.addCleanup)
+        self.relay2.wait_log("relay listening on")
+        assert self.node.daemon is not None
+        self.node.daemon.wait_log("handshake with relay2 complete")
+
+    def curl_both(self) -> harness.CurlResult:
+        return self.funnel.curl(self.node, connect_host="127.0.0.1,127.0.0.2", timeout=12)
+
+    def test_a_killed_relay_costs_no_new_connection(self) -> None:
+        for host in ("127.0.0.1", "127.0.0.2"):
+            result = self.funnel.curl(self.node, connect_host=host)
+            self.assertEqual(result.status, 200, (host, result.stderr))
+            self.assertIn(self.node.text, result.body)
+        status = subprocess_status(self.node.ini)
+        self.assertRegex(status, r"relay\s+127\.0\.0\.1:\d+\s+handshake \d+s ago")
+        self.assertRegex(status, r"relay2\s+127\.0\.0\.1:\d+\s+handshake \d+s ago")
+        assert self.funnel.relay is not None
+        self.funnel.relay.proc.send_signal(signal.SIGKILL)
+        self.funnel.relay.proc.wait(5)
+        started = time.monotonic()
+        results = [self.curl_both() for _ in range(10)]
+        took = (time.monotonic() - started) / len(results)
+        print(f"\nrelay 1 killed: 10 curls listing both relays, {took:.2f} s each on average")
+        self.assertEqual([(r.status, r.stderr) for r in results], [(200, "")] * 10)
+        self.assertTrue(all(self.node.text in r.body for r in results))
+
+
+def subprocess_status(config: object) -> str:
+    """``funnel-tw status --config FILE``: its text."""
+    done = subprocess.run(
+        [sys.executable, "-m", "funnel_tw", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=harness.child_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
