@@ -39,6 +39,7 @@ from .status.server import LocalAPIService
 log = Logger()
 
 DRAIN_POLL = 0.1  # how often a stopping node looks whether its flows are done
+LAME_DUCK = 1.5  # a relay probes a pool member every second (relay/health.py)
 
 
 def build_acme_source(
@@ -186,6 +187,9 @@ class NodeService(MultiService):
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
+        # On SIGTERM, stay reachable (peerAPI closed, so refusing) this long at least: every
+        # relay's next probe sees the refusal before the node goes silent (node/tap.py sets it)
+        self.lame_duck = 0.0
         self.serve_listeners: dict[int, IListeningPort] = {}  # by serve port (reload.py)
         self.observer = attach_observer(self)  # metrics-listen, access-log
         self.plugin_services = PluginServices(self.plugins, reactor)
@@ -309,15 +313,19 @@ class NodeService(MultiService):
 
     async def _drain_flows(self, timeout: float) -> None:
         """Wait until the overlay holds no TCP connection (flows, ingress in progress), at
-        most ``timeout`` s; with ``network = tun`` the kernel holds them and this returns."""
+        most ``timeout`` s, and at least ``lame_duck`` s when a relay has a session with us;
+        with ``network = tun`` the kernel holds the flows and only ``lame_duck`` is waited."""
+        now = self.reactor.seconds()
+        deadline = now + timeout
+        quiet_until = now + (self.lame_duck if self.relay_session() else 0.0)
         open_now = self.overlay.tcp_connections()
-        if not open_now:
-            return
-        log.info("draining {n} open connections for up to {t} s", n=len(open_now), t=timeout)
-        deadline = self.reactor.seconds() + timeout
+        if open_now:
+            log.info("draining {n} open connections for up to {t} s", n=len(open_now), t=timeout)
         while self.reactor.seconds() < deadline:
-            await task.deferLater(self.reactor, DRAIN_POLL, lambda: None)
-            if not self.overlay.tcp_connections():
+            if not self.overlay.tcp_connections() and self.reactor.seconds() >= quiet_until:
                 return
+            await task.deferLater(self.reactor, DRAIN_POLL, lambda: None)
         left = len(self.overlay.tcp_connections() or ())
+        if not left:
+            return
         log.warn("{n} connections still open after {t} s; closing them", n=left, t=timeout)
