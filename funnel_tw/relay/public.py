@@ -5,10 +5,15 @@ For each public connection:
 1. read the TLS ClientHello (sans-IO parser) within ``client-hello-timeout`` of the accept (a
    total deadline: bytes trickling in do not extend it); no SNI, an unknown name, a malformed
    or oversized hello or a timeout closes the connection (counted);
-2. open TCP over the overlay to the node's peerAPI and send ``POST /v0/ingress``; anything but
-   the exact 101, or no answer within ``ingress-connect-timeout``, closes the public
-   connection (a silent node is logged once a minute at most, with why: no WireGuard session
-   or no answer from its peerAPI);
+2. take the nodes of the name's pool that are in service, in the order ``balance`` gives
+   (``relay/balance.py``; none in service: close at once, counted ``no_node_in_service``);
+   open TCP over the overlay to the first one's peerAPI and send ``POST /v0/ingress``. A node
+   that does not answer (within ``ATTEMPT_TIMEOUT`` when another node is left to try), is
+   unreachable, or answers 5xx is put out of service (``relay/health.py``); one that answers
+   4xx declines this connection only. Either way the next node is asked, the ClientHello still
+   held, until ``ingress-connect-timeout`` from the hello; then the public connection is
+   closed (a silent node is logged once a minute at most, with why: no WireGuard session or
+   no answer from its peerAPI);
 3. replay the buffered ClientHello to the node and splice the two connections until both
    sides are done. The relay never holds a key that could decrypt the stream.
 
