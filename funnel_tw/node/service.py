@@ -303,13 +303,17 @@ class NodeService(MultiService):
         for port in self.listening:
             port.stopListening()
         self.listening = []
-        self.backends.close()
         plugins = self.plugin_services.stop()  # no new flows now; each within its deadline
         flows = defer.Deferred.fromCoroutine(self._drain_flows(DRAIN_TIMEOUT))
-        drained: defer.Deferred[None] = defer.gatherResults(
+
+        def drained(_: object) -> defer.Deferred[None]:
+            self.backends.close()  # the keep-alive connections the last flows left
+            return super(NodeService, self).stopService()  # type: ignore[no-any-return]
+
+        done: defer.Deferred[None] = defer.gatherResults(
             [plugins, flows], consumeErrors=True
-        ).addCallback(lambda _: super(NodeService, self).stopService())
-        return drained
+        ).addCallback(drained)
+        return done
 
     async def _drain_flows(self, timeout: float) -> None:
         """Wait until the overlay holds no TCP connection (flows, ingress in progress), at

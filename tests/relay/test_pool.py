@@ -254,3 +254,28 @@ class PoolTests(TestCase):
         self.assertTrue(p.relay.health.usable("a"))  # declining is not failing
         # ordinary visitors still go to both
         self.assertEqual(sorted(await p.gets(2)), ["node a", "node b"])
+
+    async def test_graceful_stop_finishes_open_flows(self) -> None:
+        """A node told to stop refuses new ingress at once but keeps serving the connection
+        it holds, and stops only when that one is done."""
+        p = Pool(self, "balance = first")
+        await p.ready()
+        raw = socket.create_connection(("127.0.0.1", p.public), timeout=10)
+        self.addCleanup(raw.close)
+        tls = await threads.deferToThread(p.context.wrap_socket, raw, server_hostname=NAME)
+        stopping = p.nodes["a"].stopService()
+        p.running.discard("a")
+        self.assertEqual(await p.gets(2), ["node b"] * 2)  # new ones: the other node
+        self.assertFalse(stopping.called)  # still draining the held connection
+
+        def finish() -> bytes:
+            tls.sendall(f"GET / HTTP/1.0\r\nHost: {NAME}\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            tls.close()
+            return answer
+
+        answer = await threads.deferToThread(finish)
+        self.assertTrue(answer.endswith(b"node a"), answer[-100:])
+        await stopping
