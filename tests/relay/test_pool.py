@@ -39,13 +39,22 @@ class Says(resource.Resource):
 class Pool:
     """relay.ini with ``[node a]`` and ``[node b]`` serving one name, both nodes in process."""
 
-    def __init__(self, test: TestCase, relay_extra: str = "", names: tuple[str, ...] = "ab"):
+    def __init__(
+        self,
+        test: TestCase,
+        relay_extra: str = "",
+        names: str = "ab",
+        *,
+        public: int | None = None,
+        tls: dict[str, str] | None = None,
+    ) -> None:
+        """``names``: the nodes in relay.ini order; ``tls``: a node's ``[tls]`` section."""
         self.test = test
         self.dir = Path(test.mktemp()).absolute()
         self.dir.mkdir()
         rk = keys.generate_private_key()
         wg = free_port(socket.SOCK_DGRAM)
-        self.public = free_port(socket.SOCK_STREAM)
+        self.public = public or free_port(socket.SOCK_STREAM)
         relay = f"""[relay]
 private-key = {keys.encode_key(rk)}
 listen-port = {wg}
@@ -55,7 +64,8 @@ public-ports = {self.public}
 {relay_extra}
 """
         self.nodes: dict[str, NodeService] = {}
-        for i, name in enumerate(names):
+        for name in names:
+            i = ord(name) - ord("a")
             nk = keys.generate_private_key()
             backend = reactor.listenTCP(0, server.Site(Says(f"node {name}")), interface="127.0.0.1")
             test.addCleanup(backend.stopListening)
@@ -82,6 +92,8 @@ allowed-ips = 100.64.0.1/32
 persistent-keepalive = 25
 funnel-ingress = yes
 
+{(tls or {}).get(name, "")}
+
 [serve {self.public}]
 funnel = yes
 / = http://127.0.0.1:{backend.getHost().port}
@@ -96,7 +108,9 @@ funnel = yes
         test.addCleanup(self.stop)
         self.context = ssl.create_default_context()
         for node in self.nodes.values():
-            self.context.load_verify_locations(str(node.config.state_dir / "tls" / "ca.pem"))
+            ca = node.config.state_dir / "tls" / "ca.pem"
+            if ca.exists():
+                self.context.load_verify_locations(str(ca))
 
     async def stop_node(self, name: str) -> None:
         if name in self.running:
@@ -279,3 +293,35 @@ class PoolTests(TestCase):
         answer = await threads.deferToThread(finish)
         self.assertTrue(answer.endswith(b"node a"), answer[-100:])
         await stopping
+
+
+class PoolACMETests(TestCase):
+    timeout = 90
+
+    async def test_pebble_validates_through_a_pool(self) -> None:
+        """Pebble's tls-alpn-01 validator is declined by the standby node listed first (it has
+        no pending challenge) and reaches the node that ordered the certificate."""
+        from tests.interop import test_acme_pebble as pebble_tests
+
+        pebble_tests.need(self)
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        public = free_port(socket.SOCK_STREAM)
+        pebble = pebble_tests.Pebble(self, folder, tls_port=public)
+        await pebble.start()
+        tls = f"""[tls]
+source = acme
+acme-directory = {pebble.directory}
+acme-email = admin@example.test
+acme-ca-file = {pebble.ca}
+"""
+        p = Pool(self, "balance = first", names="ba", public=public, tls={"a": tls})
+        source = p.nodes["a"].certificates
+        self.addCleanup(pebble_tests.settle, source)  # type: ignore[arg-type]
+        why = pebble_tests.status_of(source, pebble)  # type: ignore[arg-type]
+        await pebble_tests.first_check(source, why)  # type: ignore[arg-type]
+        self.assertIsNone(source.status()["last_error"], why())
+        self.assertGreaterEqual(p.nodes["a"].store.counters.get("tls_alpn_01_answered", 0), 1)
+        self.assertGreaterEqual(p.nodes["b"].ingress.counters.get("ingress_421", 0), 1)
+        self.assertGreaterEqual(p.counters().get("failover", 0), 1)
+        self.assertTrue(p.relay.health.usable("b"))
