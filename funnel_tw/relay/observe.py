@@ -149,7 +149,7 @@ class RelayObserver:
             open_by_node[node] = open_by_node.get(node, 0) + 1
         health = self.balancer.health.document(now)
         nodes = []
-        for spec in self.config.nodes:
+        for spec in self.balancer.routes.nodes:  # enrolled nodes too (Routes.replace)
             peer = by_name.get(spec.name)
             last = peer.last_handshake if peer is not None else None
             nodes.append(
