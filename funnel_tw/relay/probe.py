@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from twisted.internet import protocol, task
+from twisted.internet import defer, error, protocol, task
 from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,13 +98,21 @@ class Prober:
         d = self.endpoint(str(ip), port, PROBE_TIMEOUT).connect(
             protocol.Factory.forProtocol(_Probe)
         )
-        d.addCallbacks(lambda _: self._answered(node.name), self._failed, errbackArgs=(node.name,))
+        where = f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+        d.addCallbacks(
+            lambda _: self._answered(node.name), self._failed, errbackArgs=(node.name, where)
+        )
 
     def _answered(self, name: str) -> None:
         if self.health.succeeded(name, self.reactor.seconds(), probe=True):
             log.info("node {node} back in service (probe answered)", node=name)
 
-    def _failed(self, failure: Failure, name: str) -> None:
-        why = f"probe: {failure.getErrorMessage()}"
+    def _failed(self, failure: Failure, name: str, where: str) -> None:
+        if failure.check(error.TimeoutError, defer.TimeoutError):
+            why = f"probe: no answer from {where} within {PROBE_TIMEOUT:g} s"
+        elif failure.check(error.ConnectionRefusedError):
+            why = f"probe: {where} refused (the node is stopping?)"
+        else:
+            why = f"probe of {where}: {failure.getErrorMessage()}"
         if self.health.failed(name, why, self.reactor.seconds(), probe=True):
             log.warn("node {node} out of service: {why}", node=name, why=why)

@@ -353,7 +353,7 @@ class DeadlineTests(TestCase):
         self.assertRegex(
             closed,
             rf"public connection from 127\.0\.0\.1:\d+ for {NAME}:{f.public} closed: every node"
-            rf" of {NAME} is out of service \(n: no answer from 100\.64\.0\.2:41642\)",
+            rf" of {NAME} is out of service \(n: (probe: )?no answer from 100\.64\.0\.2:41642.*\)",
         )
 
     async def test_node_refusal_logged_with_client_name_and_reason(self) -> None:
