@@ -90,7 +90,7 @@ class FailoverTests(SynchronousTestCase):
 
     def test_first_node_takes_it(self) -> None:
         self.fakes = {n: FakeNode("answer", ACCEPT) for n in "abc"}
-        conn, transport = self.visit()
+        conn, _transport = self.visit()
         self.assertEqual(conn.node_name, "a")
         self.assertEqual(conn.outcome, "spliced")
         self.assertNotIn("failover", self.limits.counters)
@@ -152,7 +152,7 @@ class FailoverTests(SynchronousTestCase):
     def test_deadline_bounds_the_whole_search(self) -> None:
         self.fakes = {n: FakeNode("silent") for n in "abc"}
         self.factory.ingress_timeout = 2.5
-        conn, transport = self.visit()
+        conn, _transport = self.visit()
         self.clock.advance(1.0)  # a: out after 1 s
         self.clock.advance(1.0)  # b: out after 1 s
         self.assertEqual(conn.state.value, "ingress")
