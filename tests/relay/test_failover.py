@@ -85,7 +85,10 @@ class FailoverTests(SynchronousTestCase):
         conn = self.factory.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.5", 5555))
         conn.makeConnection(transport)
+        conn.clock = self.clock  # a splice's close bound: on this clock, not the reactor
         conn.dataReceived(hello or real_hello(NAME))
+        if conn.node_end is not None:
+            conn.node_end.clock = self.clock
         return conn, transport
 
     def test_first_node_takes_it(self) -> None:
@@ -95,6 +98,11 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(conn.outcome, "spliced")
         self.assertNotIn("failover", self.limits.counters)
         self.assertNotIn(b"Funnel-Ingress-ALPN", self.fakes["a"].requests[0])
+
+    def tearDown(self) -> None:
+        from twisted.internet import reactor
+
+        self.assertEqual(reactor.getDelayedCalls(), [])  # type: ignore[attr-defined]
 
     def test_refused_and_5xx_put_nodes_out_and_move_on(self) -> None:
         self.fakes = {
