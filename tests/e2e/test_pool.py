@@ -250,8 +250,11 @@ peerapi = {self.node.overlay_ip}:{harness.PEERAPI_PORT}
             self.assertEqual(result.status, 200, (host, result.stderr))
             self.assertIn(self.node.text, result.body)
         status = subprocess_status(self.node.ini)
-        self.assertRegex(status, r"relay\s+127\.0\.0\.1:\d+\s+handshake \d+s ago")
-        self.assertRegex(status, r"relay2\s+127\.0\.0\.1:\d+\s+handshake \d+s ago")
+        for relay in ("relay ", "relay2"):
+            self.assertRegex(
+                status,
+                rf"{relay}\s+127\.0\.0\.1:\d+\s+handshake \d+s ago.*funnel-ingress, session up",
+            )
         assert self.funnel.relay is not None
         self.funnel.relay.proc.send_signal(signal.SIGKILL)
         self.funnel.relay.proc.wait(5)
