@@ -33,8 +33,10 @@ _RELAY_KEYS = (
     "state-dir",
     "mtu",
     "tcp-fallback",
+    "balance",
     *OPS_KEYS,
 )
+BALANCE = ("round-robin", "least-connections", "first")  # relay/balance.py implements them
 _RELAY_NODE_KEYS = (
     "public-key",
     "allowed-ips",
@@ -60,20 +62,46 @@ def relay_config(file: IniFile) -> RelayConfig:
     pairs = [(s, n) for s, n in zip(groups["node"], nodes, strict=True) if n]
     if relay is not None:
         check_peers([(s, n.public_key, n.allowed_ips) for s, n in pairs], relay.private_key)
-    claimed: dict[str, Section] = {}
-    for section, node in pairs:
-        for name in node.hostnames:
-            first = claimed.setdefault(name, section)
-            if first is not section:
-                where = f"[{first.header}] (line {first.line('hostnames')})"
-                section.error("hostnames", f"{name} is already claimed by {where}")
+    # several [node] sections may claim one name: they form a pool (relay/balance.py)
+    claimed = {name for _, node in pairs for name in node.hostnames}
+    by_name: dict[str, str] = {}
+    if groups["relay"]:
+        by_name = _balance_by_name(groups["relay"][0], claimed if all(nodes) else None)
     file.check()
     assert relay is not None  # else an error was recorded
-    return attrs.evolve(relay, nodes=tuple(n for n in nodes if n), warnings=file.warnings)
+    return attrs.evolve(
+        relay,
+        nodes=tuple(n for n in nodes if n),
+        warnings=file.warnings,
+        balance_by_name=tuple(sorted(by_name.items())),
+    )
+
+
+def _balance_by_name(section: Section, claimed: set[str] | None) -> dict[str, str]:
+    """``balance NAME = POLICY`` keys: one pool's policy (NAME as a [node] hostnames lists it).
+
+    ``claimed`` is None when a [node] section had errors (then names are not checked).
+    """
+    out: dict[str, str] = {}
+    for key in section.values:
+        kind, _, name = key.partition(" ")
+        if kind != "balance" or not name.strip():
+            continue
+        policy = section.opt(key, values.choice(*BALANCE), None)
+        try:
+            name = values.hostname(name.strip())
+        except ValueError as e:
+            section.error(key, str(e))
+            continue
+        if claimed is not None and name not in claimed:
+            section.error(key, f"no [node] section lists {name} in its hostnames")
+        elif policy is not None:
+            out[name] = policy
+    return out
 
 
 def _relay(section: Section) -> RelayConfig | None:
-    section.reject_unknown(_RELAY_KEYS)
+    section.reject_unknown((*_RELAY_KEYS, *(k for k in section.values if k.startswith("balance "))))
     wireguard = wireguard_keys(section)
     public_address = section.opt("public-address", values.ip_address_text, "0.0.0.0")
     public_ports = section.opt("public-ports", values.ports, (443,))
@@ -88,6 +116,7 @@ def _relay(section: Section) -> RelayConfig | None:
     shutdown_timeout = section.opt("shutdown-timeout", values.seconds, 10.0)
     tcp_fallback = section.opt("tcp-fallback", values.boolean, True)
     relay_state = section.opt("state-dir", section.path, section.path("state"))
+    balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     ops = ops_config(section)
@@ -117,6 +146,7 @@ def _relay(section: Section) -> RelayConfig | None:
         ingress_connect_timeout=ingress_timeout,
         tcp_fallback=tcp_fallback,
         ops=ops,
+        balance=balance,
     )
 
 
