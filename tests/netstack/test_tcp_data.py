@@ -88,7 +88,7 @@ class BulkTransferTests(SynchronousTestCase):
         self.transfer(False, 576, 100_000, 100_000)
 
     def test_advertised_window_is_the_scaled_receive_buffer(self) -> None:
-        net = Net.pair()
+        net = Net.pair(receive_buffer=MIB, receive_buffer_max=MIB)  # no autotuning
         client, server = connected_pair(net)
         client.send(payload(500_000))
         net.run(lambda: len(net.b.data_received()) == 500_000)

@@ -3,6 +3,14 @@
 Data received in order goes to the application at once (a DATA event) or, while reading is
 paused, is held; either way the window shrinks only by what is held or queued out of order.
 Out-of-order segments wait in a bounded queue and are reported back in SACK blocks.
+
+The window autotunes (as Linux's ``tcp_rcv_space_adjust``, "dynamic right-sizing"): it starts
+at ``receive_buffer`` (128 KiB by default) and, once per receiver round trip, grows towards
+twice what the application consumed in the last one, up to ``receive_buffer_max``. The
+receiver's round trip is the shortest time seen for a window's worth of data to arrive after
+it was advertised (Linux's ``tcp_rcv_rtt_measure`` without timestamps). Nothing is allocated
+for the window: data is held only while reading is paused or a gap waits to be filled, so an
+idle connection costs no window-sized memory, and a paused one at most its window.
 """
 
 from __future__ import annotations
@@ -14,7 +22,20 @@ from ..owner import Owner
 from ..segment import sack_option
 from .sequence import MASK
 
-RECEIVE_WSCALE = 7  # offered window scale: windows up to 8 MiB
+RECEIVE_WSCALE = 7  # offered window scale, at least: windows up to 8 MiB
+RECEIVE_BUFFER = 128 * 1024  # the window a connection starts with
+RECEIVE_BUFFER_MAX = 6 << 20  # what autotuning may grow it to (Linux's tcp_rmem max: 6 MiB)
+MAX_WSCALE = 14  # RFC 7323
+
+
+def wscale_for(window: int) -> int:
+    """The window scale we offer: enough for ``window``, never less than 7."""
+    scale = RECEIVE_WSCALE
+    while scale < MAX_WSCALE and 0xFFFF << scale < window:
+        scale += 1
+    return scale
+
+
 MAX_OOO_SEGMENTS = 1024
 OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
@@ -34,11 +55,20 @@ class ReceiveSide:
         def send_ack(self) -> None: ...
         def _fin_arrived(self, now: float) -> None: ...
 
-    def _init_receive(self, receive_buffer: int) -> None:
+    def _init_receive(self, receive_buffer: int, receive_buffer_max: int) -> None:
         self.irs = 0
         self.rcv_nxt = 0
         self.rcv_wscale = 0
-        self.receive_buffer = receive_buffer
+        self.receive_buffer = receive_buffer  # the window now (autotuned)
+        self.receive_buffer_max = max(receive_buffer_max, receive_buffer)
+        # the receiver's round trip: a window advertised, the time until its end arrived
+        self.rcv_rtt = 0.0  # the shortest seen (0: none yet)
+        self.rcv_rtt_seq = 0  # the measurement ends when rcv_nxt reaches this
+        self.rcv_rtt_time: float | None = None  # ... and started then (None: not started)
+        # what the application consumed since rcvq_time (from sequence number rcvq_seq on)
+        self.rcvq_space = 0  # the most consumed in one round trip so far
+        self.rcvq_seq = 0
+        self.rcvq_time = 0.0
         self.rcv_adv = 0  # right edge of the window we last advertised
         self.ooo: list[tuple[int, bytes]] = []  # out-of-order segments, sorted by start
         self.ooo_bytes = 0
@@ -78,6 +108,42 @@ class ReceiveSide:
         ):
             self.ack_now = True
             self.stack.mark_output(self)
+
+    # --- autotuning -----------------------------------------------------------------------------
+
+    def _autotune_start(self, now: float) -> None:
+        """At establishment: the first round trip's consumption is measured from here."""
+        self.rcvq_space = min(self.receive_buffer, 10 * self.local_mss)
+        self.rcvq_seq = self.rcv_nxt
+        self.rcvq_time = now
+
+    def _rcv_rtt_measure(self, now: float) -> None:
+        """rcv_nxt reached the end of the window advertised when the last measurement began:
+        that took (at least) a round trip. Keep the shortest, start the next."""
+        started = self.rcv_rtt_time
+        if started is not None:
+            sample = now - started
+            if sample > 0 and (not self.rcv_rtt or sample < self.rcv_rtt):
+                self.rcv_rtt = sample
+        self.rcv_rtt_seq = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 1)
+        self.rcv_rtt_time = now
+
+    def _rcv_space_adjust(self, now: float) -> None:
+        """A receiver round trip has passed: if the application consumed more than ever in
+        one, grow the window to twice that, plus more if it is growing fast (Linux's DRS)."""
+        consumed_seq = self.rcv_nxt - self.held_bytes
+        copied = consumed_seq - self.rcvq_seq
+        space = self.rcvq_space
+        if copied > space and not self.orphaned:
+            window = 2 * copied + 16 * self.local_mss
+            if space > 0:
+                window += 2 * (window * (copied - space) // space)
+            if window > self.receive_buffer < self.receive_buffer_max:
+                self.receive_buffer = min(window, self.receive_buffer_max)
+                self.stack.count("tcp_rcvbuf_grown")
+            self.rcvq_space = copied
+        self.rcvq_seq = consumed_seq
+        self.rcvq_time = now
 
     # --- the window and what every ACK carries -------------------------------------------------
 
@@ -147,6 +213,10 @@ class ReceiveSide:
             return
         if seq == self.rcv_nxt:
             self._deliver(payload)
+            if self.rcv_nxt >= self.rcv_rtt_seq:
+                self._rcv_rtt_measure(now)
+            if self.rcv_rtt and now - self.rcvq_time >= self.rcv_rtt:
+                self._rcv_space_adjust(now)
             if self.ooo:
                 self._drain_ooo()
                 self.ack_now = True  # a gap was filled: tell the sender at once
