@@ -304,10 +304,16 @@ class SendSide(RackSide, Pacing, Recovery):
 
     def _validate_cwnd(self) -> None:
         """Note, per window of data, the most in flight and whether cwnd was what stopped
-        the sender (not the peer's window, pacing or the application)."""
+        the sender (not the peer's window, pacing or the application). Once cwnd limited
+        the sender in a window, that holds until the window is acknowledged (Linux 6.1's
+        ``tcp_cwnd_validate``): a paced sender is cwnd-limited only at the end of a round."""
         flight = self.snd_max - self.snd_una
         limited = self._pipe() + self.mss > self.cwnd
-        if self.snd_una >= self.max_flight_seq or flight > self.max_flight or limited:
+        if (
+            self.snd_una >= self.max_flight_seq
+            or limited
+            or (not self.cwnd_limited and flight > self.max_flight)
+        ):
             self.max_flight = flight
             self.max_flight_seq = self.snd_max
             self.cwnd_limited = limited
