@@ -87,6 +87,30 @@ class ReceiveAutotuningTests(SynchronousTestCase):
         self.assertLess(len(client.sndbuf), 64 * 1024)
         self.assertLess(len(client.rtx) - client.rtx_head, 1)
 
+    def test_one_loss_in_a_large_window_costs_one_retransmission(self) -> None:
+        """A window of thousands of segments: what follows a loss is held out of order (as
+        blocks, not walked per segment), not dropped for a queue sized for a 1 MiB window."""
+        net = long_path(0.02)
+        client, server = connected_pair(net)
+        dropped: list[int] = []
+
+        def drop(sender: object, packet: bytes) -> bool:
+            big = client.cwnd > 3000 * client.mss and len(packet) > 500
+            if sender is net.a and not dropped and big:
+                dropped.append(client.snd_max)
+                return True
+            return False
+
+        net.drop = drop
+        size = 40 * MIB
+        client.send(bytes(size))
+        net.run(lambda: server.rcv_nxt - server.irs - 1 >= size, timeout=60)
+        self.assertEqual(len(dropped), 1)
+        self.assertGreater(server.receive_buffer, 4 * MIB)
+        self.assertNotIn("tcp_ooo_overflow", net.b.stack.counters)
+        self.assertEqual(net.a.stack.counters["tcp_retransmitted_segments"], 1)
+        self.assertEqual((server.ooo, server.ooo_bytes, server.ooo_count), ([], 0, 0))
+
     def test_window_scale_follows_the_cap(self) -> None:
         self.assertEqual(wscale_for(64 * 1024), 7)
         self.assertEqual(wscale_for(tcp.RECEIVE_BUFFER_MAX), 7)

@@ -15,6 +15,7 @@ idle connection costs no window-sized memory, and a paused one at most its windo
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Self
 
 from ..events import DATA, EOF
@@ -28,6 +29,24 @@ RECEIVE_BUFFER_MAX = 6 << 20  # what autotuning may grow it to (Linux's tcp_rmem
 MAX_WSCALE = 14  # RFC 7323
 
 
+class Block:
+    """Out-of-order data received without a gap: [start, end), as the segments that came."""
+
+    __slots__ = ("chunks", "end", "start")
+
+    def __init__(self, start: int, end: int, chunks: list[bytes]) -> None:
+        self.start = start
+        self.end = end
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return f"<Block {self.start}-{self.end} in {len(self.chunks)}>"
+
+
+def _block_start(block: Block) -> int:
+    return block.start
+
+
 def wscale_for(window: int) -> int:
     """The window scale we offer: enough for ``window``, never less than 7."""
     scale = RECEIVE_WSCALE
@@ -36,7 +55,7 @@ def wscale_for(window: int) -> int:
     return scale
 
 
-MAX_OOO_SEGMENTS = 1024
+MAX_OOO_SEGMENTS = 1024  # out-of-order segments held, at least (more for a larger window)
 OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
 
@@ -70,8 +89,11 @@ class ReceiveSide:
         self.rcvq_seq = 0
         self.rcvq_time = 0.0
         self.rcv_adv = 0  # right edge of the window we last advertised
-        self.ooo: list[tuple[int, bytes]] = []  # out-of-order segments, sorted by start
+        # out-of-order data, as blocks without a gap, sorted (few: one per hole), so storing a
+        # segment and building SACK blocks do not walk every segment of a large window
+        self.ooo: list[Block] = []
         self.ooo_bytes = 0
+        self.ooo_count = 0  # segments held out of order
         self.held: list[bytes] = []  # received in order but not delivered (reading paused)
         self.held_bytes = 0
         self.reading_paused = False
@@ -161,13 +183,7 @@ class ReceiveSide:
     def _sack_blocks(self) -> list[tuple[int, int]]:
         """Up to three blocks (wire values): a D-SACK first if one is due (RFC 2883), then
         the block holding the segment received last, then the highest ones (RFC 2018)."""
-        blocks: list[tuple[int, int]] = []
-        for start, data in self.ooo:
-            end = start + len(data)
-            if blocks and start <= blocks[-1][1]:
-                blocks[-1] = (blocks[-1][0], max(blocks[-1][1], end))
-            else:
-                blocks.append((start, end))
+        blocks = [(b.start, b.end) for b in self.ooo]
         # RFC 2018: the first block holds the segment received last; then the highest ones
         blocks.reverse()
         if self.last_ooo is not None:
@@ -240,28 +256,70 @@ class ReceiveSide:
         else:
             self.stack.emit(DATA, self, payload)
 
+    def _ooo_limit(self) -> int:
+        """Segments held out of order: enough for two windows of full segments, so one loss
+        in a large window does not overflow the queue; at least ``MAX_OOO_SEGMENTS``."""
+        return max(MAX_OOO_SEGMENTS, 2 * self.receive_buffer // self.local_mss)
+
     def _store_ooo(self, seq: int, payload: bytes) -> None:
-        if len(self.ooo) >= MAX_OOO_SEGMENTS:
-            self.stack.count("tcp_ooo_overflow")
-            return
         end = seq + len(payload)
-        for start, data in self.ooo:
-            if start <= seq and end <= start + len(data):
+        first, last = seq, end
+        blocks = self.ooo
+        i = bisect.bisect_right(blocks, seq, key=_block_start)  # blocks[i - 1].start <= seq
+        prev = blocks[i - 1] if i else None
+        if prev is not None and seq < prev.end:
+            if end <= prev.end:
                 self._duplicate_data(seq, end)  # already have all of it
                 self.last_ooo = (seq, end)  # so the block holding it comes second
                 return
-        self.ooo.append((seq, payload))
-        self.ooo.sort(key=lambda item: item[0])
-        self.ooo_bytes += len(payload)
-        self.last_ooo = (seq, end)
+            payload = payload[prev.end - seq :]  # keep what is new
+            seq = prev.end
+        nxt = blocks[i] if i < len(blocks) else None
+        rest = b""
+        if nxt is not None and end > nxt.start:
+            if end > nxt.end:
+                rest = payload[nxt.end - seq :]  # beyond the next block: stored after it
+            payload = payload[: nxt.start - seq]
+            end = nxt.start
+            if not payload and not rest:
+                self._duplicate_data(first, last)  # held already, in two blocks
+                return
+        if payload:
+            if self.ooo_count >= self._ooo_limit():
+                self.stack.count("tcp_ooo_overflow")
+                return
+            self.ooo_count += 1
+            self.ooo_bytes += len(payload)
+            if prev is not None and prev.end == seq:
+                prev.chunks.append(payload)
+                prev.end = end
+                if nxt is not None and nxt.start == end:  # a hole filled: one block
+                    prev.chunks += nxt.chunks
+                    prev.end = nxt.end
+                    del blocks[i]
+            elif nxt is not None and nxt.start == end:
+                nxt.chunks.insert(0, payload)
+                nxt.start = seq
+            else:
+                blocks.insert(i, Block(seq, end, [payload]))
+            self.last_ooo = (seq, end)
+        if rest and nxt is not None:
+            self._store_ooo(nxt.end, rest)
 
     def _drain_ooo(self) -> None:
-        while self.ooo and self.ooo[0][0] <= self.rcv_nxt:
-            start, data = self.ooo.pop(0)
-            self.ooo_bytes -= len(data)
-            end = start + len(data)
-            if end > self.rcv_nxt:
-                self._deliver(data[self.rcv_nxt - start :])
+        blocks = self.ooo
+        while blocks and blocks[0].start <= self.rcv_nxt:
+            block = blocks.pop(0)
+            self.ooo_bytes -= block.end - block.start
+            self.ooo_count -= len(block.chunks)
+            if block.end <= self.rcv_nxt:
+                continue
+            at = block.start
+            for chunk in block.chunks:
+                chunk_end = at + len(chunk)
+                if chunk_end > self.rcv_nxt:
+                    self._deliver(chunk[self.rcv_nxt - at :] if at < self.rcv_nxt else chunk)
+                at = chunk_end
         if self.pending_fin is not None and self.pending_fin == self.rcv_nxt and not self.ooo:
             self.pending_fin = None
             self._fin_arrived(self.stack.now)
