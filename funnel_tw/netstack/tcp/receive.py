@@ -55,7 +55,7 @@ def wscale_for(window: int) -> int:
     return scale
 
 
-MAX_OOO_SEGMENTS = 1024  # out-of-order segments held, at least (more for a larger window)
+MAX_OOO_SEGMENTS = 1024  # holes (blocks) held out of order; segments: at least this many
 OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
 
@@ -183,16 +183,21 @@ class ReceiveSide:
     def _sack_blocks(self) -> list[tuple[int, int]]:
         """Up to three blocks (wire values): a D-SACK first if one is due (RFC 2883), then
         the block holding the segment received last, then the highest ones (RFC 2018)."""
-        blocks = [(b.start, b.end) for b in self.ooo]
-        # RFC 2018: the first block holds the segment received last; then the highest ones
-        blocks.reverse()
-        if self.last_ooo is not None:
-            for i, (s, e) in enumerate(blocks):
-                if s <= self.last_ooo[0] and self.last_ooo[1] <= e:
-                    blocks.insert(0, blocks.pop(i))
-                    break
+        blocks: list[tuple[int, int]] = []
         if self.dsack is not None:
-            blocks.insert(0, self.dsack)
+            blocks.append(self.dsack)
+        ooo = self.ooo
+        latest: Block | None = None
+        if self.last_ooo is not None:
+            i = bisect.bisect_right(ooo, self.last_ooo[0], key=_block_start) - 1
+            if i >= 0 and self.last_ooo[1] <= ooo[i].end:
+                latest = ooo[i]
+                blocks.append((latest.start, latest.end))
+        for block in reversed(ooo):  # then the highest (looks at three at most)
+            if len(blocks) >= 3:
+                break
+            if block is not latest:
+                blocks.append((block.start, block.end))
         return [(s & MASK, e & MASK) for s, e in blocks[:3]]
 
     def _ack_options(self) -> bytes:
@@ -300,6 +305,11 @@ class ReceiveSide:
             elif nxt is not None and nxt.start == end:
                 nxt.chunks.insert(0, payload)
                 nxt.start = seq
+            elif len(blocks) >= MAX_OOO_SEGMENTS:  # holes: a SACK walk stays short
+                self.ooo_count -= 1
+                self.ooo_bytes -= len(payload)
+                self.stack.count("tcp_ooo_overflow")
+                return
             else:
                 blocks.insert(i, Block(seq, end, [payload]))
             self.last_ooo = (seq, end)
