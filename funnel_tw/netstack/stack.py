@@ -32,6 +32,7 @@ from .tcp import Connection
 from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
+RECEIVE_MEMORY = 256 << 20  # window growth, all connections together
 _NO_OPTIONS = parse_options(b"")
 
 
@@ -43,6 +44,7 @@ class Stack:
         mtu: int = 1280,
         receive_buffer: int = tcp.RECEIVE_BUFFER,
         receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
+        receive_memory: int = RECEIVE_MEMORY,
         max_connections: int = 4096,
         syn_backlog: int = 256,
         max_time_wait: int = 4096,
@@ -54,6 +56,10 @@ class Stack:
         self.mtu = mtu
         self.receive_buffer = receive_buffer  # each connection's first window
         self.receive_buffer_max = receive_buffer_max  # ... and what autotuning grows it to
+        # all connections' windows together may grow this much beyond their first ones (as
+        # Linux's tcp_mem bounds TCP memory): what peers can make us hold stays bounded
+        self.receive_memory = receive_memory
+        self.window_granted = 0
         self.max_connections = max_connections
         self.syn_backlog = syn_backlog
         self.max_time_wait = max_time_wait
@@ -99,6 +105,19 @@ class Stack:
     def mark_output(self, conn: Connection) -> None:
         self._dirty[conn] = None
 
+    def grow_window(self, conn: Connection, extra: int) -> int:
+        granted = min(extra, self.receive_memory - self.window_granted)
+        if granted < extra:
+            self.count("tcp_rcvbuf_budget_full")
+        if granted <= 0:
+            return 0
+        self.window_granted += granted
+        return granted
+
+    def _release_window(self, conn: Connection) -> None:
+        self.window_granted -= conn.window_granted
+        conn.window_granted = 0
+
     def allow_challenge_ack(self) -> bool:
         """RFC 5961 section 7: a global limit on challenge ACKs per second."""
         if self._now - self._challenge_window >= 1.0:
@@ -123,6 +142,7 @@ class Stack:
 
     def connection_closed(self, conn: Connection, reason: str | None) -> None:
         key = conn.key
+        self._release_window(conn)
         if self.connections.get(key) is conn:
             del self.connections[key]
         if self.time_wait.get(key) is conn:
@@ -142,6 +162,7 @@ class Stack:
             oldest.expire()
         if self.connections.get(conn.key) is conn:
             del self.connections[conn.key]
+        self._release_window(conn)  # nothing more will be received
         self.time_wait[conn.key] = conn
         conn.close_reported = True
         self.emit(CLOSED, conn, None)
@@ -408,6 +429,7 @@ class Stack:
         out = dict(self.counters)
         out["tcp_connections"] = len(self.connections)
         out["tcp_time_wait"] = len(self.time_wait)
+        out["tcp_rcvbuf_granted"] = self.window_granted
         return out
 
 

@@ -203,3 +203,39 @@ class TimerHeapTests(SynchronousTestCase):
             stack = host.stack
             self.assertLessEqual(len(stack._timers), 64 + 4 * len(stack.connections))
         self.assertIsNone(net.a.stack.next_deadline())
+
+
+class WindowBudgetTests(SynchronousTestCase):
+    """All connections' window growth together stays within ``receive_memory``."""
+
+    def test_growth_stops_at_the_budget_and_is_given_back_at_close(self) -> None:
+        net = long_path(0.05, receive_memory=3 * MIB)
+        first = connected_pair(net)
+        second = connected_pair(net)
+        for client, _ in (first, second):
+            client.send(bytes(8 * MIB))
+        stack = net.b.stack
+        net.run(lambda: len(net.b.data_received()) == 16 * MIB, timeout=60)
+        grown = [s.receive_buffer - tcp.RECEIVE_BUFFER for _, s in (first, second)]
+        self.assertEqual(sum(grown), 3 * MIB)
+        self.assertEqual(stack.window_granted, 3 * MIB)
+        self.assertEqual(stack.stats()["tcp_rcvbuf_granted"], 3 * MIB)
+        self.assertGreater(stack.counters["tcp_rcvbuf_budget_full"], 0)
+        # one closes: what it was granted goes back, and the other may grow again
+        first[1].abort()
+        self.assertEqual(stack.window_granted, grown[1])
+        second[0].send(bytes(8 * MIB))
+        net.run(lambda: len(net.b.data_received()) == 24 * MIB, timeout=60)
+        self.assertGreater(second[1].receive_buffer, tcp.RECEIVE_BUFFER + grown[1])
+        self.assertLessEqual(stack.window_granted, 3 * MIB)
+
+    def test_time_wait_gives_the_growth_back(self) -> None:
+        net = long_path(0.02)
+        client, server = connected_pair(net)
+        client.send(bytes(4 * MIB))
+        net.run(lambda: len(net.b.data_received()) == 4 * MIB, timeout=30)
+        self.assertGreater(net.b.stack.window_granted, 0)
+        server.close()
+        client.close()
+        net.run(lambda: not net.b.stack.connections, timeout=30)
+        self.assertEqual(net.b.stack.window_granted, 0)

@@ -6,7 +6,8 @@ Out-of-order segments wait in a bounded queue and are reported back in SACK bloc
 
 The window autotunes (as Linux's ``tcp_rcv_space_adjust``, "dynamic right-sizing"): it starts
 at ``receive_buffer`` (128 KiB by default) and, once per receiver round trip, grows towards
-twice what the application consumed in the last one, up to ``receive_buffer_max``. The
+twice what the application consumed in the last one, up to ``receive_buffer_max``, and as
+far as the owner's stack-wide budget for growth allows (``Stack(receive_memory=...)``). The
 receiver's round trip is the shortest time seen for a window's worth of data to arrive after
 it was advertised (Linux's ``tcp_rcv_rtt_measure`` without timestamps). Nothing is allocated
 for the window: data is held only while reading is paused or a gap waits to be filled, so an
@@ -80,6 +81,7 @@ class ReceiveSide:
         self.rcv_wscale = 0
         self.receive_buffer = receive_buffer  # the window now (autotuned)
         self.receive_buffer_max = max(receive_buffer_max, receive_buffer)
+        self.window_granted = 0  # growth beyond the first window, from the owner's budget
         # the receiver's round trip: a window advertised, the time until its end arrived
         self.rcv_rtt = 0.0  # the shortest seen (0: none yet)
         self.rcv_rtt_seq = 0  # the measurement ends when rcv_nxt reaches this
@@ -150,7 +152,7 @@ class ReceiveSide:
         self.rcv_rtt_seq = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 1)
         self.rcv_rtt_time = now
 
-    def _rcv_space_adjust(self, now: float) -> None:
+    def _rcv_space_adjust(self: Self, now: float) -> None:
         """A receiver round trip has passed: if the application consumed more than ever in
         one, grow the window to twice that, plus more if it is growing fast (Linux's DRS)."""
         consumed_seq = self.rcv_nxt - self.held_bytes
@@ -160,10 +162,14 @@ class ReceiveSide:
             window = 2 * copied + 16 * self.local_mss
             if space > 0:
                 window += 2 * (window * (copied - space) // space)
-            if window > self.receive_buffer < self.receive_buffer_max:
-                self.receive_buffer = min(window, self.receive_buffer_max)
+            want = min(window, self.receive_buffer_max) - self.receive_buffer
+            granted = self.stack.grow_window(self, want) if want > 0 else 0
+            if granted > 0:
+                self.receive_buffer += granted
+                self.window_granted += granted
                 self.stack.count("tcp_rcvbuf_grown")
-            self.rcvq_space = copied
+            if granted >= want:
+                self.rcvq_space = copied  # else: ask again next round (the budget may free)
         self.rcvq_seq = consumed_seq
         self.rcvq_time = now
 
