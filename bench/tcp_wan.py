@@ -63,6 +63,15 @@ LABELS = {
     ("ours-ours", "yx"): "ours→ours (Y→X)",
 }
 
+# what our receiving stack counted during a transfer (shown when not zero)
+RECEIVER_COUNTERS = (
+    "tcp_ooo_overflow",
+    "tcp_dsack_sent",
+    "tcp_out_of_window",
+    "tcp_zero_window_drops",
+    "tcp_rcvbuf_grown",
+)
+
 
 def say(text: str) -> None:
     sys.stderr.write(text + "\n")
@@ -272,6 +281,10 @@ def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.
                         f"{s['dsacks']}; {s['segments_per_burst']} seg/burst (max "
                         f"{s['burst_max']})"
                     )
+            received = t.result.get("counters") or {}
+            shown = [k for k in RECEIVER_COUNTERS if received.get(k)]
+            if shown:
+                view += "; our receiver: " + ", ".join(f"{k} {received[k]}" for k in shown)
             out.append(
                 f"| {cell.rtt} | {cell.path} | {LABELS[(pair, direction)]} | {t.mbit:.1f} | "
                 f"{retrans} | {t.drops} | {relay_text} | {view} |"

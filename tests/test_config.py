@@ -935,7 +935,6 @@ class ErrorTests(ConfigTestCase):
             .replace("100.64.0.2:", "100.64.0.3:")
             .replace("node.example.com", "b.example, NODE.example.com"),
             "8: [node home] peerapi: 100.64.0.9 is not inside allowed-ips",
-            "12: [node b] hostnames: node.example.com is already claimed by [node home] (line 7)",
             loader=load_relay_config,
         )
         self.assertErrors(
@@ -1363,20 +1362,28 @@ class EnrollKeysTests(ConfigTestCase):
 
     def test_an_enrolled_node_that_clashes_is_left_out_with_a_warning(self) -> None:
         self.enrolled(
-            self.record("laptop", CAROL_PUB, "100.64.0.3/32", "node.example.com"),
+            self.record(
+                "laptop", CAROL_PUB, "100.64.0.3/32", "node.example.com", "laptop.example.com"
+            ),
             self.record("home", PSK, "100.64.0.4/32", "x.example.com"),
             self.record("copy", ALICE_PUB, "100.64.0.5/32", "y.example.com"),
             self.record("inside", public_key(PSK), "100.64.0.2/32", "z.example.com"),
         )
-        path = self.write("relay.ini", RELAY + HOME)
+        # a hostname of a [node] section is shared: laptop joins home's pool; `balance NAME`
+        # may name a hostname that only an enrolled node serves (laptop.example.com), not others
+        self.assertErrors(
+            RELAY + "balance w.example.com = first\n" + HOME,
+            "4: [relay] balance w.example.com: no [node] section lists w.example.com in its"
+            " hostnames",
+            loader=load_relay_config,
+        )
+        path = self.write("relay.ini", RELAY + "balance laptop.example.com = first\n" + HOME)
         config = load_relay_config(path)
-        self.assertEqual([n.name for n in config.nodes], ["home"])
+        self.assertEqual([n.name for n in config.nodes], ["home", "laptop"])
         state = self.dir.absolute() / "state" / "enrolled-nodes.json"
         self.assertEqual(
             list(config.warnings),
             [
-                f"{path}:1: [relay] state-dir: {state}: enrolled node laptop left out: "
-                "hostnames node.example.com are another node's",
                 f"{path}:1: [relay] state-dir: {state}: enrolled node home left out: "
                 "its name is taken",
                 f"{path}:1: [relay] state-dir: {state}: enrolled node copy left out: "
@@ -1508,3 +1515,54 @@ class TCPFallbackConfigTests(ConfigTestCase):
             "4: [relay] tcp-fallback: 'maybe' is not a boolean (use yes/no, true/false, on/off or 1/0)",
             loader=load_relay_config,
         )
+
+
+# A second node serving node.example.com (a pool with HOME).
+POOL_B = (
+    HOME.replace("home", "b")
+    .replace(encode_key(ALICE_PUB), encode_key(CAROL_PUB))
+    .replace("100.64.0.2", "100.64.0.3")
+)
+
+
+class BalanceTests(ConfigTestCase):
+    """Pools: several [node] sections per name, ``balance`` and ``balance NAME`` (issue 16)."""
+
+    def test_pool_and_policies(self) -> None:
+        path = self.write(
+            "relay.ini",
+            RELAY
+            + "balance = first\nbalance NODE.example.com = least-connections\n"
+            + HOME
+            + POOL_B,
+        )
+        config = load_relay_config(path)
+        self.assertEqual([n.name for n in config.nodes], ["home", "b"])
+        self.assertEqual(config.nodes[1].hostnames, ("node.example.com",))
+        self.assertEqual(config.balance, "first")
+        self.assertEqual(config.balance_by_name, (("node.example.com", "least-connections"),))
+        default = load_relay_config(self.write("r.ini", RELAY + HOME + POOL_B))
+        self.assertEqual((default.balance, default.balance_by_name), ("round-robin", ()))
+
+    def test_errors_name_file_and_line(self) -> None:
+        self.assertErrors(
+            RELAY + "balance = random\nbalance other.example.com = first\n"
+            "balance x..y = first\nbalance node.example.com = fastest\nbalanse = first\n" + HOME,
+            "4: [relay] balance: 'random' is not one of: round-robin, least-connections, first",
+            "5: [relay] balance other.example.com: no [node] section lists other.example.com in"
+            " its hostnames",
+            "6: [relay] balance x..y: 'x..y' is not a DNS name (or a *.suffix wildcard)",
+            "7: [relay] balance node.example.com: 'fastest' is not one of: round-robin,"
+            " least-connections, first",
+            "8: [relay] balanse: unknown key (did you mean 'balance'?)",
+            loader=load_relay_config,
+        )
+
+    def test_reload_plan_applies_balance_live(self) -> None:
+        from funnel_tw.config.plan import relay_plan
+
+        old = load_relay_config(self.write("a.ini", RELAY + HOME))
+        new = load_relay_config(self.write("b.ini", RELAY + "balance = first\n" + HOME))
+        plan = relay_plan(old, new)
+        self.assertEqual(plan.refused, ())
+        self.assertIn("balance", [c.name for c in plan.changes])

@@ -268,6 +268,8 @@ class RelayConfig:
     tcp_fallback: bool = True  # nodes may carry WireGuard over TLS to a public port (ALPN)
     warnings: tuple[str, ...] = ()  # ConfigWarning lines: loads, but likely not what was meant
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
+    balance: str = "round-robin"  # how a pool's nodes share new connections (relay/balance.py)
+    balance_by_name: tuple[tuple[str, str], ...] = ()  # `balance NAME = POLICY` keys
     enroll: EnrollConfig | None = None  # off unless enroll-port is set
     # the names among ``nodes`` that enrolled with a token (state-dir/enrolled-nodes.json)
     enrolled: frozenset[str] = frozenset()

@@ -231,6 +231,7 @@ RELAY_SETTINGS: list[Restart] = [
     ("max-connections-per-ip", lambda c: c.max_connections_per_ip),
     ("shutdown-timeout", lambda c: c.shutdown_timeout),
     ("tcp-fallback", lambda c: c.tcp_fallback),
+    ("balance", lambda c: (c.balance, c.balance_by_name)),
 ]
 
 

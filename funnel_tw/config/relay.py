@@ -37,12 +37,14 @@ _RELAY_KEYS = (
     "state-dir",
     "mtu",
     "tcp-fallback",
+    "balance",
     *OPS_KEYS,
     "enroll-port",
     "public-endpoint",
     "node-addresses",
 )
 _ENROLL_KEYS = ("public-endpoint", "node-addresses")
+BALANCE = ("round-robin", "least-connections", "first")  # relay/balance.py implements them
 _RELAY_NODE_KEYS = (
     "public-key",
     "allowed-ips",
@@ -68,33 +70,37 @@ def relay_config(file: IniFile) -> RelayConfig:
     pairs = [(s, n) for s, n in zip(groups["node"], nodes, strict=True) if n]
     if relay is not None:
         check_peers([(s, n.public_key, n.allowed_ips) for s, n in pairs], relay.private_key)
-    claimed: dict[str, Section] = {}
-    for section, node in pairs:
-        for name in node.hostnames:
-            first = claimed.setdefault(name, section)
-            if first is not section:
-                where = f"[{first.header}] (line {first.line('hostnames')})"
-                section.error("hostnames", f"{name} is already claimed by {where}")
+    # several [node] sections may claim one name: they form a pool (relay/balance.py), and so
+    # may nodes enrolled with a token (state-dir/enrolled-nodes.json)
+    claimed = {name for _, node in pairs for name in node.hostnames}
+    records = _enrolled_records(groups["relay"][0], relay) if relay is not None else []
+    claimed.update(h for record in records for h in record["hostnames"])
+    by_name: dict[str, str] = {}
+    if groups["relay"]:
+        by_name = _balance_by_name(groups["relay"][0], claimed if all(nodes) else None)
     file.check()
     assert relay is not None  # else an error was recorded
-    config = attrs.evolve(relay, nodes=tuple(n for n in nodes if n))
-    config = _add_enrolled(groups["relay"][0], config)
+    config = attrs.evolve(
+        relay,
+        nodes=tuple(n for n in nodes if n),
+        balance_by_name=tuple(sorted(by_name.items())),
+    )
+    # the enrolled nodes join the [node] sections; one that clashes with a section is left
+    # out, with a warning
+    config, skipped = with_enrolled(config, records)
+    for why in skipped:
+        groups["relay"][0].warn("state-dir", f"{config.state_dir / RELAY_ENROLLED}: {why}")
     return attrs.evolve(config, warnings=file.warnings)
 
 
-def _add_enrolled(section: Section, config: RelayConfig) -> RelayConfig:
-    """The nodes that enrolled with a token (state-dir/enrolled-nodes.json) join the [node]
-    sections; one that clashes with a section is left out, with a warning."""
-    path = config.state_dir / RELAY_ENROLLED
+def _enrolled_records(section: Section, relay: RelayConfig) -> list[dict[str, Any]]:
+    """The records of state-dir/enrolled-nodes.json ([] when damaged: the error is recorded)."""
+    path = relay.state_dir / RELAY_ENROLLED
     try:
-        records = read_enrolled_nodes(path)
+        return read_enrolled_nodes(path)
     except ValueError as e:
         section.error("state-dir", f"{path}: {e} (written by the enroll listener; restore it)")
-        section.file.check()
-    config, skipped = with_enrolled(config, records)
-    for why in skipped:
-        section.warn("state-dir", f"{path}: {why}")
-    return config
+        return []
 
 
 def with_enrolled(
@@ -102,7 +108,7 @@ def with_enrolled(
 ) -> tuple[RelayConfig, list[str]]:
     """``config`` with its [node] sections and the enrolled ``records`` (replacing the enrolled
     nodes it had): the effective node list. A record that clashes with a section (name, key,
-    hostname, network) is left out; the reasons are returned."""
+    network) is left out; the reasons are returned. Hostnames may be shared: a pool."""
     static = [n for n in config.nodes if n.name not in config.enrolled]
     taken = _Taken()
     for a in config.addresses:
@@ -130,14 +136,12 @@ class _Taken:
 
     names: set[str] = attrs.Factory(set)
     keys: set[bytes] = attrs.Factory(set)
-    hosts: set[str] = attrs.Factory(set)
     networks: set[IPNetwork] = attrs.Factory(set)  # single addresses
     wide: list[IPNetwork] = attrs.Factory(list)
 
     def add(self, node: RelayNode) -> None:
         self.names.add(node.name)
         self.keys.add(node.public_key)
-        self.hosts.update(node.hostnames)
         for net in node.allowed_ips:
             if net.num_addresses == 1:
                 self.networks.add(net)
@@ -155,9 +159,6 @@ class _Taken:
             return "its name is taken"
         if node.public_key in self.keys:
             return "its key is another node's"
-        taken = sorted(h for h in node.hostnames if h in self.hosts)
-        if taken:
-            return f"hostnames {', '.join(taken)} are another node's"
         overlap = [str(a) for a in node.allowed_ips if self.overlaps(a)]
         if overlap:
             return f"addresses {', '.join(overlap)} are another node's or the relay's"
@@ -188,8 +189,31 @@ def _enroll(section: Section, taken: dict[str, int | None]) -> EnrollConfig | No
     return EnrollConfig(port=port, public_endpoint=endpoint, node_addresses=pools)
 
 
+def _balance_by_name(section: Section, claimed: set[str] | None) -> dict[str, str]:
+    """``balance NAME = POLICY`` keys: one pool's policy (NAME as a [node] hostnames lists it).
+
+    ``claimed`` is None when a [node] section had errors (then names are not checked).
+    """
+    out: dict[str, str] = {}
+    for key in section.values:
+        kind, _, name = key.partition(" ")
+        if kind != "balance" or not name.strip():
+            continue
+        policy = section.opt(key, values.choice(*BALANCE), None)
+        try:
+            name = values.hostname(name.strip())
+        except ValueError as e:
+            section.error(key, str(e))
+            continue
+        if claimed is not None and name not in claimed:
+            section.error(key, f"no [node] section lists {name} in its hostnames")
+        elif policy is not None:
+            out[name] = policy
+    return out
+
+
 def _relay(section: Section) -> RelayConfig | None:
-    section.reject_unknown(_RELAY_KEYS)
+    section.reject_unknown((*_RELAY_KEYS, *(k for k in section.values if k.startswith("balance "))))
     wireguard = wireguard_keys(section)
     public_address = section.opt("public-address", values.ip_address_text, "0.0.0.0")
     public_ports = section.opt("public-ports", values.ports, (443,))
@@ -204,6 +228,7 @@ def _relay(section: Section) -> RelayConfig | None:
     shutdown_timeout = section.opt("shutdown-timeout", values.seconds, 10.0)
     tcp_fallback = section.opt("tcp-fallback", values.boolean, True)
     relay_state = section.opt("state-dir", section.path, section.path("state"))
+    balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     ops = ops_config(section)
@@ -238,6 +263,7 @@ def _relay(section: Section) -> RelayConfig | None:
         tcp_fallback=tcp_fallback,
         ops=ops,
         enroll=enroll,
+        balance=balance,
     )
 
 

@@ -61,7 +61,6 @@ REFUSALS = {
     "bad_token": "the token is not known to this relay (mistyped, or revoked)",
     "expired_token": "the token has expired: ask for a new one (funnel-tw invite)",
     "used_token": "the token was already used (single-use): ask for a new one",
-    "hostname_taken": "a hostname the token grants is served by another node now",
     "no_address_left": "node-addresses has no free address left",
     "bad_request": "the request is not a valid enrollment",
 }

@@ -33,6 +33,11 @@ class Owner(Protocol[C]):
     def mark_output(self, conn: C) -> None:
         """Ask for ``conn.output(now)`` at the next flush."""
 
+    def grow_window(self, conn: C, extra: int) -> int:
+        """How much of ``extra`` bytes of receive window growth the stack-wide budget grants
+        ``conn`` (0 when it is spent); given back when the connection closes."""
+        ...
+
     def allow_challenge_ack(self) -> bool:
         """Whether one more RFC 5961 challenge ACK fits the global rate limit."""
         ...

@@ -16,6 +16,8 @@ floods), on TIME-WAIT entries, and on each connection's buffers.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import struct
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ from .tcp import Connection
 from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
+RECEIVE_MEMORY = 256 << 20  # window growth, all connections together
 _NO_OPTIONS = parse_options(b"")
 
 
@@ -39,7 +42,9 @@ class Stack:
         addresses: Sequence[bytes],
         *,
         mtu: int = 1280,
-        receive_buffer: int = 1 << 20,
+        receive_buffer: int = tcp.RECEIVE_BUFFER,
+        receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
+        receive_memory: int = RECEIVE_MEMORY,
         max_connections: int = 4096,
         syn_backlog: int = 256,
         max_time_wait: int = 4096,
@@ -49,7 +54,12 @@ class Stack:
     ) -> None:
         self.addresses = set(addresses)
         self.mtu = mtu
-        self.receive_buffer = receive_buffer
+        self.receive_buffer = receive_buffer  # each connection's first window
+        self.receive_buffer_max = receive_buffer_max  # ... and what autotuning grows it to
+        # all connections' windows together may grow this much beyond their first ones (as
+        # Linux's tcp_mem bounds TCP memory): what peers can make us hold stays bounded
+        self.receive_memory = receive_memory
+        self.window_granted = 0
         self.max_connections = max_connections
         self.syn_backlog = syn_backlog
         self.max_time_wait = max_time_wait
@@ -65,6 +75,11 @@ class Stack:
         # the optional sender event log (trace.py): None unless FUNNEL_TW_TCP_TRACE is set
         self.trace: TcpTrace | None = from_environment(self.counters)
         self._dirty: dict[Connection, None] = {}
+        # timers: a heap of (deadline, n, connection), lazily cleaned: an entry is live while
+        # it equals the connection's ``sched`` (the deadline last pushed for it)
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._touched: dict[Connection, None] = {}  # connections whose deadline may have moved
+        self._order = itertools.count()
         self._challenge_window = 0.0
         self._challenge_count = 0
         self._now = 0.0
@@ -90,6 +105,19 @@ class Stack:
     def mark_output(self, conn: Connection) -> None:
         self._dirty[conn] = None
 
+    def grow_window(self, conn: Connection, extra: int) -> int:
+        granted = min(extra, self.receive_memory - self.window_granted)
+        if granted < extra:
+            self.count("tcp_rcvbuf_budget_full")
+        if granted <= 0:
+            return 0
+        self.window_granted += granted
+        return granted
+
+    def _release_window(self, conn: Connection) -> None:
+        self.window_granted -= conn.window_granted
+        conn.window_granted = 0
+
     def allow_challenge_ack(self) -> bool:
         """RFC 5961 section 7: a global limit on challenge ACKs per second."""
         if self._now - self._challenge_window >= 1.0:
@@ -114,6 +142,7 @@ class Stack:
 
     def connection_closed(self, conn: Connection, reason: str | None) -> None:
         key = conn.key
+        self._release_window(conn)
         if self.connections.get(key) is conn:
             del self.connections[key]
         if self.time_wait.get(key) is conn:
@@ -133,6 +162,7 @@ class Stack:
             oldest.expire()
         if self.connections.get(conn.key) is conn:
             del self.connections[conn.key]
+        self._release_window(conn)  # nothing more will be received
         self.time_wait[conn.key] = conn
         conn.close_reported = True
         self.emit(CLOSED, conn, None)
@@ -172,10 +202,12 @@ class Stack:
             iss=self.rng.getrandbits(32),
             now=now,
             receive_buffer=self.receive_buffer,
+            receive_buffer_max=self.receive_buffer_max,
             mss=self._mss_for(local),
         )
         self.connections[conn.key] = conn
         conn.open_active(now)
+        self._schedule(conn)
         return conn
 
     # --- input ---------------------------------------------------------------------------------
@@ -259,6 +291,7 @@ class Stack:
         payload = segment[header_len:]
         if conn is not None:
             conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+            self._touched[conn] = None
             if self.trace is not None:
                 self.trace.segment_in(conn, ack, options, len(payload), now)
             return
@@ -300,49 +333,103 @@ class Stack:
             iss=self.rng.getrandbits(32),
             now=now,
             receive_buffer=self.receive_buffer,
+            receive_buffer_max=self.receive_buffer_max,
             mss=self._mss_for(dst),
         )
         self.connections[conn.key] = conn
         self.listeners[dport] += 1
         conn.half_open = True
         conn.open_passive(seq, window, options, now)
+        self._schedule(conn)
 
     # --- output and timers ---------------------------------------------------------------------
 
     def flush(self, now: float) -> None:
         """Let every connection with something to say send it."""
         self._now = now
+        touched = self._touched
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for conn in dirty:
                 conn.output(now)
+                touched[conn] = None
                 if self.trace is not None:
                     self.trace.after_output(conn, now)
+        if touched:
+            self._touched = {}
+            for conn in touched:
+                self._schedule(conn)
+
+    def _schedule(self, conn: Connection) -> None:
+        """Push the connection's next deadline if it moved (the old entry goes stale)."""
+        t = conn.next_deadline()
+        if t == conn.sched:
+            return
+        conn.sched = t
+        if t is not None and conn.state is not tcp.State.CLOSED:
+            heapq.heappush(self._timers, (t, next(self._order), conn))
+            if len(self._timers) > 64 + 4 * (len(self.connections) + len(self.time_wait)):
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale entries (deadlines that moved): the heap stays O(connections)."""
+        kept: list[tuple[float, int, Connection]] = []
+        seen: set[Connection] = set()
+        for entry in self._timers:
+            conn = entry[2]
+            if conn.sched == entry[0] and conn.state is not tcp.State.CLOSED and conn not in seen:
+                seen.add(conn)
+                kept.append(entry)
+        heapq.heapify(kept)
+        self._timers = kept
+
+    def _top(self) -> tuple[float, int, Connection] | None:
+        timers = self._timers
+        while timers:
+            entry = timers[0]
+            conn = entry[2]
+            if conn.sched == entry[0] and conn.state is not tcp.State.CLOSED:
+                return entry
+            heapq.heappop(timers)
+        return None
 
     def next_deadline(self) -> float | None:
-        best: float | None = None
-        for table in (self.connections, self.time_wait):
-            for conn in table.values():
-                t = conn.next_deadline()
-                if t is not None and (best is None or t < best):
-                    best = t
-        return best
+        """The earliest deadline of any connection: the top of the heap, not a walk over them."""
+        for pending in (self._touched, self._dirty):  # changed since the last flush
+            for conn in list(pending):
+                self._schedule(conn)
+        self._touched = {}
+        top = self._top()
+        return None if top is None else top[0]
 
     def tick(self, now: float) -> None:
+        """Run the timers that are due (only those connections)."""
         self._now = now
-        for table in (self.connections, self.time_wait):
-            for conn in list(table.values()):
-                t = conn.next_deadline()
-                if t is not None and t <= now:
-                    conn.tick(now)
-                    if self.trace is not None:
-                        self.trace.timer(conn, now)
+        due: list[Connection] = []
+        while True:
+            top = self._top()
+            if top is None or top[0] > now:
+                break
+            heapq.heappop(self._timers)
+            conn = top[2]
+            conn.sched = None
+            due.append(conn)
+        for conn in due:
+            if conn.state is tcp.State.CLOSED:
+                continue
+            t = conn.next_deadline()
+            if t is not None and t <= now:
+                conn.tick(now)
+                if self.trace is not None:
+                    self.trace.timer(conn, now)
+            self._touched[conn] = None
         self.flush(now)
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out["tcp_connections"] = len(self.connections)
         out["tcp_time_wait"] = len(self.time_wait)
+        out["tcp_rcvbuf_granted"] = self.window_granted
         return out
 
 

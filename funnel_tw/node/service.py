@@ -7,7 +7,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -34,10 +34,13 @@ from ..web.hostport import format_host_port
 from ..web.httplimits import HTTPLimits
 from .fallback import FallbackService, fallback_targets
 from .observe import attach_observer
-from .plugins import PluginServices
+from .plugins import DRAIN_TIMEOUT, PluginServices
 from .status.server import LocalAPIService
 
 log = Logger()
+
+DRAIN_POLL = 0.1  # how often a stopping node looks whether its flows are done
+LAME_DUCK = 1.5  # a relay probes a pool member every second (relay/health.py)
 
 
 def build_acme_source(
@@ -185,9 +188,13 @@ class NodeService(MultiService):
             caller_name=self.caller,
             policy=self.serve,
             dispatcher=self.dispatcher,
+            challenge_pending=self.store.has_challenge,
         )
         self.peerapi_site = PeerAPISite(PeerAPIRoot(self.valid_hosts, self.ingress), reactor)
         self.listening: list[IListeningPort] = []
+        # On SIGTERM, stay reachable (peerAPI closed, so refusing) this long at least: every
+        # relay's next probe sees the refusal before the node goes silent (node/tap.py sets it)
+        self.lame_duck = 0.0
         self.serve_listeners: dict[int, IListeningPort] = {}  # by serve port (reload.py)
         self.observer = attach_observer(self)  # metrics-listen, access-log
         self.plugin_services = PluginServices(self.plugins, reactor)
@@ -294,11 +301,41 @@ class NodeService(MultiService):
         )
 
     def stopService(self) -> defer.Deferred[None]:
+        """Stop gracefully: refuse new ingress (the peerAPI port closes, so a relay tries
+        another node of the pool at once), let open flows finish within ``DRAIN_TIMEOUT``, and
+        only then leave the overlay."""
         self.certificates.stop()
+        self.ingress.accepting = False
         for port in self.listening:
             port.stopListening()
         self.listening = []
-        self.backends.close()
-        drained = self.plugin_services.stop()  # no new flows now; each within its deadline
-        drained.addCallback(lambda _: super(NodeService, self).stopService())
-        return drained
+        plugins = self.plugin_services.stop()  # no new flows now; each within its deadline
+        flows = defer.Deferred.fromCoroutine(self._drain_flows(DRAIN_TIMEOUT))
+
+        def drained(_: object) -> defer.Deferred[None]:
+            self.backends.close()  # the keep-alive connections the last flows left
+            return super(NodeService, self).stopService()  # type: ignore[no-any-return]
+
+        done: defer.Deferred[None] = defer.gatherResults(
+            [plugins, flows], consumeErrors=True
+        ).addCallback(drained)
+        return done
+
+    async def _drain_flows(self, timeout: float) -> None:
+        """Wait until the overlay holds no TCP connection (flows, ingress in progress), at
+        most ``timeout`` s, and at least ``lame_duck`` s when a relay has a session with us;
+        with ``network = tun`` the kernel holds the flows and only ``lame_duck`` is waited."""
+        now = self.reactor.seconds()
+        deadline = now + timeout
+        quiet_until = now + (self.lame_duck if self.relay_session() else 0.0)
+        open_now = self.overlay.tcp_connections()
+        if open_now:
+            log.info("draining {n} open connections for up to {t} s", n=len(open_now), t=timeout)
+        while self.reactor.seconds() < deadline:
+            if not self.overlay.tcp_connections() and self.reactor.seconds() >= quiet_until:
+                return
+            await task.deferLater(self.reactor, DRAIN_POLL, lambda: None)
+        left = len(self.overlay.tcp_connections() or ())
+        if not left:
+            return
+        log.warn("{n} connections still open after {t} s; closing them", n=left, t=timeout)

@@ -23,11 +23,12 @@ def makeService(options: Options) -> IService:
     from ..daemon.run import add_daemon_services
     from .observe import not_serving, status_line
     from .reload import node_reloader
-    from .service import NodeService
+    from .service import LAME_DUCK, NodeService
 
     prepare_state_dir(options.loaded.state_dir, options.loaded.path, "node")
 
     node = NodeService(options.loaded)
+    node.lame_duck = LAME_DUCK  # relays see it refuse before it goes silent
     add_daemon_services(
         node,
         node.reactor,

@@ -38,9 +38,8 @@ from ..netstack.tcp import Connection, State
 
 log = Logger()
 
-# Pause the registered producer above this many unacknowledged bytes, resume below half of it.
-# It must exceed the peer's window (1 MiB by default) or the pipe runs dry before resuming.
-SEND_HIGH_WATER = 2 << 20
+# The registered producer is paused above ``conn.send_limit`` unacknowledged bytes (2 MiB, or
+# twice the congestion window up to 8 MiB: tcp/send.py) and resumed below half of it (DRAINED).
 # Data held this long without the peer acknowledging any of it (or behind a zero window)
 # aborts the connection: generous for a reader that pauses, finite for one that is gone.
 USER_TIMEOUT = 300.0
@@ -88,7 +87,6 @@ class OverlayTCPTransport:
         self._pull_scheduled = False
         self.bytes_sent = 0  # for the node's access log (a non-HTTP flow's bytes_sent)
         conn.app = self
-        conn.send_low_water = SEND_HIGH_WATER // 2
         conn.user_timeout = USER_TIMEOUT
 
     # --- events from the stack -----------------------------------------------------------------
@@ -116,7 +114,7 @@ class OverlayTCPTransport:
         self._pull_scheduled = False
         if self.producer is None or self._streaming or self.disconnected:
             return
-        if self.conn.send_buffered > SEND_HIGH_WATER:
+        if self.conn.send_buffered > self.conn.send_limit:
             self._producer_paused = True  # the DRAINED event asks again
         else:
             self.producer.resumeProducing()
@@ -152,7 +150,7 @@ class OverlayTCPTransport:
             if not self._pull_scheduled:
                 self._pull_scheduled = True
                 self.owner.reactor.callLater(0, self._pull)
-        elif self.conn.send_buffered > SEND_HIGH_WATER:
+        elif self.conn.send_buffered > self.conn.send_limit:
             self._producer_paused = True
             self.producer.pauseProducing()
 

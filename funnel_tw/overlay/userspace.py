@@ -61,7 +61,8 @@ class UserspaceOverlayInterface:
         mtu: int = 1280,
         constants: Constants = DEFAULT,
         restricted: Mapping[str, frozenset[int]] | None = None,
-        receive_buffer: int = 1 << 20,
+        receive_buffer: int = tcp.RECEIVE_BUFFER,
+        receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
     ) -> None:
         self.reactor = reactor
         self.addresses = tuple(addresses)
@@ -69,7 +70,10 @@ class UserspaceOverlayInterface:
         self.listen_port = listen_port
         self.tunnel: Tunnel | None = None
         self.stack = Stack(
-            [a.ip.packed for a in self.addresses], mtu=mtu, receive_buffer=receive_buffer
+            [a.ip.packed for a in self.addresses],
+            mtu=mtu,
+            receive_buffer=receive_buffer,
+            receive_buffer_max=receive_buffer_max,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

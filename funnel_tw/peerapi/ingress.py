@@ -7,6 +7,9 @@ The checks and answers are tailscaled's, in its order:
 3. ``Tailscale-Ingress-Src`` missing or not ``ip:port``: 400
 4. ``Tailscale-Ingress-Target`` missing or not ``host:port``: 400
 5. the serve configuration does not admit funnel for exactly that ``host:port``: 403 ``denied``
+5b. (funnel-tw) the relay says the client offers ALPN ``acme-tls/1`` (``Funnel-Ingress-ALPN``)
+   and no tls-alpn-01 challenge is pending here for that host: 421, so a pool's relay tries the
+   node that ordered the certificate
 6. accept: exactly ``HTTP/1.1 101 Switching Protocols\\r\\n\\r\\n``, then the connection is the
    public client's byte stream, handed to the serve dispatcher.
 """
@@ -77,6 +80,7 @@ class IngressResource(Resource):
         caller_name: Callable[[str], tuple[str, bool] | None],
         policy: FunnelPolicy,
         dispatcher: FlowDispatcher,
+        challenge_pending: Callable[[str], bool] | None = None,
     ) -> None:
         """``caller_name(overlay ip)`` -> (peer name, has ingress capability) or None;
         ``dispatcher.protocol_for(flow)`` -> the protocol that takes the stream (None: refuse)."""
@@ -85,6 +89,8 @@ class IngressResource(Resource):
         self.caller_name = caller_name
         self.policy = policy
         self.dispatcher = dispatcher
+        self.challenge_pending = challenge_pending
+        self.accepting = True  # False while the node stops: new ingress is refused with 503
         self.counters: dict[str, int] = {}
 
     def _count(self, what: str) -> None:
@@ -130,6 +136,14 @@ class IngressResource(Resource):
         host, port = target
         if not self.policy.admits_funnel(host, port):
             return self._error(request, 403, "denied")
+        if (
+            self.challenge_pending is not None
+            and request.getHeader(b"funnel-ingress-alpn") == b"acme-tls/1"
+            and not self.challenge_pending(host)
+        ):
+            return self._error(request, 421, "no pending tls-alpn-01 challenge for this name")
+        if not self.accepting:
+            return self._error(request, 503, "shutting down")
         flow = Flow(client=src, host=host, port=port, funnel=True, peer=caller[0])
         protocol = self.dispatcher.protocol_for(flow)
         if protocol is None:

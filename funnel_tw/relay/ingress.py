@@ -19,15 +19,22 @@ from ..web.hostport import format_host_port
 
 EXPECTED = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 MAX_ANSWER = 4096
+# Sent when the ClientHello offers ALPN acme-tls/1 (a tls-alpn-01 validation): a node of a pool
+# without a pending challenge for the name declines (peerapi/ingress.py), so the relay tries
+# the node that ordered the certificate. Tailscale's nodes ignore the header.
+ACME_HEADER = "Funnel-Ingress-ALPN: acme-tls/1\r\n"
 
 
-def ingress_request(peerapi_host: str, client: tuple[str, int], target: str) -> bytes:
+def ingress_request(
+    peerapi_host: str, client: tuple[str, int], target: str, acme: bool = False
+) -> bytes:
     return (
         "POST /v0/ingress HTTP/1.1\r\n"
         f"Host: {peerapi_host}\r\n"
         f"Tailscale-Ingress-Src: {format_host_port(*client)}\r\n"
         f"Tailscale-Ingress-Target: {target}\r\n"
-        "Content-Length: 0\r\n"
+        + (ACME_HEADER if acme else "")
+        + "Content-Length: 0\r\n"
         "\r\n"
     ).encode()
 
@@ -36,6 +43,12 @@ def printable(raw: bytes, limit: int = 200) -> str:
     """Node-supplied text for a log line: one line, no control characters, bounded."""
     text = raw[:limit].decode("utf-8", "replace")
     return "".join(c if c.isprintable() else "?" for c in text).strip()
+
+
+def answer_status(head: bytes) -> int:
+    """The status code of an answer's head (0 if it has none)."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() and len(parts[1]) == 3 else 0
 
 
 def describe_refusal(head: bytes, body: bytes) -> str:
@@ -61,6 +74,7 @@ class IngressClientEnd(splice.SpliceEnd):
         self.answer = b""
         self.accepted = False
         self.refusing = False
+        self.status = 0  # the status of a refusal (0: the connection ended before an answer)
 
     def connectionMade(self) -> None:
         self.transport.write(self.request)
@@ -92,10 +106,11 @@ class IngressClientEnd(splice.SpliceEnd):
         head, sep, body = self.answer.partition(b"\r\n\r\n")
         if not lost and len(self.answer) < MAX_ANSWER and not (sep and b"\n" in body):
             return
-        self._refuse(describe_refusal(head, body))
+        self._refuse(describe_refusal(head, body), answer_status(head))
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, status: int) -> None:
         callback, self.on_refused = self.on_refused, lambda why: None
+        self.status = status
         self.transport.loseConnection()
         callback(why)
 

@@ -23,7 +23,10 @@ from ..daemon.metrics import MetricsService, wireguard_metrics
 from ..overlay.interface import OverlayInterface
 from ..overlay.tunnel import display_endpoint
 from ..web.hostport import format_host_port
+from .balance import Balancer
+from .health import Health
 from .public import ConnectionLimits, PublicConnection
+from .routes import Routes
 
 SESSION_LIFETIME = 180.0  # WireGuard's Reject-After-Time: no handshake since is no session
 NO_NODE = "-"  # a connection that never reached a node (no SNI, unknown name, refused...)
@@ -48,8 +51,10 @@ class RelayObserver:
         config: RelayConfig,
         overlay: OverlayInterface,
         limits: ConnectionLimits,
+        balancer: Balancer | None = None,
     ) -> None:
         self.reactor = reactor
+        self.balancer = balancer or Balancer(Routes(config.nodes), Health())
         self.config = config
         self.overlay = overlay
         self.limits = limits
@@ -142,8 +147,9 @@ class RelayObserver:
         for conn in self.limits.open:
             node = conn.node_name or NO_NODE
             open_by_node[node] = open_by_node.get(node, 0) + 1
+        health = self.balancer.health.document(now)
         nodes = []
-        for spec in self.config.nodes:
+        for spec in self.balancer.routes.nodes:  # enrolled nodes too (Routes.replace)
             peer = by_name.get(spec.name)
             last = peer.last_handshake if peer is not None else None
             nodes.append(
@@ -160,6 +166,7 @@ class RelayObserver:
                     "rx_bytes": peer.rx_bytes if peer is not None else 0,
                     "tx_bytes": peer.tx_bytes if peer is not None else 0,
                     "open_connections": open_by_node.get(spec.name, 0),
+                    "health": health.get(spec.name),
                 }
             )
         return {
@@ -170,6 +177,7 @@ class RelayObserver:
             "public_address": self.config.public_address,
             "public_ports": list(self.config.public_ports),
             "nodes": nodes,
+            "pools": self.pools(),
             "connections": {
                 "open": len(self.limits.open),
                 "max": self.limits.max_total,
@@ -180,6 +188,20 @@ class RelayObserver:
                 "overlay": self.overlay.stats(),
             },
         }
+
+    def pools(self) -> list[dict[str, Any]]:
+        """The names served by more than one node: policy and members in service."""
+        balancer = self.balancer
+        return [
+            {
+                "name": pool.key,
+                "balance": balancer.policy(pool),
+                "nodes": [n.name for n in pool.nodes],
+                "in_service": [n.name for n in pool.nodes if balancer.health.usable(n.name)],
+            }
+            for pool in balancer.routes.pools()
+            if len(pool.nodes) > 1
+        ]
 
 
 class RelayCollector:
@@ -225,6 +247,22 @@ class RelayCollector:
         for event, n in sorted(obs.limits.counters.items()):
             events.add_metric([event], n)
         yield events
+
+        up = GaugeMetricFamily(
+            "funnel_relay_node_up",
+            "1 while a node is in service (its session is fresh and it takes ingress), else 0.",
+            labels=["node"],
+        )
+        outages = CounterMetricFamily(
+            "funnel_relay_node_outages",
+            "Times a node went out of service (a failed probe or ingress, a stale session).",
+            labels=["node"],
+        )
+        for name, state in sorted(obs.balancer.health.nodes.items()):
+            up.add_metric([name], 1.0 if state.up else 0.0)
+            outages.add_metric([name], state.outages)
+        yield up
+        yield outages
 
         yield from wireguard_metrics("funnel_relay", "node", obs.overlay, obs.overlay.stats())
 

@@ -5,10 +5,15 @@ For each public connection:
 1. read the TLS ClientHello (sans-IO parser) within ``client-hello-timeout`` of the accept (a
    total deadline: bytes trickling in do not extend it); no SNI, an unknown name, a malformed
    or oversized hello or a timeout closes the connection (counted);
-2. open TCP over the overlay to the node's peerAPI and send ``POST /v0/ingress``; anything but
-   the exact 101, or no answer within ``ingress-connect-timeout``, closes the public
-   connection (a silent node is logged once a minute at most, with why: no WireGuard session
-   or no answer from its peerAPI);
+2. take the nodes of the name's pool that are in service, in the order ``balance`` gives
+   (``relay/balance.py``; none in service: close at once, counted ``no_node_in_service``);
+   open TCP over the overlay to the first one's peerAPI and send ``POST /v0/ingress``. A node
+   that does not answer (within ``ATTEMPT_TIMEOUT`` when another node is left to try), is
+   unreachable, or answers 5xx is put out of service (``relay/health.py``); one that answers
+   4xx declines this connection only. Either way the next node is asked, the ClientHello still
+   held, until ``ingress-connect-timeout`` from the hello; then the public connection is
+   closed (a silent node is logged once a minute at most, with why: no WireGuard session or
+   no answer from its peerAPI);
 3. replay the buffered ClientHello to the node and splice the two connections until both
    sides are done. The relay never holds a key that could decrypt the stream.
 
@@ -33,14 +38,18 @@ from ..overlay.stream import ALPN
 from ..web import splice
 from ..web.factories import OneProtocolFactory
 from ..web.hostport import format_host_port
+from .balance import Balancer
 from .clienthello import ClientHelloError, ClientHelloParser
 from .fallback import FallbackAcceptor
+from .health import Health
 from .ingress import IngressClientEnd, ingress_request
 from .routes import Routes
 
 log = Logger()
 
 UNREACHABLE_LOG_INTERVAL = 60.0  # "node X unreachable" at most this often per node
+ATTEMPT_TIMEOUT = 1.0  # a node with another one behind it: connect and answer within this
+ACME_ALPN = b"acme-tls/1"
 
 
 class State(enum.Enum):
@@ -69,6 +78,12 @@ class PublicConnection(splice.SpliceEnd):
         self.target = ""  # SNI host:port, once the ClientHello named it
         self.node_name = ""
         self.node_address = ""
+        self.server_name = ""
+        self.acme = False  # the ClientHello offers acme-tls/1 (a tls-alpn-01 validation)
+        self.candidates: list[RelayNode] = []  # the nodes still to try, in order
+        self.deadline = 0.0  # the whole ingress (every attempt) ends by then
+        self.tried: list[str] = []  # why each node tried did not take it
+        self.holding = ""  # the node this spliced connection counts against (balance)
         # for the access log and metrics: how it ended, when it began, bytes before the splice
         self.outcome = "closed"
         self.started = 0.0
@@ -102,15 +117,6 @@ class PublicConnection(splice.SpliceEnd):
                 f"({len(self.parser.buffer)} bytes)"
             )
 
-    def _ingress_timeout(self) -> None:
-        self._timer = None
-        if self.state is not State.INGRESS:
-            return
-        self._count("node_timeout")
-        why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
-        self.factory.node_unreachable(self.node_name, why)
-        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
-
     def _close(self, why: str, quiet: bool = False) -> None:
         (log.debug if quiet else log.info)(
             "public connection from {src} for {target} closed: {why}",
@@ -128,6 +134,9 @@ class PublicConnection(splice.SpliceEnd):
             self._timer.cancel()
         self._timer = None
         self.factory.release(self)
+        if self.holding:
+            self.factory.balancer.closed(self.holding)
+            self.holding = ""
         if self.factory.on_finished is not None:
             self.factory.on_finished(self)
         node_transport = self.node_end.transport if self.node_end is not None else None
@@ -172,19 +181,24 @@ class PublicConnection(splice.SpliceEnd):
             self._close("no SNI in the ClientHello")
             return
         self.target = format_host_port(hello.server_name, self.public_port)
-        node = self.factory.routes.lookup(hello.server_name)
-        if node is None:
+        pool = self.factory.routes.pool(hello.server_name)
+        if pool is None:
             self._count("unknown_name")
             self._close("no node serves this name")
             return
+        self.candidates = self.factory.balancer.order(pool)
+        if not self.candidates:
+            self._count("no_node_in_service")
+            health = self.factory.balancer.health
+            why = "; ".join(f"{n.name}: {health.reason(n.name) or 'out'}" for n in pool.nodes)
+            self._close(f"every node of {pool.key} is out of service ({why})")
+            return
         self.state = State.INGRESS
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.factory.reactor.callLater(
-            self.factory.ingress_timeout, self._ingress_timeout
-        )
+        self.server_name = hello.server_name
+        self.acme = ACME_ALPN in hello.alpn
+        self.deadline = self.factory.reactor.seconds() + self.factory.ingress_timeout
         self.transport.pauseProducing()
-        self._ask_node(node, hello.server_name)
+        self._next_attempt()
 
     def _to_link(self, fallback: FallbackAcceptor) -> None:
         """A node asks for the TCP fallback: the connection is its WireGuard link from now on."""
@@ -199,42 +213,87 @@ class PublicConnection(splice.SpliceEnd):
 
     # --- the node ---------------------------------------------------------------------------
 
-    def _ask_node(self, node: RelayNode, server_name: str) -> None:
+    def _next_attempt(self) -> None:
+        """Ask the next candidate; with more behind it, give it ``attempt_timeout`` at most."""
+        node = self.candidates.pop(0)
+        budget = max(0.0, self.deadline - self.factory.reactor.seconds())
+        wait = min(budget, self.factory.attempt_timeout) if self.candidates else budget
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.factory.reactor.callLater(wait, self._ingress_timeout)
+        self._ask_node(node)
+
+    def _ask_node(self, node: RelayNode) -> None:
         peerapi_ip, peerapi_port = node.peerapi
         request = ingress_request(
             format_host_port(str(peerapi_ip), peerapi_port),
             self.source,
-            format_host_port(server_name, self.public_port),
+            format_host_port(self.server_name, self.public_port),
+            acme=self.acme,
         )
-        self.node_end = IngressClientEnd(request, self._accepted, self._refused)
+        end = IngressClientEnd(request, self._accepted, lambda why: self._refused(end, why))
+        self.node_end = end
         self.node_name = node.name
         self.node_address = format_host_port(str(peerapi_ip), peerapi_port)
         endpoint = self.factory.node_endpoint(str(peerapi_ip), peerapi_port)
-        d = endpoint.connect(OneProtocolFactory(self.node_end))
-        d.addErrback(self._unreachable)
+        d = endpoint.connect(OneProtocolFactory(end))
+        d.addErrback(self._unreachable, end)
 
-    def _unreachable(self, failure: Failure) -> None:
-        if self.state is State.CLOSED:
+    def _ingress_timeout(self) -> None:
+        self._timer = None
+        if self.state is not State.INGRESS:
             return
-        self._count("node_unreachable")
+        why = self.factory.why_unreachable(self.node_name) or f"no answer from {self.node_address}"
+        self.factory.node_unreachable(self.node_name, why)
+        self._attempt_failed("node_timeout", f"node {self.node_name} unreachable: {why}", why)
+
+    def _unreachable(self, failure: Failure, end: IngressClientEnd) -> None:
+        if self.state is not State.INGRESS or end is not self.node_end:
+            return
         why = self.factory.why_unreachable(self.node_name) or failure.getErrorMessage()
         self.factory.node_unreachable(self.node_name, why)
-        self._close(f"node {self.node_name} unreachable: {why}", quiet=True)
+        self._attempt_failed("node_unreachable", f"node {self.node_name} unreachable: {why}", why)
 
-    def _refused(self, why: str) -> None:
-        if self.state is State.CLOSED:
+    def _refused(self, end: IngressClientEnd, why: str) -> None:
+        if self.state is not State.INGRESS or end is not self.node_end:
             return
-        self._count("node_refused")
-        self._close(f"refused by node {self.node_name}: {why}")
+        # a 4xx is this node declining this name (not served here, no pending ACME challenge):
+        # the next node may take it; no answer or a 5xx (a node going away) puts the node out
+        out = end.status == 0 or end.status >= 500
+        self._attempt_failed(
+            "node_refused", f"refused by node {self.node_name}: {why}", why if out else None
+        )
+
+    def _attempt_failed(self, outcome: str, why: str, out_because: str | None) -> None:
+        """One node did not take the connection: put it out of service (``out_because``) and
+        try the next candidate while the ingress deadline allows, else close."""
+        end, self.node_end = self.node_end, None
+        if end is not None and end.transport is not None:
+            end.transport.abortConnection()
+        now = self.factory.reactor.seconds()
+        if out_because is not None:
+            self.factory.node_failed(self.node_name, out_because)
+        self.tried.append(why)
+        if self.candidates and now < self.deadline:
+            self.factory.count("failover")
+            log.debug("{target}: {why}; trying the next node", target=self.target, why=why)
+            self._next_attempt()
+            return
+        self._count(outcome)
+        if len(self.tried) > 1:
+            why = "no node took it: " + "; ".join(self.tried)
+        self._close(why, quiet=outcome != "node_refused")
 
     def _accepted(self, node_end: IngressClientEnd) -> None:
-        if self.state is not State.INGRESS:
+        if self.state is not State.INGRESS or node_end is not self.node_end:
             node_end.transport.abortConnection()
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.state = State.SPLICED
         self._count("spliced")
+        self.factory.node_took(self.node_name)
+        self.holding = self.node_name
         node_end.transport.write(self.parser.raw)  # the ClientHello, exactly as received
         self.parser = ClientHelloParser()  # drop the buffered copy
         splice.join(self, node_end)
@@ -273,9 +332,13 @@ class PublicFactory(protocol.Factory):
         why_unreachable: Callable[[str], str | None] = lambda node: None,
         on_finished: Callable[[PublicConnection], None] | None = None,
         fallback: FallbackAcceptor | None = None,
+        balancer: Balancer | None = None,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
     ) -> None:
-        """``ingress_timeout``: connect to the node and get its answer within this long;
-        ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session)."""
+        """``ingress_timeout``: connect to a node and get its answer within this long, every
+        attempt included; ``attempt_timeout``: one attempt, when another node could take over;
+        ``why_unreachable(node)``: what the overlay knows (e.g. no WireGuard session);
+        ``balancer``: the order of a pool's nodes and their health (shared by all ports)."""
         self.reactor = reactor
         self.routes = routes
         self.node_endpoint = node_endpoint
@@ -287,6 +350,8 @@ class PublicFactory(protocol.Factory):
         self.why_unreachable = why_unreachable
         self.on_finished = on_finished  # the access log and metrics (relay/observe.py)
         self.fallback = fallback  # nodes' TCP fallback links (ALPN funnel-wg/1), if enabled
+        self.balancer = balancer or Balancer(routes, Health())
+        self.attempt_timeout = attempt_timeout
         self._unreachable_logged: dict[str, float] = {}
 
     def buildProtocol(self, addr: Any) -> PublicConnection:
@@ -303,6 +368,15 @@ class PublicFactory(protocol.Factory):
             return
         self._unreachable_logged[node] = now
         log.warn("node {node} unreachable: {why}", node=node, why=why)
+
+    def node_failed(self, node: str, why: str) -> None:
+        if self.balancer.health.failed(node, why, self.reactor.seconds()):
+            log.warn("node {node} out of service: {why}", node=node, why=why)
+
+    def node_took(self, node: str) -> None:
+        self.balancer.opened(node)
+        if self.balancer.health.succeeded(node, self.reactor.seconds()):
+            log.info("node {node} back in service", node=node)
 
     def admit(self, conn: PublicConnection) -> bool:
         return self.limits.admit(conn)

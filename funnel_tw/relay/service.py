@@ -14,9 +14,12 @@ from ..daemon.localapi.address import STATUS_PATH
 from ..daemon.localapi.server import LocalAPIService, LocalAPISite
 from ..overlay.service import OverlayService
 from ..overlay.userspace import UserspaceOverlayInterface
+from .balance import Balancer
 from .endpoints import EndpointMemory
 from .fallback import FallbackAcceptor
+from .health import Health
 from .observe import RelayObserver
+from .probe import Prober
 from .public import ConnectionLimits, PublicFactory
 from .redirect import redirect_site
 from .routes import Routes
@@ -45,10 +48,21 @@ class RelayService(MultiService):
         )
         self.routes = Routes(config.nodes)
         self.fallback = FallbackAcceptor(reactor, lambda: self.overlay.tunnel)
+        # pools: which nodes are in service, and in which order a name's nodes are tried
+        self.health = Health()
+        self.balancer = Balancer(self.routes, self.health, lambda: self.config)
+        self.prober = Prober(
+            reactor,
+            self.routes,
+            self.health,
+            lambda: self.overlay.device.peers,
+            self.overlay.client_endpoint,
+        )
+        self.balancer.refresh = self.prober.refresh
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         # metrics-listen, access-log, and the local API for `funnel-tw status` (first: a
         # second relay with the same state-dir stops there)
-        self.observer = RelayObserver(reactor, config, self.overlay, self.limits)
+        self.observer = RelayObserver(reactor, config, self.overlay, self.limits, self.balancer)
         self.localapi = LocalAPISite({STATUS_PATH: self.observer.status}, reactor)
         LocalAPIService(self.localapi, config.state_dir, reactor, "relay").setServiceParent(self)
         OverlayService(self.overlay).setServiceParent(self)
@@ -79,6 +93,7 @@ class RelayService(MultiService):
             why_unreachable=self.why_unreachable,
             on_finished=self.observer.finished,
             fallback=self.fallback if self.config.tcp_fallback else None,
+            balancer=self.balancer,
         )
         return factory
 
@@ -104,6 +119,7 @@ class RelayService(MultiService):
             log.warn("config: {why}", why=warning)
         super().startService()
         self.endpoints.start()
+        self.prober.start()
         address = self.config.public_address
         try:
             for port in self.config.public_ports:
@@ -148,6 +164,7 @@ class RelayService(MultiService):
                 t=self.config.shutdown_timeout,
             )
         await self.limits.drain(self.reactor, self.config.shutdown_timeout)
+        self.prober.stop()
         self.endpoints.stop()
         await super().stopService()
 

@@ -25,12 +25,20 @@ def format_relay_status(doc: dict[str, Any]) -> str:
         rows = []
         for n in nodes:
             age = n.get("last_handshake_age")
+            health = n.get("health") or {}
+            if not health:
+                state = "?"
+            elif health.get("up"):
+                state = "in service"
+            else:
+                state = f"OUT ({health.get('reason') or '?'})"
             rows.append(
                 [
                     n["name"] + (" (enrolled)" if n.get("enrolled") else ""),
                     n.get("endpoint") or "(no endpoint)",
                     "handshake " + ("never" if age is None else f"{format_age(age)} ago"),
                     "session up" if n.get("session") else "NO SESSION",
+                    state,
                     f"rx {format_bytes(n.get('rx_bytes', 0))}",
                     f"tx {format_bytes(n.get('tx_bytes', 0))}",
                     f"{n.get('open_connections', 0)} open",
@@ -38,6 +46,20 @@ def format_relay_status(doc: dict[str, Any]) -> str:
                 ]
             )
         lines += table(rows)
+    pools = doc.get("pools") or []
+    if pools:
+        lines += ["", "pools:"]
+        lines += table(
+            [
+                [
+                    p["name"],
+                    p.get("balance", "?"),
+                    f"{len(p.get('in_service') or [])} of {len(p.get('nodes') or [])} in service",
+                    ", ".join(p.get("nodes") or []),
+                ]
+                for p in pools
+            ]
+        )
     connections = doc.get("connections") or {}
     lines += ["", "connections:"]
     lines.append(

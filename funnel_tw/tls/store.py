@@ -133,6 +133,10 @@ class CertificateStore:
     def clear_challenge(self, name: str) -> None:
         self._challenges.pop(name.lower(), None)
 
+    def has_challenge(self, name: str) -> bool:
+        """Whether a tls-alpn-01 challenge is pending for ``name`` (a pool's relay asks)."""
+        return name.lower().rstrip(".") in self._challenges
+
     def certificates(self) -> dict[str, Certificate]:
         return dict(self._certs)
 

@@ -206,12 +206,14 @@ def ours_main(options: argparse.Namespace) -> int:
         count = 0
         started = 0.0
         done = False
+        before: dict[str, int] = {}
 
         def dataReceived(self, data: bytes) -> None:
             if self.done:
                 return
             if not self.started:
                 self.started = reactor.seconds()
+                self.before = counters()
                 reactor.callLater(options.seconds, self.finish)
             self.count += len(data)
 
@@ -220,7 +222,15 @@ def ours_main(options: argparse.Namespace) -> int:
                 return
             self.done = True
             elapsed = reactor.seconds() - self.started
-            emit(event="result", bytes=self.count, seconds=elapsed, early=early)
+            now = counters()
+            moved = {k: v - self.before.get(k, 0) for k, v in now.items()}
+            emit(
+                event="result",
+                bytes=self.count,
+                seconds=elapsed,
+                early=early,
+                counters={k: v for k, v in moved.items() if v},  # the receiving stack's
+            )
             transport: Any = self.transport
             if transport is not None and not early:
                 transport.abortConnection()

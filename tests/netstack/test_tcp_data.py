@@ -88,7 +88,7 @@ class BulkTransferTests(SynchronousTestCase):
         self.transfer(False, 576, 100_000, 100_000)
 
     def test_advertised_window_is_the_scaled_receive_buffer(self) -> None:
-        net = Net.pair()
+        net = Net.pair(receive_buffer=MIB, receive_buffer_max=MIB)  # no autotuning
         client, server = connected_pair(net)
         client.send(payload(500_000))
         net.run(lambda: len(net.b.data_received()) == 500_000)
@@ -264,6 +264,33 @@ class ReceiverAckTests(SynchronousTestCase):
         self.assertEqual(len(out), 1)
         self.assertEqual(out[0].ack, peer.seq & MASK)
         self.assertEqual(self.received(), b"once")
+
+    def test_out_of_order_segments_merge_into_blocks(self) -> None:
+        """Held segments that touch form one block (one SACK block); overlaps keep only the
+        new bytes; filling the hole delivers everything in order."""
+        peer = self.peer
+        base = peer.seq
+        data = bytes(range(256)) * 4
+        for start, end in ((300, 400), (500, 600), (250, 450), (400, 500), (350, 700), (200, 310)):
+            peer.seq = base + start
+            peer.push(data[start:end], T0)
+        self.assertEqual(
+            [(b.start - self.conn.rcv_nxt, b.end - self.conn.rcv_nxt) for b in self.conn.ooo],
+            [(200, 700)],
+        )
+        self.assertEqual(self.conn.ooo_bytes, 500)
+        peer.seq = base + 800
+        out = peer.push(data[800:900], T0)
+        sack = out[-1].options.sack
+        self.assertEqual([(s - base) & MASK for s, _ in sack], [800, 200])
+        peer.seq = base
+        peer.push(data[:200], T0)
+        self.assertEqual(self.received(), data[:700])
+        self.assertEqual(len(self.conn.ooo), 1)
+        peer.seq = base + 700
+        peer.push(data[700:800], T0)
+        self.assertEqual(self.received(), data[:900])
+        self.assertEqual((self.conn.ooo, self.conn.ooo_bytes, self.conn.ooo_count), ([], 0, 0))
 
     def test_duplicate_out_of_order_segment_stored_once(self) -> None:
         peer = self.peer

@@ -28,7 +28,7 @@ from .tcp_harness import (
     raw_established,
 )
 
-MIB = 1 << 20
+MIB = tcp.RECEIVE_BUFFER  # the first window (autotuning grows it later)
 
 
 class OptionNegotiationTests(SynchronousTestCase):

@@ -24,6 +24,7 @@ from .tcp_harness import (
     listening_stack,
     parse_seg,
     payload,
+    raw_established,
     sha,
 )
 
@@ -140,3 +141,32 @@ class PacedTransferTests(SynchronousTestCase):
                 lambda s=server, n=net, d=data: len(n.b.data_received(s)) >= len(d), timeout=60
             )
         self.assertLess(took[True], took[False] * 1.25, took)
+
+
+class CwndValidationTests(SynchronousTestCase):
+    """RFC 7661 as Linux 6.1 applies it: cwnd limited the sender once in a window, so it
+    counts as cwnd-limited until that window is acknowledged, even if more went out later
+    in the window while the pacer (not cwnd) held it back."""
+
+    def test_cwnd_limited_sticks_for_the_window(self) -> None:
+        stack = listening_stack()
+        _, conn, _ = raw_established(stack)
+        mss = conn.mss
+        una = conn.snd_una
+        conn.cwnd = 10 * mss
+        conn.snd_max = una + 10 * mss  # a whole window in flight: cwnd holds the sender
+        conn._validate_cwnd()
+        self.assertTrue(conn.cwnd_limited)
+        # two segments acknowledged, the window grew, five more sent: more in flight than
+        # ever in this window, but the pacer, not cwnd, stopped the sender this time
+        conn.snd_una = una + 2 * mss
+        conn.cwnd = 20 * mss
+        conn.snd_max = una + 15 * mss
+        conn._validate_cwnd()
+        self.assertEqual(conn.max_flight, 10 * mss)
+        self.assertTrue(conn.cwnd_limited)
+        # the window that was cwnd-limited is acknowledged: the next one starts afresh
+        conn.snd_una = una + 10 * mss
+        conn._validate_cwnd()
+        self.assertFalse(conn.cwnd_limited)
+        self.assertEqual(conn.max_flight, 5 * mss)

@@ -244,6 +244,28 @@ class IngressTests(TestCase):
             ],
         )
 
+    async def test_acme_alpn_declined_without_a_pending_challenge(self) -> None:
+        """Issue 16: a pool's relay says the client offers acme-tls/1; a node with no pending
+        tls-alpn-01 challenge for the name declines (421) so the relay tries the next one."""
+        pending: set[str] = set()
+        self.ingress.challenge_pending = pending.__contains__
+        acme = "Funnel-Ingress-ALPN: acme-tls/1\r\n"
+        await self.assertRefused(
+            request(extra=acme), 421, "no pending tls-alpn-01 challenge for this name"
+        )
+        self.assertEqual(self.ingress.counters["ingress_421"], 1)
+        pending.add("node.example.com")
+        answer = await self.exchange(request(extra=acme))
+        self.assertTrue(answer.startswith(SWITCHING_PROTOCOLS), answer[:80])
+        pending.clear()
+        answer = await self.exchange(request())  # an ordinary visitor is not asked
+        self.assertTrue(answer.startswith(SWITCHING_PROTOCOLS), answer[:80])
+
+    async def test_stopping_node_refuses_new_ingress(self) -> None:
+        self.ingress.accepting = False
+        await self.assertRefused(request(), 503, "shutting down")
+        await self.assertRefused(request(target="other.example.com:443"), 403, "denied")
+
     async def test_ipv6_source(self) -> None:
         client, pump = self.connect()
         client.transport.write(request(src="[2001:db8::7]:443"))

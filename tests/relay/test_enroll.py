@@ -108,31 +108,35 @@ class StoreTests(SynchronousTestCase):
             Refused, self.store.invite, self.config, ("a.example.com",), 0.0, expires=0
         )
 
-    def test_reusable_lets_another_node_take_over_after_a_removal(self) -> None:
+    def test_a_reusable_token_makes_a_pool(self) -> None:
         secret = self.store.invite(self.config, ("*.apps.example.com",), 0.0, reusable=True)
         a = self.redeem(secret, key())
         self.config = with_enrolled(self.config, self.store.nodes)[0]
-        self.assertEqual(self.refused(secret, key()), "hostname_taken")  # one node per name
-        self.assertTrue(self.store.remove(a["name"]))
-        self.config = with_enrolled(self.config, self.store.nodes)[0]
         b = self.store.redeem(self.config, secret, key(), 41642, 11.0)
-        self.assertEqual(a["name"], "apps.example.com")
-        self.assertEqual(b["name"], "apps.example.com")
+        self.assertEqual((a["name"], b["name"]), ("apps.example.com", "apps.example.com-2"))
+        self.assertNotEqual(a["addresses"], b["addresses"])
         self.assertEqual(self.store.tokens[secret_hash(secret)]["uses"], 2)
+        config, skipped = with_enrolled(self.config, self.store.nodes)
+        self.assertEqual(skipped, [])
+        from funnel_tw.relay.routes import Routes
+
+        pool = Routes(config.nodes).pool("x.apps.example.com")
+        assert pool is not None
+        self.assertEqual([n.name for n in pool.nodes], ["apps.example.com", "apps.example.com-2"])
 
     def test_hostnames_bound_by_the_token(self) -> None:
-        error = self.assertRaises(
-            Refused, self.store.invite, self.config, ("home.example.com",), 0.0
-        )
-        self.assertIn("[node home] in relay.ini", str(error))
+        # a name a [node] section serves: the enrolled node joins its pool
+        secret = self.store.invite(self.config, ("home.example.com",), 0.0)
+        record = self.redeem(secret, key())
+        self.assertEqual(record["hostnames"], ["home.example.com"])
         secret = self.store.invite(self.config, ("app.example.com",), 0.0, reusable=True)
         node = key()
         first = self.redeem(secret, node)
         self.config = with_enrolled(self.config, self.store.nodes)[0]
-        self.assertEqual(self.refused(secret, key()), "hostname_taken")
         again = self.redeem(secret, node, 20.0)  # the same node again: same name and addresses
         self.assertEqual((again["name"], again["addresses"]), (first["name"], first["addresses"]))
-        self.assertEqual(len(self.store.nodes), 1)
+        self.assertEqual(again["hostnames"], ["app.example.com"])  # what the token grants
+        self.assertEqual(len(self.store.nodes), 2)
 
     def test_pool_exhausted(self) -> None:
         self.config = relay_config(self.state, pools="100.64.0.0/30")

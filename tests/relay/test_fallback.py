@@ -90,6 +90,10 @@ class RelayFallbackTests(TestCase):
             lambda: funnel.relay.fallback.links, 15, "the node's fallback link to the relay"
         )
         await funnel.ready()
+        # the relay put the stopped node out of service; its probe brings the new one back
+        await wait_until(
+            lambda: funnel.relay.health.usable("n"), 10, "the relay to take the node back"
+        )
         answer = await threads.deferToThread(funnel.get, NAME)
         self.assertIn(b"hello from the backend", answer)
         peer = funnel.node.overlay.device.peers[0]

@@ -327,21 +327,34 @@ class DeadlineTests(TestCase):
         self.assertTrue(answer.endswith(b"hello from the backend"))
 
     async def test_offline_node_closes_visitors_quickly_and_logs_once(self) -> None:
+        """The first visitor waits out ingress-connect-timeout; that puts the node out of
+        service, so the next ones are closed at once (counted), and the node is logged once."""
         f = Funnel(self, "ingress-connect-timeout = 1\nclient-hello-timeout = 20")
         await f.ready()
         await f.node.stopService()  # the node goes away; the relay still has its session
         f.stopped = True
         self.addCleanup(f.relay.stopService)
         log = LogCapture(self)
+        received, took = await raw_exchange(f.public, real_hello(NAME), wait=10)
+        self.assertEqual(received, b"")
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 2.5)
         for _ in range(2):
             received, took = await raw_exchange(f.public, real_hello(NAME), wait=10)
             self.assertEqual(received, b"")
-            self.assertGreaterEqual(took, 0.9)
-            self.assertLess(took, 2.5)
-        self.assertEqual(f.counters()["node_timeout"], 2)
+            self.assertLess(took, 0.5)
+        self.assertEqual(f.counters()["node_timeout"], 1)
+        self.assertEqual(f.counters()["no_node_in_service"], 2)
         lines = [x for x in log.lines("node n unreachable") if x.startswith("node n")]
         self.assertEqual(len(lines), 1, lines)  # once per node, not once per visitor
         self.assertIn("no answer from 100.64.0.2:41642", lines[0])
+        self.assertEqual(len(log.lines("node n out of service")), 1)
+        [closed, _] = log.lines("every node of")
+        self.assertRegex(
+            closed,
+            rf"public connection from 127\.0\.0\.1:\d+ for {NAME}:{f.public} closed: every node"
+            rf" of {NAME} is out of service \(n: (probe: )?no answer from 100\.64\.0\.2:41642.*\)",
+        )
 
     async def test_node_refusal_logged_with_client_name_and_reason(self) -> None:
         f = Funnel(self, funnel=False)

@@ -13,9 +13,11 @@ from .receive import (
     ACK_EVERY_SEGMENTS,
     MAX_OOO_SEGMENTS,
     OUT_OF_WINDOW_ACK_INTERVAL,
+    RECEIVE_BUFFER,
+    RECEIVE_BUFFER_MAX,
     RECEIVE_WSCALE,
 )
-from .send import DUP_THRESH, SEND_BUFFER_LOW
+from .send import DUP_THRESH, SEND_BUFFER, SEND_BUFFER_LOW, SEND_BUFFER_MAX
 from .sequence import HALF, MASK, unwrap
 from .state import State
 from .timers import (
@@ -50,8 +52,12 @@ __all__ = [
     "MIN_RTO",
     "ORPHAN_TIMEOUT",
     "OUT_OF_WINDOW_ACK_INTERVAL",
+    "RECEIVE_BUFFER",
+    "RECEIVE_BUFFER_MAX",
     "RECEIVE_WSCALE",
+    "SEND_BUFFER",
     "SEND_BUFFER_LOW",
+    "SEND_BUFFER_MAX",
     "TIME_WAIT_SECONDS",
     "USER_TIMEOUT",
     "Connection",

@@ -19,7 +19,7 @@ from ..events import EOF
 from ..owner import Owner
 from ..segment import ACK, FIN, RST, SYN, PacketBuilder, syn_options
 from .cubic import Cubic
-from .receive import RECEIVE_WSCALE, ReceiveSide
+from .receive import RECEIVE_BUFFER_MAX, ReceiveSide, wscale_for
 from .send import SendSide
 from .sequence import MASK, unwrap
 from .state import CAN_RECEIVE, SYNCHRONIZED, State
@@ -41,6 +41,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         now: float,
         receive_buffer: int,
         mss: int,
+        receive_buffer_max: int = RECEIVE_BUFFER_MAX,
     ) -> None:
         self.stack = stack
         self.local = local
@@ -53,12 +54,13 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.half_open = False  # a passive open not yet accepted (counts against the backlog)
         self.close_reported = False
         self.app: Any = None  # set by the layer above; the Stack never looks at it
+        self.sched: float | None = None  # the deadline the owner's timer heap holds for us
         self.active_open = False
         self.local_mss = mss
         self.mss = min(536, mss)
         self._init_send(iss)
         self._init_timers(now)
-        self._init_receive(receive_buffer)
+        self._init_receive(receive_buffer, receive_buffer_max)
 
     def __repr__(self) -> str:
         return f"<TCP {self.local[1]}->{self.remote[1]} {self.state.value}>"
@@ -173,7 +175,7 @@ class Connection(SendSide, ReceiveSide, Timers):
     def _syn_options(self, offered_wscale: bool, offered_sack: bool) -> bytes:
         return syn_options(
             self.local_mss,
-            RECEIVE_WSCALE if offered_wscale else None,
+            self.rcv_wscale if offered_wscale else None,
             offered_sack,
         )
 
@@ -181,7 +183,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.active_open = True
         self.state = State.SYN_SENT
         self.snd_nxt = self.snd_max = self.iss + 1
-        self.rcv_wscale = RECEIVE_WSCALE
+        self.rcv_wscale = wscale_for(self.receive_buffer_max)
         self._send_syn(now)
 
     def _send_syn(self, now: float) -> None:
@@ -205,7 +207,7 @@ class Connection(SendSide, ReceiveSide, Timers):
     def open_passive(self, seq: int, window: int, options: Any, now: float) -> None:
         """A SYN arrived on a listening port: answer with SYN-ACK."""
         self.state = State.SYN_RECEIVED
-        self.rcv_wscale = RECEIVE_WSCALE
+        self.rcv_wscale = wscale_for(self.receive_buffer_max)
         self._peer_syn(seq, options)
         self.snd_wnd = window  # SYN windows are never scaled
         self.snd_nxt = self.snd_max = self.iss + 1
@@ -230,6 +232,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.cc = Cubic(self.mss)
         self.t_rto = None
         self.retransmits = 0
+        self._autotune_start(now)
         if self.keepalive_idle:
             self.t_keepalive = now + self.keepalive_idle
 

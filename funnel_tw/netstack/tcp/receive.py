@@ -3,10 +3,20 @@
 Data received in order goes to the application at once (a DATA event) or, while reading is
 paused, is held; either way the window shrinks only by what is held or queued out of order.
 Out-of-order segments wait in a bounded queue and are reported back in SACK blocks.
+
+The window autotunes (as Linux's ``tcp_rcv_space_adjust``, "dynamic right-sizing"): it starts
+at ``receive_buffer`` (128 KiB by default) and, once per receiver round trip, grows towards
+twice what the application consumed in the last one, up to ``receive_buffer_max``, and as
+far as the owner's stack-wide budget for growth allows (``Stack(receive_memory=...)``). The
+receiver's round trip is the shortest time seen for a window's worth of data to arrive after
+it was advertised (Linux's ``tcp_rcv_rtt_measure`` without timestamps). Nothing is allocated
+for the window: data is held only while reading is paused or a gap waits to be filled, so an
+idle connection costs no window-sized memory, and a paused one at most its window.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Self
 
 from ..events import DATA, EOF
@@ -14,8 +24,39 @@ from ..owner import Owner
 from ..segment import sack_option
 from .sequence import MASK
 
-RECEIVE_WSCALE = 7  # offered window scale: windows up to 8 MiB
-MAX_OOO_SEGMENTS = 1024
+RECEIVE_WSCALE = 7  # offered window scale, at least: windows up to 8 MiB
+RECEIVE_BUFFER = 128 * 1024  # the window a connection starts with
+RECEIVE_BUFFER_MAX = 6 << 20  # what autotuning may grow it to (Linux's tcp_rmem max: 6 MiB)
+MAX_WSCALE = 14  # RFC 7323
+
+
+class Block:
+    """Out-of-order data received without a gap: [start, end), as the segments that came."""
+
+    __slots__ = ("chunks", "end", "start")
+
+    def __init__(self, start: int, end: int, chunks: list[bytes]) -> None:
+        self.start = start
+        self.end = end
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return f"<Block {self.start}-{self.end} in {len(self.chunks)}>"
+
+
+def _block_start(block: Block) -> int:
+    return block.start
+
+
+def wscale_for(window: int) -> int:
+    """The window scale we offer: enough for ``window``, never less than 7."""
+    scale = RECEIVE_WSCALE
+    while scale < MAX_WSCALE and 0xFFFF << scale < window:
+        scale += 1
+    return scale
+
+
+MAX_OOO_SEGMENTS = 1024  # holes (blocks) held out of order; segments: at least this many
 OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
 
@@ -34,14 +75,27 @@ class ReceiveSide:
         def send_ack(self) -> None: ...
         def _fin_arrived(self, now: float) -> None: ...
 
-    def _init_receive(self, receive_buffer: int) -> None:
+    def _init_receive(self, receive_buffer: int, receive_buffer_max: int) -> None:
         self.irs = 0
         self.rcv_nxt = 0
         self.rcv_wscale = 0
-        self.receive_buffer = receive_buffer
+        self.receive_buffer = receive_buffer  # the window now (autotuned)
+        self.receive_buffer_max = max(receive_buffer_max, receive_buffer)
+        self.window_granted = 0  # growth beyond the first window, from the owner's budget
+        # the receiver's round trip: a window advertised, the time until its end arrived
+        self.rcv_rtt = 0.0  # the shortest seen (0: none yet)
+        self.rcv_rtt_seq = 0  # the measurement ends when rcv_nxt reaches this
+        self.rcv_rtt_time: float | None = None  # ... and started then (None: not started)
+        # what the application consumed since rcvq_time (from sequence number rcvq_seq on)
+        self.rcvq_space = 0  # the most consumed in one round trip so far
+        self.rcvq_seq = 0
+        self.rcvq_time = 0.0
         self.rcv_adv = 0  # right edge of the window we last advertised
-        self.ooo: list[tuple[int, bytes]] = []  # out-of-order segments, sorted by start
+        # out-of-order data, as blocks without a gap, sorted (few: one per hole), so storing a
+        # segment and building SACK blocks do not walk every segment of a large window
+        self.ooo: list[Block] = []
         self.ooo_bytes = 0
+        self.ooo_count = 0  # segments held out of order
         self.held: list[bytes] = []  # received in order but not delivered (reading paused)
         self.held_bytes = 0
         self.reading_paused = False
@@ -79,6 +133,46 @@ class ReceiveSide:
             self.ack_now = True
             self.stack.mark_output(self)
 
+    # --- autotuning -----------------------------------------------------------------------------
+
+    def _autotune_start(self, now: float) -> None:
+        """At establishment: the first round trip's consumption is measured from here."""
+        self.rcvq_space = min(self.receive_buffer, 10 * self.local_mss)
+        self.rcvq_seq = self.rcv_nxt
+        self.rcvq_time = now
+
+    def _rcv_rtt_measure(self, now: float) -> None:
+        """rcv_nxt reached the end of the window advertised when the last measurement began:
+        that took (at least) a round trip. Keep the shortest, start the next."""
+        started = self.rcv_rtt_time
+        if started is not None:
+            sample = now - started
+            if sample > 0 and (not self.rcv_rtt or sample < self.rcv_rtt):
+                self.rcv_rtt = sample
+        self.rcv_rtt_seq = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 1)
+        self.rcv_rtt_time = now
+
+    def _rcv_space_adjust(self: Self, now: float) -> None:
+        """A receiver round trip has passed: if the application consumed more than ever in
+        one, grow the window to twice that, plus more if it is growing fast (Linux's DRS)."""
+        consumed_seq = self.rcv_nxt - self.held_bytes
+        copied = consumed_seq - self.rcvq_seq
+        space = self.rcvq_space
+        if copied > space and not self.orphaned:
+            window = 2 * copied + 16 * self.local_mss
+            if space > 0:
+                window += 2 * (window * (copied - space) // space)
+            want = min(window, self.receive_buffer_max) - self.receive_buffer
+            granted = self.stack.grow_window(self, want) if want > 0 else 0
+            if granted > 0:
+                self.receive_buffer += granted
+                self.window_granted += granted
+                self.stack.count("tcp_rcvbuf_grown")
+            if granted >= want:
+                self.rcvq_space = copied  # else: ask again next round (the budget may free)
+        self.rcvq_seq = consumed_seq
+        self.rcvq_time = now
+
     # --- the window and what every ACK carries -------------------------------------------------
 
     def _window(self) -> int:
@@ -96,21 +190,20 @@ class ReceiveSide:
         """Up to three blocks (wire values): a D-SACK first if one is due (RFC 2883), then
         the block holding the segment received last, then the highest ones (RFC 2018)."""
         blocks: list[tuple[int, int]] = []
-        for start, data in self.ooo:
-            end = start + len(data)
-            if blocks and start <= blocks[-1][1]:
-                blocks[-1] = (blocks[-1][0], max(blocks[-1][1], end))
-            else:
-                blocks.append((start, end))
-        # RFC 2018: the first block holds the segment received last; then the highest ones
-        blocks.reverse()
-        if self.last_ooo is not None:
-            for i, (s, e) in enumerate(blocks):
-                if s <= self.last_ooo[0] and self.last_ooo[1] <= e:
-                    blocks.insert(0, blocks.pop(i))
-                    break
         if self.dsack is not None:
-            blocks.insert(0, self.dsack)
+            blocks.append(self.dsack)
+        ooo = self.ooo
+        latest: Block | None = None
+        if self.last_ooo is not None:
+            i = bisect.bisect_right(ooo, self.last_ooo[0], key=_block_start) - 1
+            if i >= 0 and self.last_ooo[1] <= ooo[i].end:
+                latest = ooo[i]
+                blocks.append((latest.start, latest.end))
+        for block in reversed(ooo):  # then the highest (looks at three at most)
+            if len(blocks) >= 3:
+                break
+            if block is not latest:
+                blocks.append((block.start, block.end))
         return [(s & MASK, e & MASK) for s, e in blocks[:3]]
 
     def _ack_options(self) -> bytes:
@@ -147,6 +240,10 @@ class ReceiveSide:
             return
         if seq == self.rcv_nxt:
             self._deliver(payload)
+            if self.rcv_nxt >= self.rcv_rtt_seq:
+                self._rcv_rtt_measure(now)
+            if self.rcv_rtt and now - self.rcvq_time >= self.rcv_rtt:
+                self._rcv_space_adjust(now)
             if self.ooo:
                 self._drain_ooo()
                 self.ack_now = True  # a gap was filled: tell the sender at once
@@ -170,28 +267,75 @@ class ReceiveSide:
         else:
             self.stack.emit(DATA, self, payload)
 
+    def _ooo_limit(self) -> int:
+        """Segments held out of order: enough for two windows of full segments, so one loss
+        in a large window does not overflow the queue; at least ``MAX_OOO_SEGMENTS``."""
+        return max(MAX_OOO_SEGMENTS, 2 * self.receive_buffer // self.local_mss)
+
     def _store_ooo(self, seq: int, payload: bytes) -> None:
-        if len(self.ooo) >= MAX_OOO_SEGMENTS:
-            self.stack.count("tcp_ooo_overflow")
-            return
         end = seq + len(payload)
-        for start, data in self.ooo:
-            if start <= seq and end <= start + len(data):
+        first, last = seq, end
+        blocks = self.ooo
+        i = bisect.bisect_right(blocks, seq, key=_block_start)  # blocks[i - 1].start <= seq
+        prev = blocks[i - 1] if i else None
+        if prev is not None and seq < prev.end:
+            if end <= prev.end:
                 self._duplicate_data(seq, end)  # already have all of it
                 self.last_ooo = (seq, end)  # so the block holding it comes second
                 return
-        self.ooo.append((seq, payload))
-        self.ooo.sort(key=lambda item: item[0])
-        self.ooo_bytes += len(payload)
-        self.last_ooo = (seq, end)
+            payload = payload[prev.end - seq :]  # keep what is new
+            seq = prev.end
+        nxt = blocks[i] if i < len(blocks) else None
+        rest = b""
+        if nxt is not None and end > nxt.start:
+            if end > nxt.end:
+                rest = payload[nxt.end - seq :]  # beyond the next block: stored after it
+            payload = payload[: nxt.start - seq]
+            end = nxt.start
+            if not payload and not rest:
+                self._duplicate_data(first, last)  # held already, in two blocks
+                return
+        if payload:
+            if self.ooo_count >= self._ooo_limit():
+                self.stack.count("tcp_ooo_overflow")
+                return
+            self.ooo_count += 1
+            self.ooo_bytes += len(payload)
+            if prev is not None and prev.end == seq:
+                prev.chunks.append(payload)
+                prev.end = end
+                if nxt is not None and nxt.start == end:  # a hole filled: one block
+                    prev.chunks += nxt.chunks
+                    prev.end = nxt.end
+                    del blocks[i]
+            elif nxt is not None and nxt.start == end:
+                nxt.chunks.insert(0, payload)
+                nxt.start = seq
+            elif len(blocks) >= MAX_OOO_SEGMENTS:  # holes: a SACK walk stays short
+                self.ooo_count -= 1
+                self.ooo_bytes -= len(payload)
+                self.stack.count("tcp_ooo_overflow")
+                return
+            else:
+                blocks.insert(i, Block(seq, end, [payload]))
+            self.last_ooo = (seq, end)
+        if rest and nxt is not None:
+            self._store_ooo(nxt.end, rest)
 
     def _drain_ooo(self) -> None:
-        while self.ooo and self.ooo[0][0] <= self.rcv_nxt:
-            start, data = self.ooo.pop(0)
-            self.ooo_bytes -= len(data)
-            end = start + len(data)
-            if end > self.rcv_nxt:
-                self._deliver(data[self.rcv_nxt - start :])
+        blocks = self.ooo
+        while blocks and blocks[0].start <= self.rcv_nxt:
+            block = blocks.pop(0)
+            self.ooo_bytes -= block.end - block.start
+            self.ooo_count -= len(block.chunks)
+            if block.end <= self.rcv_nxt:
+                continue
+            at = block.start
+            for chunk in block.chunks:
+                chunk_end = at + len(chunk)
+                if chunk_end > self.rcv_nxt:
+                    self._deliver(chunk[self.rcv_nxt - at :] if at < self.rcv_nxt else chunk)
+                at = chunk_end
         if self.pending_fin is not None and self.pending_fin == self.rcv_nxt and not self.ooo:
             self.pending_fin = None
             self._fin_arrived(self.stack.now)

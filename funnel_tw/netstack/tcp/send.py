@@ -17,7 +17,6 @@ SACKed is lost and is sent again from one segment of window.
 from __future__ import annotations
 
 import bisect
-import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Self
@@ -28,11 +27,14 @@ from ..segment import ACK, FIN, PSH
 from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
+from .recovery import Recovery
 from .sequence import unwrap
 from .state import CAN_SEND, State
 
 DUP_THRESH = 3
-SEND_BUFFER_LOW = 1 << 20  # default: DRAINED fires when unsent+unacked data falls below this
+SEND_BUFFER = 2 << 20  # the application may leave this much unacknowledged data with us ...
+SEND_BUFFER_MAX = 8 << 20  # ... or twice the window, up to this (Linux's tcp_wmem)
+SEND_BUFFER_LOW = SEND_BUFFER // 2  # DRAINED fires below half the limit (at first: this)
 UNDO_MAX_RANGES = 4096  # retransmissions remembered per episode; beyond, no undo
 
 
@@ -40,7 +42,7 @@ def _start(rec: Sent) -> int:
     return rec.start
 
 
-class SendSide(RackSide, Pacing):
+class SendSide(RackSide, Pacing, Recovery):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
     # What this part uses of the rest of the connection, declared for the type checker only.
@@ -84,7 +86,9 @@ class SendSide(RackSide, Pacing):
         self.fin_queued = False
         self.fin_seq: int | None = None  # sequence number of our FIN once it has one
         self.drained_pending = False
-        self.send_low_water = SEND_BUFFER_LOW
+        self.send_buffer = SEND_BUFFER
+        self.send_buffer_max = SEND_BUFFER_MAX
+        self._low_water: int | None = None  # an explicit DRAINED mark (else half the limit)
         # what was sent and what became of it
         self.rtx: list[Sent] = []  # sequence order; rtx[rtx_head:] not yet acknowledged
         self.rtx_head = 0
@@ -125,6 +129,28 @@ class SendSide(RackSide, Pacing):
     def send_buffered(self) -> int:
         """Bytes written by the application and not yet acknowledged."""
         return len(self.sndbuf) - self.buf_off
+
+    @property
+    def send_limit(self) -> int:
+        """How much unacknowledged data (unsent included) the application should leave with
+        us before it pauses: twice the congestion window, at least ``send_buffer``, at most
+        ``send_buffer_max`` (as Linux grows ``sk_sndbuf`` with cwnd), so a producer keeps a
+        long path full without an idle connection holding more than it wrote."""
+        limit = 2 * self.cwnd
+        if limit < self.send_buffer:
+            return self.send_buffer
+        return min(limit, self.send_buffer_max)
+
+    @property
+    def send_low_water(self) -> int:
+        """DRAINED fires when what is buffered falls below this: half the limit, unless set."""
+        if self._low_water is not None:
+            return self._low_water
+        return self.send_limit // 2
+
+    @send_low_water.setter
+    def send_low_water(self, value: int) -> None:
+        self._low_water = value
 
     def send(self: Self, data: bytes) -> None:
         """Queue ``data``; it goes out at the Stack's next flush."""
@@ -278,10 +304,16 @@ class SendSide(RackSide, Pacing):
 
     def _validate_cwnd(self) -> None:
         """Note, per window of data, the most in flight and whether cwnd was what stopped
-        the sender (not the peer's window, pacing or the application)."""
+        the sender (not the peer's window, pacing or the application). Once cwnd limited
+        the sender in a window, that holds until the window is acknowledged (Linux 6.1's
+        ``tcp_cwnd_validate``): a paced sender is cwnd-limited only at the end of a round."""
         flight = self.snd_max - self.snd_una
         limited = self._pipe() + self.mss > self.cwnd
-        if self.snd_una >= self.max_flight_seq or flight > self.max_flight or limited:
+        if (
+            self.snd_una >= self.max_flight_seq
+            or limited
+            or (not self.cwnd_limited and flight > self.max_flight)
+        ):
             self.max_flight = flight
             self.max_flight_seq = self.snd_max
             self.cwnd_limited = limited
@@ -516,135 +548,6 @@ class SendSide(RackSide, Pacing):
     def _mark_head_lost(self) -> None:
         if self.rtx_head < len(self.rtx):
             self._mark_lost(self.rtx[self.rtx_head])  # (already lost: nothing to do)
-
-    # --- congestion control --------------------------------------------------------------------
-
-    def _cc_ssthresh(self) -> int:
-        """The window after a loss (CUBIC's multiplicative decrease, cubic.py)."""
-        return self.cc.reduce(self.cwnd)
-
-    def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
-        """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only
-        while cwnd is what limits the sender."""
-        if not self._is_cwnd_limited():
-            self.cc.idle(now)
-        elif self.cwnd < self.ssthresh:
-            self.cwnd, self.ssthresh = self.cc.slow_start(
-                self.cwnd, self.ssthresh, delivered, rtt, self.snd_una, self.snd_max
-            )
-        elif not self.in_loss:
-            self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
-
-    def _begin_episode(self) -> None:
-        """A loss episode starts: remember the window for an undo."""
-        self.prior_cwnd = self.cwnd
-        self.prior_ssthresh = self.ssthresh
-        self.prior_cc = self.cc.state()
-        self.undo_ranges = {}
-        self.undo_retransmitted = 0
-
-    def _enter_recovery(self: Self) -> None:
-        self.stack.count("tcp_fast_retransmits")
-        self._begin_episode()
-        self.ssthresh = self._cc_ssthresh()
-        self.in_recovery = True
-        self.recover = self.snd_max
-        self.prr_delivered = 0
-        self.prr_out = 0
-        self.recover_fs = max(self.snd_max - self.snd_una, 1)
-        self.rtt_seq = None
-        self.t_tlp = None
-        self.tlp_end = None
-        self.stack.mark_output(self)
-
-    def _prr(self, delivered: int) -> None:
-        """RFC 6937: send in proportion to what is delivered, down to ssthresh."""
-        self.prr_delivered += max(delivered, 0)
-        pipe = self._pipe()
-        if pipe > self.ssthresh:
-            sndcnt = math.ceil(self.prr_delivered * self.ssthresh / self.recover_fs) - self.prr_out
-        else:  # slow start reduction bound
-            limit = max(self.prr_delivered - self.prr_out, delivered) + self.mss
-            sndcnt = min(self.ssthresh - pipe, limit)
-        if self.prr_out == 0 and self.lost_bytes:
-            sndcnt = max(sndcnt, self.mss)  # the fast retransmit goes at once
-        self.cwnd = pipe + max(sndcnt, 0)
-
-    def _exit_recovery(self) -> None:
-        self.in_recovery = False
-        self.cwnd = max(self.ssthresh, 2 * self.mss)
-        self._rack_recovery_ended()
-        self._episode_over()
-
-    def _episode_over(self) -> None:
-        """Recovery ended. If nothing had to be retransmitted, nothing was lost: undo."""
-        if self.undo_ranges is not None and self.undo_retransmitted == 0:
-            self._undo()
-
-    def _reduce_once(self) -> None:
-        """A loss repaired without recovery (a tail loss probe): reduce the window once."""
-        self.ssthresh = self._cc_ssthresh()
-        self.cwnd = min(self.cwnd, self.ssthresh)
-
-    def _try_undo(self) -> None:
-        if self.undo_ranges is not None and self.undo_retransmitted and not self.undo_ranges:
-            self._undo()
-
-    def _undo(self) -> None:
-        """The losses were not: restore the window from before the episode (and take back
-        what is still marked lost)."""
-        self.stack.count("tcp_undo")
-        self.cwnd = max(self.cwnd, self.prior_cwnd)
-        self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
-        self.cc.restore(self.prior_cc)
-        self.undo_ranges = None
-        if self.in_recovery:
-            self.in_recovery = False
-            self._rack_recovery_ended()
-        self.in_loss = False
-        if self.lost_bytes:
-            self._unmark_lost()
-
-    def _unmark_lost(self) -> None:
-        records = [r for r in self.rtx[self.rtx_head :] if r.state in (INFLIGHT, LOST)]
-        records.sort(key=lambda r: (r.xmit, r.end))
-        self.in_flight = OrderedDict.fromkeys(records)
-        for rec in records:
-            rec.state = INFLIGHT
-        self.lost_bytes = 0
-        self.lost_q.clear()
-
-    # --- the retransmission timeout ------------------------------------------------------------
-
-    def _timeout_loss(self: Self, now: float) -> None:
-        """RTO: everything not SACKed is lost; start again from one segment (RFC 5681 3.1)."""
-        if not self.in_loss and not self.in_recovery:
-            self._begin_episode()
-            self.ssthresh = self._cc_ssthresh()
-        elif not self.in_loss and self.undo_ranges is None:
-            self._begin_episode()
-        self.cc.timeout()
-        self.cwnd = self.mss
-        self.in_recovery = False
-        self.in_loss = True
-        self.recover = self.snd_max
-        self.dupacks = 0
-        self.reno_sacked = 0
-        self.t_tlp = self.t_reo = None
-        self.tlp_end = None
-        lost = 0
-        lost_q: deque[Sent] = deque()
-        for rec in self.rtx[self.rtx_head :]:
-            if rec.state == SACKED:
-                continue
-            if rec.state == INFLIGHT:
-                rec.state = LOST
-            lost += rec.end - rec.start
-            lost_q.append(rec)
-        self.in_flight = OrderedDict()
-        self.lost_q = lost_q
-        self.lost_bytes = lost
-        self._send_data(now)
 
     # --- Tail Loss Probe -----------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def format_status(doc: dict[str, Any]) -> str:
                     "handshake " + ("never" if age is None else f"{format_age(age)} ago"),
                     f"rx {format_bytes(p.get('rx_bytes', 0))}",
                     f"tx {format_bytes(p.get('tx_bytes', 0))}",
-                    "funnel-ingress" if p.get("funnel_ingress") else "",
+                    _relay_state(p) if p.get("funnel_ingress") else "",
                 ]
             )
         lines += _table(rows)
@@ -178,3 +178,10 @@ def _plugin_lines(plugins: dict[str, Any]) -> list[str]:
         if not values:
             rows.append([where, "-", ""])
     return ["", "plugins:", *_table(rows)]
+
+
+def _relay_state(peer: dict[str, Any]) -> str:
+    """A relay's state as the node sees it: with several relays, each is listed so."""
+    age = peer.get("last_handshake_age")
+    up = age is not None and age < 180.0  # WireGuard's Reject-After-Time
+    return "funnel-ingress, " + ("session up" if up else "NO SESSION")

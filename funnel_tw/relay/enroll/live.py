@@ -150,8 +150,14 @@ class EnrollService(Service):
                 "enrolled node {name} saved, but not applied live: reload the relay",
                 name=record["name"],
             )
+        shared = sorted(
+            n.name
+            for n in self.relay.config.nodes
+            if n.name != record["name"] and set(n.hostnames) & set(record["hostnames"])
+        )
         log.info(
-            "enrolled node {name} from {peer}: key {key}..., {addresses}, {hostnames}",
+            "enrolled node {name} from {peer}: key {key}..., {addresses}, {hostnames}{pool}",
+            pool=f" (in a pool with {', '.join(shared)})" if shared else "",
             name=record["name"],
             peer=peer,
             key=record["public_key"][:8],

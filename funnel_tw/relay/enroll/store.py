@@ -64,14 +64,6 @@ def _valid_token(entry: Any) -> bool:
     )
 
 
-def _owner(config: RelayConfig, hostname: str, key: bytes | None = None) -> str | None:
-    """The node (other than the one with ``key``) that serves ``hostname`` now."""
-    for node in config.nodes:
-        if hostname in node.hostnames and node.public_key != key:
-            return node.name
-    return None
-
-
 class EnrollStore:
     def __init__(self, state_dir: Path) -> None:
         self.tokens_path = state_dir / TOKENS
@@ -122,11 +114,6 @@ class EnrollStore:
         """A new invitation; returns its secret (only its hash is kept)."""
         if not 0 < expires <= MAX_EXPIRY:
             raise Refused("invite", f"expires must be 1..{int(MAX_EXPIRY)} seconds")
-        for hostname in hostnames:
-            static = [n for n in config.nodes if n.name not in config.enrolled]
-            owner = next((n.name for n in static if hostname in n.hostnames), None)
-            if owner is not None:
-                raise Refused("invite", f"{hostname} is served by [node {owner}] in relay.ini")
         self.prune(now)
         if len(self.tokens) >= MAX_TOKENS:
             raise Refused("invite", f"{MAX_TOKENS} invitations are pending: let some expire")
@@ -148,7 +135,8 @@ class EnrollStore:
         self, config: RelayConfig, secret: bytes, key: bytes, peerapi_port: int, now: float
     ) -> dict[str, Any]:
         """Enroll the node with ``key``: its record (new, or its old one with the token's
-        hostnames). Refused says why not; nothing is changed then."""
+        hostnames). Refused says why not; nothing is changed then. A hostname another node
+        serves is shared: the nodes form a pool, as [node] sections listing one name do."""
         digest = secret_hash(secret)
         entry = self.tokens.get(digest)
         if entry is None:
@@ -157,11 +145,8 @@ class EnrollStore:
             raise Refused("expired_token", "token expired")
         if entry["uses"] and not entry["reusable"]:
             raise Refused("used_token", "single-use token already used")
+        # names another node serves too: the two form a pool (relay/balance.py)
         hostnames = tuple(entry["hostnames"])
-        for hostname in hostnames:
-            owner = _owner(config, hostname, key)
-            if owner is not None:
-                raise Refused("hostname_taken", f"{hostname} is served by node {owner}")
         old = next((r for r in self.nodes if r["public_key"] == encode_key(key)), None)
         if old is not None:
             name = old["name"]

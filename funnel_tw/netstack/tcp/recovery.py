@@ -1,0 +1,191 @@
+"""Congestion control and recovery of a connection: window growth, loss episodes, undo.
+
+The window grows by slow start with HyStart++, then CUBIC (``cubic.py``), and only while it is
+what limits the sender. A loss episode reduces it once: Proportional Rate Reduction (RFC 6937)
+spreads the retransmissions and new data over the ACKs that come back, down to ssthresh.
+Every retransmission of an episode is remembered; when D-SACKs (RFC 2883) have reported all of
+them as duplicates, or the episode ended with nothing retransmitted, ``cwnd``, ``ssthresh`` and
+CUBIC's state go back to what they were (as Linux's undo). After a timeout everything not
+SACKed is lost and is sent again from one segment of window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Self
+
+from ..owner import Owner
+from .cubic import Cubic
+from .rack import INFLIGHT, LOST, SACKED, Sent
+
+
+class Recovery:
+    """The congestion state of :class:`~.connection.Connection` (a mixin: one object, one state)."""
+
+    # What this part uses of the rest of the connection, declared for the type checker only.
+    stack: Owner[Self]
+    mss: int
+    srtt: float | None
+    snd_una: int
+    snd_max: int
+    cwnd: int
+    ssthresh: int
+    cc: Cubic
+    in_recovery: bool
+    in_loss: bool
+    recover: int
+    prr_delivered: int
+    prr_out: int
+    recover_fs: int
+    undo_ranges: dict[int, int] | None
+    undo_retransmitted: int
+    prior_cwnd: int
+    prior_ssthresh: int
+    prior_cc: tuple[float, float]
+    rtx: list[Sent]
+    rtx_head: int
+    in_flight: OrderedDict[Sent, None]
+    lost_q: deque[Sent]
+    lost_bytes: int
+    dupacks: int
+    reno_sacked: int
+    rtt_seq: int | None
+    t_tlp: float | None
+    t_reo: float | None
+    tlp_end: int | None
+    if TYPE_CHECKING:
+
+        def _pipe(self) -> int: ...
+        def _is_cwnd_limited(self) -> bool: ...
+        def _rack_recovery_ended(self) -> None: ...
+        def _send_data(self, now: float) -> bool: ...
+
+    # --- congestion control --------------------------------------------------------------------
+
+    def _cc_ssthresh(self) -> int:
+        """The window after a loss (CUBIC's multiplicative decrease, cubic.py)."""
+        return self.cc.reduce(self.cwnd)
+
+    def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
+        """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only
+        while cwnd is what limits the sender."""
+        if not self._is_cwnd_limited():
+            self.cc.idle(now)
+        elif self.cwnd < self.ssthresh:
+            self.cwnd, self.ssthresh = self.cc.slow_start(
+                self.cwnd, self.ssthresh, delivered, rtt, self.snd_una, self.snd_max
+            )
+        elif not self.in_loss:
+            self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
+
+    def _begin_episode(self) -> None:
+        """A loss episode starts: remember the window for an undo."""
+        self.prior_cwnd = self.cwnd
+        self.prior_ssthresh = self.ssthresh
+        self.prior_cc = self.cc.state()
+        self.undo_ranges = {}
+        self.undo_retransmitted = 0
+
+    def _enter_recovery(self: Self) -> None:
+        self.stack.count("tcp_fast_retransmits")
+        self._begin_episode()
+        self.ssthresh = self._cc_ssthresh()
+        self.in_recovery = True
+        self.recover = self.snd_max
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.recover_fs = max(self.snd_max - self.snd_una, 1)
+        self.rtt_seq = None
+        self.t_tlp = None
+        self.tlp_end = None
+        self.stack.mark_output(self)
+
+    def _prr(self, delivered: int) -> None:
+        """RFC 6937: send in proportion to what is delivered, down to ssthresh."""
+        self.prr_delivered += max(delivered, 0)
+        pipe = self._pipe()
+        if pipe > self.ssthresh:
+            sndcnt = math.ceil(self.prr_delivered * self.ssthresh / self.recover_fs) - self.prr_out
+        else:  # slow start reduction bound
+            limit = max(self.prr_delivered - self.prr_out, delivered) + self.mss
+            sndcnt = min(self.ssthresh - pipe, limit)
+        if self.prr_out == 0 and self.lost_bytes:
+            sndcnt = max(sndcnt, self.mss)  # the fast retransmit goes at once
+        self.cwnd = pipe + max(sndcnt, 0)
+
+    def _exit_recovery(self) -> None:
+        self.in_recovery = False
+        self.cwnd = max(self.ssthresh, 2 * self.mss)
+        self._rack_recovery_ended()
+        self._episode_over()
+
+    def _episode_over(self) -> None:
+        """Recovery ended. If nothing had to be retransmitted, nothing was lost: undo."""
+        if self.undo_ranges is not None and self.undo_retransmitted == 0:
+            self._undo()
+
+    def _reduce_once(self) -> None:
+        """A loss repaired without recovery (a tail loss probe): reduce the window once."""
+        self.ssthresh = self._cc_ssthresh()
+        self.cwnd = min(self.cwnd, self.ssthresh)
+
+    def _try_undo(self) -> None:
+        if self.undo_ranges is not None and self.undo_retransmitted and not self.undo_ranges:
+            self._undo()
+
+    def _undo(self) -> None:
+        """The losses were not: restore the window from before the episode (and take back
+        what is still marked lost)."""
+        self.stack.count("tcp_undo")
+        self.cwnd = max(self.cwnd, self.prior_cwnd)
+        self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
+        self.cc.restore(self.prior_cc)
+        self.undo_ranges = None
+        if self.in_recovery:
+            self.in_recovery = False
+            self._rack_recovery_ended()
+        self.in_loss = False
+        if self.lost_bytes:
+            self._unmark_lost()
+
+    def _unmark_lost(self) -> None:
+        records = [r for r in self.rtx[self.rtx_head :] if r.state in (INFLIGHT, LOST)]
+        records.sort(key=lambda r: (r.xmit, r.end))
+        self.in_flight = OrderedDict.fromkeys(records)
+        for rec in records:
+            rec.state = INFLIGHT
+        self.lost_bytes = 0
+        self.lost_q.clear()
+
+    # --- the retransmission timeout ------------------------------------------------------------
+
+    def _timeout_loss(self: Self, now: float) -> None:
+        """RTO: everything not SACKed is lost; start again from one segment (RFC 5681 3.1)."""
+        if not self.in_loss and not self.in_recovery:
+            self._begin_episode()
+            self.ssthresh = self._cc_ssthresh()
+        elif not self.in_loss and self.undo_ranges is None:
+            self._begin_episode()
+        self.cc.timeout()
+        self.cwnd = self.mss
+        self.in_recovery = False
+        self.in_loss = True
+        self.recover = self.snd_max
+        self.dupacks = 0
+        self.reno_sacked = 0
+        self.t_tlp = self.t_reo = None
+        self.tlp_end = None
+        lost = 0
+        lost_q: deque[Sent] = deque()
+        for rec in self.rtx[self.rtx_head :]:
+            if rec.state == SACKED:
+                continue
+            if rec.state == INFLIGHT:
+                rec.state = LOST
+            lost += rec.end - rec.start
+            lost_q.append(rec)
+        self.in_flight = OrderedDict()
+        self.lost_q = lost_q
+        self.lost_bytes = lost
+        self._send_data(now)
