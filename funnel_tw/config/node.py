@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import attrs
