@@ -66,10 +66,12 @@ function row(e) {
   ];
   cells.forEach((text, i) => {
     const td = el("td", text, i === 3 ? "path" : "");
+    if (i === 3) td.title = text;
     if (i === 4) td.className = e.error ? "err" : code ? "s" + String(code)[0] : "";
     tr.appendChild(td);
   });
   if (selected && selected.id === e.id) tr.classList.add("selected");
+  if (e.replay_of) tr.classList.add("replay");
   tr.addEventListener("click", () => select(e.id));
   return tr;
 }
