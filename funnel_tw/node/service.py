@@ -249,6 +249,7 @@ class NodeService(MultiService):
             "tls": dict(self.store.counters),
             "access": dict(self.access.counters),
             "overlay": self.overlay.stats(),
+            **({"inspect": self.inspector.counters()} if self.inspector is not None else {}),
         }
 
     def relay_session(self) -> bool:

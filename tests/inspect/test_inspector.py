@@ -40,6 +40,8 @@ class Recorder(resource.Resource):
                 "body": body,
             }
         )
+        if request.uri == b"/in/big":
+            return b"z" * 200_000
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"set-cookie", b"sid=backend-secret; Path=/")
         return json.dumps({"ok": True, "n": len(self.seen)}).encode()
@@ -312,3 +314,26 @@ class NodeWiringTests(TestCase):
         assert node.inspector is not None
         self.assertIs(node.dispatcher.capture, node.inspector.capturer.request_factory)
         self.assertIs(node.getServiceNamed("inspector"), node.inspector)
+
+
+class StreamingTests(InspectorCase):
+    async def test_long_answer_passes_whole_and_is_kept_truncated(self) -> None:
+        code, out, err = await self.h.curl(self.port, "/hooks/big")
+        self.assertEqual((code, len(out)), (0, 200_000), err)
+        (e,) = await self.captured(1)
+        body = e["response"]["body"]
+        self.assertEqual((body["size"], body["captured"], body["truncated"]), (200_000, 1024, True))
+        self.assertEqual(base64.b64decode(body["data"]), b"z" * 1024)
+        self.assertEqual(self.inspector.counters()["captured"], 1)
+        self.assertEqual(self.h.node.counters().get("inspect"), None)  # not this node's
+
+    async def test_api_bodies_are_capped(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(json.dumps({"id": "nope", "pad": "x" * (2 << 20)}).encode())  # else 404
+        _, out, _ = await self.api_call(
+            "/api/requests/http",
+            *("-H", "Content-Type: application/json", "--data-binary", f"@{path}"),
+            *("-o", "/dev/null", "-w", "%{http_code}"),
+        )
+        self.assertEqual(out, b"400")
