@@ -1307,6 +1307,8 @@ class InspectKeysTests(ConfigTestCase):
         self.assertEqual(config.warnings, ())
         defaults = load_node_config(self.write("d.ini", NODE + "inspect-listen = [::1]:0\n"))
         self.assertEqual(defaults.inspect, InspectConfig(("::1", 0), (), 500, 65536, False))
+        bare = load_node_config(self.write("b.ini", NODE + "inspect-listen = 4040\n"))
+        self.assertEqual(bare.inspect, InspectConfig(("127.0.0.1", 4040)))
 
     def test_not_loopback_is_a_warning(self) -> None:
         path = self.write("n.ini", NODE + "inspect-listen = 0.0.0.0:4040\n")

@@ -244,6 +244,9 @@ def _inspect(section: Section, serving: list[ServePort]) -> InspectConfig | None
 
 
 def _inspect_address(value: str) -> tuple[str, int]:
+    """``IP:PORT``, ``[IPV6]:PORT``, or a bare ``PORT`` on loopback (127.0.0.1)."""
+    if value.isdigit():
+        return "127.0.0.1", values.integer(value, 0, 65535, "port number")
     name, number = values.split_host_port(value)
     try:
         address = ip_address(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -50,7 +51,12 @@ class Inspector(Service):
     def startService(self) -> None:
         super().startService()
         host, port = self.config.listen
-        self.port = self.reactor.listenTCP(port, self.site, interface=host)
+        try:
+            self.port = self.reactor.listenTCP(port, self.site, interface=host)
+        except CannotListenError as e:  # one line, as for the other listeners
+            raise SystemExit(
+                f"funnel-tw: inspect-listen {format_host_port(host, port)}: {e.socketError}"
+            ) from None
         self.root.port = getattr(self.port.getHost(), "port", port)
         log.info(
             "request inspector on http://{address}/",

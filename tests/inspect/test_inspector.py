@@ -337,3 +337,15 @@ class StreamingTests(InspectorCase):
             *("-o", "/dev/null", "-w", "%{http_code}"),
         )
         self.assertEqual(out, b"400")
+
+
+class ListenTests(TestCase):
+    def test_a_port_in_use_is_one_line(self) -> None:
+        h = ServeHarness(self, "[serve 443]\n/ = text:hi\n")
+        taken = reactor.listenTCP(0, server.Site(resource.Resource()), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        inspector = Inspector(InspectConfig(("127.0.0.1", port)), reactor, h.node.dispatcher)
+        error = self.assertRaises(SystemExit, inspector.startService)
+        self.assertIn(f"funnel-tw: inspect-listen 127.0.0.1:{port}: ", str(error))
+        self.assertIn("Address already in use", str(error))
