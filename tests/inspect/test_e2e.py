@@ -181,3 +181,42 @@ class InspectorE2ETests(SynchronousTestCase):
         if os.environ.get("FUNNEL_TW_SCREENSHOTS") == "1" or not SCREENSHOT.exists():
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, SCREENSHOT)
+        # Copy as curl: the command for the public name, the secret still masked
+        browser.click("#curl")
+        command = browser.wait("document.getElementById('curl-text').value", what="curl")
+        self.assertTrue(
+            command.startswith(
+                f"curl -X POST 'https://{NAME}:{self.funnel.public_port}/hooks/github?m={marker}'"
+            ),
+            command,
+        )
+        self.assertIn("-H 'Authorization: Bearer [masked]'", command)
+        # Replay with changes: another path; the masked header gets its real value back
+        browser.click("#edit")
+        browser.wait("!document.getElementById('editor').hidden", what="the editor")
+        edited = f"/hooks/edited-{marker}"
+        browser.js(
+            "(() => { const t = document.getElementById('edit-text');"
+            f" t.value = t.value.replace({json.dumps(path)}, {json.dumps(edited)}); }})()"
+        )
+        browser.click("#edit-send")
+        wait_until_blocking(
+            lambda: self.backend_saw(f'"POST {edited} HTTP/1.1" 200') == 1, 10, "the edited replay"
+        )
+        answer = base64.b64decode(self.entry_for(edited)["response"]["body"]["data"])
+        self.assertIn(b"Authorization: Bearer ghp_not_really", answer)  # the backend echoes it
+        # filters: by path, by status, by method
+        browser.click("#f-path")
+        browser.call("Input.insertText", {"text": "signup"})
+        browser.wait(
+            "document.querySelectorAll('#list tbody tr').length === 1", what="the path filter"
+        )
+        browser.js("document.getElementById('f-path').value = ''")
+        browser.js(
+            "(() => { const s = document.getElementById('f-method'); s.value = 'GET';"
+            " s.dispatchEvent(new Event('input')); })()"
+        )
+        rows = browser.js(
+            "[...document.querySelectorAll('#list tbody tr')].map(r => r.cells[2].textContent)"
+        )
+        self.assertEqual(set(rows), {"GET"})
