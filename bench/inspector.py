@@ -1,6 +1,7 @@
 """What the request inspector's capture costs per request, on and off (a benchmark, not a test).
 
     python bench/inspector.py [--requests 20000] [--rounds 5]
+    python bench/inspector.py --stack [--seconds 5] [--rounds 2]
 
 In one process, without sockets or TLS: HTTP/1.1 keep-alive requests are fed to one node HTTPS
 site (ServeSite: request parsing, MountRouter, a mount's resource, the response written to an
@@ -17,6 +18,12 @@ Loads: GET of a 96-byte ``text:`` mount; GET of a 16 KiB answer; POST of a 4 KiB
 alternate off and on so that drift on a shared machine hits both; the best round of each is
 printed, with the difference per request. A full request through TLS and the proxy costs
 some hundreds of microseconds here (bench/node.py), for scale.
+
+With ``--stack``: the whole node instead, twice in one run, each in a process of its own
+(bench/_node_stack.py: test front, peerAPI, TLS, the reverse proxy, the sample backend), one
+without and one with ``inspect-listen``; wrk (HTTP/1.1 keep-alive, 64 connections) and h2load
+(HTTP/2, 32 connections x 10 streams) load each in turn, ``--rounds`` times, alternating.
+Needs wrk and h2load.
 """
 
 from __future__ import annotations
@@ -83,11 +90,64 @@ def per_request(channel: Any, transport: ReplayTransport, data: bytes, n: int) -
     return elapsed / n * 1e6
 
 
+def stack(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+
+    from node import run_h2load, run_wrk  # bench/node.py: the same load runners
+
+    load = argparse.Namespace(connections=32, streams=10, wrk_connections=64)
+    stacks: dict[str, tuple[subprocess.Popen[str], dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for mode, extra in (("off", []), ("on", ["--inspect"])):
+                child = subprocess.Popen(
+                    [sys.executable, str(HERE / "_node_stack.py"), "--sample-backend", *extra],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert child.stdout is not None
+                stacks[mode] = (child, json.loads(child.stdout.readline()))
+            results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for mode, (_, info) in stacks.items():
+                    url = f"https://localhost:{info['front']}/small"
+                    results.setdefault(("wrk HTTP/1.1", mode), []).append(
+                        run_wrk(url, load, args.seconds)
+                    )
+                    results.setdefault(("h2load HTTP/2", mode), []).append(
+                        run_h2load(url, load, Path(tmp) / "h2load.log", args.seconds)
+                    )
+        finally:
+            for child, _ in stacks.values():
+                child.terminate()
+                child.wait(timeout=10)
+    print(f"inspector capture, whole node (best of {args.rounds} runs of {args.seconds:g} s)")
+    print(
+        f"  {'load':16}{'off req/s':>12}{'on req/s':>12}{'on/off':>8}{'p50 off':>10}{'p50 on':>10}"
+    )
+    for title in ("wrk HTTP/1.1", "h2load HTTP/2"):
+        off = max(results[(title, "off")], key=lambda r: r["rps"])
+        on = max(results[(title, "on")], key=lambda r: r["rps"])
+        errors = off["errors"] + on["errors"]
+        print(
+            f"  {title:16}{off['rps']:12.0f}{on['rps']:12.0f}{on['rps'] / off['rps']:8.2f}"
+            f"{off['p50_ms']:8.1f}ms{on['p50_ms']:8.1f}ms"
+            + (f"  errors {errors}" if errors else "")
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stack", action="store_true", help="the whole node, wrk and h2load")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load run (--stack)")
     args = parser.parse_args()
+    if args.stack:
+        stack(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ini = Path(tmp) / "node.ini"
         ini.write_text(
