@@ -126,6 +126,6 @@ class CapturingRequest(StreamingRequest):
         self.capturer.end(self, entry, result)
 
     def write(self, data: bytes) -> None:
-        if self.capture is not None:
+        if self.capture is not None and self.method != b"HEAD":  # (a HEAD sends no body)
             self.capture.response_body.add(data)
         super().write(data)

@@ -4,8 +4,10 @@ recording backend, the JSON API and live events read with curl, replay, the gate
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -220,6 +222,10 @@ class InspectorTests(InspectorCase):
         self.assertEqual(len(self.backend.seen), 1)
 
     async def test_clear_and_the_gate(self) -> None:
+        await self.through("/text", "--head")
+        (head,) = await self.captured(1)
+        self.assertEqual((head["request"]["method"], head["response"]["body"]["size"]), ("HEAD", 0))
+        self.inspector.store.clear()
         await self.through("/text")
         (e,) = await self.captured(1)
         self.assertEqual((e["mount"], e["response"]["status_code"]), ("/text", 200))
@@ -349,3 +355,52 @@ class ListenTests(TestCase):
         error = self.assertRaises(SystemExit, inspector.startService)
         self.assertIn(f"funnel-tw: inspect-listen 127.0.0.1:{port}: ", str(error))
         self.assertIn("Address already in use", str(error))
+
+
+class AccessPolicyTests(InspectorCase):
+    """The user an access policy admitted is shown; a replay meets the policy again, with
+    the original (unmasked) credential."""
+
+    def setUp(self) -> None:
+        if shutil.which("curl") is None:
+            self.skipTest("curl not installed")
+        self.backend = Recorder()
+        listening = reactor.listenTCP(0, server.Site(self.backend), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tokens = Path(self.mktemp()).absolute()
+        tokens.write_text(f"ci-bot:sha256:{hashlib.sha256(b'tok-1').hexdigest()}\n")
+        tokens.chmod(0o600)
+        self.h = ServeHarness(
+            self,
+            f"""[access ci]
+bearer-tokens-file = {tokens}
+
+[serve 443]
+funnel = yes
+/hooks/ = http://127.0.0.1:{listening.getHost().port}/in
+access /hooks/ = ci
+""",
+        )
+        self.inspector = Inspector(self.config, reactor, self.h.node.dispatcher)
+        self.inspector.startService()
+        self.addCleanup(self.inspector.stopService)
+        self.api = self.inspector.root.port
+        self.front, self.port = self.h.front(443)
+
+    async def test_user_and_replay_through_the_policy(self) -> None:
+        await self.through("/hooks/a", "-H", "Authorization: Bearer tok-1")
+        _, out, _ = await self.h.curl(self.port, "/hooks/b", "-w", "%{http_code}")
+        self.assertTrue(out.endswith(b"401"), out)
+        entries = await self.captured(2)
+        refused, admitted = entries
+        self.assertEqual((admitted["user"], admitted["response"]["status_code"]), ("ci-bot", 200))
+        self.assertEqual((refused["user"], refused["response"]["status_code"]), ("", 401))
+        _, out, _ = await self.api_call(
+            "/api/requests/http",
+            *("-H", "Content-Type: application/json", "-d", json.dumps({"id": admitted["id"]})),
+            *("-o", "/dev/null", "-w", "%{http_code}"),
+        )
+        self.assertEqual(out, b"204")
+        await wait_until(lambda: len(self.backend.seen) == 2, 10, "the replay at the backend")
+        again = (await self.captured(3))[0]
+        self.assertEqual((again["user"], again["replay_of"]), ("ci-bot", admitted["id"]))
