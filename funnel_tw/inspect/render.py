@@ -95,16 +95,16 @@ def rfc3339(seconds: float) -> str:
 
 
 def entry_json(entry: Entry, show_secrets: bool, full: bool = True) -> dict[str, Any]:
-    """One captured request; ``full=False`` leaves out the raw messages and bodies (the
-    page's list and live events)."""
+    """One captured request; ``full=False`` leaves out the headers, the raw messages and the
+    body data (the page's list and live events: what a row shows)."""
     request: dict[str, Any] = {
         "method": entry.method.decode("latin-1"),
         "proto": entry.proto.decode("latin-1"),
-        "headers": _headers_json(shown_headers(entry.request_headers, show_secrets)),
         "uri": entry.uri.decode("latin-1"),
         "body": _body_json(entry.request_body, full),
     }
     if full:
+        request["headers"] = _headers_json(shown_headers(entry.request_headers, show_secrets))
         request["raw"] = base64.b64encode(request_raw(entry, show_secrets)).decode("ascii")
     response: dict[str, Any] | None = None
     if entry.status is not None:
@@ -112,10 +112,10 @@ def entry_json(entry: Entry, show_secrets: bool, full: bool = True) -> dict[str,
             "status": f"{entry.status} {entry.reason.decode('latin-1')}".strip(),
             "status_code": entry.status,
             "proto": entry.proto.decode("latin-1"),
-            "headers": _headers_json(shown_headers(entry.response_headers, show_secrets)),
             "body": _body_json(entry.response_body, full),
         }
         if full:
+            response["headers"] = _headers_json(shown_headers(entry.response_headers, show_secrets))
             response["raw"] = base64.b64encode(response_raw(entry, show_secrets)).decode("ascii")
     return {
         "uri": f"{API}/{entry.id}",

@@ -130,6 +130,7 @@ class MaskTests(SynchronousTestCase):
         self.assertTrue(request_raw(e, True).startswith(b"POST /hooks/a?x=1&y=two HTTP/1.1\r\n"))
         summary = entry_json(e, False, full=False)
         self.assertNotIn("raw", summary["request"])
+        self.assertNotIn("headers", summary["request"])
         self.assertNotIn("data", summary["request"]["body"])
         pending = entry(body=b"x")
         self.assertIsNone(entry_json(pending, False)["response"])
