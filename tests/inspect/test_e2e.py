@@ -211,6 +211,30 @@ class InspectorE2ETests(SynchronousTestCase):
         browser.wait(
             "document.querySelectorAll('#list tbody tr').length === 1", what="the path filter"
         )
+        # a form body is shown as its fields
+        browser.click("#list tbody tr")
+        browser.wait(
+            "document.getElementById('d-req-body').innerText.includes('form fields')",
+            what="the form fields",
+        )
+        self.assertIn("Ada Lovelace", browser.js("document.getElementById('d-req-body').innerText"))
+        # a binary body as a hex dump
+        binary = Path(self.funnel.dir) / "binary"
+        binary.write_bytes(bytes(range(256)))
+        self.through(f"/upload?m={marker}", "--data-binary", f"@{binary}")
+        browser.js(
+            "(() => { const f = document.getElementById('f-path'); f.value = 'upload';"
+            " f.dispatchEvent(new Event('input')); })()"
+        )
+        browser.wait("document.querySelectorAll('#list tbody tr').length === 1", what="upload")
+        browser.click("#list tbody tr")
+        browser.wait(
+            "document.getElementById('d-req-body').innerText.includes('binary (hex)')",
+            what="the hex dump",
+        )
+        self.assertIn(
+            "00000000  00 01 02 03", browser.js("document.getElementById('d-req-body').innerText")
+        )
         browser.js("document.getElementById('f-path').value = ''")
         browser.js(
             "(() => { const s = document.getElementById('f-method'); s.value = 'GET';"
