@@ -41,7 +41,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ..flow import Flow
-from ..web.client import BackendPool, Exchange
+from ..web.client import IDLE_TIMEOUT, MAX_IDLE, BackendPool, Exchange
 from ..web.paths import PathError, request_target
 from . import upgrade
 from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
@@ -145,7 +145,9 @@ class _InsecureCreator:
 class Backends:
     """The keep-alive pools of the backends, shared by every proxy mount of a node."""
 
-    def __init__(self, reactor: Any, max_idle: int = 64, idle_timeout: float = 60.0) -> None:
+    def __init__(
+        self, reactor: Any, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self.reactor = reactor
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
