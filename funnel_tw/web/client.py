@@ -41,7 +41,6 @@ MAX_IDLE = 256
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
-_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (.*))?\Z", re.S)
 
 # body framing of the response being read
 _HEAD, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -71,22 +70,36 @@ class ResponseSink(Protocol):
         """No (complete) response; ``why`` is for the log."""
 
 
+_NAMES: set[bytes] = set()  # header names already found to be tokens (bounded)
+
+
 def parse_head(head: bytes) -> tuple[int, int, bytes, list[tuple[bytes, bytes]]]:
     """(minor version, status, reason, headers) of a response head without its final CRLF CRLF.
     Raises BadResponse."""
-    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
-        raise BadResponse("a bare CR or LF in the response head")
     lines = head.split(b"\r\n")
-    match = _STATUS.match(lines[0])
-    if match is None:
-        raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    breaks = len(lines) - 1
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+        raise BadResponse("a bare CR or LF in the response head")
+    first = lines[0]
+    if first[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") and first[9:12].isdigit() and first[9] != 48:
+        if len(first) == 12 or first[12] == 32:  # "HTTP/1.1 200" or "HTTP/1.1 200 OK"
+            minor, status, reason = first[7] - 48, int(first[9:12]), first[13:]
+        else:
+            raise BadResponse(f"not an HTTP/1.x status line: {first[:80]!r}")
+    else:
+        raise BadResponse(f"not an HTTP/1.x status line: {first[:80]!r}")
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.match(name) is None:
+        if name not in _NAMES:
+            if not colon or _TOKEN.match(name) is None:
+                raise BadResponse(f"a malformed header line: {line[:80]!r}")
+            if len(_NAMES) < 1024:
+                _NAMES.add(name)
+        elif not colon:
             raise BadResponse(f"a malformed header line: {line[:80]!r}")
         headers.append((name, value.strip(b" \t")))
-    return int(match[1]), int(match[2]), match[3] or b"", headers
+    return minor, status, reason, headers
 
 
 def body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, int | None, bool]:
