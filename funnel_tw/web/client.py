@@ -23,6 +23,7 @@ import re
 from typing import Any, Protocol
 
 from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -250,8 +251,6 @@ class BackendConnection(protocol.Protocol):
 
     @staticmethod
     def _close_failed(reason: Failure) -> bool:
-        from twisted.internet.error import ConnectionDone
-
         return not reason.check(ConnectionDone)
 
     def abort(self) -> None:
