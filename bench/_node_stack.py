@@ -9,6 +9,8 @@ on a loopback TCP port, and the test front that plays the relay's part (tests/se
 ``POST /v0/ingress``, wait for the 101, splice). With ``--sample-backend`` the test backend of
 tests/serve/backend.py also runs in this process and is the proxy target.
 ``--max-persistent-per-host N`` overrides the node's backend keep-alive pool size (experiments).
+``--inspect`` turns the request inspector on (``inspect-listen`` on a free loopback port,
+printed as ``inspect``), to measure what capture costs (bench/inspector.py --stack).
 
 Prints one JSON line once everything listens -- ``pid``, ``front`` (the port clients connect
 to), ``peerapi``, ``backend``, ``hostname``, ``ca`` (the CA file clients trust) and ``cert``
@@ -51,13 +53,14 @@ _PR_SET_PDEATHSIG = 1
 reactor: Any = _reactor  # the global reactor, typed loosely as Twisted's interfaces are
 
 
-def node_ini(hostname: str, backend: str) -> str:
+def node_ini(hostname: str, backend: str, inspect: bool = False) -> str:
     relay_pub = keys.encode_key(keys.public_key(keys.generate_private_key()))
     return f"""[node]
 private-key = {keys.encode_key(keys.generate_private_key())}
 address = 100.64.0.2/32, fd7a:115c:a1e0::2/128
 hostname = {hostname}
 state-dir = state
+{"inspect-listen = 127.0.0.1:0" if inspect else ""}
 
 [peer relay]
 public-key = {relay_pub}
@@ -104,7 +107,11 @@ def _stop() -> None:
 
 
 def start(
-    hostname: str, backend: str | None, directory: Path, pool: int | None = None
+    hostname: str,
+    backend: str | None,
+    directory: Path,
+    pool: int | None = None,
+    inspect: bool = False,
 ) -> dict[str, Any]:
     """Build and start the stack on the (not yet running) global reactor."""
     # imported here: tests/ is not a package a deployment has, only this runner needs it
@@ -117,7 +124,7 @@ def start(
         backend_port = backend_listener.getHost().port
         backend = f"http://127.0.0.1:{backend_port}"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "node.ini").write_text(node_ini(hostname, backend))
+    (directory / "node.ini").write_text(node_ini(hostname, backend, inspect))
     config = load_node_config(directory / "node.ini")
     node = NodeService(config, reactor)
     # the peerAPI on loopback: every caller is the funnel-ingress relay (as in the harness)
@@ -125,6 +132,8 @@ def start(
     node.certificates.start()
     if pool is not None:  # an experiment: the node's own setting otherwise
         node.backends.pool.maxPersistentPerHost = pool
+    if node.inspector is not None:
+        node.inspector.startService()
     peerapi = reactor.listenTCP(0, node.peerapi_site, interface="127.0.0.1")
     front = Front(peerapi.getHost().port, f"{hostname}:443")
     front_port = reactor.listenTCP(0, front, interface="127.0.0.1", backlog=1024)
@@ -143,6 +152,7 @@ def start(
         "hostname": hostname,
         "ca": str(tls_dir / "ca.pem"),
         "cert": str(tls_dir / f"{hostname.replace('*', '_wildcard_')}.pem"),
+        "inspect": node.inspector.root.port if node.inspector is not None else None,
     }
 
 
@@ -166,6 +176,7 @@ def main() -> None:
         type=int,
         help="experiment: override the node's backend keep-alive pool size per host",
     )
+    parser.add_argument("--inspect", action="store_true", help="the request inspector on")
     args = parser.parse_args()
 
     _die_with_parent()
@@ -183,7 +194,7 @@ def main() -> None:
         directory = Path(tempfile.mkdtemp(prefix="funnel-node-stack-"))
         atexit.register(shutil.rmtree, directory, True)
     backend = None if args.sample_backend else args.backend
-    info = start(args.hostname, backend, directory, args.max_persistent_per_host)
+    info = start(args.hostname, backend, directory, args.max_persistent_per_host, args.inspect)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: reactor.callFromThread(_stop))
     _watch_stdin()

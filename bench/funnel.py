@@ -1,6 +1,7 @@
 """End-to-end funnel benchmark: the whole funnel beside Caddy and direct loopback (not a test).
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
+                           [--no-download] [--no-h2]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
@@ -18,9 +19,11 @@ For each: large download in MB/s (curl, HTTP/1.1, best of up to 3 runs), small-r
 p50/p99 latency (h2load, HTTP/1.1 keep-alive, ``--clients`` connections, one load thread, a 1 s
 warm-up then ``--seconds`` of measurement; latencies from h2load's per-request log), then the
 ratios (a)/(b) and (a)/(c). Also an HTTP/2 small-request run for (a) and (b), and the CPU each
-process on the path used during the best download. With ``--profile``, py-spy samples the relay
-and the node for 10 s during more funnel downloads, then 10 s during small requests, and the
-hottest functions of each are printed (``--profile-dir`` keeps py-spy's raw output).
+process on the path used during the best download and during each load run (in cores, and in
+microseconds per request: the figure a busy machine changes least). With ``--profile``, py-spy
+samples the relay and the node for 10 s during more funnel downloads, then 10 s during small
+requests over HTTP/1.1 and 10 s over HTTP/2, and the hottest functions of each are printed
+(``--profile-dir`` keeps py-spy's raw output).
 
 Loopback only. Every download and load run is bounded in time, no new measurement starts after
 ``BUDGET`` seconds, and every process started here is stopped (and the temporary folder with the
@@ -321,7 +324,10 @@ https://{CADDY_HOST}:{port} {{
         if self.over_budget():
             say(f"  {case.label:<10} small requests: skipped (over the time budget)")
             return
+        before = {name: self.cpu_seconds(name) for name in case.servers}
+        t0 = time.monotonic()
         r = self.h2load(case, h1)
+        wall = time.monotonic() - t0
         if h1:
             case.load = r
         else:
@@ -331,6 +337,15 @@ https://{CADDY_HOST}:{port} {{
         say(
             f"  {case.label:<10} small requests ({kind}): {r['rps']:9,.0f} req/s   "
             f"p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms   ({r['ok']:,.0f} ok{failed})"
+        )
+        # CPU per request: what a busy machine changes least (the rate falls, this does not)
+        busy = {n: (self.cpu_seconds(n) - before[n]) / wall for n in case.servers}
+        say(
+            f"  {'':<10} CPU: "
+            + ", ".join(
+                f"{n} {c:.2f} cores, {c / r['rps'] * 1e6:.0f} us/request" if r["rps"] else n
+                for n, c in busy.items()
+            )
         )
 
     def profile(self, case: Case, what: str) -> None:
@@ -360,7 +375,8 @@ https://{CADDY_HOST}:{port} {{
                 moved += self.curl(case, "big.bin", max(1, int(left)))[1]
             rate = f"{moved / (time.monotonic() - t0) / 1e6:.1f} MB/s"
         else:
-            rate = f"{self.h2load(case, True, PROFILE_SECONDS - 1)['rps']:,.0f} req/s"
+            h1 = what == "requests"
+            rate = f"{self.h2load(case, h1, PROFILE_SECONDS - 1)['rps']:,.0f} req/s"
         say(f"  {what} while sampling: {rate}")
         for name, (spy, out) in spies.items():
             try:
@@ -515,6 +531,7 @@ def main() -> int:
         "--profile-dir", type=Path, default=None, help="keep py-spy's raw output in this folder"
     )
     parser.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 load runs")
+    parser.add_argument("--no-download", action="store_true", help="skip the download runs")
     args = parser.parse_args()
     args.seconds = max(1, min(args.seconds, 9))  # with the 1 s warm-up: at most 10 s a run
     for tool in ("caddy", "curl", "h2load"):
@@ -571,9 +588,10 @@ def main() -> int:
             for case in cases:
                 bench.check(case)
             say()
-            say("Large download (curl --http1.1, best of runs):")
-            for case in cases:
-                bench.measure_download(case)
+            if not args.no_download:
+                say("Large download (curl --http1.1, best of runs):")
+                for case in cases:
+                    bench.measure_download(case)
             say()
             say(f"Small requests (h2load, {args.clients} connections, 1 thread):")
             for case in cases:
@@ -582,7 +600,9 @@ def main() -> int:
                 for case in (funnel, caddy):
                     bench.measure_load(case, h1=False)
             print_ratios(funnel, [caddy, direct])
-            for what in ("download", "requests") if args.profile else ():
+            profiled = ["requests"] if args.no_download else ["download", "requests"]
+            profiled += [] if args.no_h2 else ["requests-h2"]
+            for what in profiled if args.profile else ():
                 if bench.over_budget():
                     break
                 say()

@@ -1566,3 +1566,65 @@ class BalanceTests(ConfigTestCase):
         plan = relay_plan(old, new)
         self.assertEqual(plan.refused, ())
         self.assertIn("balance", [c.name for c in plan.changes])
+
+
+class InspectKeysTests(ConfigTestCase):
+    """inspect-listen, -mounts, -keep, -body-limit, -show-secrets in [node] (issue 18)."""
+
+    SERVE = "[serve 443]\n/ = 8080\n/hooks/ = 9000\n"
+
+    def test_off_by_default(self) -> None:
+        self.assertIsNone(load_node_config(self.write("n.ini", NODE)).inspect)
+
+    def test_good_values(self) -> None:
+        from funnel_tw.config.model import InspectConfig
+
+        path = self.write(
+            "n.ini",
+            NODE + "inspect-listen = 127.0.0.1:4040\ninspect-mounts = /hooks/, /\n"
+            "inspect-keep = 20\ninspect-body-limit = 8K\ninspect-show-secrets = yes\n" + self.SERVE,
+        )
+        config = load_node_config(path)
+        self.assertEqual(
+            config.inspect, InspectConfig(("127.0.0.1", 4040), ("/hooks/", "/"), 20, 8192, True)
+        )
+        self.assertEqual(config.warnings, ())
+        defaults = load_node_config(self.write("d.ini", NODE + "inspect-listen = [::1]:0\n"))
+        self.assertEqual(defaults.inspect, InspectConfig(("::1", 0), (), 500, 65536, False))
+        bare = load_node_config(self.write("b.ini", NODE + "inspect-listen = 4040\n"))
+        self.assertEqual(bare.inspect, InspectConfig(("127.0.0.1", 4040)))
+
+    def test_not_loopback_is_a_warning(self) -> None:
+        path = self.write("n.ini", NODE + "inspect-listen = 0.0.0.0:4040\n")
+        (warning,) = load_node_config(path).warnings
+        self.assertEqual(
+            warning,
+            f"{path}:4: [node] inspect-listen: 0.0.0.0 is not a loopback address: whoever"
+            " reaches it reads the captured requests (bodies and all) and can replay them",
+        )
+
+    def test_errors_name_file_and_line(self) -> None:
+        self.assertErrors(
+            NODE + "inspect-listen = localhost:4040\ninspect-keep = 0\n"
+            "inspect-body-limit = 1T\ninspect-show-secrets = maybe\ninspect-mounts = hooks/\n",
+            "4: [node] inspect-listen: 'localhost' is not an IP address (127.0.0.1: this host"
+            " only)",
+            "5: [node] inspect-keep: is only used with inspect-listen",
+            "6: [node] inspect-body-limit: is only used with inspect-listen",
+            "7: [node] inspect-show-secrets: is only used with inspect-listen",
+            "8: [node] inspect-mounts: is only used with inspect-listen",
+        )
+        self.assertErrors(
+            NODE + "inspect-listen = 127.0.0.1:4040\ninspect-keep = 0\n"
+            "inspect-body-limit = 1T\ninspect-show-secrets = maybe\n"
+            "inspect-mounts = /api/, hooks/\n" + self.SERVE,
+            "5: [node] inspect-keep: 0 is out of range (1..100000)",
+            "6: [node] inspect-body-limit: '1T' is not a size (bytes, or a number with k, M or G)",
+            "7: [node] inspect-show-secrets: 'maybe' is not a boolean (use yes/no, true/false,"
+            " on/off or 1/0)",
+            "8: [node] inspect-mounts: 'hooks/': a mount path starts with '/' and has no spaces",
+        )
+        self.assertErrors(
+            NODE + "inspect-listen = 127.0.0.1:4040\ninspect-mounts = /api/\n" + self.SERVE,
+            "5: [node] inspect-mounts: /api/ is not a mount of any [serve] (/, /hooks/)",
+        )

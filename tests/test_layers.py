@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("web",),
     ("plugin",),  # the handler plugin API: schema, context, helpers
     ("serve",),
-    ("peerapi",),
+    ("peerapi", "inspect"),  # inspect: the request inspector (capture seam, page, API)
     ("daemon",),  # signals, sd_notify, metrics endpoint, access log, the local API socket
     ("relay",),
     ("node",),

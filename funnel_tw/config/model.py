@@ -29,6 +29,7 @@ __all__ = [
     "IPAddress",
     "IPInterface",
     "IPNetwork",
+    "InspectConfig",
     "NodeConfig",
     "OpsConfig",
     "PeerConfig",
@@ -185,6 +186,19 @@ class OpsConfig:
 
 
 @attrs.frozen
+class InspectConfig:
+    """The request inspector ([node] inspect-*, docs/inspector.md): where its page and API
+    listen, which mounts it captures (empty: all), how many requests it keeps, how much of
+    each body, and whether secrets are shown."""
+
+    listen: tuple[str, int]  # (IP address, port)
+    mounts: tuple[str, ...] = ()
+    keep: int = 500
+    body_limit: int = 64 * 1024
+    show_secrets: bool = False
+
+
+@attrs.frozen
 class ClientLimits:
     """[node] deadlines for public clients (seconds) and a request body's minimum rate."""
 
@@ -214,6 +228,7 @@ class NodeConfig:
     ops: OpsConfig = OpsConfig()  # metrics-listen, access-log, access-log-format
     access: tuple[AccessPolicy, ...] = ()  # [access NAME] sections
     limits: ClientLimits = ClientLimits()
+    inspect: InspectConfig | None = None  # [node] inspect-listen; None: no inspector
     enrollment: Path | None = None  # state-dir/enrollment.json, when the node joined a relay
 
 

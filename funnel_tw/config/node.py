@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .model import (
     AccessPolicy,
     ClientLimits,
     HTTPSMounts,
+    InspectConfig,
     NodeConfig,
     PeerConfig,
     PluginHandler,
@@ -34,6 +36,15 @@ from .model import (
 from .ops import OPS_KEYS, ops_config
 
 __all__ = ["load_node_config", "node_config"]
+
+INSPECT_KEYS = (
+    "inspect-listen",
+    "inspect-mounts",
+    "inspect-keep",
+    "inspect-body-limit",
+    "inspect-show-secrets",
+)
+
 
 _NODE_KEYS = (
     "private-key",
@@ -50,6 +61,7 @@ _NODE_KEYS = (
     "http-head-timeout",
     "http-body-timeout",
     "http-body-min-rate",
+    *INSPECT_KEYS,
 )
 _PEER_KEYS = (
     "public-key",
@@ -147,12 +159,14 @@ def node_config(file: IniFile, plugins: PluginCheck | None = None) -> NodeConfig
         (section, port) for section, port in zip(groups["serve"], serve, strict=True) if port
     ]
     _check_one_section_per_key(serving)
+    inspect = _inspect(groups["node"][0], [port for _, port in serving]) if groups["node"] else None
     file.check()
     assert node is not None and tls is not None  # else an error was recorded
     _warn(groups["peer"], [p for p in peers if p], serving, enrollment)
     joined = (enrollment.relay,) if enrollment is not None else ()
     return attrs.evolve(
         node,
+        inspect=inspect,
         peers=(*(p for p in peers if p), *joined),
         tls=tls,
         serve=tuple(s for s in serve if s),
@@ -218,6 +232,67 @@ def _warn(
                 "funnel-ingress peer without persistent-keepalive, and no endpoint to reach it:"
                 " a node behind NAT is unreachable for it (add persistent-keepalive = 25)",
             )
+
+
+def _inspect(section: Section, serving: list[ServePort]) -> InspectConfig | None:
+    """``inspect-*`` of [node]: the request inspector, off unless inspect-listen is set.
+
+    Bound elsewhere than loopback it is a warning, not an error: whoever reaches that address
+    reads every captured request and can replay it."""
+    listen = section.opt("inspect-listen", _inspect_address, None)
+    if listen is None:
+        for key in INSPECT_KEYS[1:]:
+            if key in section.values:
+                section.error(key, "is only used with inspect-listen")
+        return None
+    if not ip_address(listen[0]).is_loopback:
+        section.warn(
+            "inspect-listen",
+            f"{listen[0]} is not a loopback address: whoever reaches it reads the captured"
+            " requests (bodies and all) and can replay them",
+        )
+    mounts = section.opt("inspect-mounts", _mount_list, ())
+    known = {
+        path
+        for port in serving
+        if isinstance(port.handler, HTTPSMounts)
+        for path, _ in port.handler.mounts
+    }
+    for path in mounts:
+        if path not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            section.error("inspect-mounts", f"{path} is not a mount of any [serve] ({listed})")
+    return InspectConfig(
+        listen=listen,
+        mounts=mounts,
+        keep=section.opt(
+            "inspect-keep", lambda v: values.integer(v, 1, 100_000, "number of requests"), 500
+        ),
+        body_limit=section.opt("inspect-body-limit", lambda v: values.size(v, 0, 16 << 20), 65536),
+        show_secrets=section.opt("inspect-show-secrets", values.boolean, False),
+    )
+
+
+def _inspect_address(value: str) -> tuple[str, int]:
+    """``IP:PORT``, ``[IPV6]:PORT``, or a bare ``PORT`` on loopback (127.0.0.1)."""
+    if value.isdigit():
+        return "127.0.0.1", values.integer(value, 0, 65535, "port number")
+    name, number = values.split_host_port(value)
+    try:
+        address = ip_address(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not an IP address (127.0.0.1: this host only)") from None
+    return str(address), values.integer(number, 0, 65535, "port number")
+
+
+def _mount_list(value: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not paths:
+        raise ValueError("names no mount (a comma list of mount paths, such as /hooks/)")
+    for path in paths:
+        if not values.MOUNT_PATH.match(path):
+            raise ValueError(f"{path!r}: a mount path starts with '/' and has no spaces")
+    return paths
 
 
 def _node(section: Section, enrollment: Enrollment | None = None) -> NodeConfig | None:

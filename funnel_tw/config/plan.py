@@ -194,6 +194,7 @@ NODE_RESTART: list[Restart] = [
     *COMMON_RESTART,
     ("network", lambda c: c.network),
     ("peerapi-port", lambda c: c.peerapi_port),
+    ("inspect-*", lambda c: c.inspect),  # the inspector's listener and ring (docs/inspector.md)
 ]
 
 NODE_SECTIONS: list[Sections] = [

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from ..config import ConfigError, NodeConfig, PeerConfig
 from ..flow import Flow, IIngressHandler
+from ..inspect.service import Inspector
 from ..overlay.factory import build_overlay
 from ..overlay.service import OverlayService
 from ..peerapi.ingress import IngressResource
@@ -198,6 +199,10 @@ class NodeService(MultiService):
         self.serve_listeners: dict[int, IListeningPort] = {}  # by serve port (reload.py)
         self.observer = attach_observer(self)  # metrics-listen, access-log
         self.plugin_services = PluginServices(self.plugins, reactor)
+        self.inspector: Inspector | None = None
+        if config.inspect is not None:  # inspect-listen: capture, and the page on its address
+            self.inspector = Inspector(config.inspect, reactor, self.dispatcher)
+            self.inspector.setServiceParent(self)
         for key, plugin in self.plugins.items():
             if plugin.context is not None:
                 self.dispatcher.plugin_metrics[key] = plugin.context.metrics
@@ -257,6 +262,7 @@ class NodeService(MultiService):
             "access": dict(self.access.counters),
             "overlay": self.overlay.stats(),
             "fallback": self.fallback.counters(),
+            **({"inspect": self.inspector.counters()} if self.inspector is not None else {}),
         }
 
     def relay_session(self) -> bool:

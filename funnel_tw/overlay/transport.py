@@ -180,11 +180,19 @@ class OverlayTCPTransport:
         self.conn.close()
         self.owner.flush_soon()
 
+    # built once: twisted.web asks for both with every request (HTTP/2: every stream)
+    _peer: IPv4Address | IPv6Address | None = None
+    _host: IPv4Address | IPv6Address | None = None
+
     def getPeer(self) -> IPv4Address | IPv6Address:
-        return to_address(self.conn.remote)
+        if self._peer is None:
+            self._peer = to_address(self.conn.remote)
+        return self._peer
 
     def getHost(self) -> IPv4Address | IPv6Address:
-        return to_address(self.conn.local)
+        if self._host is None:
+            self._host = to_address(self.conn.local)
+        return self._host
 
     # --- ITCPTransport options -----------------------------------------------------------------
 

@@ -107,6 +107,8 @@ class Dispatcher:
         # set by the node for its access log and metrics (node/observe.py)
         self.on_request: Callable[[Request, Flow], None] | None = None
         self.track: Callable[[Flow, IProtocol, TCPPortHandler], IProtocol] | None = None
+        # the request class of HTTPS sites when the node captures them (funnel_tw/inspect/)
+        self.capture: type[Request] | None = None
         # the limits of every flow (set from [node] by NodeService; tests shorten them)
         self.tls_handshake_timeout = 10.0
         self.close_timeout = 10.0  # after the node closes: then aborted
@@ -191,6 +193,8 @@ class Dispatcher:
                 refused=lambda counter, why, host: self.refused(flow, counter, why, host),
             )
             site.on_request, site.flow = self.on_request, flow
+            if self.capture is not None:
+                site.requestFactory = self.capture  # type: ignore[assignment]
             inner = site.buildProtocol(None)
             assert inner is not None
             mtls = self.access is not None and self.access.wants_client_certificates(

@@ -1,11 +1,11 @@
 """The streaming reverse proxy behind HTTPS mounts.
 
 - Bodies stream both ways with backpressure: the upload through :mod:`.streaming` into an
-  HTTP/1.1 keep-alive pool to the backend (twisted.web.client.Agent), the response back through
-  the client's HTTP/1.1 or HTTP/2 connection, pausing the backend while the client is slow.
-- Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. On responses, headers a
-  backend names in its own ``Connection`` header cannot be recognised (Twisted's client keeps
-  that header to itself) and pass through.
+  HTTP/1.1 keep-alive pool to the backend (:mod:`funnel_tw.web.client`), the response back
+  through the client's HTTP/1.1 or HTTP/2 connection, pausing the backend while the client is
+  slow.
+- Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way, nor those a ``Connection``
+  header names.
 - Headers as tailscaled sets them: client-sent ``Forwarded`` and ``X-Forwarded-*`` are
   dropped; ``X-Forwarded-Host`` (the original Host), ``X-Forwarded-Proto: https`` and
   ``X-Forwarded-For: <client ip>`` are set; the Tailscale identity headers a client might forge
@@ -13,15 +13,18 @@
   through unchanged.
 - Paths: the mount prefix is stripped and the target URL's own path prepended.
 - Backends: ``http://``, ``https://``, ``https+insecure://`` (no verification), ``unix:/path``.
-- A refused or dead backend gives 502 at once; one that does not answer within the timeout,
+- A refused or dead backend, or one whose response cannot be read one way only (see
+  :mod:`funnel_tw.web.client`), gives 502 at once; one that does not answer within the timeout,
   504. A backend that fails mid-body aborts the client's stream (the status is already sent).
+- One request passes through :class:`ProxiedRequest`: ``start`` (the head the backend gets)
+  and ``response_head`` (the head the client gets) are the two places to hook it.
 - ``Upgrade`` requests (WebSocket and others, HTTP/1.1): see :mod:`.upgrade`; the connections
   are spliced only after the backend's own 101 for a protocol the client asked for.
 """
 
 from __future__ import annotations
 
-import io
+import re
 from collections.abc import Sequence
 from ipaddress import ip_address
 from typing import Any
@@ -29,17 +32,16 @@ from urllib.parse import urlsplit
 
 import h11
 from OpenSSL import SSL
-from twisted.internet import defer, endpoints, error, protocol
+from twisted.internet import defer, endpoints, error
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import client, http
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from ..flow import Flow
+from ..web.client import IDLE_TIMEOUT, MAX_IDLE, BackendPool, Exchange
 from ..web.paths import PathError, request_target
 from . import upgrade
 from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
@@ -122,10 +124,6 @@ class Target:
         queries = [q for q in (self.base_query, query) if q]
         return path + ("?" + "&".join(queries) if queries else "")
 
-    def agent_url(self, path: str) -> bytes:
-        scheme = "http" if self.scheme in ("http", "unix") else "https"
-        return f"{scheme}://{self.netloc}{path}".encode()
-
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _InsecureCreator:
@@ -144,38 +142,29 @@ class _InsecureCreator:
         return conn
 
 
-class _InsecurePolicy:
-    def creatorForNetloc(self, hostname: bytes, port: int) -> _InsecureCreator:
-        return _InsecureCreator(hostname.decode())
-
-
 class Backends:
-    """Agents and their keep-alive pool, shared by every proxy mount of a node."""
+    """The keep-alive pools of the backends, shared by every proxy mount of a node."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(
+        self, reactor: Any, max_idle: int = MAX_IDLE, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         self.reactor = reactor
-        self.pool = client.HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 64
-        self.pool.cachedConnectionTimeout = 60
-        self._agents: dict[str, client.Agent] = {}
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._pools: dict[str, BackendPool] = {}
 
-    def agent_for(self, target: Target) -> Any:
-        """One Agent per backend, on a cached endpoint (Agent would otherwise build a new
-        HostnameEndpoint, with name checks and a resolver round trip, for every request)."""
-        agent = self._agents.get(target.url)
-        if agent is None:
-            endpoint = _NoDelay(self.endpoint_for(target))
-
-            class _Fixed:
-                def endpointForURI(self, uri: Any) -> Any:
-                    return endpoint
-
-            agent = client.Agent.usingEndpointFactory(self.reactor, _Fixed(), pool=self.pool)
-            self._agents[target.url] = agent
-        return agent
+    def pool_for(self, target: Target) -> BackendPool:
+        """One pool per backend, on an endpoint built once (no per-request name checks or
+        resolver round trip for a literal address)."""
+        pool = self._pools.get(target.url)
+        if pool is None:
+            pool = self._pools[target.url] = BackendPool(
+                self.reactor, self.endpoint_for(target), self.max_idle, self.idle_timeout
+            )
+        return pool
 
     def endpoint_for(self, target: Target) -> Any:
-        """A connection to the backend: for the Agent, and raw for Upgrade requests."""
+        """A connection to the backend: for the pool, and raw for Upgrade requests."""
         if target.scheme == "unix":
             return endpoints.UNIXClientEndpoint(self.reactor, target.socket_path)
         try:
@@ -198,8 +187,8 @@ class Backends:
             creator = optionsForClientTLS(target.host)
         return endpoints.wrapClientTLS(creator, plain)
 
-    def close(self) -> defer.Deferred[None]:
-        return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+    def close(self) -> defer.Deferred[Any]:
+        return defer.gatherResults([pool.close() for pool in self._pools.values()])
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
@@ -217,115 +206,94 @@ def node_owned(name: bytes) -> bool:
     return canon in DROPPED or canon in CLIENT_ADDRESS or canon.startswith(OWNED_PREFIXES)
 
 
-def forwarded_headers(
-    request: Request, flow: Flow, keep_upgrade: bool = False, underscores: bool = False
-) -> Headers:
-    """The request headers a backend gets. ``underscores``: pass names containing ``_`` (an
-    opt-in per mount; by default they are dropped, as nginx does)."""
-    out = Headers()
-    connection_tokens = _connection_tokens(request.requestHeaders)
-    for name, values in request.requestHeaders.getAllRawHeaders():
+# (name as received, keep_upgrade, underscores) -> forwarded; names repeat from request to
+# request, so each is judged once (bounded: a client can send endless distinct names)
+_PASSES: dict[tuple[bytes, bool, bool], bool] = {}
+_PASSES_MAX = 4096
+
+
+def _passes(name: bytes, keep_upgrade: bool, underscores: bool) -> bool:
+    key = (name, keep_upgrade, underscores)
+    verdict = _PASSES.get(key)
+    if verdict is None:
         lower = name.lower()
         if node_owned(lower) or (b"_" in lower and not underscores):
+            verdict = False
+        elif lower == b"content-length":
+            verdict = keep_upgrade  # else the backend client frames the body itself
+        elif lower in HOP_BY_HOP:
+            verdict = keep_upgrade and lower in (b"upgrade", b"connection")
+        else:
+            verdict = True
+        if len(_PASSES) < _PASSES_MAX:
+            _PASSES[key] = verdict
+    return verdict
+
+
+def forwarded_pairs(
+    request: Request,
+    flow: Flow,
+    keep_upgrade: bool = False,
+    underscores: bool = False,
+    netloc: str = "",
+) -> list[tuple[bytes, bytes]]:
+    """The request headers a backend gets, in order. ``underscores``: pass names containing
+    ``_`` (an opt-in per mount; by default they are dropped, as nginx does). ``netloc``: the
+    Host to send if the client sent none (HTTP/1.0)."""
+    out: list[tuple[bytes, bytes]] = []
+    headers = request.requestHeaders
+    listed = _connection_tokens(headers) if headers.hasHeader(b"connection") else ()
+    host = b""
+    for name, values in headers.getAllRawHeaders():
+        if not _passes(name, keep_upgrade, underscores):
             continue
-        if lower == b"content-length" and not keep_upgrade:
-            continue  # the backend client frames the body itself (never twice: smuggling)
-        upgrade_kept = keep_upgrade and lower in (b"upgrade", b"connection")
-        if (lower in HOP_BY_HOP or lower in connection_tokens) and not upgrade_kept:
+        lower = name.lower() if listed else b""
+        if lower in listed and not (keep_upgrade and lower in (b"upgrade", b"connection")):
             continue
-        out.setRawHeaders(name, values)
-    host = request.getHeader(b"host") or b""
+        if name == b"Host":
+            host = values[0]
+        for value in values:
+            out.append((name, value))
     if host:
-        out.setRawHeaders(b"X-Forwarded-Host", [host])
-    out.setRawHeaders(b"X-Forwarded-Proto", [b"https"])
-    out.setRawHeaders(b"X-Forwarded-For", [flow.client[0].encode()])
+        out.append((b"X-Forwarded-Host", host))
+    elif netloc:
+        out.append((b"Host", netloc.encode("idna")))
+    out.append((b"X-Forwarded-Proto", b"https"))
+    out.append((b"X-Forwarded-For", flow.client[0].encode()))
     if flow.funnel:
-        out.setRawHeaders(b"Tailscale-Funnel-Request", [b"?1"])
+        out.append((b"Tailscale-Funnel-Request", b"?1"))
     # who an access policy let through (serve/access/guard.py REMOTE_IDENTITY): Remote-User...
     for name, value in getattr(request, "remote_identity", {}).items():
-        out.setRawHeaders(name, [value])
+        out.append((name, value))
     return out
 
 
-class _NoDelay:
-    """An endpoint whose connections send small writes at once (no Nagle delay)."""
+def forwarded_headers(
+    request: Request, flow: Flow, keep_upgrade: bool = False, underscores: bool = False
+) -> Headers:
+    """:func:`forwarded_pairs` as a Headers object."""
+    out = Headers()
+    for name, value in forwarded_pairs(request, flow, keep_upgrade, underscores):
+        out.addRawHeader(name, value)
+    return out
 
-    def __init__(self, endpoint: Any) -> None:
-        self.endpoint = endpoint
 
-    def connect(self, factory: Any) -> defer.Deferred[Any]:
-        def connected(proto: Any) -> Any:
-            set_nodelay = getattr(proto.transport, "setTcpNoDelay", None)
-            if set_nodelay is not None:
-                set_nodelay(True)
-            return proto
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_RETRYABLE = frozenset((b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"))
 
-        d: defer.Deferred[Any] = self.endpoint.connect(factory)
-        return d.addCallback(connected)
+
+def request_head(method: bytes, target: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """The request line and header lines, each with its CRLF (the client adds the framing)."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in pairs:
+        parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 def _answering(request: Request) -> bool:
     """The response is still wanted: not finished, and the client has not gone (twisted.web
     drops a request's ``channel`` when its connection is lost)."""
     return not request.finished and request.channel is not None
-
-
-class _ResponseRelay(protocol.Protocol):
-    """The backend's response body into the client's response, with backpressure.
-
-    For HTTP/1.1 the client connection pauses the backend when its buffer fills. Twisted's
-    HTTP/2 pauses a stream's producer only when the client's flow-control window runs out, so
-    a client advertising a huge window and not reading would make the node buffer without
-    bound; the relay therefore also pauses while the HTTP/2 connection itself is blocked.
-    """
-
-    def __init__(self, request: Request, done: defer.Deferred[None]) -> None:
-        self.request = request
-        self.done = done
-        self._waiting = False
-
-    def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
-
-    def client_gone(self) -> None:
-        """The client left mid-response: close the backend connection rather than leave it
-        paused (it could not go back to the pool with half a body in it)."""
-        backend: Any = self.transport
-        if backend is not None:
-            backend.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if not _answering(self.request):
-            return
-        self.request.write(data)
-        blocked = connection_blocked(self.request)
-        if blocked is not None and not self._waiting:
-            self._waiting = True
-            backend: Any = self.transport
-            backend.pauseProducing()
-            blocked.addBoth(self._pass_through_unblocked)
-
-    def _pass_through_unblocked(self, result: object) -> object:
-        self._unblocked(None)
-        return result
-
-    def _unblocked(self, result: object) -> None:
-        """Ours is a side branch of Twisted's own chain: never pass a failure back into it."""
-        self._waiting = False
-        if _answering(self.request):
-            backend: Any = self.transport
-            backend.resumeProducing()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self.request.channel is not None:  # None: the client is already gone
-            self.request.unregisterProducer()
-        if reason.check(client.ResponseDone, http.PotentialDataLoss):
-            if _answering(self.request):
-                self.request.finish()
-        else:
-            log.info("backend failed mid-body: {error}", error=reason.getErrorMessage())
-            _abort(self.request)
-        self.done.callback(None)
 
 
 def _abort(request: Request) -> None:
@@ -349,39 +317,58 @@ def _request_body(request: Request) -> Any:
         return request.body
     content = request.content.read() if request.content is not None else b""
     if content or request.method in (b"POST", b"PUT", b"PATCH"):
-        return client.FileBodyProducer(io.BytesIO(content))
+        return content
     return None
 
 
 class ProxiedRequest:
-    """One request on its way to the backend, and its response on the way back.
+    """One request on its way to the backend, and its response on the way back (the
+    backend client's ResponseSink).
 
-    Holds what the steps share: the backend's pending answer, the response-header timer (as
+    Holds what the steps share: the exchange with the backend, the response-header timer (as
     Go's ResponseHeaderTimeout, it starts once the request body is all sent), whether it
-    fired, and the relay once the response body flows.
+    fired, and whether the response body flows. For HTTP/1.1 the client connection pauses the
+    backend (the exchange is the response's producer) when its buffer fills. Twisted's HTTP/2
+    pauses a stream's producer only when the client's flow-control window runs out, so a
+    client advertising a huge window and not reading would make the node buffer without bound;
+    the body is therefore also paused while the HTTP/2 connection itself is blocked.
     """
+
+    exchange: Exchange | None = None
+    timer: IDelayedCall | None = None
+    timed_out = False
+    streaming = False  # the response body flows, the exchange registered as its producer
+    _waiting = False  # paused while the HTTP/2 connection is blocked
 
     def __init__(self, proxy: ProxyResource, request: Request) -> None:
         self.proxy = proxy
         self.request = request
-        self.answer: defer.Deferred[Any] = defer.Deferred()  # the backend's, from start()
-        self.timer: IDelayedCall | None = None
-        self.timed_out = False
-        self.relay: _ResponseRelay | None = None
 
     def start(self, outgoing: str) -> None:
-        request, target = self.request, self.proxy.target
-        headers = forwarded_headers(request, self.proxy.flow, underscores=self.proxy.underscores)
+        request, proxy = self.request, self.proxy
+        target = outgoing.encode("utf-8", "surrogateescape")
+        if _BAD_TARGET.search(target) is not None:
+            request.setResponseCode(400)
+            request.write(b"a control character or space in the request target\n")
+            request.finish()
+            return
+        pairs = forwarded_pairs(request, proxy.flow, False, proxy.underscores, proxy.target.netloc)
+        head = request_head(request.method, target, pairs)
         body = _request_body(request)
-        agent = self.proxy.backends.agent_for(target)
-        self.answer = agent.request(request.method, target.agent_url(outgoing), headers, body)
-        if isinstance(body, BodySource) and not body.complete:
-            body.received_all.addCallback(self._body_sent)
-        else:
-            self._start_timer()
+        pool = proxy.backends.pool_for(proxy.target)
         request.notifyFinish().addErrback(self._client_gone)
-        self.answer.addCallbacks(self._got_response, self._failed)
-        self.answer.addErrback(lambda f: log.failure("proxy response relay failed", f))
+        streamed = isinstance(body, BodySource) and not body.complete
+        self.exchange = pool.request(
+            head,
+            body,
+            self,
+            no_body=request.method == b"HEAD",
+            retry=body is None and request.method in _RETRYABLE,
+        )
+        if streamed:
+            body.received_all.addCallback(self._body_sent)
+        elif self.exchange.sink is not None:
+            self._start_timer()
 
     def _start_timer(self) -> None:
         self.timer = self.proxy.reactor.callLater(self.proxy.timeout, self._expire)
@@ -391,51 +378,89 @@ class ProxiedRequest:
             self.timer.cancel()
 
     def _body_sent(self, _: object) -> None:
-        if not self.answer.called:
+        if self.exchange is not None and self.exchange.sink is not None and not self.streaming:
             self._start_timer()
 
     def _expire(self) -> None:
         self.timed_out = True
-        self.answer.cancel()
+        if self.exchange is not None:
+            self.exchange.cancel()
+        self.response_failed("no response within the timeout", False)
 
     def _client_gone(self, _: object) -> None:
-        if self.relay is not None:
-            self.relay.client_gone()  # the response had started: drop the backend
-        else:
-            self.answer.cancel()  # still waiting for the backend: give up on it
-
-    def _got_response(self, response: Any) -> defer.Deferred[None] | None:
         self._stop_timer()
-        request = self.request
-        request.setResponseCode(response.code, response.phrase)
-        listed = _connection_tokens(response.headers)
-        for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in HOP_BY_HOP and name.lower() not in listed:
-                request.responseHeaders.setRawHeaders(name, values)
-        if isinstance(response.length, int) and response.code not in (204, 304):
-            # Twisted's client keeps Content-Length to itself; pass it on, so the client
-            # can tell a complete body from a cut one (and HTTP/1.1 needs no chunking)
-            request.setHeader(b"content-length", str(response.length).encode())
-        if request.method == b"HEAD" or response.code in (204, 304):
-            response.deliverBody(protocol.Protocol())
-            request.finish()
-            return None
-        done: defer.Deferred[None] = defer.Deferred()
-        self.relay = _ResponseRelay(request, done)
-        response.deliverBody(self.relay)
-        return done
+        if self.exchange is not None:
+            self.exchange.cancel()  # a response half read cannot go back to the pool
 
-    def _failed(self, failure: Failure) -> None:
+    # --- ResponseSink ------------------------------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._stop_timer()
         request = self.request
         if not _answering(request):
             return
-        code, message = (504, "Gateway Timeout") if self.timed_out else (502, "Bad Gateway")
+        request.setResponseCode(status, reason or None)
+        listed: Any = ()
+        for name, value in headers:
+            if name.lower() == b"connection":
+                listed = {t.strip().lower() for t in value.split(b",")}
+        out = request.responseHeaders
+        bodiless = status in (204, 304)
+        for name, value in headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in listed:
+                continue
+            if bodiless and lower == b"content-length":
+                continue
+            out.addRawHeader(name, value)
+        if request.method != b"HEAD" and not bodiless and self.exchange is not None:
+            self.streaming = True
+            request.registerProducer(self.exchange, True)
+
+    def response_data(self, data: bytes) -> None:
+        request = self.request
+        if not _answering(request):
+            return
+        request.write(data)
+        if self._waiting or self.exchange is None:
+            return
+        blocked = connection_blocked(request)
+        if blocked is not None:
+            self._waiting = True
+            self.exchange.pauseProducing()
+            blocked.addBoth(self._pass_through_unblocked)
+
+    def _pass_through_unblocked(self, result: object) -> object:
+        """Ours is a side branch of Twisted's own chain: never pass a failure back into it."""
+        self._waiting = False
+        if _answering(self.request) and self.exchange is not None:
+            self.exchange.resumeProducing()
+        return result
+
+    def response_end(self) -> None:
+        request = self.request
+        if self.streaming and request.channel is not None:
+            request.unregisterProducer()
+        if _answering(request):
+            request.finish()
+
+    def response_failed(self, why: str, started: bool) -> None:
+        request = self.request
         self._stop_timer()
+        if self.streaming and request.channel is not None:
+            request.unregisterProducer()
+        if not _answering(request):
+            return
+        if started:
+            log.info("backend failed mid-body: {error}", error=why)
+            _abort(request)
+            return
+        code, message = (504, "Gateway Timeout") if self.timed_out else (502, "Bad Gateway")
         log.info(
             "proxy to {target} failed: {code} {error}",
             target=self.proxy.target.url,
             code=code,
-            error=failure.getErrorMessage(),
+            error=why,
         )
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -493,13 +518,10 @@ class ProxyResource(Resource):
         return b"upgrade" in [t.strip().lower() for t in tokens.split(b",")]
 
     def _upgrade(self, request: Request, outgoing: str) -> int:
-        headers = forwarded_headers(
-            request, self.flow, keep_upgrade=True, underscores=self.underscores
-        )
         head = h11.Request(
             method=request.method,
             target=outgoing.encode("utf-8", "surrogateescape"),
-            headers=[(name, v) for name, values in headers.getAllRawHeaders() for v in values],
+            headers=forwarded_pairs(request, self.flow, True, self.underscores, self.target.netloc),
         )
         upgrade.start(
             request,

@@ -35,7 +35,7 @@ _EARLY_LIMIT = 256 * 1024  # held while the backend connection is being set up
 
 @implementer(IBodyProducer)
 class BodySource:
-    """The request body as an IBodyProducer (what twisted.web.client.Agent sends)."""
+    """The request body as an IBodyProducer (what the backend client, web/client.py, sends)."""
 
     def __init__(self, request: StreamingRequest, length: int | None) -> None:
         self.request = request

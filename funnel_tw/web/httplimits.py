@@ -14,8 +14,9 @@ shows each):
 first byte), 414 (request line), 431 (a header line, the whole head, the header count), then
 closes; each refusal is reported to the site (``http_refused``) to be logged and counted. It
 overrides only public methods of HTTPChannel and LineReceiver; building the channel needs
-Twisted's private ``_GenericHTTPChannelProtocol`` (the HTTP/1.1-or-HTTP/2 switch), which is
-here alone.
+Twisted's private ``_GenericHTTPChannelProtocol`` (the HTTP/1.1-or-HTTP/2 switch), and
+passing only real pauses and resumes to the connection (:class:`ReadGate`) its private
+``_networkProducer``; both are here alone.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import _GenericHTTPChannelProtocol  # private: see the module docstring
+from zope.interface import implementer
 
 __all__ = ["HTTPLimits", "LimitedHTTPChannel", "RefusalSink", "limited_channel"]
 
@@ -64,6 +66,35 @@ def _refused_default(transport: Any, counter: str, reason: str) -> None:
     pass
 
 
+@implementer(IPushProducer)
+class ReadGate:
+    """The connection's reading as the channel pauses and resumes it, passing on only
+    changes. Twisted's HTTPChannel resumes its connection after every request whether it had
+    paused it or not; on the overlay each resume also flushes the stack's output at once,
+    which cost ~6 % of the node's small-request path (docs/performance.md)."""
+
+    paused = False
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.producer.stopProducing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)  # it is the transport: unregisterProducer...
+
+
 class LimitedHTTPChannel(http.HTTPChannel):
     """HTTPChannel with a head deadline and 408/414/431 answers (see the module docstring)."""
 
@@ -82,6 +113,7 @@ class LimitedHTTPChannel(http.HTTPChannel):
         self.totalHeadersSize = self.limits.max_head_bytes + 1
         self.maxHeaders = self.limits.max_headers + 1
         super().connectionMade()
+        self._networkProducer = ReadGate(self._networkProducer)
 
     # --- the head ------------------------------------------------------------------------
 

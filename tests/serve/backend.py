@@ -74,9 +74,22 @@ class Download(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class Chunked(resource.Resource):
+    """GET /chunked: three pieces without a Content-Length (so Twisted sends them chunked)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> int:
+        for piece in (b"one ", b"two ", b"three"):
+            request.write(piece)
+        request.finish()
+        return server.NOT_DONE_YET
+
+
 def backend_site() -> server.Site:
     root = resource.Resource()
     root.putChild(b"download", Download())
+    root.putChild(b"chunked", Chunked())
     echo = EchoRequest()
     root.getChild = lambda name, request: echo  # type: ignore[method-assign]
     return server.Site(root)

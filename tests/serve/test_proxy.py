@@ -148,6 +148,16 @@ proxy-timeout = 1
             self.assertEqual(len(out), size)
             self.assertEqual(hashlib.sha256(out).hexdigest(), expected)
 
+    async def test_chunked_and_head_responses_and_backend_reuse(self) -> None:
+        for version in ("--http1.1", "--http2"):
+            code, out, err = await self.curl("/chunked", version)
+            self.assertEqual((code, out), (0, b"one two three"), err)
+            code, out, err = await self.curl("/download/1000", version, "-I")
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"content-length: 1000", out.lower())
+        # six requests over six client connections, one after the other: one backend connection
+        self.assertEqual(len(self.backend.protocols), 1)
+
     async def test_http2_client_that_stops_reading_stalls_the_backend(self) -> None:
         """A client may open a 2 GiB HTTP/2 window and then read nothing: the node must pause
         the backend once its own connection backs up, not buffer the whole response."""

@@ -146,6 +146,21 @@ class LimitedChannelTests(SynchronousTestCase):
         self.assertEqual(site.refusals, [])
         self.assertFalse(transport.disconnecting)
 
+    def test_requests_resume_the_connection_only_when_paused(self) -> None:
+        """Twisted resumes the connection after every request; on the overlay a resume
+        flushes the stack's output, so the channel passes on only real pauses and resumes."""
+        protocol, transport, _, _ = connect()
+        calls: list[str] = []
+        transport.resumeProducing = lambda: calls.append("resume")  # type: ignore[method-assign]
+        transport.pauseProducing = lambda: calls.append("pause")  # type: ignore[method-assign]
+        for _ in range(3):
+            protocol.dataReceived(HEAD + b"\r\n")
+        self.assertEqual(transport.value().count(b"200 OK"), 3)
+        self.assertEqual(calls, [])
+        protocol._channel.pauseProducing()  # the response's consumer is full
+        protocol._channel.resumeProducing()
+        self.assertEqual(calls, ["pause", "resume"])
+
 
 class BodyRateTests(SynchronousTestCase):
     """serve/streaming.py: a body below the minimum rate is a 408, whatever the resource."""
