@@ -24,6 +24,7 @@ from ..overlay.interface import OverlayInterface
 from ..overlay.tunnel import display_endpoint
 from ..web.hostport import format_host_port
 from .balance import Balancer
+from .fallback import FallbackAcceptor
 from .health import Health
 from .public import ConnectionLimits, PublicConnection
 from .routes import Routes
@@ -66,6 +67,7 @@ class RelayObserver:
             self.access_log = AccessLog(ops.access_log, ops.access_log_format)
         self.registry = CollectorRegistry()
         self.registry.register(RelayCollector(self))
+        self.fallback: FallbackAcceptor | None = None  # nodes' TCP fallback links (service.py)
 
     def services(self) -> list[IService]:
         out: list[IService] = []
@@ -178,6 +180,7 @@ class RelayObserver:
             "public_ports": list(self.config.public_ports),
             "nodes": nodes,
             "pools": self.pools(),
+            "tcp_fallback": None if self.fallback is None else self.fallback.status(),
             "connections": {
                 "open": len(self.limits.open),
                 "max": self.limits.max_total,

@@ -63,6 +63,7 @@ class RelayService(MultiService):
         # metrics-listen, access-log, and the local API for `funnel-tw status` (first: a
         # second relay with the same state-dir stops there)
         self.observer = RelayObserver(reactor, config, self.overlay, self.limits, self.balancer)
+        self.observer.fallback = self.fallback
         self.localapi = LocalAPISite({STATUS_PATH: self.observer.status}, reactor)
         LocalAPIService(self.localapi, config.state_dir, reactor, "relay").setServiceParent(self)
         OverlayService(self.overlay).setServiceParent(self)

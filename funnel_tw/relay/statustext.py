@@ -66,6 +66,10 @@ def format_relay_status(doc: dict[str, Any]) -> str:
         f"  open {connections.get('open', 0)} of at most {connections.get('max', '?')}"
         f" ({connections.get('waiting_for_node', 0)} not yet with a node)"
     )
+    links = (doc.get("tcp_fallback") or {}).get("links")
+    if links:
+        lines += ["", "TCP fallback links (nodes whose UDP is blocked):"]
+        lines += [f"  {link}" for link in links]
     counters = doc.get("counters") or {}
     shown = sorted((counters.get("public") or {}).items())
     overlay = counters.get("overlay") or {}

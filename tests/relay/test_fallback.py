@@ -15,7 +15,9 @@ from twisted.trial.unittest import TestCase
 
 from funnel_tw.config import load_node_config
 from funnel_tw.node.service import NodeService
+from funnel_tw.node.status.document import status_document
 from funnel_tw.overlay.stream import ALPN, frame
+from funnel_tw.relay.statustext import format_relay_status
 from tests._support import free_port, wait_until
 
 from .test_public import NAME, Funnel
@@ -100,6 +102,15 @@ class RelayFallbackTests(TestCase):
         assert peer.endpoint is not None
         self.assertTrue(peer.endpoint[0].startswith("tcp://127.0.0.1:"))
         self.assertEqual(funnel.node.counters()["fallback"]["links"], 1)
+        # status on both sides says so
+        doc = funnel.relay.observer.status()
+        self.assertEqual(len(doc["tcp_fallback"]["links"]), 1)
+        self.assertTrue(doc["nodes"][0]["endpoint"].startswith("tcp://127.0.0.1:"))
+        text = format_relay_status(doc)
+        self.assertIn("TCP fallback links (nodes whose UDP is blocked):", text)
+        self.assertIn(doc["tcp_fallback"]["links"][0], text)
+        node_doc = status_document(funnel.node, reactor.seconds())
+        self.assertEqual(node_doc["peers"][0]["transport"], "tcp")
 
     async def test_shutdown_does_not_wait_for_links(self) -> None:
         """Links carry the connections being drained: they go last, not after the timeout."""
