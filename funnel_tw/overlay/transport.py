@@ -43,6 +43,8 @@ log = Logger()
 # Data held this long without the peer acknowledging any of it (or behind a zero window)
 # aborts the connection: generous for a reader that pauses, finite for one that is gone.
 USER_TIMEOUT = 300.0
+# The most one dataReceived call is given (a socket transport's read size).
+READ_CHUNK = 65536
 
 
 class TransportOwner(Protocol):
@@ -92,9 +94,22 @@ class OverlayTCPTransport:
     # --- events from the stack -----------------------------------------------------------------
 
     def _data(self, data: bytes) -> None:
-        if self.disconnecting or self._read_closed:
-            return  # the application said it wants no more
-        self.protocol.dataReceived(data)
+        """Deliver at most ``READ_CHUNK`` at a time and nothing while paused, as a socket
+        read would: a filled hole can hand over megabytes in order at once, and a reader
+        that pauses (its consumer is full) must not get them, or it buffers them itself."""
+        conn = self.conn
+        if len(data) <= READ_CHUNK and not conn.reading_paused:
+            if not (self.disconnecting or self._read_closed):
+                self.protocol.dataReceived(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), READ_CHUNK):
+            if self.disconnecting or self._read_closed:
+                return  # the application said it wants no more
+            if conn.reading_paused:
+                conn.hold(bytes(view[start:]))
+                return
+            self.protocol.dataReceived(bytes(view[start : start + READ_CHUNK]))
 
     def _eof(self) -> None:
         self._read_closed = True

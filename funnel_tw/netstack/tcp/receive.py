@@ -114,6 +114,15 @@ class ReceiveSide:
     def pause_reading(self) -> None:
         self.reading_paused = True
 
+    def hold(self, data: bytes) -> None:
+        """Give back delivered data the application did not take: it paused while DATA events
+        for it were queued, or partway through a large one. It is held (in order: nothing is
+        held while reading runs) and still counts against the window."""
+        if self.orphaned or not data:
+            return
+        self.held.append(data)
+        self.held_bytes += len(data)
+
     def resume_reading(self: Self) -> None:
         if not self.reading_paused:
             return
