@@ -12,6 +12,11 @@ After each step: the resident memory (VmRSS) of the relay, the node and Caddy, p
 over the baseline; and the latency of a fresh request made meanwhile (does the node still answer
 in milliseconds with all of them held?).
 
+``--tracemalloc``: the relay and the node run with ``tracemalloc`` and write a snapshot on
+SIGUSR2 (a ``sitecustomize`` put on their path); after the last step the Python allocations
+that grew, per connection and by line, are printed for each (OpenSSL's own memory is not in
+them: it is the rest of VmRSS).
+
 Loopback only; every run is bounded (``--budget`` seconds), and every process and socket is
 closed however the run ends.
 """
@@ -29,6 +34,7 @@ import ssl
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +43,16 @@ from funnel import CADDY_HOST, Bench, wait_for
 from funnel_tw.demo import HOSTNAME
 
 PER_SOURCE = 200
+SNAPSHOT_HOOK = """
+import os, signal, time, tracemalloc
+if os.environ.get("FUNNEL_TW_SNAPSHOT_DIR"):
+    tracemalloc.start(int(os.environ.get("FUNNEL_TW_SNAPSHOT_FRAMES", "1")))
+    def _snapshot(signum, frame):
+        path = f"{os.environ['FUNNEL_TW_SNAPSHOT_DIR']}/{os.getpid()}-{time.time_ns()}"
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.rename(path + ".tmp", path + ".snap")  # whole, or not there
+    signal.signal(signal.SIGUSR2, _snapshot)
+"""
 
 
 def rss_kib(pid: int) -> int:
@@ -103,6 +119,31 @@ class Idle:
         self.held = []
 
 
+def snapshot(pid: int, folder: Path) -> tracemalloc.Snapshot:
+    """Ask a daemon for a tracemalloc snapshot (SIGUSR2) and load it."""
+    before = set(folder.glob(f"{pid}-*.snap"))
+    os.kill(pid, signal.SIGUSR2)
+    wait_for(lambda: bool(set(folder.glob(f"{pid}-*.snap")) - before), "a snapshot", 60)
+    (path,) = set(folder.glob(f"{pid}-*.snap")) - before
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def report_growth(
+    name: str, base: tracemalloc.Snapshot, now: tracemalloc.Snapshot, n: int, top: int = 25
+) -> None:
+    """Python allocations that grew between two snapshots, per connection, by line."""
+    stats = now.compare_to(base, "lineno")
+    grown = sum(s.size_diff for s in stats)
+    print(f"\n{name}: Python allocations grew {grown / max(n, 1) / 1024:.1f} KiB/conn; top lines:")
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        path = frame.filename.split("site-packages/")[-1].split("/funnel_tw/")[-1]
+        print(
+            f"  {stat.size_diff / max(n, 1):8.0f} B/conn {stat.count_diff / max(n, 1):6.2f} "
+            f"blocks/conn  {path}:{frame.lineno}"
+        )
+
+
 async def run(bench: Bench, args: argparse.Namespace) -> None:
     backend = bench.start_backend()
     funnel_port, funnel_ca = start_funnel(bench, backend, args.connections)
@@ -112,9 +153,12 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
         "caddy": (Idle(caddy_port, CADDY_HOST, caddy_root), ["caddy-proxy"]),
     }
     deadline = time.monotonic() + args.budget
+    snaps = args.snapshot_dir
     for label, (idle, procs) in cases.items():
         await idle.request_ms()  # warm: code paths loaded before the baseline
         base = {p: rss_kib(bench.procs[p].pid) for p in procs}
+        traced = [p for p in procs if snaps and p in ("relay", "node")]
+        base_snaps = {p: snapshot(bench.procs[p].pid, snaps) for p in traced}
         print(f"\n{label}: baseline " + ", ".join(f"{p} {base[p] / 1024:.0f} MiB" for p in procs))
         target = 0
         try:
@@ -132,6 +176,8 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
                     + ", ".join(f"{p} {per[p]:.1f} KiB/conn" for p in procs)
                     + f"; a new request meanwhile {latency:.1f} ms (median of 5)"
                 )
+            for p in traced:
+                report_growth(p, base_snaps[p], snapshot(bench.procs[p].pid, snaps), n)
         except TimeoutError:
             print(f"  budget of {args.budget:.0f} s spent")
         finally:
@@ -157,6 +203,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--step", type=int, default=2500)
     parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--tracemalloc", action="store_true", help=__doc__.split("\n\n")[2])
     args = parser.parse_args()
     args.size_mib = 1  # the backend's big file is not used here
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -164,6 +211,17 @@ def main() -> int:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the daemons inherit it
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        args.snapshot_dir = None
+        if args.tracemalloc:  # the daemons inherit the environment (bench/funnel.py)
+            hook = Path(tmp) / "hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text(SNAPSHOT_HOOK)
+            args.snapshot_dir = Path(tmp) / "snapshots"
+            args.snapshot_dir.mkdir()
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(hook), os.environ.get("PYTHONPATH")])
+            )
+            os.environ["FUNNEL_TW_SNAPSHOT_DIR"] = str(args.snapshot_dir)
         bench = Bench(stack, Path(tmp), args)
         print(f"bench/idle.py: {args.connections} connections, {os.cpu_count()} cores")
         asyncio.run(run(bench, args))
