@@ -292,6 +292,39 @@ class CheckConfigTests(SynchronousTestCase):
         self.assertEqual(result.stderr, "".join(line + "\n" for line in expected))
         self.assertIn(f"{path}:3: [node] address: '1.2.3.4/99'", result.stderr)
 
+    def test_tcp_buffer_keys(self) -> None:
+        """The userspace stack's caps: each wrong one at its FILE:LINE, tun refuses them."""
+        node = f"[node]\nprivate-key = {encode_key(ALICE)}\naddress = 100.64.0.2/32\n"
+        path = self.write(
+            "node.ini", node + "tcp-receive-buffer-max = 100M\ntcp-send-buffer-max = 1M\n"
+        )
+        result = run(["check-config", path])
+        self.assertEqual((result.code, result.stdout), (1, ""))
+        self.assertEqual(
+            result.stderr,
+            f"{path}:4: [node] tcp-receive-buffer-max: 100M is more than 64M\n"
+            f"{path}:5: [node] tcp-send-buffer-max: 1M is less than 2M (the send buffer a"
+            " connection starts with)\n",
+        )
+        path = self.write("tun.ini", node + "network = tun\ntcp-memory = 1G\n")
+        result = run(["check-config", path])
+        self.assertEqual(
+            (result.code, result.stderr),
+            (
+                1,
+                f"{path}:5: [node] tcp-memory: applies to network = userspace only (tun: the"
+                " kernel's TCP)\n",
+            ),
+        )
+        self.write("relay.key", encode_key(generate_private_key()))
+        path = self.write(
+            "relay.ini",
+            "[relay]\nprivate-key-file = relay.key\naddress = 100.64.0.1/32\n"
+            "tcp-receive-buffer-max = 16M\ntcp-send-buffer-max = 16M\ntcp-memory = 1G\n",
+        )
+        result = run(["check-config", path])
+        self.assertEqual((result.code, result.stderr), (0, ""))
+
     def test_forced_kind(self) -> None:
         """--relay reads a node.ini as a relay.ini, and says what is wrong with that."""
         result = run(["check-config", "--relay", self.node_ini()])

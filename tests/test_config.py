@@ -1628,3 +1628,88 @@ class InspectKeysTests(ConfigTestCase):
             NODE + "inspect-listen = 127.0.0.1:4040\ninspect-mounts = /api/\n" + self.SERVE,
             "5: [node] inspect-mounts: /api/ is not a mount of any [serve] (/, /hooks/)",
         )
+
+
+class TCPBufferKeysTests(ConfigTestCase):
+    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory in [node] and [relay]: the
+    userspace TCP stack's caps."""
+
+    def test_defaults_are_the_stacks_own(self) -> None:
+        from funnel_tw.config import TCPBuffers
+        from funnel_tw.config.interface import _FIRST_SEND_BUFFER, _FIRST_WINDOW
+        from funnel_tw.netstack import tcp
+        from funnel_tw.netstack.stack import RECEIVE_MEMORY
+
+        stack = TCPBuffers(tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, RECEIVE_MEMORY)
+        self.assertEqual(load_node_config(self.write("node.ini", NODE)).tcp, stack)
+        self.assertEqual(load_relay_config(self.write("relay.ini", RELAY)).tcp, stack)
+        self.assertEqual((_FIRST_WINDOW, _FIRST_SEND_BUFFER), (tcp.RECEIVE_BUFFER, tcp.SEND_BUFFER))
+
+    def test_sizes_with_and_without_suffixes(self) -> None:
+        from funnel_tw.config import TCPBuffers
+
+        path = self.write(
+            "node.ini",
+            NODE + "network = userspace\ntcp-receive-buffer-max = 12M\n"
+            "tcp-send-buffer-max = 16384k\ntcp-memory = 1G\n",
+        )
+        self.assertEqual(load_node_config(path).tcp, TCPBuffers(12 << 20, 16 << 20, 1 << 30))
+        path = self.write(
+            "relay.ini",
+            RELAY + "tcp-receive-buffer-max = 131072\ntcp-send-buffer-max = 2M\n"
+            "tcp-memory = 128K\n",
+        )
+        self.assertEqual(load_relay_config(path).tcp, TCPBuffers(128 << 10, 2 << 20, 128 << 10))
+        path = self.write(
+            "r.ini", RELAY + "tcp-receive-buffer-max = 64m\ntcp-send-buffer-max = 64M\n"
+        )
+        self.assertEqual(load_relay_config(path).tcp, TCPBuffers(64 << 20, 64 << 20, 256 << 20))
+
+    def test_each_bound_is_an_error_at_its_line(self) -> None:
+        for loader, text, section in (
+            (load_node_config, NODE, "node"),
+            (load_relay_config, RELAY, "relay"),
+        ):
+            self.assertErrors(
+                text + "tcp-receive-buffer-max = 127K\ntcp-send-buffer-max = 2047K\n"
+                "tcp-memory = lots\n",
+                f"4: [{section}] tcp-receive-buffer-max: 127K is less than 128K (the window a"
+                " connection starts with)",
+                f"5: [{section}] tcp-send-buffer-max: 2047K is less than 2M (the send buffer a"
+                " connection starts with)",
+                f"6: [{section}] tcp-memory: 'lots' is not a size (bytes, or a number with k, M"
+                " or G)",
+                loader=loader,
+            )
+            self.assertErrors(
+                text + "tcp-receive-buffer-max = 65M\ntcp-send-buffer-max = 1G\n",
+                f"4: [{section}] tcp-receive-buffer-max: 65M is more than 64M",
+                f"5: [{section}] tcp-send-buffer-max: 1G is more than 64M",
+                loader=loader,
+            )
+            self.assertErrors(
+                text + "tcp-memory = 4M\n",
+                f"4: [{section}] tcp-memory: 4M is less than tcp-receive-buffer-max (6M): no"
+                " window could grow to it",
+                loader=loader,
+            )
+            self.assertErrors(
+                text + "tcp-memory = 16M\ntcp-receive-buffer-max = 32M\n",
+                f"4: [{section}] tcp-memory: 16M is less than tcp-receive-buffer-max (32M): no"
+                " window could grow to it",
+                loader=loader,
+            )
+
+    def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
+        self.assertErrors(
+            NODE + "tcp-receive-buffer-max = 100M\ntcp-memory = 8M\n",
+            "4: [node] tcp-receive-buffer-max: 100M is more than 64M",
+        )
+
+    def test_network_tun_refuses_them(self) -> None:
+        self.assertErrors(
+            NODE + "network = tun\ntcp-receive-buffer-max = 8M\ntcp-memory = 1G\n",
+            "5: [node] tcp-receive-buffer-max: applies to network = userspace only (tun: the"
+            " kernel's TCP)",
+            "6: [node] tcp-memory: applies to network = userspace only (tun: the kernel's TCP)",
+        )

@@ -16,6 +16,7 @@ from funnel_tw.config import (
     PeerConfig,
     RelayConfig,
     RelayNode,
+    TCPBuffers,
     load_node_config,
     load_relay_config,
 )
@@ -118,6 +119,25 @@ class NodePlanTests(PlanCase):
                 "private-key changed: restart to apply",
                 "state-dir changed: restart to apply",
             ),
+        )
+
+    def test_tcp_buffer_keys_need_a_restart(self) -> None:
+        """The userspace stack is built once: its caps change at the next start only."""
+        old = self.node()
+        new = attrs.evolve(old, tcp=attrs.evolve(old.tcp, memory=64 << 20))
+        self.assertEqual(node_plan(old, new).refused, ("tcp-memory changed: restart to apply",))
+        new = attrs.evolve(old, tcp=TCPBuffers(12 << 20, 16 << 20, old.tcp.memory))
+        self.assertEqual(
+            node_plan(old, new).refused,
+            (
+                "tcp-receive-buffer-max changed: restart to apply",
+                "tcp-send-buffer-max changed: restart to apply",
+            ),
+        )
+        relay = self.relay()
+        new_relay = attrs.evolve(relay, tcp=attrs.evolve(relay.tcp, send_buffer_max=4 << 20))
+        self.assertEqual(
+            relay_plan(relay, new_relay).refused, ("tcp-send-buffer-max changed: restart to apply",)
         )
 
     def test_hostnames(self) -> None:

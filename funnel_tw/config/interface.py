@@ -1,5 +1,6 @@
-"""What node.ini and relay.ini share: the WireGuard interface keys of [node] / [relay], and the
-checks across the peers of that interface ([peer NAME] / [node NAME])."""
+"""What node.ini and relay.ini share: the WireGuard interface keys of [node] / [relay], the
+userspace TCP stack's buffer caps (tcp-*), and the checks across the peers of that interface
+([peer NAME] / [node NAME])."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ from funnel_tw.keys import public_key
 
 from . import values
 from .ini import Section
-from .model import IPInterface, IPNetwork
+from .model import IPInterface, IPNetwork, TCPBuffers
 
-__all__ = ["WireGuardKeys", "check_peers", "wireguard_keys"]
+__all__ = ["TCP_KEYS", "WireGuardKeys", "check_peers", "tcp_buffers", "wireguard_keys"]
+
+TCP_KEYS = ("tcp-receive-buffer-max", "tcp-send-buffer-max", "tcp-memory")
+# netstack's tcp.RECEIVE_BUFFER and tcp.SEND_BUFFER: the window and send buffer a connection
+# starts with, so a cap below them would mean nothing
+_FIRST_WINDOW = 128 << 10
+_FIRST_SEND_BUFFER = 2 << 20
+# far below what window scale 14 allows (1 GiB): one connection holding more is a mistake
+_BUFFER_CAP = 64 << 20
 
 
 @attrs.frozen
@@ -65,3 +74,42 @@ def check_peers(peers: Sequence[tuple[Section, bytes, Sequence[IPNetwork]]], own
             if first is not section:
                 where = f"[{first.header}] (line {first.line('allowed-ips')})"
                 section.error("allowed-ips", f"{network} is already routed to {where}")
+
+
+def _buffer_size(value: str, low: int, what: str) -> int:
+    number = values.size(value)
+    if number < low:
+        raise ValueError(f"{value} is less than {values.size_text(low)} ({what})")
+    if number > _BUFFER_CAP:
+        raise ValueError(f"{value} is more than {values.size_text(_BUFFER_CAP)}")
+    return number
+
+
+def tcp_buffers(section: Section, userspace: bool = True) -> TCPBuffers:
+    """tcp-receive-buffer-max, tcp-send-buffer-max and tcp-memory of [node] / [relay]. With
+    ``network = tun`` the kernel's TCP sizes its own buffers: setting one is an error."""
+    default = TCPBuffers()
+    if not userspace:
+        for key in TCP_KEYS:
+            if key in section.values:
+                section.error(key, "applies to network = userspace only (tun: the kernel's TCP)")
+        return default
+    errors = len(section.file.errors)
+    receive = section.opt(
+        "tcp-receive-buffer-max",
+        lambda v: _buffer_size(v, _FIRST_WINDOW, "the window a connection starts with"),
+        default.receive_buffer_max,
+    )
+    send = section.opt(
+        "tcp-send-buffer-max",
+        lambda v: _buffer_size(v, _FIRST_SEND_BUFFER, "the send buffer a connection starts with"),
+        default.send_buffer_max,
+    )
+    memory = section.opt("tcp-memory", values.size, default.memory)
+    if memory < receive and len(section.file.errors) == errors:
+        section.error(
+            "tcp-memory",
+            f"{values.size_text(memory)} is less than tcp-receive-buffer-max"
+            f" ({values.size_text(receive)}): no window could grow to it",
+        )
+    return TCPBuffers(receive_buffer_max=receive, send_buffer_max=send, memory=memory)

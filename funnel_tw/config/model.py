@@ -38,6 +38,7 @@ __all__ = [
     "RelayConfig",
     "RelayNode",
     "ServePort",
+    "TCPBuffers",
     "TCPForward",
     "TLSConfig",
     "TLSTerminatedTCP",
@@ -186,6 +187,17 @@ class OpsConfig:
 
 
 @attrs.frozen
+class TCPBuffers:
+    """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes): the
+    userspace TCP stack's caps. The defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX,
+    tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY), written out here as config sits below it."""
+
+    receive_buffer_max: int = 6 << 20  # what one receive window may autotune up to
+    send_buffer_max: int = 8 << 20  # what one send buffer may grow to (2 x cwnd)
+    memory: int = 256 << 20  # the growth of all receive windows together
+
+
+@attrs.frozen
 class InspectConfig:
     """The request inspector ([node] inspect-*, docs/inspector.md): where its page and API
     listen, which mounts it captures (empty: all), how many requests it keeps, how much of
@@ -230,6 +242,7 @@ class NodeConfig:
     limits: ClientLimits = ClientLimits()
     inspect: InspectConfig | None = None  # [node] inspect-listen; None: no inspector
     enrollment: Path | None = None  # state-dir/enrollment.json, when the node joined a relay
+    tcp: TCPBuffers = TCPBuffers()  # tcp-* keys (network = userspace only)
 
 
 @attrs.frozen
@@ -288,3 +301,4 @@ class RelayConfig:
     enroll: EnrollConfig | None = None  # off unless enroll-port is set
     # the names among ``nodes`` that enrolled with a token (state-dir/enrolled-nodes.json)
     enrolled: frozenset[str] = frozenset()
+    tcp: TCPBuffers = TCPBuffers()  # tcp-* keys

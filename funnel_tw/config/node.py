@@ -17,7 +17,7 @@ from . import values
 from .access import ACCESS, access_policy, check_port_access
 from .enrolled import NODE_ENROLLMENT, Enrollment, read_enrollment
 from .ini import IniFile, Section, group_sections
-from .interface import check_peers, wireguard_keys
+from .interface import TCP_KEYS, check_peers, tcp_buffers, wireguard_keys
 from .model import (
     DEFAULT_PROXY_TIMEOUT,
     AccessPolicy,
@@ -56,6 +56,7 @@ _NODE_KEYS = (
     "mtu",
     "network",
     "state-dir",
+    *TCP_KEYS,
     *OPS_KEYS,
     "tls-handshake-timeout",
     "http-head-timeout",
@@ -312,6 +313,7 @@ def _node(section: Section, enrollment: Enrollment | None = None) -> NodeConfig 
     peerapi_port = section.opt("peerapi-port", values.port, 41642)
     network = section.opt("network", values.choice("userspace", "tun"), "userspace")
     state_dir = section.opt("state-dir", section.path, section.path("state"))
+    tcp = tcp_buffers(section, userspace=network == "userspace")
     ops = ops_config(section)
     limits = ClientLimits(
         tls_handshake_timeout=section.opt("tls-handshake-timeout", values.seconds, 10.0),
@@ -341,6 +343,7 @@ def _node(section: Section, enrollment: Enrollment | None = None) -> NodeConfig 
         ops=ops,
         limits=limits,
         enrollment=state_dir / NODE_ENROLLMENT if enrollment else None,
+        tcp=tcp,
     )
 
 

@@ -178,13 +178,17 @@ def peer_changes(
 # --- node.ini ---------------------------------------------------------------------------------
 
 # keys of both daemons that only a restart applies: the WireGuard identity and socket, the
-# state folder, and the listeners and files of metrics and access logs
+# state folder, the userspace TCP stack's buffer caps (the stack is built once), and the
+# listeners and files of metrics and access logs
 COMMON_RESTART: list[Restart] = [
     ("listen-port", lambda c: c.listen_port),
     ("private-key", lambda c: c.private_key),
     ("address", lambda c: c.addresses),
     ("state-dir", lambda c: c.state_dir),
     ("mtu", lambda c: c.mtu),
+    ("tcp-receive-buffer-max", lambda c: c.tcp.receive_buffer_max),
+    ("tcp-send-buffer-max", lambda c: c.tcp.send_buffer_max),
+    ("tcp-memory", lambda c: c.tcp.memory),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),

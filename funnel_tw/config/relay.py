@@ -14,7 +14,7 @@ from funnel_tw.keys import decode_key
 from . import values
 from .enrolled import RELAY_ENROLLED, read_enrolled_nodes, relay_node
 from .ini import IniFile, Section, group_sections
-from .interface import check_peers, wireguard_keys
+from .interface import TCP_KEYS, check_peers, tcp_buffers, wireguard_keys
 from .model import EnrollConfig, IPNetwork, RelayConfig, RelayNode
 from .ops import OPS_KEYS, ops_config
 
@@ -36,6 +36,7 @@ _RELAY_KEYS = (
     "shutdown-timeout",
     "state-dir",
     "mtu",
+    *TCP_KEYS,
     "tcp-fallback",
     "balance",
     *OPS_KEYS,
@@ -229,6 +230,7 @@ def _relay(section: Section) -> RelayConfig | None:
     tcp_fallback = section.opt("tcp-fallback", values.boolean, True)
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
+    tcp = tcp_buffers(section)  # the relay's overlay is always the userspace stack
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     ops = ops_config(section)
@@ -264,6 +266,7 @@ def _relay(section: Section) -> RelayConfig | None:
         ops=ops,
         enroll=enroll,
         balance=balance,
+        tcp=tcp,
     )
 
 

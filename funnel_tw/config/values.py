@@ -327,3 +327,11 @@ def size(value: str, low: int = 0, high: int = 1 << 40) -> int:
     if not low <= number <= high:
         raise ValueError(f"{value} is out of range ({low}..{high} bytes)")
     return number
+
+
+def size_text(number: int) -> str:
+    """A size as a file would write it: ``6M``, ``128K``, or bytes when no unit divides it."""
+    for unit in ("g", "m", "k"):
+        if number and number % _SIZE_UNITS[unit] == 0:
+            return f"{number // _SIZE_UNITS[unit]}{unit.upper()}"
+    return str(number)

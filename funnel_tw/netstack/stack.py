@@ -45,6 +45,7 @@ class Stack:
         receive_buffer: int = tcp.RECEIVE_BUFFER,
         receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
         receive_memory: int = RECEIVE_MEMORY,
+        send_buffer_max: int = tcp.SEND_BUFFER_MAX,
         max_connections: int = 4096,
         syn_backlog: int = 256,
         max_time_wait: int = 4096,
@@ -59,6 +60,7 @@ class Stack:
         # all connections' windows together may grow this much beyond their first ones (as
         # Linux's tcp_mem bounds TCP memory): what peers can make us hold stays bounded
         self.receive_memory = receive_memory
+        self.send_buffer_max = send_buffer_max  # what each send buffer may grow to (2 x cwnd)
         self.window_granted = 0
         self.max_connections = max_connections
         self.syn_backlog = syn_backlog
@@ -203,6 +205,7 @@ class Stack:
             now=now,
             receive_buffer=self.receive_buffer,
             receive_buffer_max=self.receive_buffer_max,
+            send_buffer_max=self.send_buffer_max,
             mss=self._mss_for(local),
         )
         self.connections[conn.key] = conn
@@ -334,6 +337,7 @@ class Stack:
             now=now,
             receive_buffer=self.receive_buffer,
             receive_buffer_max=self.receive_buffer_max,
+            send_buffer_max=self.send_buffer_max,
             mss=self._mss_for(dst),
         )
         self.connections[conn.key] = conn

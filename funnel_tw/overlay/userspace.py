@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from ..netstack import tcp
 from ..netstack.icmp import Echo, echo_request
-from ..netstack.stack import ECHO_REPLY, Stack
+from ..netstack.stack import ECHO_REPLY, RECEIVE_MEMORY, Stack
 from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
@@ -63,6 +63,8 @@ class UserspaceOverlayInterface:
         restricted: Mapping[str, frozenset[int]] | None = None,
         receive_buffer: int = tcp.RECEIVE_BUFFER,
         receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
+        send_buffer_max: int = tcp.SEND_BUFFER_MAX,
+        receive_memory: int = RECEIVE_MEMORY,
     ) -> None:
         self.reactor = reactor
         self.addresses = tuple(addresses)
@@ -74,6 +76,8 @@ class UserspaceOverlayInterface:
             mtu=mtu,
             receive_buffer=receive_buffer,
             receive_buffer_max=receive_buffer_max,
+            send_buffer_max=send_buffer_max,
+            receive_memory=receive_memory,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

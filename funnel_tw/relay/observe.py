@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import IService
@@ -178,6 +179,7 @@ class RelayObserver:
             "listen_port": self.overlay.port if self.overlay.tunnel is not None else None,
             "public_address": self.config.public_address,
             "public_ports": list(self.config.public_ports),
+            "tcp": attrs.asdict(self.config.tcp),  # the userspace stack's caps (tcp-* keys)
             "nodes": nodes,
             "pools": self.pools(),
             "tcp_fallback": None if self.fallback is None else self.fallback.status(),

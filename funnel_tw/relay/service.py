@@ -45,6 +45,9 @@ class RelayService(MultiService):
             peers=config.nodes,
             listen_port=config.listen_port,
             mtu=config.mtu,
+            receive_buffer_max=config.tcp.receive_buffer_max,
+            send_buffer_max=config.tcp.send_buffer_max,
+            receive_memory=config.tcp.memory,
         )
         self.routes = Routes(config.nodes)
         self.fallback = FallbackAcceptor(reactor, lambda: self.overlay.tunnel)

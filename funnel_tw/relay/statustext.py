@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..daemon.localapi.text import format_age, format_bytes, table
+from ..daemon.localapi.text import format_age, format_bytes, format_tcp_buffers, table
 
 
 def format_relay_status(doc: dict[str, Any]) -> str:
@@ -17,6 +17,7 @@ def format_relay_status(doc: dict[str, Any]) -> str:
         f"WireGuard UDP port {udp if udp is not None else '(not listening)'}, "
         f"public {doc.get('public_address')} ports {ports}"
     )
+    lines += format_tcp_buffers(doc.get("tcp"))
     lines += ["", "nodes:"]
     nodes = doc.get("nodes") or []
     if not nodes:

@@ -163,6 +163,42 @@ class SendBufferTests(SynchronousTestCase):
         # 40 MiB at 2 MiB per 100 ms would take 2 s; a growing buffer does better
         self.assertLess(took, 1.9)
 
+    def test_the_stacks_cap_holds_while_cwnd_grows(self) -> None:
+        """``Stack(send_buffer_max=...)`` (tcp-send-buffer-max) reaches every connection:
+        on a 100 ms path cwnd outgrows the cap, and ``send_limit`` stops at it."""
+        cap = 3 * MIB
+        net = long_path(0.1, send_buffer_max=cap)
+        self.assertEqual(net.a.stack.send_buffer_max, cap)
+        client, server = connected_pair(net)
+        self.assertEqual((client.send_buffer_max, server.send_buffer_max), (cap, cap))
+        total = 24 * MIB
+        written = 0
+        limits: list[int] = []
+        cwnds: list[int] = []
+        buffered: list[int] = []
+
+        def produce(kind: int = tcp.DRAINED, conn: object = None, data: object = None) -> None:
+            nonlocal written
+            if kind != tcp.DRAINED:
+                return
+            while written < total and client.send_buffered <= client.send_limit:
+                client.send(bytes(256 * 1024))
+                written += 256 * 1024
+
+        def done() -> bool:
+            limits.append(client.send_limit)
+            cwnds.append(client.cwnd)
+            buffered.append(client.send_buffered)
+            return len(net.b.data_received()) >= total
+
+        net.a.on_event = produce
+        produce()
+        net.run(done, timeout=60)
+        self.assertGreater(2 * max(cwnds), cap)  # uncapped, the limit would have passed it
+        self.assertEqual(max(limits), cap)
+        # what the application left with us: the cap and at most one write beyond it
+        self.assertLessEqual(max(buffered), cap + 256 * 1024)
+
 
 class TimerHeapTests(SynchronousTestCase):
     """Stack.next_deadline and tick look at the connections whose timers are due, not at

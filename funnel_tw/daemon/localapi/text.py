@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ...config.values import size_text
+
 
 def format_age(seconds: float) -> str:
     """``12s``, ``3m05s``, ``2h07m``, ``4d03h``."""
@@ -32,4 +36,16 @@ def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     return [
         (indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))).rstrip()
         for r in rows
+    ]
+
+
+def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
+    """The userspace TCP stack's caps (the ``tcp`` of a status document; None with tun) as
+    the keys that set them."""
+    if not tcp:
+        return []
+    return [
+        f"  TCP buffers: tcp-receive-buffer-max {size_text(tcp['receive_buffer_max'])}, "
+        f"tcp-send-buffer-max {size_text(tcp['send_buffer_max'])}, "
+        f"tcp-memory {size_text(tcp['memory'])}"
     ]

@@ -20,7 +20,7 @@ from ..owner import Owner
 from ..segment import ACK, FIN, RST, SYN, PacketBuilder, syn_options
 from .cubic import Cubic
 from .receive import RECEIVE_BUFFER_MAX, ReceiveSide, wscale_for
-from .send import SendSide
+from .send import SEND_BUFFER_MAX, SendSide
 from .sequence import MASK, unwrap
 from .state import CAN_RECEIVE, SYNCHRONIZED, State
 from .timers import DELAYED_ACK, TIME_WAIT_SECONDS, Timers
@@ -42,6 +42,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         receive_buffer: int,
         mss: int,
         receive_buffer_max: int = RECEIVE_BUFFER_MAX,
+        send_buffer_max: int = SEND_BUFFER_MAX,
     ) -> None:
         self.stack = stack
         self.local = local
@@ -58,7 +59,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.active_open = False
         self.local_mss = mss
         self.mss = min(536, mss)
-        self._init_send(iss)
+        self._init_send(iss, send_buffer_max)
         self._init_timers(now)
         self._init_receive(receive_buffer, receive_buffer_max)
 

@@ -70,7 +70,7 @@ class SendSide(RackSide, Pacing, Recovery):
         def _computed_rto(self) -> float: ...
         def _progress(self, now: float) -> None: ...
 
-    def _init_send(self, iss: int) -> None:
+    def _init_send(self, iss: int, send_buffer_max: int = SEND_BUFFER_MAX) -> None:
         self.iss = iss
         self.snd_una = iss
         self.snd_nxt = iss  # the next new sequence number (no go-back-N: always snd_max)
@@ -87,7 +87,7 @@ class SendSide(RackSide, Pacing, Recovery):
         self.fin_seq: int | None = None  # sequence number of our FIN once it has one
         self.drained_pending = False
         self.send_buffer = SEND_BUFFER
-        self.send_buffer_max = SEND_BUFFER_MAX
+        self.send_buffer_max = max(send_buffer_max, SEND_BUFFER)  # tcp-send-buffer-max
         self._low_water: int | None = None  # an explicit DRAINED mark (else half the limit)
         # what was sent and what became of it
         self.rtx: list[Sent] = []  # sequence order; rtx[rtx_head:] not yet acknowledged

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Any, Protocol, assert_never
 
+import attrs
+
 from ..._version import __version__
 from ...config import (
     HTTPSMounts,
@@ -161,6 +163,8 @@ def status_document(node: StatusSource, now: float) -> dict[str, Any]:
         "hostnames": list(config.hostnames),
         "addresses": [str(a) for a in config.addresses],
         "network": config.network,
+        # the userspace stack's caps (tcp-* keys); None where the kernel owns TCP (tun)
+        "tcp": attrs.asdict(config.tcp) if config.network == "userspace" else None,
         "listen_port": overlay.port if overlay.tunnel is not None else None,
         "peerapi_port": config.peerapi_port,
         # state-dir/enrollment.json when the node joined a relay by token (funnel-tw join)

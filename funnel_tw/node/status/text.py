@@ -6,7 +6,7 @@ import datetime
 import json
 from typing import Any
 
-from ...daemon.localapi.text import format_age, format_bytes
+from ...daemon.localapi.text import format_age, format_bytes, format_tcp_buffers
 from ...daemon.localapi.text import table as _table
 from .address import _EXPIRY_WARNING
 
@@ -74,6 +74,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"WireGuard UDP port {udp if udp is not None else '(not listening)'}, "
         f"peerAPI port {doc.get('peerapi_port')}"
     )
+    lines += format_tcp_buffers(doc.get("tcp"))
     if doc.get("joined"):
         lines.append(f"  joined a relay by token: addresses and relay peer from {doc['joined']}")
 

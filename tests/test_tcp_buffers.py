@@ -1,0 +1,91 @@
+"""The tcp-* keys reach the userspace stack of both daemons (built from their files, not
+started): what the operator wrote is what each new connection gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from funnel_tw.config import load_node_config, load_relay_config
+from funnel_tw.keys import encode_key, generate_private_key
+from funnel_tw.netstack.stack import Stack
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface
+
+KEYS = "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
+
+
+class _Files(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def write(self, name: str, section: str, address: str, extra: str) -> Path:
+        path = self.dir / name
+        path.write_text(
+            f"[{section}]\nprivate-key = {encode_key(generate_private_key())}\n"
+            f"address = {address}\nstate-dir = {self.dir / 'state'}\n{extra}"
+        )
+        return path
+
+
+class DaemonStackTests(_Files):
+    def assertStack(self, stack: Stack, receive: int, send: int, memory: int) -> None:
+        self.assertEqual(
+            (stack.receive_buffer_max, stack.send_buffer_max, stack.receive_memory),
+            (receive, send, memory),
+        )
+
+    def test_node(self) -> None:
+        from funnel_tw.node.service import NodeService
+
+        config = load_node_config(self.write("node.ini", "node", "100.64.0.2/32", KEYS))
+        overlay = NodeService(config, Clock()).overlay
+        assert isinstance(overlay, UserspaceOverlayInterface)
+        self.assertStack(overlay.stack, 12 << 20, 16 << 20, 96 << 20)
+
+    def test_relay(self) -> None:
+        from funnel_tw.relay.service import RelayService
+
+        config = load_relay_config(self.write("relay.ini", "relay", "100.64.0.1/32", KEYS))
+        self.assertStack(RelayService(config, Clock()).overlay.stack, 12 << 20, 16 << 20, 96 << 20)
+
+
+class StatusTests(_Files):
+    """``funnel-tw status`` shows the caps next to the overlay, as the keys that set them."""
+
+    LINE = "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M"
+
+    def test_node(self) -> None:
+        from funnel_tw.node.service import NodeService
+        from funnel_tw.node.status.document import status_document
+        from funnel_tw.node.status.text import format_status
+
+        config = load_node_config(self.write("node.ini", "node", "100.64.0.2/32", KEYS))
+        doc = status_document(NodeService(config, Clock()), 0.0)
+        self.assertEqual(
+            doc["tcp"],
+            {"receive_buffer_max": 12 << 20, "send_buffer_max": 16 << 20, "memory": 96 << 20},
+        )
+        self.assertEqual(format_status(doc).splitlines()[2], self.LINE)
+
+    def test_node_on_tun_shows_none(self) -> None:
+        from funnel_tw.node.service import NodeService
+        from funnel_tw.node.status.document import status_document
+        from funnel_tw.node.status.text import format_status
+
+        tun = "network = tun\n"
+        config = load_node_config(self.write("node.ini", "node", "100.64.0.2/32", tun))
+        doc = status_document(NodeService(config, Clock()), 0.0)  # not started: no device yet
+        self.assertIsNone(doc["tcp"])
+        self.assertNotIn("TCP buffers", format_status(doc))
+
+    def test_relay(self) -> None:
+        from funnel_tw.relay.service import RelayService
+        from funnel_tw.relay.statustext import format_relay_status
+
+        config = load_relay_config(self.write("relay.ini", "relay", "100.64.0.1/32", KEYS))
+        doc = RelayService(config, Clock()).observer.status()
+        self.assertEqual(doc["tcp"]["send_buffer_max"], 16 << 20)
+        self.assertEqual(format_relay_status(doc).splitlines()[2], self.LINE)
