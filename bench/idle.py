@@ -17,6 +17,9 @@ SIGUSR2 (a ``sitecustomize`` put on their path); after the last step the Python 
 that grew, per connection and by line, are printed for each (OpenSSL's own memory is not in
 them: it is the rest of VmRSS).
 
+``--profile``: after the last step, py-spy samples the relay and the node for 8 s while
+fresh requests run one after another; their latency and the hot spots are printed.
+
 Loopback only; every run is bounded (``--budget`` seconds), and every process and socket is
 closed however the run ends.
 """
@@ -29,8 +32,10 @@ import contextlib
 import os
 import re
 import resource
+import shutil
 import signal
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +43,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from funnel import CADDY_HOST, Bench, wait_for
+from funnel import CADDY_HOST, Bench, report_profile, wait_for
 
 from funnel_tw.demo import HOSTNAME
 
@@ -144,6 +149,36 @@ def report_growth(
         )
 
 
+async def profile_requests(bench: Bench, idle: Idle, seconds: int = 8) -> None:
+    """py-spy the relay and the node while fresh requests run one after another beside the
+    idle connections: where does a request's time go when thousands are held?"""
+    if not shutil.which("py-spy"):
+        print("  py-spy not found: no profile")
+        return
+    spies = {}
+    for name in ("relay", "node"):
+        out = bench.folder / f"{name}-idle.pyspy.txt"
+        argv = ["py-spy", "record", "--format", "raw", "-d", str(seconds), "--idle"]
+        argv += ["--nonblocking", "-p", str(bench.procs[name].pid), "-o", str(out)]
+        spies[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        times.append(await idle.request_ms())
+    times.sort()
+    print(
+        f"\n  {len(times)} requests while sampling: p50 {times[len(times) // 2]:.1f} ms, "
+        f"max {times[-1]:.1f} ms"
+    )
+    for name, (spy, out) in spies.items():
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        if out.exists():
+            report_profile(name, out)
+
+
 async def run(bench: Bench, args: argparse.Namespace) -> None:
     backend = bench.start_backend()
     funnel_port, funnel_ca = start_funnel(bench, backend, args.connections)
@@ -178,6 +213,8 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
                 )
             for p in traced:
                 report_growth(p, base_snaps[p], snapshot(bench.procs[p].pid, snaps), n)
+            if args.profile and label == "funnel":
+                await profile_requests(bench, idle)
         except TimeoutError:
             print(f"  budget of {args.budget:.0f} s spent")
         finally:
@@ -204,6 +241,7 @@ def main() -> int:
     parser.add_argument("--step", type=int, default=2500)
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--tracemalloc", action="store_true", help=__doc__.split("\n\n")[2])
+    parser.add_argument("--profile", action="store_true", help=__doc__.split("\n\n")[3])
     args = parser.parse_args()
     args.size_mib = 1  # the backend's big file is not used here
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -121,6 +121,9 @@ class StreamLink(protocol.Protocol):
     def connectionMade(self) -> None:
         self.open = True
         self.last_received = self.reactor.seconds()
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)  # datagrams: each goes now, not after an ACK of the last (Nagle)
         self.transport.registerProducer(self, True)
         self._arm_idle()
         self.on_open(self)

@@ -99,6 +99,9 @@ class PublicConnection(splice.SpliceEnd):
         if not self.factory.admit(self):
             self.transport.abortConnection()
             return
+        # what the node sends goes out at once: with Nagle, a response's second TLS record
+        # waited for the client's delayed ACK (40 ms on Linux) on every new connection
+        self.transport.setTcpNoDelay(True)
         reactor = self.factory.reactor
         self.last_activity = reactor.seconds()
         self._timer = reactor.callLater(self.factory.client_hello_timeout, self._hello_timeout)

@@ -70,6 +70,15 @@ def _no(*args: object) -> None:
     pass
 
 
+class TCPTransport(StringTransport):
+    """A StringTransport with the Nagle switch of a TCP one."""
+
+    nodelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+
 class LinkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -83,8 +92,12 @@ class LinkTests(SynchronousTestCase):
             lambda link, why: self.events.append(f"closed: {why}"),
             idle=60.0,
         )
-        self.transport = StringTransport()
+        self.transport = TCPTransport()
         self.link.makeConnection(self.transport)
+
+    def test_no_nagle(self) -> None:
+        """A datagram goes out when sent, not after the peer acknowledged the one before."""
+        self.assertTrue(self.transport.nodelay)
 
     def test_datagrams_in_and_out(self) -> None:
         self.assertEqual(self.events, ["open"])

@@ -165,6 +165,19 @@ class RelayTests(TestCase):
         self.assertTrue(answer.endswith(b"hello from the backend"))
         self.assertEqual(f.counters()["spliced"], 1)
 
+    async def test_no_nagle_towards_the_client(self) -> None:
+        """The relay's public sockets send at once: with Nagle, the second TLS record of a
+        fresh connection's first answer waited for the client's delayed ACK (+40 ms)."""
+        f = Funnel(self)
+        await f.ready()
+        with socket.create_connection(("127.0.0.1", f.public), timeout=10) as raw:
+            await f.holding(1)
+            (conn,) = f.relay.limits.open
+            handle = conn.transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await eventually(lambda: not f.relay.limits.open, 5)
+
     async def test_wildcard_route(self) -> None:
         f = Funnel(self)
         await f.ready()
