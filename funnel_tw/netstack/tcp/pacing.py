@@ -12,6 +12,8 @@ quantum, and the overlay's GSO batches are a quantum each.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 PACING_SS_RATIO = 2.0
 PACING_CA_RATIO = 1.2
 PACING_QUANTUM = 0.001  # seconds of data released at once
@@ -20,6 +22,9 @@ PACING_MAX_QUANTUM = 64 * 1024
 
 class Pacing:
     """The pacer of :class:`~.connection.Connection` (a mixin: one object, one state)."""
+
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
 
     mss: int
     cwnd: int

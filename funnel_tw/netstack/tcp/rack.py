@@ -55,6 +55,9 @@ def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
 class RackSide:
     """RACK-TLP state of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
+
     stack: Owner[Self]
     mss: int
     srtt: float | None

@@ -23,6 +23,9 @@ from .rack import INFLIGHT, LOST, SACKED, Sent
 class Recovery:
     """The congestion state of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
+
     # What this part uses of the rest of the connection, declared for the type checker only.
     stack: Owner[Self]
     mss: int
@@ -46,7 +49,7 @@ class Recovery:
     rtx: list[Sent]
     rtx_head: int
     in_flight: OrderedDict[Sent, None]
-    lost_q: deque[Sent]
+    lost_q: deque[Sent] | None
     lost_bytes: int
     dupacks: int
     reno_sacked: int
@@ -156,7 +159,7 @@ class Recovery:
         for rec in records:
             rec.state = INFLIGHT
         self.lost_bytes = 0
-        self.lost_q.clear()
+        self.lost_q = None
 
     # --- the retransmission timeout ------------------------------------------------------------
 
@@ -186,6 +189,6 @@ class Recovery:
             lost += rec.end - rec.start
             lost_q.append(rec)
         self.in_flight = OrderedDict()
-        self.lost_q = lost_q
+        self.lost_q = lost_q or None
         self.lost_bytes = lost
         self._send_data(now)

@@ -45,6 +45,9 @@ def _start(rec: Sent) -> int:
 class SendSide(RackSide, Pacing, Recovery):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
+
     # What this part uses of the rest of the connection, declared for the type checker only.
     # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
     # concrete Connection, which this module cannot name (it is built from this one).
@@ -93,7 +96,9 @@ class SendSide(RackSide, Pacing, Recovery):
         self.rtx: list[Sent] = []  # sequence order; rtx[rtx_head:] not yet acknowledged
         self.rtx_head = 0
         self.in_flight: OrderedDict[Sent, None] = OrderedDict()
-        self.lost_q: deque[Sent] = deque()  # to retransmit (lazily skipped once delivered)
+        # to retransmit (lazily skipped once delivered); None when empty: an empty deque
+        # costs 760 bytes, for every idle connection
+        self.lost_q: deque[Sent] | None = None
         self.sacked_bytes = 0
         self.lost_bytes = 0
         self.reno_sacked = 0  # without SACK: one segment per duplicate ACK (as Linux counts)
@@ -179,6 +184,8 @@ class SendSide(RackSide, Pacing, Recovery):
         rec.state = LOST
         self.lost_bytes += rec.end - rec.start
         del self.in_flight[rec]
+        if self.lost_q is None:
+            self.lost_q = deque()
         self.lost_q.append(rec)
 
     def _forget_sent(self) -> None:
@@ -186,7 +193,7 @@ class SendSide(RackSide, Pacing, Recovery):
         self.rtx = []
         self.rtx_head = 0
         self.in_flight = OrderedDict()
-        self.lost_q = deque()
+        self.lost_q = None
         self.undo_ranges = None
 
     # --- output --------------------------------------------------------------------------------
@@ -262,6 +269,8 @@ class SendSide(RackSide, Pacing, Recovery):
             lost_q.popleft()
             self._retransmit(rec, now, options)
             sent = True
+        if lost_q is not None and lost_q is self.lost_q:
+            self.lost_q = None  # all sent: an empty deque still costs 760 bytes
         # 2. new data within both windows, at the pacing rate
         data_end = self._data_end()
         while self.snd_nxt < data_end and not self._pace_blocked(now):
@@ -480,7 +489,12 @@ class SendSide(RackSide, Pacing, Recovery):
             self.reordering_seen = True  # delivered below what was already SACKed
         if ack > self.rack_fack:
             self.rack_fack = ack
-        if i >= 1024 and i * 2 >= len(rtx):
+        if i == len(rtx):
+            if i:  # all acknowledged: drop the records, and the table in_flight grew to
+                rtx.clear()
+                i = 0
+                self.in_flight = OrderedDict()
+        elif i >= 1024 and i * 2 >= len(rtx):
             del rtx[:i]
             i = 0
         self.rtx_head = i
@@ -521,7 +535,10 @@ class SendSide(RackSide, Pacing, Recovery):
         if data_acked > 0:
             self.buf_off += data_acked
             self.buf_seq += data_acked
-            if self.buf_off >= 65536 and self.buf_off * 2 >= len(self.sndbuf):
+            if self.buf_off == len(self.sndbuf):
+                self.sndbuf = bytearray()  # all acknowledged: give the capacity back (idle)
+                self.buf_off = 0
+            elif self.buf_off >= 65536 and self.buf_off * 2 >= len(self.sndbuf):
                 del self.sndbuf[: self.buf_off]
                 self.buf_off = 0
         self.snd_una = ack

@@ -34,6 +34,9 @@ ORPHAN_TIMEOUT = 30.0  # after the application let go: no progress this long res
 class Timers:
     """The timers of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
+
     # What this part uses of the rest of the connection, declared for the type checker only.
     # Methods that hand ``self`` to the owner say ``self: Self``: the owner expects the
     # concrete Connection, which this module cannot name (it is built from this one).
