@@ -101,7 +101,9 @@ class PublicConnection(splice.SpliceEnd):
             return
         # what the node sends goes out at once: with Nagle, a response's second TLS record
         # waited for the client's delayed ACK (40 ms on Linux) on every new connection
-        self.transport.setTcpNoDelay(True)
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
         reactor = self.factory.reactor
         self.last_activity = reactor.seconds()
         self._timer = reactor.callLater(self.factory.client_hello_timeout, self._hello_timeout)
