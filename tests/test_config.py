@@ -1638,9 +1638,11 @@ class TCPBufferKeysTests(ConfigTestCase):
         from funnel_tw.config import TCPBuffers
         from funnel_tw.config.interface import _FIRST_SEND_BUFFER, _FIRST_WINDOW
         from funnel_tw.netstack import tcp
-        from funnel_tw.netstack.stack import RECEIVE_MEMORY
+        from funnel_tw.netstack.stack import MAX_CONNECTIONS, RECEIVE_MEMORY
 
-        stack = TCPBuffers(tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, RECEIVE_MEMORY)
+        stack = TCPBuffers(
+            tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, RECEIVE_MEMORY, MAX_CONNECTIONS
+        )
         self.assertEqual(load_node_config(self.write("node.ini", NODE)).tcp, stack)
         self.assertEqual(load_relay_config(self.write("relay.ini", RELAY)).tcp, stack)
         self.assertEqual((_FIRST_WINDOW, _FIRST_SEND_BUFFER), (tcp.RECEIVE_BUFFER, tcp.SEND_BUFFER))
@@ -1699,6 +1701,24 @@ class TCPBufferKeysTests(ConfigTestCase):
                 " window could grow to it",
                 loader=loader,
             )
+
+    def test_max_connections(self) -> None:
+        """tcp-max-connections: how many overlay connections the stack holds at once; the
+        relay's max-connections (one overlay connection each) must fit in it."""
+        path = self.write("n.ini", NODE + "tcp-max-connections = 40000\n")
+        self.assertEqual(load_node_config(path).tcp.connections, 40000)
+        self.assertErrors(
+            NODE + "tcp-max-connections = 10\n",
+            "4: [node] tcp-max-connections: 10 is out of range (64..1000000)",
+        )
+        self.assertErrors(
+            RELAY + "max-connections = 20000\n",
+            "4: [relay] max-connections: 20000 is more than tcp-max-connections (16384), the"
+            " overlay connections that can carry them",
+            loader=load_relay_config,
+        )
+        path = self.write("r.ini", RELAY + "max-connections = 20000\ntcp-max-connections = 30000\n")
+        self.assertEqual(load_relay_config(path).tcp.connections, 30000)
 
     def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
         self.assertErrors(

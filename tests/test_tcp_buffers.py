@@ -13,7 +13,10 @@ from funnel_tw.keys import encode_key, generate_private_key
 from funnel_tw.netstack.stack import Stack
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 
-KEYS = "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
+KEYS = (
+    "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
+    "tcp-max-connections = 20000\n"
+)
 
 
 class _Files(SynchronousTestCase):
@@ -33,8 +36,13 @@ class _Files(SynchronousTestCase):
 class DaemonStackTests(_Files):
     def assertStack(self, stack: Stack, receive: int, send: int, memory: int) -> None:
         self.assertEqual(
-            (stack.receive_buffer_max, stack.send_buffer_max, stack.receive_memory),
-            (receive, send, memory),
+            (
+                stack.receive_buffer_max,
+                stack.send_buffer_max,
+                stack.receive_memory,
+                stack.max_connections,
+            ),
+            (receive, send, memory, 20000),
         )
 
     def test_node(self) -> None:
@@ -55,7 +63,10 @@ class DaemonStackTests(_Files):
 class StatusTests(_Files):
     """``funnel-tw status`` shows the caps next to the overlay, as the keys that set them."""
 
-    LINE = "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M"
+    LINE = (
+        "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M,"
+        " tcp-max-connections 20000"
+    )
 
     def test_node(self) -> None:
         from funnel_tw.node.service import NodeService
@@ -66,7 +77,12 @@ class StatusTests(_Files):
         doc = status_document(NodeService(config, Clock()), 0.0)
         self.assertEqual(
             doc["tcp"],
-            {"receive_buffer_max": 12 << 20, "send_buffer_max": 16 << 20, "memory": 96 << 20},
+            {
+                "receive_buffer_max": 12 << 20,
+                "send_buffer_max": 16 << 20,
+                "memory": 96 << 20,
+                "connections": 20000,
+            },
         )
         self.assertEqual(format_status(doc).splitlines()[2], self.LINE)
 

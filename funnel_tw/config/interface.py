@@ -16,7 +16,7 @@ from .model import IPInterface, IPNetwork, TCPBuffers
 
 __all__ = ["TCP_KEYS", "WireGuardKeys", "check_peers", "tcp_buffers", "wireguard_keys"]
 
-TCP_KEYS = ("tcp-receive-buffer-max", "tcp-send-buffer-max", "tcp-memory")
+TCP_KEYS = ("tcp-receive-buffer-max", "tcp-send-buffer-max", "tcp-memory", "tcp-max-connections")
 # netstack's tcp.RECEIVE_BUFFER and tcp.SEND_BUFFER: the window and send buffer a connection
 # starts with, so a cap below them would mean nothing
 _FIRST_WINDOW = 128 << 10
@@ -112,4 +112,9 @@ def tcp_buffers(section: Section, userspace: bool = True) -> TCPBuffers:
             f"{values.size_text(memory)} is less than tcp-receive-buffer-max"
             f" ({values.size_text(receive)}): no window could grow to it",
         )
-    return TCPBuffers(receive_buffer_max=receive, send_buffer_max=send, memory=memory)
+    connections = section.opt(
+        "tcp-max-connections", lambda v: values.integer(v, 64, 1_000_000), default.connections
+    )
+    return TCPBuffers(
+        receive_buffer_max=receive, send_buffer_max=send, memory=memory, connections=connections
+    )

@@ -188,13 +188,15 @@ class OpsConfig:
 
 @attrs.frozen
 class TCPBuffers:
-    """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes): the
-    userspace TCP stack's caps. The defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX,
-    tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY), written out here as config sits below it."""
+    """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes) and
+    tcp-max-connections: the userspace TCP stack's caps. The defaults are netstack's own
+    (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS),
+    written out here as config sits below it."""
 
     receive_buffer_max: int = 6 << 20  # what one receive window may autotune up to
     send_buffer_max: int = 8 << 20  # what one send buffer may grow to (2 x cwnd)
     memory: int = 256 << 20  # the growth of all receive windows together
+    connections: int = 16384  # connections at once (stack.MAX_CONNECTIONS)
 
 
 @attrs.frozen

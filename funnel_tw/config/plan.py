@@ -189,6 +189,7 @@ COMMON_RESTART: list[Restart] = [
     ("tcp-receive-buffer-max", lambda c: c.tcp.receive_buffer_max),
     ("tcp-send-buffer-max", lambda c: c.tcp.send_buffer_max),
     ("tcp-memory", lambda c: c.tcp.memory),
+    ("tcp-max-connections", lambda c: c.tcp.connections),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),

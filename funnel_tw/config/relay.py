@@ -231,6 +231,14 @@ def _relay(section: Section) -> RelayConfig | None:
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
     tcp = tcp_buffers(section)  # the relay's overlay is always the userspace stack
+    if max_connections > tcp.connections:
+        # each public connection is one overlay connection to a node: the stack would refuse
+        # the rest, as resets after the ClientHello, not as max-connections refusals
+        section.error(
+            "max-connections",
+            f"{max_connections} is more than tcp-max-connections ({tcp.connections}),"
+            " the overlay connections that can carry them",
+        )
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     ops = ops_config(section)

@@ -36,6 +36,11 @@ RECEIVE_MEMORY = 256 << 20  # window growth, all connections together
 _NO_OPTIONS = parse_options(b"")
 
 
+# connections at once (tcp-max-connections): above the relay's default max-connections (10,000),
+# one overlay connection each, with room for probes and tailnet peers
+MAX_CONNECTIONS = 16384
+
+
 class Stack:
     def __init__(
         self,
@@ -46,7 +51,7 @@ class Stack:
         receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
         receive_memory: int = RECEIVE_MEMORY,
         send_buffer_max: int = tcp.SEND_BUFFER_MAX,
-        max_connections: int = 4096,
+        max_connections: int = MAX_CONNECTIONS,
         syn_backlog: int = 256,
         max_time_wait: int = 4096,
         verify_checksums: bool = False,

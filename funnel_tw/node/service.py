@@ -153,6 +153,7 @@ class NodeService(MultiService):
             receive_buffer_max=config.tcp.receive_buffer_max,
             send_buffer_max=config.tcp.send_buffer_max,
             receive_memory=config.tcp.memory,
+            max_connections=config.tcp.connections,
         )
         LocalAPIService(self, reactor).setServiceParent(self)  # first: a second node stops here
         OverlayService(self.overlay).setServiceParent(self)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Interface, IPv6Interface
 
 from ..netstack import tcp
-from ..netstack.stack import RECEIVE_MEMORY
+from ..netstack.stack import MAX_CONNECTIONS, RECEIVE_MEMORY
 from ..wireguard.constants import DEFAULT, Constants
 from .interface import IOverlayReactor, OverlayInterface, PeerSpec
 from .userspace import UserspaceOverlayInterface
@@ -26,6 +26,7 @@ def build_overlay(
     receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
     send_buffer_max: int = tcp.SEND_BUFFER_MAX,
     receive_memory: int = RECEIVE_MEMORY,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> OverlayInterface:
     """``network = userspace`` (the default, no privileges) or ``tun`` (CAP_NET_ADMIN). The
     TCP buffer caps are the userspace stack's; with tun the kernel's TCP has its own."""
@@ -56,4 +57,5 @@ def build_overlay(
         receive_buffer_max=receive_buffer_max,
         send_buffer_max=send_buffer_max,
         receive_memory=receive_memory,
+        max_connections=max_connections,
     )

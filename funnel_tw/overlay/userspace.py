@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from ..netstack import tcp
 from ..netstack.icmp import Echo, echo_request
-from ..netstack.stack import ECHO_REPLY, RECEIVE_MEMORY, Stack
+from ..netstack.stack import ECHO_REPLY, MAX_CONNECTIONS, RECEIVE_MEMORY, Stack
 from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
@@ -65,6 +65,7 @@ class UserspaceOverlayInterface:
         receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
         send_buffer_max: int = tcp.SEND_BUFFER_MAX,
         receive_memory: int = RECEIVE_MEMORY,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.reactor = reactor
         self.addresses = tuple(addresses)
@@ -78,6 +79,7 @@ class UserspaceOverlayInterface:
             receive_buffer_max=receive_buffer_max,
             send_buffer_max=send_buffer_max,
             receive_memory=receive_memory,
+            max_connections=max_connections,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

@@ -48,6 +48,7 @@ class RelayService(MultiService):
             receive_buffer_max=config.tcp.receive_buffer_max,
             send_buffer_max=config.tcp.send_buffer_max,
             receive_memory=config.tcp.memory,
+            max_connections=config.tcp.connections,
         )
         self.routes = Routes(config.nodes)
         self.fallback = FallbackAcceptor(reactor, lambda: self.overlay.tunnel)

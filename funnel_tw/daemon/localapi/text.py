@@ -47,5 +47,6 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
     return [
         f"  TCP buffers: tcp-receive-buffer-max {size_text(tcp['receive_buffer_max'])}, "
         f"tcp-send-buffer-max {size_text(tcp['send_buffer_max'])}, "
-        f"tcp-memory {size_text(tcp['memory'])}"
+        f"tcp-memory {size_text(tcp['memory'])}, "
+        f"tcp-max-connections {tcp.get('connections', '?')}"
     ]
