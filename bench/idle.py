@@ -147,6 +147,11 @@ def report_growth(
             f"  {stat.size_diff / max(n, 1):8.0f} B/conn {stat.count_diff / max(n, 1):6.2f} "
             f"blocks/conn  {path}:{frame.lineno}"
         )
+    if now.traceback_limit > 1:  # --tracemalloc-frames: where from
+        for stat in now.compare_to(base, "traceback")[:5]:
+            print(f"  {stat.size_diff / max(n, 1):8.0f} B/conn, allocated at:")
+            for line in stat.traceback.format(most_recent_first=True)[::2][:10]:
+                print(f"      {line.strip()}")
 
 
 async def profile_requests(bench: Bench, idle: Idle, seconds: int = 8) -> None:
@@ -242,6 +247,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--tracemalloc", action="store_true", help=__doc__.split("\n\n")[2])
     parser.add_argument("--profile", action="store_true", help=__doc__.split("\n\n")[3])
+    parser.add_argument("--tracemalloc-frames", type=int, default=1, help="frames per trace")
     args = parser.parse_args()
     args.size_mib = 1  # the backend's big file is not used here
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -260,6 +266,7 @@ def main() -> int:
                 filter(None, [str(hook), os.environ.get("PYTHONPATH")])
             )
             os.environ["FUNNEL_TW_SNAPSHOT_DIR"] = str(args.snapshot_dir)
+            os.environ["FUNNEL_TW_SNAPSHOT_FRAMES"] = str(args.tracemalloc_frames)
         bench = Bench(stack, Path(tmp), args)
         print(f"bench/idle.py: {args.connections} connections, {os.cpu_count()} cores")
         asyncio.run(run(bench, args))
