@@ -1703,22 +1703,20 @@ class TCPBufferKeysTests(ConfigTestCase):
             )
 
     def test_max_connections(self) -> None:
-        """tcp-max-connections: how many overlay connections the stack holds at once; the
-        relay's max-connections (one overlay connection each) must fit in it."""
+        """tcp-max-connections: how many overlay connections the stack holds at once; on the
+        relay, unless set, enough for max-connections (one overlay connection each)."""
         path = self.write("n.ini", NODE + "tcp-max-connections = 40000\n")
         self.assertEqual(load_node_config(path).tcp.connections, 40000)
         self.assertErrors(
             NODE + "tcp-max-connections = 10\n",
             "4: [node] tcp-max-connections: 10 is out of range (64..1000000)",
         )
-        self.assertErrors(
-            RELAY + "max-connections = 20000\n",
-            "4: [relay] max-connections: 20000 is more than tcp-max-connections (16384), the"
-            " overlay connections that can carry them",
-            loader=load_relay_config,
-        )
-        path = self.write("r.ini", RELAY + "max-connections = 20000\ntcp-max-connections = 30000\n")
-        self.assertEqual(load_relay_config(path).tcp.connections, 30000)
+        path = self.write("r.ini", RELAY + "max-connections = 20000\n")
+        self.assertEqual(load_relay_config(path).tcp.connections, 20000 + 1024)
+        path = self.write("r.ini", RELAY + "max-connections = 20000\ntcp-max-connections = 900\n")
+        self.assertEqual(load_relay_config(path).tcp.connections, 900)  # as the operator said
+        path = self.write("r.ini", RELAY + "max-connections = 100\n")
+        self.assertEqual(load_relay_config(path).tcp.connections, 16384)
 
     def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
         self.assertErrors(

@@ -231,14 +231,10 @@ def _relay(section: Section) -> RelayConfig | None:
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
     tcp = tcp_buffers(section)  # the relay's overlay is always the userspace stack
-    if max_connections > tcp.connections:
-        # each public connection is one overlay connection to a node: the stack would refuse
-        # the rest, as resets after the ClientHello, not as max-connections refusals
-        section.error(
-            "max-connections",
-            f"{max_connections} is more than tcp-max-connections ({tcp.connections}),"
-            " the overlay connections that can carry them",
-        )
+    if "tcp-max-connections" not in section.values:
+        # each spliced public connection is one overlay connection to a node: unless told
+        # otherwise, the stack holds as many as max-connections admits, and some more
+        tcp = attrs.evolve(tcp, connections=max(tcp.connections, max_connections + 1024))
     if redirect_port is not None and redirect_port in public_ports:
         section.error("http-redirect-port", "is also one of public-ports")
     ops = ops_config(section)
