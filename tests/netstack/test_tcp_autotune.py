@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.netstack import tcp
@@ -15,6 +17,28 @@ SIZE = 24 * MIB
 
 def long_path(rtt: float, **stack_args: object) -> Net:
     return Net.pair(profile=LinkProfile(latency=rtt / 2), seed=3, **stack_args)
+
+
+def keep_filled(
+    net: Net, client: tcp.Connection, total: int, after: Callable[[], None] | None = None
+) -> None:
+    """A producer as the overlay transport is: it writes 256 KiB at a time while
+    ``send_buffered <= send_limit``, now and at each DRAINED, until ``total`` is written;
+    ``after`` runs after each turn."""
+    written = 0
+
+    def produce(kind: int = tcp.DRAINED, conn: object = None, data: object = None) -> None:
+        nonlocal written
+        if kind != tcp.DRAINED:
+            return
+        while written < total and client.send_buffered <= client.send_limit:
+            client.send(bytes(256 * 1024))
+            written += 256 * 1024
+        if after is not None:
+            after()
+
+    net.a.on_event = produce
+    produce()
 
 
 class ReceiveAutotuningTests(SynchronousTestCase):
@@ -144,20 +168,8 @@ class SendBufferTests(SynchronousTestCase):
         net = long_path(0.1)
         client, _ = connected_pair(net)
         total = 40 * MIB
-        written = 0
         limits: list[int] = []
-
-        def produce(kind: int = tcp.DRAINED, conn: object = None, data: object = None) -> None:
-            nonlocal written
-            if kind != tcp.DRAINED:
-                return
-            while written < total and client.send_buffered <= client.send_limit:
-                client.send(bytes(256 * 1024))
-                written += 256 * 1024
-            limits.append(client.send_limit)
-
-        net.a.on_event = produce
-        produce()
+        keep_filled(net, client, total, lambda: limits.append(client.send_limit))
         took = net.run(lambda: len(net.b.data_received()) >= total, timeout=60)
         self.assertGreater(max(limits), tcp.SEND_BUFFER)
         # 40 MiB at 2 MiB per 100 ms would take 2 s; a growing buffer does better
@@ -172,18 +184,9 @@ class SendBufferTests(SynchronousTestCase):
         client, server = connected_pair(net)
         self.assertEqual((client.send_buffer_max, server.send_buffer_max), (cap, cap))
         total = 24 * MIB
-        written = 0
         limits: list[int] = []
         cwnds: list[int] = []
         buffered: list[int] = []
-
-        def produce(kind: int = tcp.DRAINED, conn: object = None, data: object = None) -> None:
-            nonlocal written
-            if kind != tcp.DRAINED:
-                return
-            while written < total and client.send_buffered <= client.send_limit:
-                client.send(bytes(256 * 1024))
-                written += 256 * 1024
 
         def done() -> bool:
             limits.append(client.send_limit)
@@ -191,8 +194,7 @@ class SendBufferTests(SynchronousTestCase):
             buffered.append(client.send_buffered)
             return len(net.b.data_received()) >= total
 
-        net.a.on_event = produce
-        produce()
+        keep_filled(net, client, total)
         net.run(done, timeout=60)
         self.assertGreater(2 * max(cwnds), cap)  # uncapped, the limit would have passed it
         self.assertEqual(max(limits), cap)
