@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "TCP_DEFAULTS",
     "AccessPolicy",
     "ClientLimits",
     "EnrollConfig",
@@ -197,6 +198,9 @@ class TCPBuffers:
     send_buffer_max: int = 8 << 20  # what one send buffer may grow to (2 x cwnd)
     memory: int = 256 << 20  # the growth of all receive windows together
     connections: int = 16384  # connections at once (stack.MAX_CONNECTIONS)
+
+
+TCP_DEFAULTS = TCPBuffers()  # frozen: one instance serves every default
 
 
 @attrs.frozen

@@ -150,10 +150,7 @@ class NodeService(MultiService):
             mtu=config.mtu,
             # funnel-ingress peers (relays) reach the peerAPI port and nothing else
             restricted={p.name: ingress_port for p in config.peers if p.funnel_ingress},
-            receive_buffer_max=config.tcp.receive_buffer_max,
-            send_buffer_max=config.tcp.send_buffer_max,
-            receive_memory=config.tcp.memory,
-            max_connections=config.tcp.connections,
+            caps=config.tcp,
         )
         LocalAPIService(self, reactor).setServiceParent(self)  # first: a second node stops here
         OverlayService(self.overlay).setServiceParent(self)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Interface, IPv6Interface
 
-from ..netstack import tcp
-from ..netstack.stack import MAX_CONNECTIONS, RECEIVE_MEMORY
+from ..config.model import TCP_DEFAULTS, TCPBuffers
 from ..wireguard.constants import DEFAULT, Constants
 from .interface import IOverlayReactor, OverlayInterface, PeerSpec
 from .userspace import UserspaceOverlayInterface
@@ -23,10 +22,7 @@ def build_overlay(
     mtu: int,
     constants: Constants = DEFAULT,
     restricted: Mapping[str, frozenset[int]] | None = None,
-    receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
-    send_buffer_max: int = tcp.SEND_BUFFER_MAX,
-    receive_memory: int = RECEIVE_MEMORY,
-    max_connections: int = MAX_CONNECTIONS,
+    caps: TCPBuffers = TCP_DEFAULTS,
 ) -> OverlayInterface:
     """``network = userspace`` (the default, no privileges) or ``tun`` (CAP_NET_ADMIN). The
     TCP buffer caps are the userspace stack's; with tun the kernel's TCP has its own."""
@@ -54,8 +50,5 @@ def build_overlay(
         mtu=mtu,
         constants=constants,
         restricted=restricted,
-        receive_buffer_max=receive_buffer_max,
-        send_buffer_max=send_buffer_max,
-        receive_memory=receive_memory,
-        max_connections=max_connections,
+        caps=caps,
     )

@@ -28,9 +28,10 @@ from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..config.model import TCP_DEFAULTS, TCPBuffers
 from ..netstack import tcp
 from ..netstack.icmp import Echo, echo_request
-from ..netstack.stack import ECHO_REPLY, MAX_CONNECTIONS, RECEIVE_MEMORY, Stack
+from ..netstack.stack import ECHO_REPLY, Stack
 from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
@@ -62,10 +63,7 @@ class UserspaceOverlayInterface:
         constants: Constants = DEFAULT,
         restricted: Mapping[str, frozenset[int]] | None = None,
         receive_buffer: int = tcp.RECEIVE_BUFFER,
-        receive_buffer_max: int = tcp.RECEIVE_BUFFER_MAX,
-        send_buffer_max: int = tcp.SEND_BUFFER_MAX,
-        receive_memory: int = RECEIVE_MEMORY,
-        max_connections: int = MAX_CONNECTIONS,
+        caps: TCPBuffers = TCP_DEFAULTS,
     ) -> None:
         self.reactor = reactor
         self.addresses = tuple(addresses)
@@ -76,10 +74,10 @@ class UserspaceOverlayInterface:
             [a.ip.packed for a in self.addresses],
             mtu=mtu,
             receive_buffer=receive_buffer,
-            receive_buffer_max=receive_buffer_max,
-            send_buffer_max=send_buffer_max,
-            receive_memory=receive_memory,
-            max_connections=max_connections,
+            receive_buffer_max=caps.receive_buffer_max,
+            send_buffer_max=caps.send_buffer_max,
+            receive_memory=caps.memory,
+            max_connections=caps.connections,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

@@ -45,10 +45,7 @@ class RelayService(MultiService):
             peers=config.nodes,
             listen_port=config.listen_port,
             mtu=config.mtu,
-            receive_buffer_max=config.tcp.receive_buffer_max,
-            send_buffer_max=config.tcp.send_buffer_max,
-            receive_memory=config.tcp.memory,
-            max_connections=config.tcp.connections,
+            caps=config.tcp,
         )
         self.routes = Routes(config.nodes)
         self.fallback = FallbackAcceptor(reactor, lambda: self.overlay.tunnel)
