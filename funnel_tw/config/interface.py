@@ -86,8 +86,9 @@ def _buffer_size(value: str, low: int, what: str) -> int:
 
 
 def tcp_buffers(section: Section, userspace: bool = True) -> TCPBuffers:
-    """tcp-receive-buffer-max, tcp-send-buffer-max and tcp-memory of [node] / [relay]. With
-    ``network = tun`` the kernel's TCP sizes its own buffers: setting one is an error."""
+    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory and tcp-max-connections of
+    [node] / [relay]. With ``network = tun`` the kernel's TCP sizes its own buffers: setting
+    one is an error."""
     default = TCPBuffers()
     if not userspace:
         for key in TCP_KEYS:

@@ -269,7 +269,7 @@ class SendSide(RackSide, Pacing, Recovery):
             lost_q.popleft()
             self._retransmit(rec, now, options)
             sent = True
-        if lost_q is not None and lost_q is self.lost_q:
+        if not self.lost_q:
             self.lost_q = None  # all sent: an empty deque still costs 760 bytes
         # 2. new data within both windows, at the pacing rate
         data_end = self._data_end()
