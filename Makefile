@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 30
 
 .PHONY: demo test lint type check bench fuzz system-deps clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml setup.py funnel_tw/netstack/_checksum.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat

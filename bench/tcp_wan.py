@@ -10,7 +10,10 @@ in each, MTU 1420, and the seeded UDP impairment relay between them (tests/inter
 - ``ours-linux``: our userspace node overlay (funnel-tw's WireGuard and TCP/IP stack) in X,
   wireguard-go with the Linux kernel's TCP in Y;
 - ``linux-linux``: wireguard-go and kernel TCP on both ends (the reference);
-- ``ours-ours``: our overlay on both ends.
+- ``ours-ours``: our overlay on both ends;
+- ``pure-linux``: as ``ours-linux`` with ``FUNNEL_TW_PURE_PYTHON=1`` on our end, so without
+  the compiled checksum (not in the default ``--pairs``; run it beside ``ours-linux`` to see
+  what the C extension is worth).
 
 The relay adds RTT/2 each way, and per path: ``clean``; ``loss``, 0.5 % of the datagrams
 dropped each way; ``reorder``, 3 % of them held 5 ms more, so the ones behind overtake them.
@@ -61,6 +64,8 @@ LABELS = {
     ("linux-linux", "yx"): "Linux→Linux (Y→X)",
     ("ours-ours", "xy"): "ours→ours",
     ("ours-ours", "yx"): "ours→ours (Y→X)",
+    ("pure-linux", "xy"): "ours (pure Python)→Linux",
+    ("pure-linux", "yx"): "Linux→ours (pure Python)",
 }
 
 # what our receiving stack counted during a transfer (shown when not zero)
@@ -198,6 +203,11 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "—"
 
 
+def rate_of(cell: Cell, pair: str, direction: str) -> float | None:
+    t = cell.transfers.get((pair, direction))
+    return None if t is None else t.mbit
+
+
 def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.Namespace) -> None:
     out: list[str] = []
     out.append(
@@ -213,23 +223,35 @@ def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.
 
     for cell in cells:
 
-        def rate(pair: str, direction: str, cell: Cell = cell) -> float | None:
-            t = cell.transfers.get((pair, direction))
-            return None if t is None else t.mbit
-
         def show(pair: str, direction: str, cell: Cell = cell) -> str:
             if (pair, direction) in cell.failures:
                 return "failed"
-            return fmt(rate(pair, direction))
+            return fmt(rate_of(cell, pair, direction))
 
-        ol, lo = rate("ours-linux", "xy"), rate("ours-linux", "yx")
-        ll = rate("linux-linux", "xy")
+        ol, lo = rate_of(cell, "ours-linux", "xy"), rate_of(cell, "ours-linux", "yx")
+        ll = rate_of(cell, "linux-linux", "xy")
         out.append(
             f"| {cell.rtt} | {cell.path} | {show('ours-linux', 'xy')} | "
             f"{show('ours-linux', 'yx')} | {ratio(ol, lo)} | {show('linux-linux', 'xy')} | "
             f"{show('linux-linux', 'yx')} | {ratio(ol, ll)} | {show('ours-ours', 'xy')} | "
             f"{show('ours-ours', 'yx')} |"
         )
+    pure = [c for c in cells if any(p == "pure-linux" for p, _ in c.transfers)]
+    if pure:
+        out.append("")
+        out.append("Without the compiled fast path (FUNNEL_TW_PURE_PYTHON=1 on our end):")
+        out.append("")
+        out.append(
+            "| RTT ms | path | ours→Linux C | pure Python | C ÷ pure | Linux→ours C | pure |"
+        )
+        out.append("|---:|---|---:|---:|---:|---:|---:|")
+        for cell in pure:
+            c_up, py_up = rate_of(cell, "ours-linux", "xy"), rate_of(cell, "pure-linux", "xy")
+            c_down, py_down = rate_of(cell, "ours-linux", "yx"), rate_of(cell, "pure-linux", "yx")
+            out.append(
+                f"| {cell.rtt} | {cell.path} | {fmt(c_up)} | {fmt(py_up)} | "
+                f"{ratio(c_up, py_up)} | {fmt(c_down)} | {fmt(py_down)} |"
+            )
     out.append("")
     out.append(
         "ours/Linux: our TCP sending ÷ Linux sending on the same pair and path (the issue's "

@@ -1,21 +1,53 @@
-"""The Internet checksum (RFC 1071), computed with one big-integer reduction.
+"""The Internet checksum (RFC 1071): a C extension when it is built, else one big-integer
+reduction.
 
-The ones'-complement sum of 16-bit words equals the buffer read as one big-endian integer
-modulo 0xFFFF (because 2**16 == 1 mod 0xFFFF), which CPython computes in C: far faster than
-a Python loop over words.
+Every segment our TCP sends is checksummed over its whole payload, so this is on the send
+path's per-packet bill: the pure-Python sum of a 1,368-byte payload costs ~3.5 us, the C one
+~0.1 us (docs/performance.md, "Compiled fast path"). ``pip install`` builds
+``_checksum.c`` with the machine's compiler when there is one (setup.py, ``optional``);
+``FUNNEL_TW_PURE_PYTHON=1`` in the environment keeps the pure-Python code even when it is
+built, for the benchmarks' side-by-side runs and the tests of both.
+
+The pure-Python sum: the ones'-complement sum of 16-bit words equals the buffer read as one
+big-endian integer modulo 0xFFFF (because 2**16 == 1 mod 0xFFFF), which CPython computes in C.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Protocol
 
-def ones_sum(data: bytes) -> int:
-    """The folded 16-bit ones'-complement sum of ``data`` (0xFFFF rather than 0 when nonzero)."""
-    if len(data) & 1:
-        data += b"\x00"
-    total = int.from_bytes(data, "big") % 0xFFFF
-    if total == 0 and any(data):
+Buffer = bytes | bytearray | memoryview
+
+
+class OnesSum(Protocol):
+    def __call__(self, data: Buffer, start: int = 0, /) -> int: ...
+
+
+def py_ones_sum(data: Buffer, start: int = 0, /) -> int:
+    """The folded 16-bit ones'-complement sum of ``data`` (an odd length padded with a zero
+    byte) plus ``start``, a previous sum: 0xFFFF rather than 0 when anything was nonzero."""
+    total = ((int.from_bytes(data, "big") << (8 * (len(data) & 1))) + start) % 0xFFFF
+    if total == 0 and (start or any(data)):
         return 0xFFFF
     return total
+
+
+def _load() -> tuple[OnesSum, str]:
+    if os.environ.get("FUNNEL_TW_PURE_PYTHON") == "1":
+        return py_ones_sum, "python (FUNNEL_TW_PURE_PYTHON=1)"
+    try:
+        from ._checksum import ones_sum as c_ones_sum
+    except ImportError:
+        return py_ones_sum, "python (the C extension is not built)"
+    return c_ones_sum, "C"
+
+
+#: ``ones_sum(data, start=0)``: the C one when built and not turned off, else py_ones_sum.
+ones_sum: OnesSum
+#: Which one ``ones_sum`` is, for status and logs.
+IMPLEMENTATION: str
+ones_sum, IMPLEMENTATION = _load()
 
 
 def checksum(*parts: bytes) -> int:

@@ -114,12 +114,7 @@ class PacketBuilder:
             pseudo = self.src + self.dst + length.to_bytes(4, "big") + b"\x00\x00\x00\x06"
         # Ones'-complement sums add up piecewise (every piece but the last of even length),
         # so the payload is summed where it lies instead of being copied into one buffer.
-        total = int.from_bytes(pseudo + header + options, "big") % 0xFFFF
-        if payload:
-            odd = len(payload) & 1
-            total += (int.from_bytes(payload, "big") << (8 * odd)) % 0xFFFF
-        total %= 0xFFFF
-        csum = (~total & 0xFFFF) if total else 0  # the header is never all zeros: sum 0xFFFF
+        csum = ~ones_sum(payload, ones_sum(pseudo + header + options)) & 0xFFFF
         tcp_header = header[:16] + csum.to_bytes(2, "big") + header[18:]
         if self.v4:
             self.ident = (self.ident + 1) & 0xFFFF

@@ -39,7 +39,10 @@ PORT_X, PORT_Y, RELAY_PORT, SINK_PORT = 51820, 51821, 51830, 5001
 #: path -> (loss %, reordered %) each way
 PATHS = {"clean": (0.0, 0.0), "loss": (0.5, 0.0), "reorder": (0.0, 3.0)}
 REORDER_MS = 5.0
-PAIRS = ("ours-linux", "linux-linux", "ours-ours")
+PAIRS = ("ours-linux", "linux-linux", "ours-ours", "pure-linux")
+#: ``pure``: our overlay with FUNNEL_TW_PURE_PYTHON=1 (no compiled fast path), for the side by
+#: side with ``ours`` (docs/performance.md, "Compiled fast path")
+PURE_ENV = {"FUNNEL_TW_PURE_PYTHON": "1"}
 
 
 def mbit(nbytes: int, seconds: float) -> float:
@@ -64,8 +67,15 @@ def socket_drops(ns: h.Namespace, port: int) -> int:
 class End:
     """``tests.interop.wan_ends`` in a namespace: commands on stdin, JSON lines on stdout."""
 
-    def __init__(self, add_cleanup: h.AddCleanup, ns: h.Namespace, work: Path, *args: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def __init__(
+        self,
+        add_cleanup: h.AddCleanup,
+        ns: h.Namespace,
+        work: Path,
+        *args: str,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(h.REPO_ROOT), env.get("PYTHONPATH")]))
         env.pop("FUNNEL_TW_TCP_TRACE", None)  # traces are switched on per transfer
         self.stderr_path = work / f"end-{h.unique_suffix()}.stderr"
@@ -110,6 +120,7 @@ class Side:
     kind: str  # "ours" or "linux"
     addr: str
     wg_port: int
+    pure: bool = False  # ours, without the compiled fast path
     end: End | None = None
 
 
@@ -194,7 +205,8 @@ class WanPairs:
             built.stack.close()
 
     def _build(self, pair: str, stack: contextlib.ExitStack) -> Setup:
-        kind_x, kind_y = ("ours" if k == "ours" else "linux" for k in pair.split("-"))
+        ends = pair.split("-")
+        kind_x, kind_y = ("ours" if k in ("ours", "pure") else "linux" for k in ends)
         self.subnet = self.subnet % 250 + 1
         ip_x, ip_y = f"10.233.{self.subnet}.1", f"10.233.{self.subnet}.2"
         x_ns = h.Namespace("wx")
@@ -204,8 +216,8 @@ class WanPairs:
         h.veth_pair(x_ns, y_ns, f"{ip_x}/24", f"{ip_y}/24")
         work = self.tmp / f"{pair}-{self.subnet}"
         work.mkdir()
-        x = Side(x_ns, kind_x, X4, PORT_X)
-        y = Side(y_ns, kind_y, Y4, PORT_Y)
+        x = Side(x_ns, kind_x, X4, PORT_X, pure=ends[0] == "pure")
+        y = Side(y_ns, kind_y, Y4, PORT_Y, pure=ends[1] == "pure")
         wgs: dict[str, h.WireGuardGo] = {}
         keys: dict[str, h.KeyPair] = {}
         for name, side in (("x", x), ("y", y)):
@@ -238,7 +250,10 @@ class WanPairs:
                     (f"{other.addr}/32",), listen_port=side.wg_port, endpoint=endpoint,
                     extra=NodeIni(mtu=self.mtu), filename=f"{name}.ini",
                 )  # fmt: skip
-                side.end = End(stack.callback, side.ns, work, "ours", "--config", str(ini), *common)
+                side.end = End(
+                    stack.callback, side.ns, work, "ours", "--config", str(ini), *common,
+                    env_extra=PURE_ENV if side.pure else None,
+                )  # fmt: skip
             side.end.wait_for("ready", 30)
         return Setup(pair, x, y, ip_y, stack)
 

@@ -1,12 +1,19 @@
-"""The Internet checksum (funnel_tw.netstack.checksum) against a word-by-word reference."""
+"""The Internet checksum (funnel_tw.netstack.checksum) against a word-by-word reference:
+the sum's two implementations (C and pure Python) each, then checksum() and verify()."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from funnel_tw.netstack.checksum import checksum, ones_sum, verify
+from funnel_tw.netstack import checksum as checksum_module
+from funnel_tw.netstack.checksum import OnesSum, checksum, py_ones_sum, verify
 
 from .reference import naive_checksum, naive_ones_sum
 
@@ -19,11 +26,126 @@ def _with_checksum(data: bytes, offset: int) -> bytes:
     return zeroed[:offset] + checksum(zeroed).to_bytes(2, "big") + zeroed[offset + 2 :]
 
 
+def _property_tests() -> tuple[Callable[..., None], Callable[..., None]]:
+    """Fresh hypothesis tests for each implementation's class (hypothesis refuses one test
+    function run from two classes)."""
+
+    @given(st.binary(max_size=3000))
+    def test_matches_reference(self: _OnesSumTests, data: bytes) -> None:
+        self.assertEqual(self.ones_sum(data), naive_ones_sum(data))
+
+    @given(st.binary(max_size=64).map(lambda b: b[: len(b) & ~1]), st.binary(max_size=1500))
+    def test_start_chains_pieces(self: _OnesSumTests, even: bytes, rest: bytes) -> None:
+        # How PacketBuilder sums header and payload without joining them.
+        self.assertEqual(self.ones_sum(rest, self.ones_sum(even)), naive_ones_sum(even + rest))
+
+    return test_matches_reference, test_start_chains_pieces
+
+
+class _OnesSumTests:
+    """Run against each implementation: ``ones_sum`` is set by the subclasses."""
+
+    ones_sum: OnesSum
+    assertEqual = SynchronousTestCase.assertEqual
+    assertRaises = SynchronousTestCase.assertRaises
+
+    def test_rfc1071_example(self) -> None:
+        self.assertEqual(self.ones_sum(h("0001f203f4f5f6f7")), 0xDDF2)
+
+    def test_odd_lengths_pad_with_zero(self) -> None:
+        self.assertEqual(self.ones_sum(b"\x12"), 0x1200)
+        self.assertEqual(self.ones_sum(b"\x12\x34\x56"), 0x1234 + 0x5600)
+
+    def test_end_around_carry(self) -> None:
+        self.assertEqual(self.ones_sum(h("ffff0001")), 0x0001)
+        self.assertEqual(self.ones_sum(h("ffffffff")), 0xFFFF)
+        self.assertEqual(self.ones_sum(h("8000800080000000")), 0x8001)
+
+    def test_nonzero_data_never_sums_to_zero(self) -> None:
+        # 0xFFFF, not 0: the sum of data that is not all zeros is never +0.
+        self.assertEqual(self.ones_sum(h("fffe0001")), 0xFFFF)
+        self.assertEqual(self.ones_sum(b""), 0)
+        self.assertEqual(self.ones_sum(bytes(6)), 0)
+        self.assertEqual(self.ones_sum(b"", 0xFFFF), 0xFFFF)
+        self.assertEqual(self.ones_sum(h("fffe"), 1), 0xFFFF)
+
+    def test_start_is_added_with_carry(self) -> None:
+        self.assertEqual(self.ones_sum(h("0102"), 0x0304), 0x0406)
+        self.assertEqual(self.ones_sum(h("ffff"), 0x0002), 0x0002)
+        self.assertEqual(self.ones_sum(b"", 0x1234), 0x1234)
+
+    def test_takes_any_buffer(self) -> None:
+        data = bytes(range(256)) * 7
+        want = naive_ones_sum(data)
+        self.assertEqual(self.ones_sum(bytearray(data)), want)
+        self.assertEqual(self.ones_sum(memoryview(data)), want)
+        # A slice that starts at an odd address, as payload views in the netstack do.
+        self.assertEqual(self.ones_sum(memoryview(data)[1:1001]), naive_ones_sum(data[1:1001]))
+
+
+class PythonOnesSumTests(_OnesSumTests, SynchronousTestCase):
+    ones_sum = staticmethod(py_ones_sum)
+    test_matches_reference, test_start_chains_pieces = _property_tests()
+
+
+class COnesSumTests(_OnesSumTests, SynchronousTestCase):
+    test_matches_reference, test_start_chains_pieces = _property_tests()
+
+    def setUp(self) -> None:
+        try:
+            from funnel_tw.netstack._checksum import ones_sum
+        except ImportError:
+            if os.environ.get("FUNNEL_TW_REQUIRE_INTEROP") == "1":
+                self.fail("the C checksum extension is not built (pip install -e . builds it)")
+            raise SkipTest("the C checksum extension is not built") from None
+        self.ones_sum = ones_sum
+
+    def test_start_out_of_range(self) -> None:
+        self.assertRaises(ValueError, self.ones_sum, b"", 0x10000)
+        self.assertRaises(OverflowError, self.ones_sum, b"", -1)
+        self.assertRaises(TypeError, self.ones_sum, "text")
+        self.assertRaises(TypeError, self.ones_sum)
+
+
+class SelectionTests(SynchronousTestCase):
+    def _implementation(self, **env: str) -> str:
+        code = "from funnel_tw.netstack.checksum import IMPLEMENTATION; print(IMPLEMENTATION)"
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    def test_pure_python_switch(self) -> None:
+        self.assertEqual(
+            self._implementation(FUNNEL_TW_PURE_PYTHON="1"), "python (FUNNEL_TW_PURE_PYTHON=1)"
+        )
+
+    def test_c_when_built(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "FUNNEL_TW_PURE_PYTHON"}
+        if checksum_module.IMPLEMENTATION.startswith("python (the C"):
+            raise SkipTest("the C checksum extension is not built")
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from funnel_tw.netstack import checksum as c; "
+                "print(c.IMPLEMENTATION, c.ones_sum is c.py_ones_sum)",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.assertEqual(out.stdout.split(), ["C", "False"])
+
+
 class ChecksumTests(SynchronousTestCase):
     def test_rfc1071_example(self) -> None:
-        data = h("0001f203f4f5f6f7")
-        self.assertEqual(ones_sum(data), 0xDDF2)
-        self.assertEqual(checksum(data), 0x220D)
+        self.assertEqual(checksum(h("0001f203f4f5f6f7")), 0x220D)
 
     def test_ipv4_header_example(self) -> None:
         header = h("450000730000400040110000c0a80001c0a800c7")
@@ -31,22 +153,11 @@ class ChecksumTests(SynchronousTestCase):
         self.assertTrue(verify(header[:10] + h("b861") + header[12:]))
         self.assertFalse(verify(header[:10] + h("b862") + header[12:]))
 
-    def test_odd_lengths_pad_with_zero(self) -> None:
-        self.assertEqual(ones_sum(b"\x12"), 0x1200)
-        self.assertEqual(ones_sum(b"\x12\x34\x56"), 0x1234 + 0x5600)
+    def test_odd_length(self) -> None:
         self.assertEqual(checksum(b"\xab"), ~0xAB00 & 0xFFFF)
 
-    def test_end_around_carry(self) -> None:
-        self.assertEqual(ones_sum(h("ffff0001")), 0x0001)
-        self.assertEqual(ones_sum(h("ffffffff")), 0xFFFF)
-        self.assertEqual(ones_sum(h("8000800080000000")), 0x8001)
-
     def test_nonzero_data_never_sums_to_zero(self) -> None:
-        # 0xFFFF, not 0: the sum of data that is not all zeros is never +0.
-        self.assertEqual(ones_sum(h("fffe0001")), 0xFFFF)
         self.assertEqual(checksum(h("fffe0001")), 0x0000)
-        self.assertEqual(ones_sum(b""), 0)
-        self.assertEqual(ones_sum(bytes(6)), 0)
         self.assertEqual(checksum(bytes(6)), 0xFFFF)
 
     def test_all_zeros_do_not_verify(self) -> None:
@@ -63,7 +174,6 @@ class ChecksumTests(SynchronousTestCase):
 
     @given(st.binary(max_size=3000))
     def test_matches_reference(self, data: bytes) -> None:
-        self.assertEqual(ones_sum(data), naive_ones_sum(data))
         self.assertEqual(checksum(data), naive_checksum(data))
 
     @given(
