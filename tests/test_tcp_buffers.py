@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.config import load_node_config, load_relay_config
 from funnel_tw.keys import encode_key, generate_private_key
+from funnel_tw.netstack import checksum
 from funnel_tw.netstack.stack import Stack
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 
@@ -82,9 +83,12 @@ class StatusTests(_Files):
                 "send_buffer_max": 16 << 20,
                 "memory": 96 << 20,
                 "connections": 20000,
+                "checksum": checksum.IMPLEMENTATION,
             },
         )
-        self.assertEqual(format_status(doc).splitlines()[2], self.LINE)
+        lines = format_status(doc).splitlines()
+        self.assertEqual(lines[2], self.LINE)
+        self.assertEqual(lines[3], f"  TCP checksum: {checksum.IMPLEMENTATION}")
 
     def test_node_on_tun_shows_none(self) -> None:
         from funnel_tw.node.service import NodeService
@@ -96,6 +100,7 @@ class StatusTests(_Files):
         doc = status_document(NodeService(config, Clock()), 0.0)  # not started: no device yet
         self.assertIsNone(doc["tcp"])
         self.assertNotIn("TCP buffers", format_status(doc))
+        self.assertNotIn("TCP checksum", format_status(doc))
 
     def test_relay(self) -> None:
         from funnel_tw.relay.service import RelayService
@@ -104,4 +109,6 @@ class StatusTests(_Files):
         config = load_relay_config(self.write("relay.ini", "relay", "100.64.0.1/32", KEYS))
         doc = RelayService(config, Clock()).observer.status()
         self.assertEqual(doc["tcp"]["send_buffer_max"], 16 << 20)
-        self.assertEqual(format_relay_status(doc).splitlines()[2], self.LINE)
+        lines = format_relay_status(doc).splitlines()
+        self.assertEqual(lines[2], self.LINE)
+        self.assertEqual(lines[3], f"  TCP checksum: {checksum.IMPLEMENTATION}")

@@ -94,22 +94,31 @@ class OverlayTCPTransport:
     # --- events from the stack -----------------------------------------------------------------
 
     def _data(self, data: bytes) -> None:
+        rest = self._take(data)
+        if rest:
+            self.conn.hold(rest)
+
+    def _take(self, data: bytes) -> bytes:
         """Deliver at most ``READ_CHUNK`` at a time and nothing while paused, as a socket
         read would: a filled hole can hand over megabytes in order at once, and a reader
-        that pauses (its consumer is full) must not get them, or it buffers them itself."""
+        that pauses (its consumer is full) must not get them, or it buffers them itself.
+        Returns what the reader did not take (it paused), for the connection to hold."""
+        if self.disconnecting or self._read_closed:
+            return b""  # the application said it wants no more
         conn = self.conn
-        if len(data) <= READ_CHUNK and not conn.reading_paused:
-            if not (self.disconnecting or self._read_closed):
-                self.protocol.dataReceived(data)
-            return
+        if conn.reading_paused:
+            return data
+        if len(data) <= READ_CHUNK:
+            self.protocol.dataReceived(data)
+            return b""
         view = memoryview(data)
         for start in range(0, len(data), READ_CHUNK):
             if self.disconnecting or self._read_closed:
-                return  # the application said it wants no more
+                return b""
             if conn.reading_paused:
-                conn.hold(bytes(view[start:]))
-                return
+                return bytes(view[start:])
             self.protocol.dataReceived(bytes(view[start : start + READ_CHUNK]))
+        return b""
 
     def _eof(self) -> None:
         self._read_closed = True
@@ -233,7 +242,7 @@ class OverlayTCPTransport:
     def resumeProducing(self) -> None:
         if self.conn.state is State.CLOSED:
             return
-        self.conn.resume_reading()
+        self.conn.resume_reading(self._take)
         self.owner.dispatch_and_flush()
 
     def stopProducing(self) -> None:

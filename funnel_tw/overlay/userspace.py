@@ -22,14 +22,16 @@ from ipaddress import (
     IPv6Interface,
     ip_address,
 )
+from typing import Any
 
+import attrs
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..config.model import TCP_DEFAULTS, TCPBuffers
-from ..netstack import tcp
+from ..netstack import checksum, tcp
 from ..netstack.icmp import Echo, echo_request
 from ..netstack.stack import ECHO_REPLY, Stack
 from ..wireguard.constants import DEFAULT, Constants
@@ -41,6 +43,12 @@ from .transport import OverlayTCPTransport
 from .tunnel import ITunnelReactor, Tunnel
 
 log = Logger()
+
+
+def tcp_status(caps: TCPBuffers) -> dict[str, Any]:
+    """The userspace stack in a status document: its caps (the tcp-* keys) and which
+    checksum code it runs (``C``, or why it is the pure-Python one)."""
+    return {**attrs.asdict(caps), "checksum": checksum.IMPLEMENTATION}
 
 
 class UserspaceOverlayInterface:
@@ -99,6 +107,7 @@ class UserspaceOverlayInterface:
             batch_handler=self._after_batch,
         )
         self.tunnel.start()
+        log.info("userspace TCP/IP stack: checksum in {impl}", impl=checksum.IMPLEMENTATION)
 
     def stop(self) -> None:
         for call in (self._flush_call, self._timer):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import attrs
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import IService
@@ -23,6 +22,7 @@ from ..daemon.accesslog import AccessLog, AccessLogService, fields_line, iso_tim
 from ..daemon.metrics import MetricsService, wireguard_metrics
 from ..overlay.interface import OverlayInterface
 from ..overlay.tunnel import display_endpoint
+from ..overlay.userspace import tcp_status
 from ..web.hostport import format_host_port
 from .balance import Balancer
 from .fallback import FallbackAcceptor
@@ -179,7 +179,7 @@ class RelayObserver:
             "listen_port": self.overlay.port if self.overlay.tunnel is not None else None,
             "public_address": self.config.public_address,
             "public_ports": list(self.config.public_ports),
-            "tcp": attrs.asdict(self.config.tcp),  # the userspace stack's caps (tcp-* keys)
+            "tcp": tcp_status(self.config.tcp),  # the userspace stack's caps (tcp-* keys)
             "nodes": nodes,
             "pools": self.pools(),
             "tcp_fallback": None if self.fallback is None else self.fallback.status(),

@@ -48,5 +48,6 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
         f"  TCP buffers: tcp-receive-buffer-max {size_text(tcp['receive_buffer_max'])}, "
         f"tcp-send-buffer-max {size_text(tcp['send_buffer_max'])}, "
         f"tcp-memory {size_text(tcp['memory'])}, "
-        f"tcp-max-connections {tcp['connections']}"
+        f"tcp-max-connections {tcp['connections']}",
+        f"  TCP checksum: {tcp.get('checksum', '?')}",
     ]

@@ -301,6 +301,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self._forget_sent()
         self.buf_off = 0
         self.held = []
+        self.held_bytes = 0
         self.ooo = []
         self.stack.connection_closed(self, reason)
 

@@ -17,6 +17,7 @@ idle connection costs no window-sized memory, and a paused one at most its windo
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Self
 
 from ..events import DATA, EOF
@@ -126,24 +127,53 @@ class ReceiveSide:
         self.held.append(data)
         self.held_bytes += len(data)
 
-    def resume_reading(self: Self) -> None:
+    def resume_reading(self: Self, take: Callable[[bytes], bytes] | None = None) -> None:
+        """Reading runs again: the held data goes to the application, then the EOF if one
+        came. Without ``take`` it leaves as DATA events. With it, the owner takes each chunk
+        at once (``take(chunk)`` returns what it did not take: the reader paused again), and
+        the rest stays held: a reader that keeps pausing after each 64 KiB costs per chunk
+        it takes, not per chunk held (a full 6 MiB window is ~4,500 of them)."""
         if not self.reading_paused:
             return
         self.reading_paused = False
-        held, self.held = self.held, []
         before = self._window()
-        self.held_bytes = 0
-        for chunk in held:
-            self.stack.emit(DATA, self, chunk)
-        if self.fin_received and not self.eof_delivered:
+        if take is None:
+            held, self.held = self.held, []
+            self.held_bytes = 0
+            for chunk in held:
+                self.stack.emit(DATA, self, chunk)
+        else:
+            self._take_held(take)
+        if (
+            self.fin_received
+            and not self.eof_delivered
+            and not self.held
+            and not self.reading_paused
+        ):
             self.eof_delivered = True
             self.stack.emit(EOF, self, None)
         # tell the peer the window opened (receiver-side silly window avoidance)
         if self._window() - before >= min(self.receive_buffer // 2, 2 * self.local_mss) or (
-            before == 0
+            before == 0 and self._window() > 0
         ):
             self.ack_now = True
             self.stack.mark_output(self)
+
+    def _take_held(self, take: Callable[[bytes], bytes]) -> None:
+        """Hand held chunks to ``take``, oldest first, until it stops taking. Each leaves
+        ``held`` before it is handed over, so ``held`` is always what was not delivered:
+        a pause and resume inside ``take`` goes on from the next chunk, an abort or orphan
+        inside it empties the list and ends the loop."""
+        held = self.held
+        while held and not self.reading_paused and held is self.held:
+            chunk = held.pop(0)
+            self.held_bytes -= len(chunk)
+            rest = take(chunk)
+            if rest:
+                if held is self.held and not self.orphaned:
+                    held.insert(0, rest)
+                    self.held_bytes += len(rest)
+                return
 
     # --- autotuning -----------------------------------------------------------------------------
 

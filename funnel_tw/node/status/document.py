@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from ipaddress import ip_address
 from typing import Any, Protocol, assert_never
 
-import attrs
-
 from ..._version import __version__
 from ...config import (
     HTTPSMounts,
@@ -20,6 +18,7 @@ from ...config import (
 from ...overlay.interface import OverlayInterface
 from ...overlay.stream import is_stream_address
 from ...overlay.tunnel import display_endpoint
+from ...overlay.userspace import tcp_status
 from ...serve.model import ServeConfig
 from ...tls.store import CertificateStore
 
@@ -164,7 +163,7 @@ def status_document(node: StatusSource, now: float) -> dict[str, Any]:
         "addresses": [str(a) for a in config.addresses],
         "network": config.network,
         # the userspace stack's caps (tcp-* keys); None where the kernel owns TCP (tun)
-        "tcp": attrs.asdict(config.tcp) if config.network == "userspace" else None,
+        "tcp": tcp_status(config.tcp) if config.network == "userspace" else None,
         "listen_port": overlay.port if overlay.tunnel is not None else None,
         "peerapi_port": config.peerapi_port,
         # state-dir/enrollment.json when the node joined a relay by token (funnel-tw join)
