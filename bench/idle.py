@@ -74,9 +74,10 @@ def source(i: int) -> str:
 class Idle:
     """Idle keep-alive connections to one HTTPS endpoint."""
 
-    def __init__(self, port: int, name: str, ca: Path) -> None:
+    def __init__(self, port: int, name: str, ca: Path, path: str = "/") -> None:
         self.port = port
         self.name = name
+        self.path = path  # what each held connection asks for once
         self.context = ssl.create_default_context(cafile=str(ca))
         self.held: list[asyncio.StreamWriter] = []
         self.failed = 0
@@ -94,7 +95,7 @@ class Idle:
                     ),
                     30,
                 )
-                writer.write(f"GET / HTTP/1.1\r\nHost: {self.name}\r\n\r\n".encode())
+                writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.name}\r\n\r\n".encode())
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                 length = re.search(rb"(?i)content-length:\s*(\d+)", head)
                 if length:
@@ -189,8 +190,8 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
     funnel_port, funnel_ca = start_funnel(bench, backend, args.connections)
     caddy_port, caddy_root = bench.start_caddy_proxy(backend)
     cases = {
-        "funnel": (Idle(funnel_port, HOSTNAME, funnel_ca), ["relay", "node"]),
-        "caddy": (Idle(caddy_port, CADDY_HOST, caddy_root), ["caddy-proxy"]),
+        "funnel": (Idle(funnel_port, HOSTNAME, funnel_ca, args.path), ["relay", "node"]),
+        "caddy": (Idle(caddy_port, CADDY_HOST, caddy_root, args.path), ["caddy-proxy"]),
     }
     deadline = time.monotonic() + args.budget
     snaps = args.snapshot_dir
@@ -248,6 +249,12 @@ def main() -> int:
     parser.add_argument("--tracemalloc", action="store_true", help=__doc__.split("\n\n")[2])
     parser.add_argument("--profile", action="store_true", help=__doc__.split("\n\n")[3])
     parser.add_argument("--tracemalloc-frames", type=int, default=1, help="frames per trace")
+    parser.add_argument(
+        "--path",
+        default="/",
+        help="what each held connection GETs before it idles: / (a few bytes, the default) "
+        "or /big.bin (1 MiB: what a connection that once moved data keeps)",
+    )
     args = parser.parse_args()
     args.size_mib = 1  # the backend's big file is not used here
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -9,6 +9,7 @@ handler = NAME       a plugin's protocol, behind TLS if the plugin asks for it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from ipaddress import ip_address
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..web.h2watch import H2Limits
 from ..web.hostport import format_host_port, parse_host_port
 from ..web.httplimits import HTTPLimits
 from . import proxyproto
-from .guard import FlowGuard, guarded_tls
+from .guard import FlowGuard, GuardedTLSFactory
 from .model import ServeConfig, TCPPortHandler
 from .plugins import PluginStart, plugin_protocol
 from .web import MountRouter, ServeSite
@@ -114,6 +115,8 @@ class Dispatcher:
         self.close_timeout = 10.0  # after the node closes: then aborted
         self.http_limits = HTTPLimits()
         self.h2_limits = H2Limits()
+        # shared by every flow of a kind: (ALPN, client certificates, close timeout)
+        self._tls_factories: dict[tuple[tuple[bytes, ...], bool, float], GuardedTLSFactory] = {}
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -144,6 +147,7 @@ class Dispatcher:
         flow: Flow,
         http: bool = False,
         client_certificates: bool = False,
+        refuse: Callable[[str, str, str | None], None] | None = None,
     ) -> IProtocol:
         """TLS around ``inner``, with the handshake and close deadlines (serve/guard.py), for an
         HTTPS site the HTTP/2 frame watch, and a client certificate asked for when an access
@@ -151,14 +155,18 @@ class Dispatcher:
         guard = FlowGuard(
             inner,
             self.reactor,
-            lambda counter, why, host: self.refused(flow, counter, why, host),
+            refuse or partial(self.refused, flow),
             handshake_timeout=self.tls_handshake_timeout,
             h2_limits=self.h2_limits if http else None,
             head_timeout=self.http_limits.head_timeout,
         )
-        return guarded_tls(
-            self.store.creator(alpn, client_certificates), guard, self.reactor, self.close_timeout
-        )
+        key = (alpn, client_certificates, self.close_timeout)
+        factory = self._tls_factories.get(key)
+        if factory is None:
+            creator = self.store.creator(alpn, client_certificates)
+            factory = GuardedTLSFactory(creator, self.reactor, self.close_timeout)
+            self._tls_factories[key] = factory
+        return factory.wrap(guard)
 
     def protocol_for(self, flow: Flow) -> IProtocol | None:
         """The protocol that takes ``flow``'s stream, or None (refused and counted).
@@ -183,6 +191,7 @@ class Dispatcher:
 
     def _build(self, handler: TCPPortHandler, flow: Flow, key: int | str) -> IProtocol | None:
         if handler.https:
+            refuse = partial(self.refused, flow)  # one for the site and its TLS guard
             site = ServeSite(
                 MountRouter(
                     self.serve, flow.port, flow, self.proxy_factory, self.count, self.access
@@ -190,7 +199,7 @@ class Dispatcher:
                 self.reactor,
                 timeout=self.http_timeout,
                 limits=self.http_limits,
-                refused=lambda counter, why, host: self.refused(flow, counter, why, host),
+                refused=refuse,
             )
             site.on_request, site.flow = self.on_request, flow
             if self.capture is not None:
@@ -200,7 +209,9 @@ class Dispatcher:
             mtls = self.access is not None and self.access.wants_client_certificates(
                 self.serve, flow.port, handler
             )
-            return self._tls(inner, HTTP_ALPN, flow, http=True, client_certificates=mtls)
+            return self._tls(
+                inner, HTTP_ALPN, flow, http=True, client_certificates=mtls, refuse=refuse
+            )
         if handler.tcp_forward is not None:
             connector = BackendConnector(self, handler.tcp_forward, flow, handler.proxy_protocol)
             if handler.terminate_tls is not None:

@@ -12,6 +12,9 @@
   GOAWAY and closes the connection; a header block open longer than the head deadline too.
 - RFC 8737: a connection that negotiated ``acme-tls/1`` is closed right after its handshake
   and never reaches the handler.
+- Memory: ``release_after`` seconds after a large chunk (the handshake, a 16 KiB record, a
+  large upload) passed through the TLS layer, its memory BIOs are swapped for empty ones
+  (:mod:`funnel_tw.tls.membio`): an idle connection keeps nothing of its largest moment.
 """
 
 from __future__ import annotations
@@ -19,23 +22,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from OpenSSL.SSL import WantReadError
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
     IProtocol,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..tls.membio import release_buffers
 from ..tls.store import ACME_ALPN
-from ..web.factories import OneProtocolFactory
 from ..web.h2watch import H2Limits, H2Watch, Violation
 
 # (counter, reason, server name or None): the dispatcher logs it with the flow and counts it
 Report = Callable[[str, str, str | None], None]
+
+LARGE_CHUNK = 2048  # bytes in or out at once that leave a BIO worth giving back
 
 
 def server_name(transport: Any) -> str | None:
@@ -56,6 +62,41 @@ class GuardedTLS(BufferingTLSTransport):
 
     factory: GuardedTLSFactory
     _close_timer: IDelayedCall | None = None
+    _release_timer: IDelayedCall | None = None
+    buffers_released = 0
+
+    def _checkHandshakeStatus(self) -> None:
+        done = self._handshakeDone
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and not done:
+            self._release_later()  # what the handshake's flights grew the BIOs to
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if len(data) >= LARGE_CHUNK:
+            self._release_later()
+
+    def _flushSendBIO(self) -> None:
+        # Twisted's, plus noting a large chunk (its BIO keeps that capacity)
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            return
+        transport: Any = self.transport
+        transport.write(data)
+        if len(data) >= LARGE_CHUNK:
+            self._release_later()
+
+    def _release_later(self) -> None:
+        if self._release_timer is None and not self._lostTLSConnection:
+            self._release_timer = self.factory.reactor.callLater(
+                self.factory.release_after, self._release_buffers
+            )
+
+    def _release_buffers(self) -> None:
+        self._release_timer = None
+        if self.connected and not self._lostTLSConnection and release_buffers(self._tlsConnection):
+            self.buffers_released += 1
 
     def loseConnection(self) -> None:
         if self.disconnecting or not self.connected:
@@ -74,21 +115,35 @@ class GuardedTLS(BufferingTLSTransport):
             transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._close_timer is not None and self._close_timer.active():
-            self._close_timer.cancel()
-        self._close_timer = None
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # may flush a last record: timers cancelled after it
+        for timer in (self._close_timer, self._release_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._close_timer = self._release_timer = None
 
 
 class GuardedTLSFactory(TLSMemoryBIOFactory):
+    """One per kind of flow (certificate store, ALPN, client certificates), not per flow: a
+    factory, its wrapped factory and its registry cost ~0.6 KiB, which a node holding
+    thousands of idle connections paid for each (bench/idle.py)."""
+
     protocol = GuardedTLS
 
     def __init__(
-        self, creator: Any, wrapped: Any, reactor: Any, close_timeout: float = 10.0
+        self,
+        creator: Any,
+        reactor: Any,
+        close_timeout: float = 10.0,
+        release_after: float = 1.0,
     ) -> None:
-        super().__init__(creator, False, wrapped)
+        super().__init__(creator, False, Factory(), clock=reactor)
         self.reactor = reactor
         self.close_timeout = close_timeout
+        self.release_after = release_after
+
+    def wrap(self, guard: FlowGuard) -> GuardedTLS:
+        """The protocol that takes a flow's raw stream: TLS, then ``guard``, then its handler."""
+        return self.protocol(self, guard)
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
@@ -204,8 +259,6 @@ class FlowGuard(Protocol):
 
 
 def guarded_tls(creator: Any, guard: FlowGuard, reactor: Any, close_timeout: float) -> IProtocol:
-    """The protocol that takes a flow's raw stream: TLS, then the guard, then the handler."""
-    factory = GuardedTLSFactory(creator, OneProtocolFactory(guard), reactor, close_timeout)
-    wrapped = factory.buildProtocol(None)
-    assert wrapped is not None
-    return wrapped
+    """TLS around one flow's guard with a factory of its own (tests; the dispatcher shares
+    one :class:`GuardedTLSFactory` per kind of flow)."""
+    return GuardedTLSFactory(creator, reactor, close_timeout).wrap(guard)

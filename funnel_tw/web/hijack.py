@@ -10,7 +10,10 @@ steps, in order:
    collect whatever it had buffered after the request head, give it to the new protocol,
    then resume the transport.
 
-The request itself is never finished, so twisted.web writes nothing more.
+The request itself is never finished, so twisted.web writes nothing more. The channel lets go
+of it: the channel and the request refer to each other, and left so, the pair (with the
+request's headers, ~2 KiB) waits for Python's cyclic collector, which runs rarely once many
+long-lived objects exist: each hijacked connection of the node kept one such pair.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def hijack(request: Request, protocol: IProtocol, reactor: Any, preamble: bytes 
         channel._dataBuffer = []
         channel._buffer = b""
         channel.transport = None  # the channel must not touch the connection again
+        channel.requests = []  # no cycle: request and channel are freed now, not at a gc run
         set_nodelay = getattr(transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             set_nodelay(True)  # a byte stream now: no Nagle delay on small writes
