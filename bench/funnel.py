@@ -1,11 +1,13 @@
 """End-to-end funnel benchmark: the whole funnel beside Caddy and direct loopback (not a test).
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
-                           [--no-download] [--no-h2]
+                           [--no-download] [--no-upload] [--no-h2]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
-default) with ``file_server``. Three ways to reach it:
+default) with ``file_server``, and passing ``/upload`` on to an upload sink
+(``bench/_upload_sink.py``, its own process: reads the body, answers with its length). Three
+ways to reach it:
 
 (a) funnel: HTTPS to the relay's public port with SNI ``demo.funnel.test`` -> relay
     (``twistd -n funnel-relay``, its own process) -> WireGuard over loopback UDP -> node
@@ -15,14 +17,15 @@ default) with ``file_server``. Three ways to reach it:
     backend (``tls internal``, SNI ``caddy.funnel.test``);
 (c) reference: plain HTTP straight to the backend.
 
-For each: large download in MB/s (curl, HTTP/1.1, best of up to 3 runs), small-request rate and
-p50/p99 latency (h2load, HTTP/1.1 keep-alive, ``--clients`` connections, one load thread, a 1 s
-warm-up then ``--seconds`` of measurement; latencies from h2load's per-request log), then the
-ratios (a)/(b) and (a)/(c). Also an HTTP/2 small-request run for (a) and (b), and the CPU each
-process on the path used during the best download and during each load run (in cores, and in
-microseconds per request: the figure a busy machine changes least). With ``--profile``, py-spy
-samples the relay and the node for 10 s during more funnel downloads, then 10 s during small
-requests over HTTP/1.1 and 10 s over HTTP/2, and the hottest functions of each are printed
+For each: large download and upload (the same file, ``curl -T``) in MB/s (curl, HTTP/1.1, best
+of up to 3 runs each), small-request rate and p50/p99 latency (h2load, HTTP/1.1 keep-alive,
+``--clients`` connections, one load thread, a 1 s warm-up then ``--seconds`` of measurement;
+latencies from h2load's per-request log), then the ratios (a)/(b) and (a)/(c). Also an HTTP/2
+small-request run for (a) and (b), and the CPU each process on the path used during the best
+download, the best upload and during each load run (in cores, and in microseconds per request:
+the figure a busy machine changes least). With ``--profile``, py-spy samples the relay and the
+node for 10 s during more funnel downloads, then 10 s during small requests over HTTP/1.1 and
+10 s over HTTP/2, and the hottest functions of each are printed
 (``--profile-dir`` keeps py-spy's raw output).
 
 Loopback only. Every download and load run is bounded in time, no new measurement starts after
@@ -96,6 +99,7 @@ class Case:
     curl_tls: list[str] = field(default_factory=list)
     servers: tuple[str, ...] = ()  # the processes on its path, for the CPU figures
     download: dict[str, float] = field(default_factory=dict)
+    upload: dict[str, float] = field(default_factory=dict)
     load: dict[str, float] = field(default_factory=dict)
     load_h2: dict[str, float] = field(default_factory=dict)
 
@@ -154,6 +158,11 @@ class Bench:
         with big.open("wb") as f:
             for _ in range(self.args.size_mib):
                 f.write(os.urandom(1 << 20))
+        sink = free_port()
+        self.spawn(
+            "sink", [sys.executable, str(ROOT / "bench" / "_upload_sink.py"), str(sink)], ROOT
+        )
+        wait_for(lambda: self.alive("sink") and port_open(sink), "the upload sink", 15)
         port = free_port()
         self.caddy(
             "backend",
@@ -166,6 +175,9 @@ class Bench:
 	handle /big.bin {{
 		root * {big.parent}
 		file_server
+	}}
+	handle /upload {{
+		reverse_proxy 127.0.0.1:{sink}
 	}}
 	handle {{
 		respond "{SMALL_BODY}" 200
@@ -232,15 +244,24 @@ https://{CADDY_HOST}:{port} {{
     def over_budget(self) -> bool:
         return time.monotonic() - self.started > BUDGET
 
-    def curl(self, case: Case, path: str, max_time: float) -> tuple[int, int, float]:
-        """One GET; (HTTP status, bytes, seconds)."""
-        argv = ["curl", "-sS", "--http1.1", "-o", "/dev/null", "--max-time", f"{max_time:.0f}"]
-        argv += ["-w", "%{http_code} %{size_download} %{time_total}", *case.curl_tls]
+    def curl(
+        self, case: Case, path: str, max_time: float, upload: Path | None = None
+    ) -> tuple[int, int, float]:
+        """One GET, or with ``upload`` a PUT of that file; (HTTP status, bytes moved, seconds).
+        An upload counts only if the sink answered with its whole length."""
+        answer = self.folder / "curl-answer"
+        argv = ["curl", "-sS", "--http1.1", "-o", str(answer), "--max-time", f"{max_time:.0f}"]
+        size = "%{size_upload}" if upload else "%{size_download}"
+        argv += ["-w", f"%{{http_code}} {size} %{{time_total}}", *case.curl_tls]
+        if upload:
+            argv += ["-T", str(upload)]
         out = subprocess.run(
             [*argv, case.url + path], capture_output=True, text=True, timeout=max_time + 10
         )
-        status, size, seconds = out.stdout.split()
-        return int(status), int(size), float(seconds)
+        status, moved, seconds = out.stdout.split()
+        if upload and answer.read_bytes() != f"received {moved}\n".encode():
+            status = "0"
+        return int(status), int(moved), float(seconds)
 
     def check(self, case: Case) -> None:
         status, size, _ = self.curl(case, "", 10)
@@ -256,8 +277,10 @@ https://{CADDY_HOST}:{port} {{
         utime, stime = fields.split()[11:13]
         return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
-    def measure_download(self, case: Case) -> None:
+    def measure_transfer(self, case: Case, upload: bool = False) -> None:
+        """The big file down (GET) or up (PUT to the sink), best of DOWNLOAD_RUNS."""
         expected = self.args.size_mib << 20
+        big = self.folder / "www" / "big.bin"
         best = 0.0
         best_cpu = ""
         runs: list[str] = []
@@ -267,7 +290,8 @@ https://{CADDY_HOST}:{port} {{
                 break
             before = {name: self.cpu_seconds(name) for name in case.servers}
             curl_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            status, size, seconds = self.curl(case, "big.bin", DOWNLOAD_MAX)
+            path = "upload" if upload else "big.bin"
+            status, size, seconds = self.curl(case, path, DOWNLOAD_MAX, big if upload else None)
             curl_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             spent += seconds
             rate = size / seconds / 1e6 if seconds > 0 else 0.0
@@ -283,8 +307,9 @@ https://{CADDY_HOST}:{port} {{
                     - curl_before.ru_stime
                 ) / seconds
                 best_cpu = ", ".join(f"{n} {c:.2f}" for n, c in busy.items())
-        case.download = {"mbps": best}
-        say(f"  {case.label:<10} download: best {best:8.1f} MB/s   runs: {', '.join(runs)}")
+        what = "upload" if upload else "download"
+        setattr(case, what, {"mbps": best})
+        say(f"  {case.label:<10} {what + ':':<9} best {best:8.1f} MB/s   runs: {', '.join(runs)}")
         say(f"  {'':<10} CPU cores busy during the best run: {best_cpu}")
 
     def h2load(self, case: Case, h1: bool, seconds: int = 0) -> dict[str, float]:
@@ -492,7 +517,10 @@ def print_ratios(a: Case, refs: list[Case]) -> None:
     say()
     say("Ratios (funnel / reference; for latency, above 1 means the funnel is slower):")
     for ref in refs:
-        parts = [f"download {ratio(a.download.get('mbps', 0), ref.download.get('mbps', 0))}"]
+        parts = [
+            f"{what} {ratio(getattr(a, what).get('mbps', 0), getattr(ref, what).get('mbps', 0))}"
+            for what in ("download", "upload")
+        ]
         if a.load and ref.load:
             parts.append(f"req/s {ratio(a.load['rps'], ref.load['rps'])}")
             parts.append(f"p50 {ratio(a.load['p50'], ref.load['p50'])}")
@@ -532,6 +560,7 @@ def main() -> int:
     )
     parser.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 load runs")
     parser.add_argument("--no-download", action="store_true", help="skip the download runs")
+    parser.add_argument("--no-upload", action="store_true", help="skip the upload runs")
     args = parser.parse_args()
     args.seconds = max(1, min(args.seconds, 9))  # with the 1 s warm-up: at most 10 s a run
     for tool in ("caddy", "curl", "h2load"):
@@ -591,7 +620,11 @@ def main() -> int:
             if not args.no_download:
                 say("Large download (curl --http1.1, best of runs):")
                 for case in cases:
-                    bench.measure_download(case)
+                    bench.measure_transfer(case)
+            if not args.no_upload:
+                say("Large upload (curl --http1.1 -T, best of runs):")
+                for case in cases:
+                    bench.measure_transfer(case, upload=True)
             say()
             say(f"Small requests (h2load, {args.clients} connections, 1 thread):")
             for case in cases:
