@@ -1,7 +1,7 @@
 """End-to-end funnel benchmark: the whole funnel beside Caddy and direct loopback (not a test).
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
-                           [--no-download] [--no-upload] [--no-h2]
+                           [--no-download] [--no-upload] [--no-h2] [--rates 1000,5000]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
@@ -26,7 +26,8 @@ download, the best upload and during each load run (in cores, and in microsecond
 the figure a busy machine changes least). With ``--profile``, py-spy samples the relay and the
 node for 10 s during more funnel downloads, then 10 s during small requests over HTTP/1.1 and
 10 s over HTTP/2, and the hottest functions of each are printed
-(``--profile-dir`` keeps py-spy's raw output).
+(``--profile-dir`` keeps py-spy's raw output). With ``--rates``, HTTP/1.1 latency at each fixed
+rate (h2load ``--rps``, 10 connections), funnel and Caddy: what a user waits below saturation.
 
 Loopback only. Every download and load run is bounded in time, no new measurement starts after
 ``BUDGET`` seconds, and every process started here is stopped (and the temporary folder with the
@@ -67,6 +68,7 @@ DOWNLOAD_RUNS = 3
 DOWNLOAD_MAX = 20.0  # seconds: one curl download at most
 DOWNLOAD_CASE_MAX = 25.0  # seconds: no further download run of a case after this
 PROFILE_SECONDS = 10
+RATE_CLIENTS = 10  # connections of the fixed-rate runs (--rates)
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 
 
@@ -102,6 +104,7 @@ class Case:
     upload: dict[str, float] = field(default_factory=dict)
     load: dict[str, float] = field(default_factory=dict)
     load_h2: dict[str, float] = field(default_factory=dict)
+    rates: dict[int, dict[str, float]] = field(default_factory=dict)  # fixed rate -> figures
 
 
 class Bench:
@@ -111,6 +114,9 @@ class Bench:
         self.args = args
         self.started = time.monotonic()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # each fixed-rate run (2 cases) gets its time on top of the budget
+        rates = getattr(args, "rates", [])
+        self.budget = BUDGET + len(rates) * 2 * (getattr(args, "seconds", 0) + 3)
 
     # --- processes -----------------------------------------------------------------------
 
@@ -242,7 +248,7 @@ https://{CADDY_HOST}:{port} {{
     # --- measurements ----------------------------------------------------------------------
 
     def over_budget(self) -> bool:
-        return time.monotonic() - self.started > BUDGET
+        return time.monotonic() - self.started > self.budget
 
     def curl(
         self, case: Case, path: str, max_time: float, upload: Path | None = None
@@ -312,11 +318,16 @@ https://{CADDY_HOST}:{port} {{
         say(f"  {case.label:<10} {what + ':':<9} best {best:8.1f} MB/s   runs: {', '.join(runs)}")
         say(f"  {'':<10} CPU cores busy during the best run: {best_cpu}")
 
-    def h2load(self, case: Case, h1: bool, seconds: int = 0) -> dict[str, float]:
+    def h2load(self, case: Case, h1: bool, seconds: int = 0, rate: int = 0) -> dict[str, float]:
+        """Small requests for ``seconds``: as fast as they go over ``--clients`` connections,
+        or with ``rate`` at that many a second over RATE_CLIENTS connections."""
         seconds = seconds or self.args.seconds
         logfile = self.folder / f"h2load-{case.name}-{'h1' if h1 else 'h2'}.tsv"
-        argv = ["h2load", "-c", str(self.args.clients), "-t", "1", "--warm-up-time", "1"]
+        clients = RATE_CLIENTS if rate else self.args.clients
+        argv = ["h2load", "-c", str(clients), "-t", "1", "--warm-up-time", "1"]
         argv += ["-D", str(seconds), "--log-file", str(logfile)]
+        if rate:
+            argv.append(f"--rps={rate / clients:g}")
         if h1:
             argv.append("--h1")
         else:
@@ -344,6 +355,21 @@ https://{CADDY_HOST}:{port} {{
             "p50": pct(0.50) if latencies else float("nan"),
             "p99": pct(0.99) if latencies else float("nan"),
         }
+
+    def measure_rates(self, cases: list[Case], rates: list[int]) -> None:
+        """Latency at fixed rates (HTTP/1.1): below saturation, what a user waits."""
+        for rate in rates:
+            for case in cases:
+                if time.monotonic() - self.started > self.budget:
+                    say(f"  {case.label:<10} at {rate:,} req/s: skipped (over the time budget)")
+                    continue
+                r = self.h2load(case, True, rate=rate)
+                case.rates[rate] = r
+                failed = f", {r['bad']:.0f} failed" if r["bad"] else ""
+                say(
+                    f"  {case.label:<10} at {rate:>6,} req/s: got {r['rps']:7,.0f}   "
+                    f"p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms{failed}"
+                )
 
     def measure_load(self, case: Case, h1: bool = True) -> None:
         if self.over_budget():
@@ -559,6 +585,13 @@ def main() -> int:
         "--profile-dir", type=Path, default=None, help="keep py-spy's raw output in this folder"
     )
     parser.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 load runs")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [int(r) for r in text.split(",") if r],
+        default=[],
+        help="fixed request rates (e.g. 1000,3000,5000): HTTP/1.1 latency at each, "
+        f"{RATE_CLIENTS} connections, funnel and Caddy",
+    )
     parser.add_argument("--no-download", action="store_true", help="skip the download runs")
     parser.add_argument("--no-upload", action="store_true", help="skip the upload runs")
     args = parser.parse_args()
@@ -632,6 +665,10 @@ def main() -> int:
             if not args.no_h2:
                 for case in (funnel, caddy):
                     bench.measure_load(case, h1=False)
+            if args.rates:
+                say()
+                say(f"Latency at fixed rates (h2load --rps, HTTP/1.1, {RATE_CLIENTS} connections):")
+                bench.measure_rates([funnel, caddy], args.rates)
             print_ratios(funnel, [caddy, direct])
             profiled = ["requests"] if args.no_download else ["download", "requests"]
             profiled += [] if args.no_h2 else ["requests-h2"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,23 @@ from funnel_tw.tls.store import Certificate, CertificateStore
 NAME = "node.example.com"
 
 
-def _drain(one: SSL.Connection) -> bytes:
+def _read_all(read: Callable[[int], bytes]) -> bytes:
     out = b""
     while True:
         try:
-            out += one.bio_read(65536)
+            out += read(65536)
         except SSL.WantReadError:
             return out
+
+
+def _drain(one: SSL.Connection) -> bytes:
+    """What ``one`` has for the network."""
+    return _read_all(one.bio_read)
 
 
 def _recv_all(one: SSL.Connection) -> bytes:
-    out = b""
-    while True:
-        try:
-            out += one.recv(65536)
-        except SSL.WantReadError:
-            return out
+    """What ``one`` has for its application."""
+    return _read_all(one.recv)
 
 
 def _rss_kib() -> int:
