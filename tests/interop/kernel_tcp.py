@@ -59,6 +59,7 @@ _SOL_PACKET = 263
 _PACKET_STATISTICS = 6
 _PACKET_IGNORE_OUTGOING = 23
 _SO_RCVBUFFORCE = 33
+LISTEN_BACKLOG = 1024  # above any test's concurrent connections
 
 
 def emit(**fields: Any) -> None:
@@ -81,7 +82,7 @@ def _dual_stack_listener(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", port))
-    sock.listen(1024)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -138,8 +139,11 @@ async def _serve(options: argparse.Namespace) -> None:
         if options.count and served >= options.count:
             finished.set()
 
+    # start_server listens again with its own backlog (100 by default): with more concurrent
+    # SYNs than that, Linux answers with SYN cookies, drops the ACK while the accept queue is
+    # full, and resets the data that follows (the cookie no longer checks out).
     server = await asyncio.start_server(
-        handle, sock=_dual_stack_listener(options.port), limit=1 << 20
+        handle, sock=_dual_stack_listener(options.port), limit=1 << 20, backlog=LISTEN_BACKLOG
     )
     emit(event="listening", port=options.port)
     async with server:

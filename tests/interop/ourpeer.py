@@ -137,6 +137,7 @@ class _Tcp(protocol.Protocol):
                 sha256=self.sent_hash,
                 reply=self.reply.decode(errors="replace").strip(),
                 seconds=seconds,
+                ended=type(reason.value).__name__ if reason is not None else "",
             )
         else:
             emit(event="fetched", bytes=self.count, sha256=self.hash.hexdigest(), seconds=seconds)
