@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from ..config.model import TCP_DEFAULTS, TCPBuffers
 from ..netstack import checksum, tcp
+from ..netstack.events import Event
 from ..netstack.icmp import Echo, echo_request
 from ..netstack.stack import ECHO_REPLY, Stack
 from ..wireguard.constants import DEFAULT, Constants
@@ -43,6 +44,7 @@ from .transport import OverlayTCPTransport
 from .tunnel import ITunnelReactor, Tunnel
 
 log = Logger()
+DATA = tcp.DATA
 
 
 def tcp_status(caps: TCPBuffers) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class UserspaceOverlayInterface:
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}
+        self.app_errors = 0  # protocols that raised on an overlay connection (each reset)
         self._ping_ident = itertools.count(1)
         self._ping_waiters: dict[tuple[int, int], defer.Deferred[Echo]] = {}
         self._pending: dict[tcp.Connection, tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = {}
@@ -173,28 +176,50 @@ class UserspaceOverlayInterface:
         self._schedule()
 
     def _dispatch(self) -> None:
+        """Hand the stack's events to the connections' protocols. A protocol that raises
+        costs its own connection only (logged, counted, reset), as a socket's would: the
+        events of the other connections in the same batch still go out."""
         stack = self.stack
         while stack.events:
             events, stack.events = stack.events, []
-            for kind, conn, data in events:
-                if kind == tcp.DATA:
-                    conn.app._data(data)
-                elif kind == tcp.ACCEPTED:
-                    self._accepted(conn)
-                elif kind == tcp.CONNECTED:
-                    self._connected(conn)
-                elif kind == tcp.EOF:
+            pending = iter(events)
+            while True:
+                try:
+                    for kind, conn, data in pending:
+                        if kind == DATA:  # the hot one, without a call
+                            app = conn.app  # None: refused or aborted before an app took it
+                            if app is not None:
+                                app._data(data)
+                        else:
+                            self._event(kind, conn, data)
+                    break
+                except Exception:
+                    self.app_errors += 1
+                    log.failure("an application failed on an overlay connection; resetting it")
+                    if conn is None:  # not a connection's event (ECHO_REPLY)
+                        continue
                     if conn.app is not None:
-                        conn.app._eof()
-                elif kind == tcp.CLOSED:
-                    self._closed(conn, data)
-                elif kind == tcp.DRAINED:
-                    if conn.app is not None:
-                        conn.app._drained()
-                elif kind == ECHO_REPLY:
-                    waiter = self._ping_waiters.pop((data.ident, data.sequence), None)
-                    if waiter is not None:
-                        waiter.callback(data)
+                        conn.app.abortConnection()  # and it takes no more of this batch
+                    else:
+                        conn.abort()
+
+    def _event(self, kind: Event, conn: Any, data: Any) -> None:
+        if kind == tcp.ACCEPTED:
+            self._accepted(conn)
+        elif kind == tcp.CONNECTED:
+            self._connected(conn)
+        elif kind == tcp.EOF:
+            if conn.app is not None:
+                conn.app._eof()
+        elif kind == tcp.CLOSED:
+            self._closed(conn, data)
+        elif kind == tcp.DRAINED:
+            if conn.app is not None:
+                conn.app._drained()
+        elif kind == ECHO_REPLY:
+            waiter = self._ping_waiters.pop((data.ident, data.sequence), None)
+            if waiter is not None:
+                waiter.callback(data)
 
     def _attach(self, conn: tcp.Connection, factory: IProtocolFactory) -> IProtocol | None:
         protocol = factory.buildProtocol(OverlayTCPTransport.address_of(conn.remote))
@@ -218,7 +243,12 @@ class UserspaceOverlayInterface:
             conn.abort()
             return
         factory, result = pending
-        protocol = self._attach(conn, factory)
+        try:
+            protocol = self._attach(conn, factory)
+        except Exception:
+            conn.abort()
+            result.errback()
+            return
         if protocol is None:
             result.errback(error.ConnectError("factory refused the connection"))
         else:
@@ -365,6 +395,7 @@ class UserspaceOverlayInterface:
         counters = self.device.stats()
         counters.update(self.stack.stats())
         counters.update(self.filter.stats())
+        counters["app_errors"] = self.app_errors
         if self.tunnel is not None:
             counters["udp_send_errors"] = self.tunnel.udp.send_errors
         return counters

@@ -1,0 +1,131 @@
+"""The userspace interface hands each batch of stack events to the protocols: one
+connection's trouble must not cost the others theirs.
+
+A node that stops listening (SIGTERM: the peerAPI port closes first) refuses a connection the
+stack just accepted; the same batch may hold that connection's first data, and events of other
+connections after it. The data of a refused connection used to raise, and the rest of the batch
+was lost: a public request hung until the drain deadline (tests/e2e/test_pool.py, rolling
+restart). Real connections of the sans-IO stack, events driven by hand, a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from funnel_tw import keys
+from funnel_tw.netstack import tcp
+from funnel_tw.netstack.tcp import Connection
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface
+from tests.netstack.tcp_harness import Net, connected_pair
+
+A_PORT, B_PORT = 80, 81
+
+
+class Recorder(protocol.Protocol):
+    def __init__(self, fail_on: bytes = b"") -> None:
+        self.fail_on = fail_on
+        self.received = b""
+        self.eof = False
+        self.lost: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.fail_on and self.fail_on in data:
+            raise ValueError("a handler bug")
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+class Declining(protocol.Factory):
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class DispatchTests(TestCase):
+    def setUp(self) -> None:
+        net = Net.pair()
+        self.client_a, self.a = connected_pair(net, A_PORT)
+        self.client_b, self.b = connected_pair(net, B_PORT)
+        self.net = net
+        self.overlay = UserspaceOverlayInterface(
+            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
+        )
+        self.overlay.stack = net.b.stack
+        net.b.stack.events.clear()
+        self.protocols: list[Recorder] = []
+
+    def listen(self, port: int, **kwargs: Any) -> None:
+        def build() -> Recorder:
+            self.protocols.append(Recorder(**kwargs))
+            return self.protocols[-1]
+
+        self.overlay.factories[port] = protocol.Factory.forProtocol(build)
+
+    def deliver(self, *events: tuple[str, Connection, Any]) -> None:
+        self.overlay.stack.events.extend(events)
+        self.overlay._dispatch()
+
+    def test_data_of_a_refused_connection_costs_nobody_else(self) -> None:
+        self.listen(B_PORT)  # port A stopped listening: A is refused
+        self.deliver(
+            (tcp.ACCEPTED, self.a, None),
+            (tcp.DATA, self.a, b"POST /v0/ingress"),
+            (tcp.EOF, self.a, None),
+            (tcp.ACCEPTED, self.b, None),
+            (tcp.DATA, self.b, b"GET / HTTP/1.1"),
+        )
+        self.assertIs(self.a.state, tcp.State.CLOSED)  # reset, not left open
+        self.assertIsNone(self.a.app)
+        [proto] = self.protocols
+        self.assertEqual(proto.received, b"GET / HTTP/1.1")
+        self.assertIs(self.b.app.protocol, proto)
+        self.assertEqual(self.overlay.app_errors, 0)
+
+    def test_a_factory_that_declines_is_the_same_case(self) -> None:
+        self.overlay.factories[A_PORT] = Declining()
+        self.listen(B_PORT)
+        self.deliver(
+            (tcp.ACCEPTED, self.a, None),
+            (tcp.DATA, self.a, b"x" * 1000),
+            (tcp.DRAINED, self.a, None),
+            (tcp.ACCEPTED, self.b, None),
+            (tcp.DATA, self.b, b"y"),
+        )
+        self.assertIs(self.a.state, tcp.State.CLOSED)
+        self.assertEqual(self.protocols[0].received, b"y")
+
+    def test_a_protocol_that_raises_loses_its_connection_only(self) -> None:
+        self.listen(A_PORT, fail_on=b"boom")
+        self.listen(B_PORT)
+        self.deliver(
+            (tcp.ACCEPTED, self.a, None),
+            (tcp.ACCEPTED, self.b, None),
+            (tcp.DATA, self.a, b"boom"),
+            (tcp.DATA, self.b, b"first"),
+            (tcp.DATA, self.b, b" second"),
+        )
+        failing, other = self.protocols
+        self.assertEqual(other.received, b"first second")
+        self.assertIsNone(other.lost)
+        self.assertEqual(self.overlay.app_errors, 1)
+        self.assertEqual(self.overlay.stats()["app_errors"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        # reset and told, as a socket's protocol would be
+        self.assertIs(self.a.state, tcp.State.CLOSED)
+        self.assertIsNotNone(failing.lost)
+        self.assertIn("aborted", str(failing.lost.value))
+
+    def test_an_error_at_every_event_still_reaches_the_end_of_the_batch(self) -> None:
+        self.listen(A_PORT, fail_on=b"!")
+        self.listen(B_PORT)
+        self.deliver((tcp.ACCEPTED, self.a, None), (tcp.ACCEPTED, self.b, None))
+        events = [(tcp.DATA, self.a, b"!")] * 20 + [(tcp.DATA, self.b, b"z")]
+        self.deliver(*events)
+        self.assertEqual(self.protocols[1].received, b"z")
+        self.assertEqual(self.overlay.app_errors, 1)  # aborting, it takes no more
+        self.flushLoggedErrors(ValueError)
