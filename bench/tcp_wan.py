@@ -2,7 +2,7 @@
 
     sudo python bench/tcp_wan.py [--rtt 0,10,20,50,100] [--paths clean,loss,reorder]
         [--pairs ours-linux,linux-linux,ours-ours,funnel] [--funnel-rtt 0,10,20,50]
-        [--seconds 4] [--seed 1] [--trace DIR] [--json FILE] [--budget 1800]
+        [--seconds 4] [--seed 1] [--trace DIR] [--json FILE] [--budget 1800] [--wg-rcvbuf-mib 7]
 
 Root (network namespaces), not a test. Each pair is two namespaces with one WireGuard end
 in each, MTU 1420, and the seeded UDP impairment relay between them (tests/interop/wan.py):
@@ -21,6 +21,10 @@ Every pair of a cell gets the same relay seed, so the n-th datagram meets the sa
 whoever sends it; ``--seed`` repeats a run. Each cell measures both directions, one connection
 at a time: the receiver counts what arrives in ``--seconds`` from the first byte (slow start
 included), then resets the connection.
+
+``--wg-rcvbuf-mib N``: give wireguard-go's UDP socket an N MiB receive buffer, as wireguard-go
+itself asks for 7 MiB since 0.0.20230223 (Debian's 0.0.20220316 keeps the kernel's 208 KiB,
+where every sender meets drops): to compare the senders without those drops.
 
 ``funnel``: the download through the whole funnel (curl -> relay -> WireGuard -> node -> Caddy
 backend, the processes of bench/funnel.py) with the impairment relay between relay and node,
@@ -376,6 +380,13 @@ def main() -> int:
     parser.add_argument("--trace", default="", help="folder for our senders' event logs")
     parser.add_argument("--json", default="", help="also write every figure here")
     parser.add_argument("--budget", type=float, default=1800.0, help="no cell starts after")
+    parser.add_argument(
+        "--wg-rcvbuf-mib",
+        type=int,
+        default=0,
+        help="give wireguard-go's UDP socket this receive buffer, as wireguard-go releases "
+        "since 2023 do themselves (7); default: Debian's wireguard-go as it is (208 KiB)",
+    )
     options = parser.parse_args()
     rtts, funnel_rtts = numbers(options.rtt), numbers(options.funnel_rtt)
     paths = [p for p in options.paths.split(",") if p]
@@ -404,7 +415,14 @@ def main() -> int:
     funnel: dict[int, list[float]] = {}
     with contextlib.ExitStack() as stack:
         trace = Path(options.trace) if options.trace else None
-        bench = WanPairs(stack, options.seconds, mtu=options.mtu, trace=trace, log=say)
+        bench = WanPairs(
+            stack,
+            options.seconds,
+            mtu=options.mtu,
+            trace=trace,
+            log=say,
+            wg_rcvbuf=options.wg_rcvbuf_mib << 20,
+        )
         bulk_pairs = [p for p in PAIRS if p in pairs]
         for i, rtt in enumerate(rtts):
             for j, path in enumerate(paths):

@@ -58,7 +58,6 @@ _CHUNK = 256 * 1024
 _SOL_PACKET = 263
 _PACKET_STATISTICS = 6
 _PACKET_IGNORE_OUTGOING = 23
-_SO_RCVBUFFORCE = 33
 LISTEN_BACKLOG = 1024  # above any test's concurrent connections
 
 
@@ -217,7 +216,7 @@ def _probe(options: argparse.Namespace) -> None:
         capture = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))
         # Only what arrives, with room for all of it: a full buffer would hide answers.
         capture.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
-        capture.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
+        capture.setsockopt(socket.SOL_SOCKET, h.SO_RCVBUFFORCE, 8 << 20)
         capture.bind((options.interface, 0))
         capture.setblocking(False)
     packed = socket.inet_pton(family, host)

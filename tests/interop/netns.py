@@ -9,6 +9,7 @@ behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import itertools
 import json
@@ -17,6 +18,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "FUNNEL_TW_REQUIRE_INTEROP"
 WG_RUN_DIR = Path("/var/run/wireguard")
 NS_PREFIX = "ftw-"
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified table)
+SO_RCVBUFFORCE = 33  # socket.h; Python does not name it
 
 #: Registers a zero-argument cleanup callable (``TestCase.addCleanup``, ``ExitStack.callback``).
 AddCleanup = Callable[[Callable[[], None]], Any]
@@ -398,6 +402,40 @@ class WireGuardGo:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+    def force_receive_buffer(self, size: int) -> list[int]:
+        """Give wireguard-go's UDP sockets a ``size`` receive buffer, as wireguard-go does
+        itself since 0.0.20230223 (7 MiB, SO_RCVBUFFORCE); Debian's 0.0.20220316 keeps the
+        kernel's default (208 KiB). Done from outside with pidfd_getfd (root): the socket is
+        shared, so the setting is wireguard-go's. Returns each socket's SO_RCVBUF after."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        inodes = set()
+        for table in ("udp", "udp6"):
+            with open(f"/proc/{pid}/net/{table}") as f:
+                inodes.update(line.split()[9] for line in list(f)[1:])
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+        sizes = []
+        try:
+            for fd_name in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd_name}")
+                except OSError:
+                    continue
+                if not (target.startswith("socket:[") and target[8:-1] in inodes):
+                    continue
+                fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(fd_name), 0)
+                if fd < 0:
+                    raise InteropError(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+                with socket.socket(fileno=fd) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                    sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        finally:
+            os.close(pidfd)
+        if not sizes:
+            raise InteropError(f"wireguard-go (pid {pid}) has no UDP socket yet")
+        return sizes
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -158,7 +158,9 @@ class WanPairs:
     """Builds pairs (kept for the next cells, rebuilt after a failure) and runs cells on them.
 
     ``trace``: a folder for our senders' event logs (funnel_tw/netstack/trace.py), one file per
-    transfer, ``<pair>-rtt<R>-<path>-<direction>.jsonl``; ``log``: progress lines.
+    transfer, ``<pair>-rtt<R>-<path>-<direction>.jsonl``; ``log``: progress lines;
+    ``wg_rcvbuf``: when set, wireguard-go's UDP receive buffer in bytes (a diagnostic: see
+    WireGuardGo.force_receive_buffer).
     """
 
     def __init__(
@@ -169,8 +171,10 @@ class WanPairs:
         mtu: int = 1420,
         trace: Path | None = None,
         log: Callable[[str], None] = lambda text: None,
+        wg_rcvbuf: int = 0,
     ) -> None:
         self.seconds = seconds
+        self.wg_rcvbuf = wg_rcvbuf
         self.mtu = mtu
         self.trace = trace
         self.log = log
@@ -243,6 +247,9 @@ class WanPairs:
                     routes=(f"{other.addr}/32",),
                 )  # fmt: skip
                 side.ns.run(["ip", "link", "set", wg.name, "mtu", str(self.mtu)])
+                if self.wg_rcvbuf:
+                    sizes = wg.force_receive_buffer(self.wg_rcvbuf)
+                    self.log(f"  wireguard-go in {name.upper()}: SO_RCVBUF {sizes}")
                 side.end = End(stack.callback, side.ns, work, "kernel", *common)
             else:
                 ini = write_tcp_node_ini(
