@@ -56,7 +56,8 @@ class TcpOverDistanceTests(SynchronousTestCase):
             raise unittest.SkipTest(reason)
 
     wg_rcvbuf = 0  # wireguard-go as Debian ships it
-    pairs = ("ours-linux",)
+    pairs: tuple[str, ...] = ("ours-linux",)
+    reference = ("ours-linux", "yx")  # Linux sending to us on the same pair: the issue's ratio
 
     def measure(self, path: str) -> Cell:
         stack = contextlib.ExitStack()
@@ -79,13 +80,15 @@ class TcpOverDistanceTests(SynchronousTestCase):
     def check(self, path: str) -> None:
         cell = self.measure(path)
         ours = cell.transfers[("ours-linux", "xy")]
-        linux = cell.transfers[("ours-linux", "yx")]
+        linux = cell.transfers[self.reference]
         ratio = ours.mbit / max(linux.mbit, 1e-9)
         report = (
-            f"{RTT_MS} ms {path}, seed {SEED}: ours sending {ours.mbit:.1f} Mbit/s, Linux "
-            f"sending {linux.mbit:.1f} Mbit/s, ratio {ratio:.2f} (target {TARGET}); our "
-            f"sender's counters {ours.sent.get('info')}; datagrams wireguard-go's socket "
-            f"dropped {ours.drops}; Linux sender {linux.sent.get('info')}; relay {cell.relay}"
+            f"{RTT_MS} ms {path}, seed {SEED}, wireguard-go receive buffer "
+            f"{self.wg_rcvbuf or 'as shipped'}: ours sending {ours.mbit:.1f} Mbit/s, Linux "
+            f"sending ({' '.join(self.reference)}) {linux.mbit:.1f} Mbit/s, ratio {ratio:.2f} "
+            f"(target {TARGET}); our sender's counters {ours.sent.get('info')}; datagrams "
+            f"wireguard-go's socket dropped {ours.drops} / {linux.drops}; Linux sender "
+            f"{linux.sent.get('info')}; relay {cell.relay}"
         )
         log.msg(f"{self.id()}: {report}")
         self.assertGreater(linux.mbit, 0, report)
@@ -106,23 +109,10 @@ class CurrentWireGuardGoTests(TcpOverDistanceTests):
     same receiver on both sides of the ratio: ours -> wireguard-go + Linux against Linux +
     wireguard-go -> wireguard-go + Linux. With the 208 KiB socket every sender meets drops
     (Linux -> Linux 5,000-10,000 a transfer) and the comparison measures how a sender bears
-    them; with it gone, it measures the sender. Measured 2026-12-06: 0.92-1.09 clean,
-    0.95-1.09 reordered."""
+    them; with it gone, it measures the sender. Measured 2026-12-06 on a quiet machine with
+    this seed: 0.82-1.05 clean, 0.98-1.10 reordered (bench/tcp_wan.py, seeds 1-3: 0.92-1.09
+    and 0.95-1.09)."""
 
     wg_rcvbuf = 7 << 20
     pairs = ("ours-linux", "linux-linux")
-
-    def check(self, path: str) -> None:
-        cell = self.measure(path)
-        ours = cell.transfers[("ours-linux", "xy")]
-        linux = cell.transfers[("linux-linux", "xy")]
-        ratio = ours.mbit / max(linux.mbit, 1e-9)
-        report = (
-            f"{RTT_MS} ms {path}, seed {SEED}, wireguard-go receive buffer {self.wg_rcvbuf}: "
-            f"ours -> Linux {ours.mbit:.1f} Mbit/s, Linux -> Linux {linux.mbit:.1f} Mbit/s, "
-            f"ratio {ratio:.2f} (target {TARGET}); datagrams wireguard-go's socket dropped "
-            f"{ours.drops} / {linux.drops}; our sender {ours.sent.get('info')}"
-        )
-        log.msg(f"{self.id()}: {report}")
-        self.assertGreater(linux.mbit, 0, report)
-        self.assertGreaterEqual(ratio, TARGET, report)
+    reference = ("linux-linux", "xy")
