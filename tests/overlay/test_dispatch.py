@@ -18,9 +18,10 @@ from twisted.trial.unittest import TestCase
 
 from funnel_tw import keys
 from funnel_tw.netstack import tcp
+from funnel_tw.netstack.segment import ACK, SYN, syn_options
 from funnel_tw.netstack.tcp import Connection
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
-from tests.netstack.tcp_harness import Net, connected_pair
+from tests.netstack.tcp_harness import A4, B4, Net, RawPeer, connected_pair, parse_seg
 
 A_PORT, B_PORT = 80, 81
 
@@ -129,3 +130,36 @@ class DispatchTests(TestCase):
         self.assertEqual(self.protocols[1].received, b"z")
         self.assertEqual(self.overlay.app_errors, 1)  # aborting, it takes no more
         self.flushLoggedErrors(ValueError)
+
+
+class StackErrorTests(TestCase):
+    """A packet the stack raises on (a bug: hostile input it expects is a counted drop) costs
+    that packet, not the ones after it in the batch."""
+
+    def test_the_next_packet_is_still_taken(self) -> None:
+        overlay = UserspaceOverlayInterface(
+            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
+        )
+        net = Net.pair()
+        overlay.stack = stack = net.b.stack
+        stack.listen(80)
+        first = RawPeer(stack, A4, B4, 40001, 80)
+        second = RawPeer(stack, A4, B4, 40002, 80)
+        opts = syn_options(1460, 7, True)
+        bad = first.packet(SYN, options=opts)
+        real_tcp = stack._tcp
+
+        def buggy(src: bytes, dst: bytes, segment: Any, now: float) -> None:
+            if bytes(segment[:2]) == (40001).to_bytes(2, "big"):
+                raise KeyError("a bug in the stack")
+            real_tcp(src, dst, segment, now)
+
+        stack._tcp = buggy  # type: ignore[method-assign]
+        peer: Any = type("P", (), {"name": "relay"})()
+        for packet in (bad, second.packet(SYN, options=opts)):  # one batch
+            overlay._packet(packet, peer)
+        stack.flush(1000.0)
+        answers = [parse_seg(p) for p in stack.outgoing]
+        self.assertEqual([(a.dport, a.flags) for a in answers if a], [(40002, SYN | ACK)])
+        self.assertEqual(overlay.stats()["stack_errors"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
