@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -120,6 +120,19 @@ class DispatchTests(TestCase):
         self.assertIs(self.a.state, tcp.State.CLOSED)
         self.assertIsNotNone(failing.lost)
         self.assertIn("aborted", str(failing.lost.value))
+
+    def test_a_client_factory_that_raises_fails_its_connect(self) -> None:
+        class Raising(protocol.Factory):
+            def buildProtocol(self, addr: Any) -> protocol.Protocol:
+                raise RuntimeError("cannot build")
+
+        result: defer.Deferred[Any] = defer.Deferred()
+        self.overlay._pending[self.a] = (Raising(), result)
+        self.listen(B_PORT)
+        self.deliver((tcp.CONNECTED, self.a, None), (tcp.ACCEPTED, self.b, None))
+        self.failureResultOf(result, RuntimeError)
+        self.assertIs(self.a.state, tcp.State.CLOSED)
+        self.assertEqual(len(self.protocols), 1)  # the next event was still handed out
 
     def test_an_error_at_every_event_still_reaches_the_end_of_the_batch(self) -> None:
         self.listen(A_PORT, fail_on=b"!")
