@@ -129,6 +129,8 @@ class MetricsAndAccessLogTests(TestCase):
         received = sample(node, "funnel_node_wireguard_received_bytes_total", peer="relay")
         self.assertGreater(received or 0, 0)
         self.assertIn("funnel_node_wireguard_drops_total", node)
+        for kind in ("app", "stack"):
+            self.assertEqual(sample(node, "funnel_node_overlay_errors_total", kind=kind), 0.0)
 
         code, relay = await get(self.relay_metrics, "/metrics")
         self.assertEqual(code, 200)

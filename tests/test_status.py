@@ -507,6 +507,9 @@ class RunningNodeTests(TestCase):
         self.assertEqual(doc["ingress"], {"open": 1})
         self.assertEqual(doc["counters"]["ingress"], {"ingress_accepted": 1})
         self.assertEqual(doc["counters"]["serve"], {"flows": 1})
+        overlay = doc["counters"]["overlay"]
+        self.assertEqual((overlay["app_errors"], overlay["stack_errors"]), (0, 0))
+        self.assertRegex(format_status(doc), r"\n  app_errors\s+0\n  stack_errors\s+0\n")
         ports = {p["port"]: p for p in doc["ports"]}
         self.assertEqual(
             ports[8443],

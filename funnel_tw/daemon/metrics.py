@@ -170,7 +170,16 @@ def wireguard_metrics(
         f"{prefix}_wireguard_handshakes", "WireGuard handshakes completed."
     )
     handshakes.add_metric([], stats.get("handshakes", 0))
-    return [handshake, received, sent, drops, handshakes]
+    errors = CounterMetricFamily(
+        f"{prefix}_overlay_errors",
+        "Bugs met on the userspace overlay's data path: a protocol that raised (app: its "
+        "connection reset) or the TCP/IP stack raising on a packet (stack: the packet dropped).",
+        labels=["kind"],
+    )
+    for kind in ("app", "stack"):
+        if f"{kind}_errors" in stats:  # not with network = tun: the kernel has the TCP
+            errors.add_metric([kind], stats[f"{kind}_errors"])
+    return [handshake, received, sent, drops, handshakes, errors]
 
 
 class ReloadCollector:

@@ -74,7 +74,8 @@ def format_relay_status(doc: dict[str, Any]) -> str:
     counters = doc.get("counters") or {}
     shown = sorted((counters.get("public") or {}).items())
     overlay = counters.get("overlay") or {}
-    shown += [(k, overlay[k]) for k in ("handshakes", "rx_datagrams") if k in overlay]
+    summary = ("handshakes", "rx_datagrams", "app_errors", "stack_errors")
+    shown += [(k, overlay[k]) for k in summary if k in overlay]
     shown.append(("overlay_drops", sum(v for k, v in overlay.items() if k.startswith("drop_"))))
     lines += ["", "counters:"]
     lines += table([[k, str(v)] for k, v in shown])

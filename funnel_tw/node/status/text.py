@@ -60,7 +60,7 @@ def _port_label(entry: dict[str, Any]) -> str:
     return f"{host}:{entry['port']}" if host else str(entry["port"])
 
 
-_SUMMARY_COUNTERS = ("handshakes", "rx_datagrams", "tcp_connections")
+_SUMMARY_COUNTERS = ("handshakes", "rx_datagrams", "tcp_connections", "app_errors", "stack_errors")
 
 
 def format_status(doc: dict[str, Any]) -> str:
