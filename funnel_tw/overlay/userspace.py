@@ -47,6 +47,11 @@ log = Logger()
 DATA = tcp.DATA
 
 
+def _worth_logging(count: int) -> bool:
+    """The first ten of a kind of bug, then every thousandth: seen, not a flood."""
+    return count <= 10 or count % 1000 == 0
+
+
 def tcp_status(caps: TCPBuffers) -> dict[str, Any]:
     """The userspace stack in a status document: its caps (the tcp-* keys) and which
     checksum code it runs (``C``, or why it is the pure-Python one)."""
@@ -140,9 +145,9 @@ class UserspaceOverlayInterface:
                 self.stack.receive(packet, self.reactor.seconds())
             except Exception:
                 # a bug, not an input the stack expects (those are counted drops): this packet
-                # is lost, the rest of its batch is not; logged while rare, always counted
+                # is lost, the rest of its batch is not
                 self.stack_errors += 1
-                if self.stack_errors <= 10 or self.stack_errors % 1000 == 0:
+                if _worth_logging(self.stack_errors):
                     log.failure(
                         "the TCP/IP stack failed on a packet from {peer} ({n} so far); dropped",
                         peer=peer.name,
@@ -207,7 +212,12 @@ class UserspaceOverlayInterface:
                     break
                 except Exception:
                     self.app_errors += 1
-                    log.failure("an application failed on an overlay connection; resetting it")
+                    if _worth_logging(self.app_errors):  # a client may find a handler's bug
+                        log.failure(
+                            "an application failed on an overlay connection ({n} so far); "
+                            "resetting it",
+                            n=self.app_errors,
+                        )
                     if conn is None:  # not a connection's event (ECHO_REPLY)
                         continue
                     if conn.app is not None:

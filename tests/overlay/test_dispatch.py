@@ -144,6 +144,16 @@ class DispatchTests(TestCase):
         self.assertEqual(self.overlay.app_errors, 1)  # aborting, it takes no more
         self.flushLoggedErrors(ValueError)
 
+    def test_a_flood_of_failures_is_counted_whole_and_logged_in_part(self) -> None:
+        conns = [connected_pair(self.net, 1000 + i)[1] for i in range(15)]
+        for conn in conns:
+            self.listen(conn.local[1], fail_on=b"!")
+        self.deliver(*((tcp.ACCEPTED, c, None) for c in conns))
+        self.deliver(*((tcp.DATA, c, b"!") for c in conns))
+        self.assertEqual(self.overlay.app_errors, 15)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 10)
+        self.assertTrue(all(c.state is tcp.State.CLOSED for c in conns))
+
 
 class StackErrorTests(TestCase):
     """A packet the stack raises on (a bug: hostile input it expects is a counted drop) costs
