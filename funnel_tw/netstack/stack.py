@@ -39,6 +39,7 @@ _NO_OPTIONS = parse_options(b"")
 # connections at once (tcp-max-connections): above the relay's default max-connections (10,000),
 # one overlay connection each, with room for probes and tailnet peers
 MAX_CONNECTIONS = 16384
+FAILURES_KEPT = 16  # exceptions held for the owner to log between two looks
 
 
 class Stack:
@@ -79,6 +80,9 @@ class Stack:
         self.outgoing: list[bytes] = []
         self.events: list[tuple[Event, Any, Any]] = []
         self.counters: dict[str, int] = {}
+        # connections that raised (a bug: what peers send is checked and counted), each reset:
+        # the exceptions, for the owner to log (at most FAILURES_KEPT between two looks)
+        self.failures: list[Exception] = []
         # the optional sender event log (trace.py): None unless FUNNEL_TW_TCP_TRACE is set
         self.trace: TcpTrace | None = from_environment(self.counters)
         self._dirty: dict[Connection, None] = {}
@@ -100,6 +104,19 @@ class Stack:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def failed(self, conn: Connection, error: Exception) -> None:
+        """``conn`` raised: reset it, so that the other connections of the batch, timer or
+        flush go on, and it does not raise again at its next segment or deadline."""
+        self.count("tcp_internal_errors")
+        if len(self.failures) < FAILURES_KEPT:
+            self.failures.append(error)
+        self._dirty.pop(conn, None)
+        try:
+            conn.abort()
+        except Exception:  # its state is beyond a reset: forget it all the same
+            conn.state = tcp.State.CLOSED
+            self.connection_closed(conn, "internal error")
 
     def emit(self, kind: Event, conn: Connection, data: Any) -> None:
         self.events.append((kind, conn, data))
@@ -298,7 +315,10 @@ class Stack:
         conn = self.connections.get(key) or self.time_wait.get(key)
         payload = segment[header_len:]
         if conn is not None:
-            conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+            try:
+                conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+            except Exception as e:
+                self.failed(conn, e)
             self._touched[conn] = None
             if self.trace is not None:
                 self.trace.segment_in(conn, ack, options, len(payload), now)
@@ -360,7 +380,10 @@ class Stack:
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for conn in dirty:
-                conn.output(now)
+                try:
+                    conn.output(now)
+                except Exception as e:
+                    self.failed(conn, e)
                 touched[conn] = None
                 if self.trace is not None:
                     self.trace.after_output(conn, now)
@@ -428,7 +451,10 @@ class Stack:
                 continue
             t = conn.next_deadline()
             if t is not None and t <= now:
-                conn.tick(now)
+                try:
+                    conn.tick(now)
+                except Exception as e:
+                    self.failed(conn, e)
                 if self.trace is not None:
                     self.trace.timer(conn, now)
             self._touched[conn] = None

@@ -97,7 +97,7 @@ class UserspaceOverlayInterface:
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}
         self.app_errors = 0  # protocols that raised on an overlay connection (each reset)
-        self.stack_errors = 0  # packets the stack raised on (dropped)
+        self.stack_errors = 0  # packets the stack raised on (dropped); its connections: its own
         self._ping_ident = itertools.count(1)
         self._ping_waiters: dict[tuple[int, int], defer.Deferred[Echo]] = {}
         self._pending: dict[tcp.Connection, tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = {}
@@ -147,12 +147,12 @@ class UserspaceOverlayInterface:
                 # a bug, not an input the stack expects (those are counted drops): this packet
                 # is lost, the rest of its batch is not
                 self.stack_errors += 1
-                if _worth_logging(self.stack_errors):
-                    log.failure(
-                        "the TCP/IP stack failed on a packet from {peer} ({n} so far); dropped",
-                        peer=peer.name,
-                        n=self.stack_errors,
-                    )
+                self._stack_failed(Failure(), f"a packet from {peer.name}; dropped")
+
+    def _stack_failed(self, failure: Failure, what: str) -> None:
+        n = self.stack_errors + self.stack.counters.get("tcp_internal_errors", 0)
+        if _worth_logging(n):
+            log.failure("the TCP/IP stack failed on {what} ({n} so far)", failure, what=what, n=n)
 
     def _after_batch(self) -> None:
         """After a run of packets from the tunnel: wake the applications, answer in bulk."""
@@ -197,6 +197,10 @@ class UserspaceOverlayInterface:
         costs its own connection only (logged, counted, reset), as a socket's would: the
         events of the other connections in the same batch still go out."""
         stack = self.stack
+        if stack.failures:  # connections that raised in the stack (each reset there)
+            failures, stack.failures = stack.failures, []
+            for e in failures:
+                self._stack_failed(Failure(e, type(e), e.__traceback__), "a connection; reset")
         while stack.events:
             events, stack.events = stack.events, []
             pending = iter(events)
@@ -418,7 +422,7 @@ class UserspaceOverlayInterface:
         counters.update(self.stack.stats())
         counters.update(self.filter.stats())
         counters["app_errors"] = self.app_errors
-        counters["stack_errors"] = self.stack_errors
+        counters["stack_errors"] = self.stack_errors + counters.get("tcp_internal_errors", 0)
         if self.tunnel is not None:
             counters["udp_send_errors"] = self.tunnel.udp.send_errors
         return counters

@@ -186,3 +186,16 @@ class StackErrorTests(TestCase):
         self.assertEqual([(a.dport, a.flags) for a in answers if a], [(40002, SYN | ACK)])
         self.assertEqual(overlay.stats()["stack_errors"], 1)
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_a_connection_the_stack_reset_is_logged_and_counted(self) -> None:
+        overlay = UserspaceOverlayInterface(
+            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
+        )
+        net = Net.pair()
+        overlay.stack = net.a.stack
+        conn, _ = connected_pair(net)
+        net.a.stack.failed(conn, RuntimeError("a bug in a connection"))
+        overlay._dispatch()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(overlay.stack.failures, [])
+        self.assertEqual(overlay.stats()["stack_errors"], 1)
