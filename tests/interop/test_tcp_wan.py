@@ -43,6 +43,10 @@ SEED = 12_020  # the relay's decisions; a failing run repeats with the same seed
 class TcpOverDistanceTests(SynchronousTestCase):
     """Each test builds its pair, measures both directions, and deletes everything."""
 
+    wg_rcvbuf = 0  # wireguard-go as Debian ships it
+    pairs: tuple[str, ...] = ("ours-linux",)
+    reference = ("ours-linux", "yx")  # Linux sending to us on the same pair: the issue's ratio
+
     def setUp(self) -> None:
         if os.environ.get(ENV) != "1":
             raise unittest.SkipTest(
@@ -54,10 +58,6 @@ class TcpOverDistanceTests(SynchronousTestCase):
             reason = "ss not installed"
         if reason is not None:
             raise unittest.SkipTest(reason)
-
-    wg_rcvbuf = 0  # wireguard-go as Debian ships it
-    pairs: tuple[str, ...] = ("ours-linux",)
-    reference = ("ours-linux", "yx")  # Linux sending to us on the same pair: the issue's ratio
 
     def measure(self, path: str) -> Cell:
         stack = contextlib.ExitStack()

@@ -18,7 +18,9 @@ from twisted.trial.unittest import TestCase
 
 from funnel_tw import keys
 from funnel_tw.netstack import tcp
+from funnel_tw.netstack.events import Event
 from funnel_tw.netstack.segment import ACK, SYN, syn_options
+from funnel_tw.netstack.stack import Stack
 from funnel_tw.netstack.tcp import Connection
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
 from tests.netstack.tcp_harness import A4, B4, Net, RawPeer, connected_pair, parse_seg
@@ -30,7 +32,6 @@ class Recorder(protocol.Protocol):
     def __init__(self, fail_on: bytes = b"") -> None:
         self.fail_on = fail_on
         self.received = b""
-        self.eof = False
         self.lost: Any = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -42,6 +43,15 @@ class Recorder(protocol.Protocol):
         self.lost = reason
 
 
+def overlay_on(stack: Stack) -> UserspaceOverlayInterface:
+    """An interface (never started: no socket, a fake clock) running ``stack``."""
+    overlay = UserspaceOverlayInterface(
+        Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
+    )
+    overlay.stack = stack
+    return overlay
+
+
 class Declining(protocol.Factory):
     def buildProtocol(self, addr: Any) -> None:
         return None
@@ -50,13 +60,10 @@ class Declining(protocol.Factory):
 class DispatchTests(TestCase):
     def setUp(self) -> None:
         net = Net.pair()
-        self.client_a, self.a = connected_pair(net, A_PORT)
-        self.client_b, self.b = connected_pair(net, B_PORT)
+        _, self.a = connected_pair(net, A_PORT)
+        _, self.b = connected_pair(net, B_PORT)
         self.net = net
-        self.overlay = UserspaceOverlayInterface(
-            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
-        )
-        self.overlay.stack = net.b.stack
+        self.overlay = overlay_on(net.b.stack)
         net.b.stack.events.clear()
         self.protocols: list[Recorder] = []
 
@@ -67,7 +74,7 @@ class DispatchTests(TestCase):
 
         self.overlay.factories[port] = protocol.Factory.forProtocol(build)
 
-    def deliver(self, *events: tuple[str, Connection, Any]) -> None:
+    def deliver(self, *events: tuple[Event, Connection, Any]) -> None:
         self.overlay.stack.events.extend(events)
         self.overlay._dispatch()
 
@@ -160,11 +167,9 @@ class StackErrorTests(TestCase):
     that packet, not the ones after it in the batch."""
 
     def test_the_next_packet_is_still_taken(self) -> None:
-        overlay = UserspaceOverlayInterface(
-            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
-        )
         net = Net.pair()
-        overlay.stack = stack = net.b.stack
+        stack = net.b.stack
+        overlay = overlay_on(stack)
         stack.listen(80)
         first = RawPeer(stack, A4, B4, 40001, 80)
         second = RawPeer(stack, A4, B4, 40002, 80)
@@ -188,11 +193,8 @@ class StackErrorTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
     def test_a_connection_the_stack_reset_is_logged_and_counted(self) -> None:
-        overlay = UserspaceOverlayInterface(
-            Clock(), private_key=keys.generate_private_key(), addresses=[], peers=[]
-        )
         net = Net.pair()
-        overlay.stack = net.a.stack
+        overlay = overlay_on(net.a.stack)
         conn, _ = connected_pair(net)
         net.a.stack.failed(conn, RuntimeError("a bug in a connection"))
         overlay._dispatch()
