@@ -31,6 +31,8 @@ from twisted.web import http
 from twisted.web.http import _GenericHTTPChannelProtocol  # private: see the module docstring
 from zope.interface import implementer
 
+from .h2send import BatchedH2Connection
+
 __all__ = ["HTTPLimits", "LimitedHTTPChannel", "RefusalSink", "limited_channel"]
 
 STATUS_TEXT = {
@@ -190,7 +192,32 @@ class LimitedHTTPChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+class ChannelSwitch(_GenericHTTPChannelProtocol):
+    """Twisted's HTTP/1.1-or-HTTP/2 switch, which on ``h2`` builds our
+    :class:`~funnel_tw.web.h2send.BatchedH2Connection` instead of Twisted's (the same steps
+    as Twisted 26's ``dataReceived``; tests/web/test_h2send.py checks the result)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._negotiatedProtocol is None:
+            channel: Any = self._channel
+            if getattr(channel.transport, "negotiatedProtocol", None) == b"h2":
+                producer = channel._networkProducer
+                producer.unregisterProducer()
+                channel.setTimeout(None)
+                h2: Any = BatchedH2Connection()
+                h2.requestFactory = self._requestFactory
+                h2.site = self._site
+                h2.factory = self._factory
+                h2.timeOut = self._timeOut
+                h2.callLater = self._callLater
+                self._channel = h2
+                h2.makeConnection(channel.transport)
+                producer.registerProducer(h2, True)
+                self._negotiatedProtocol = b"h2"  # type: ignore[assignment]  # typed as None
+        super().dataReceived(data)
+
+
 def limited_channel(factory: Any = None) -> _GenericHTTPChannelProtocol:
-    """A Site's ``protocol``: Twisted's HTTP/1.1-or-HTTP/2 switch around a limited HTTP/1.1
+    """A Site's ``protocol``: the HTTP/1.1-or-HTTP/2 switch around a limited HTTP/1.1
     channel (HTTP/2 is bounded by serve/guard.py below it)."""
-    return _GenericHTTPChannelProtocol(LimitedHTTPChannel())
+    return ChannelSwitch(LimitedHTTPChannel())

@@ -1,6 +1,7 @@
-"""funnel_tw/serve/http2.py against a real Twisted H2Connection: these fail when Twisted
-changes the private HTTP/2 internals the proxy relies on (the stream's connection, its
-blocked-transport Deferred, and resetting a stream with an error code)."""
+"""funnel_tw/serve/http2.py against a real Twisted H2Connection and the node's batched
+subclass of it: these fail when Twisted changes the private HTTP/2 internals the proxy relies
+on (the stream's connection, its blocked-transport Deferred, and resetting a stream with an
+error code)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from funnel_tw.serve.http2 import (
     h2_connection,
     reset_stream,
 )
+from funnel_tw.web.h2send import BatchedH2Connection
 
 
 class _Capture(Resource):
@@ -36,10 +38,12 @@ class _Capture(Resource):
 
 
 class HTTP2InternalsTests(SynchronousTestCase):
+    kind: type = H2Connection
+
     def setUp(self) -> None:
         root = _Capture()
         site = server.Site(root)
-        self.conn = H2Connection(Clock())
+        self.conn = self.kind(Clock())
         self.conn.requestFactory = site.requestFactory
         self.conn.site = site
         self.conn.factory = site
@@ -99,3 +103,9 @@ class HTTP2InternalsTests(SynchronousTestCase):
         self.assertIsNone(connection_blocked(request))
         self.assertFalse(reset_stream(request))
         self.assertFalse(abort_stream(request, 408, "not HTTP/2"))
+
+
+class BatchedHTTP2InternalsTests(HTTP2InternalsTests):
+    """The same on the connection the node uses (funnel_tw/web/h2send.py)."""
+
+    kind = BatchedH2Connection

@@ -1,0 +1,159 @@
+"""Twisted's HTTP/2 connection with a sending loop that sends what is ready, per reactor turn.
+
+Twisted's ``H2Connection`` sends one frame per reactor turn and connection, each written on
+its own: a small response costs three writes in three turns (HEADERS at once, then DATA, then
+an empty DATA frame for END_STREAM), so three TLS records and three TCP segments, and with many
+streams in flight every frame waits a whole turn behind the others. Here the loop is woken for
+the next turn, not run inside the write that woke it, and then sends every ready frame of every
+stream in priority order, up to :data:`BATCH_BYTES` or :data:`BATCH_FRAMES`, as one write; the
+last DATA frame of a response carries END_STREAM; response headers go out with that write. A
+stream whose flow-control window is exhausted is blocked in the priority tree until a
+WINDOW_UPDATE (Twisted's loop polls it every turn instead).
+
+Everything else (flow control, producers, control-frame buffering, timeouts) is Twisted's. The
+loop is private Twisted API (twisted.web._http2); tests/web/test_h2send.py pins what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.exceptions
+import priority  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
+
+__all__ = ["BATCH_BYTES", "BATCH_FRAMES", "BatchedH2Connection"]
+
+BATCH_BYTES = 65536  # DATA payload a connection sends per reactor turn, at most
+BATCH_FRAMES = 64  # frames (DATA, or END_STREAM alone) per turn, at most
+
+
+class BatchedH2Connection(H2Connection):
+    """``H2Connection`` whose responses leave in as few writes as the transport allows."""
+
+    _send_call: IDelayedCall | None = None
+
+    # --- waking the loop -------------------------------------------------------------------
+
+    def _schedule(self, _: object = None) -> None:
+        """Run the loop in the next reactor turn (once, however often it is woken)."""
+        if self._send_call is None and self._stillProducing:
+            self._send_call = self._reactor.callLater(0, self._sendPrioritisedData)
+
+    def _wake(self) -> None:
+        """A stream has something to send: if the loop waits for work, have it run."""
+        waiting = self._sendingDeferred
+        if waiting is not None:
+            self._sendingDeferred = None
+            waiting.callback(None)
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        self._outboundStreamQueues[streamID].append(data)
+        if self.conn.local_flow_control_window(streamID) > 0:
+            self.priority.unblock(streamID)
+            self._wake()
+        if self.remainingOutboundWindow(streamID) <= 0:
+            self.streams[streamID].flowControlBlocked()
+
+    def endRequest(self, streamID: int) -> None:
+        self._outboundStreamQueues[streamID].append(_END_STREAM_SENTINEL)
+        self.priority.unblock(streamID)
+        self._wake()
+
+    def _handleWindowUpdate(self, event: Any) -> None:
+        super()._handleWindowUpdate(event)  # unblocks streams with data waiting
+        self._wake()
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
+    ) -> None:
+        headers.insert(0, (b":status", code))
+        try:
+            self.conn.send_headers(streamID, headers)
+        except h2.exceptions.StreamClosedError:
+            return  # the client closed the stream: as Twisted, drop the response quietly
+        # the headers wait in h2's buffer for the loop's write, with the body if it is ready
+        if self._sendingDeferred is not None:
+            self._wake()
+        else:
+            self._schedule()
+
+    def connectionLost(
+        self, reason: Failure = connectionDone, _cancelTimeouts: bool = True
+    ) -> None:
+        if self._send_call is not None and self._send_call.active():
+            self._send_call.cancel()
+        self._send_call = None
+        super().connectionLost(reason, _cancelTimeouts)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _sendPrioritisedData(self, *args: object) -> None:
+        self._send_call = None
+        if not self._stillProducing:
+            return
+        payload = frames = 0
+        try:
+            while payload < BATCH_BYTES and frames < BATCH_FRAMES:
+                if self._consumerBlocked is not None:
+                    self._consumerBlocked.addCallback(self._schedule)
+                    return
+                try:
+                    stream = next(self.priority)
+                except priority.DeadlockError:
+                    if self._sendingDeferred is None:
+                        self._sendingDeferred = Deferred()
+                        self._sendingDeferred.addCallback(self._schedule)
+                    return
+                frames += 1
+                payload += self._send_frame(stream)
+            self._schedule()  # more may be ready: after the other connections' turn
+        finally:
+            if frames:
+                self.resetTimeout()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write what h2 has buffered, in h2's order: behind Twisted's held control frames
+        if there are any (they were taken from the same buffer earlier)."""
+        pending = self.conn.data_to_send()
+        if not pending or not self._stillProducing:
+            return
+        if self._bufferedControlFrames:
+            self._bufferedControlFrames.append(pending)
+            self._bufferedControlFrameBytes += len(pending)
+        elif self.transport is not None:
+            self.transport.write(pending)
+
+    def _send_frame(self, stream: int) -> int:
+        """Put ``stream``'s next frame in h2's buffer; return its DATA payload's size."""
+        queue = self._outboundStreamQueues[stream]
+        data = queue.popleft()
+        if data is _END_STREAM_SENTINEL:
+            self.conn.end_stream(stream)
+            self._requestDone(stream)
+            return 0
+        room = min(self.conn.max_outbound_frame_size, self.conn.local_flow_control_window(stream))
+        if room <= 0:  # window exhausted: wait for the client's WINDOW_UPDATE
+            queue.appendleft(data)
+            self.priority.block(stream)
+            return 0
+        if len(data) > room:
+            queue.appendleft(data[room:])
+            data = data[:room]
+        if queue and queue[0] is _END_STREAM_SENTINEL:
+            queue.popleft()
+            self.conn.send_data(stream, data, end_stream=True)
+            self._requestDone(stream)
+            return len(data)
+        if data:
+            self.conn.send_data(stream, data)
+        if not queue:
+            self.priority.block(stream)
+        if self.remainingOutboundWindow(stream) <= 0:
+            self.streams[stream].flowControlBlocked()
+        return len(data)

@@ -1,0 +1,279 @@
+"""funnel_tw/web/h2send.py in memory: a real h2 client against the batched connection, a Clock
+for the reactor's turns, a transport that records each write.
+
+Twisted's own H2Connection (the reference in the first test) writes a small response in three
+turns and three writes; these tests fail on it, and they fail if Twisted changes the private
+sending loop the module replaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import server
+from twisted.web._http2 import H2Connection  # private on purpose: the reference
+from twisted.web.resource import Resource
+
+from funnel_tw.web.h2send import BATCH_BYTES, BatchedH2Connection
+from funnel_tw.web.httplimits import LimitedHTTPChannel, limited_channel
+
+REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x"), (b":scheme", b"https")]
+
+
+class _Body(Resource):
+    """Answers every request with ``size`` bytes at once, or holds it (``hold``)."""
+
+    isLeaf = True
+
+    def __init__(self, size: int, hold: bool = False) -> None:
+        super().__init__()
+        self.size, self.hold = size, hold
+        self.held: list[server.Request] = []
+
+    def render(self, request: server.Request) -> Any:
+        if self.hold:
+            self.held.append(request)
+            return server.NOT_DONE_YET
+        return b"b" * self.size
+
+
+class _Writes(StringTransport):
+    """Keeps each write apart: how many TLS records and TCP segments a response costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+class _Pair:
+    """A server connection of ``kind`` and an h2 client speaking to it through memory."""
+
+    def __init__(self, kind: type, resource: Resource, window: int | None = None) -> None:
+        self.clock = Clock()
+        site = server.Site(resource)
+        self.server = kind(self.clock)
+        self.server.requestFactory = site.requestFactory
+        self.server.site = site
+        self.server.factory = site
+        self.server.callLater = self.clock.callLater
+        self.transport = _Writes()
+        self.server.makeConnection(self.transport)
+        self.client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.client.initiate_connection()
+        if window is not None:
+            self.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.send()
+        self.events: list[h2.events.Event] = []
+        self.take()
+
+    def send(self) -> None:
+        self.server.dataReceived(self.client.data_to_send())
+
+    def take(self) -> list[bytes]:
+        """What the server wrote since the last take, write by write; fed to the client."""
+        writes = self.transport.writes[:]
+        self.transport.writes.clear()
+        self.transport.clear()
+        for data in writes:
+            self.events += self.client.receive_data(data)
+        self.send()  # the client's ACKs and WINDOW_UPDATEs
+        return writes
+
+    def request(self, stream_id: int) -> None:
+        self.client.send_headers(stream_id, REQUEST, end_stream=True)
+        self.send()
+
+    def turns(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.clock.advance(0)
+
+    def body(self, stream_id: int) -> bytes:
+        return b"".join(
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+        )
+
+    def ended(self, stream_id: int) -> bool:
+        return any(
+            isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id for e in self.events
+        )
+
+
+class BatchedSendingTests(SynchronousTestCase):
+    def test_twisted_sends_a_small_response_in_three_writes(self) -> None:
+        """The reference: why the module exists (fails if Twisted batches one day)."""
+        pair = _Pair(H2Connection, _Body(100))
+        pair.request(1)
+        pair.take()  # HEADERS, written at once
+        pair.turns(3)
+        self.assertEqual(len(pair.take()), 2)  # DATA, then END_STREAM, a turn each
+        self.assertTrue(pair.ended(1))
+
+    def test_a_small_response_leaves_in_one_write(self) -> None:
+        """As the proxy answers: the head, the body and the end in one later callback."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.request(1)
+        pair.take()
+        (request,) = resource.held
+        request.write(b"b" * 100)
+        request.finish()
+        self.assertEqual(pair.transport.writes, [])  # nothing inside the answer's own turn
+        pair.turns()
+        writes = pair.take()
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(pair.body(1), b"b" * 100)
+        self.assertTrue(pair.ended(1))
+        # END_STREAM rode on the DATA frame: exactly one DATA frame for the stream
+        data = [e for e in pair.events if isinstance(e, h2.events.DataReceived)]
+        self.assertEqual(len(data), 1)
+        self.assertIsNotNone(data[0].stream_ended)
+        self.assertEqual(pair.clock.getDelayedCalls(), [])  # idle: the loop waits for work
+
+    def test_many_streams_share_one_write(self) -> None:
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        for stream_id in range(1, 40, 2):
+            pair.client.send_headers(stream_id, REQUEST, end_stream=True)
+        pair.send()
+        pair.take()
+        for request in resource.held:
+            request.write(b"b" * 50)
+            request.finish()
+        pair.turns()
+        self.assertEqual(len(pair.take()), 1)
+        for stream_id in range(1, 40, 2):
+            self.assertEqual(pair.body(stream_id), b"b" * 50)
+            self.assertTrue(pair.ended(stream_id))
+
+    def test_a_large_response_is_bounded_per_write(self) -> None:
+        """Each run of the loop writes at most BATCH_BYTES of DATA, then yields to the other
+        connections (Clock.advance runs the runs it schedules; a reactor, one per turn)."""
+        size = 3 * BATCH_BYTES + 1000
+        pair = _Pair(BatchedH2Connection, _Body(size), window=2**31 - 1)
+        pair.client.increment_flow_control_window(2**30)
+        pair.request(1)
+        pair.take()
+        pair.turns()
+        sizes = [len(w) for w in pair.take()]
+        self.assertEqual(pair.body(1), b"b" * size)
+        self.assertTrue(pair.ended(1))
+        self.assertEqual(len(sizes), 4, sizes)
+        frame_headers = 9 * (BATCH_BYTES // 16384)
+        self.assertEqual(sizes[:3], [BATCH_BYTES + frame_headers] * 3)
+
+    def test_an_exhausted_window_waits_without_polling(self) -> None:
+        """Twisted's loop runs every turn while a stream has data and no window; ours blocks
+        the stream until the client's WINDOW_UPDATE."""
+        pair = _Pair(BatchedH2Connection, _Body(5000), window=1000)
+        pair.request(1)
+        pair.turns()
+        pair.take()
+        self.assertEqual(len(pair.body(1)), 1000)
+        pair.turns(2)
+        self.assertEqual(pair.take(), [])
+        self.assertEqual(pair.clock.getDelayedCalls(), [])  # waiting, not polling
+        pair.client.increment_flow_control_window(10000, stream_id=1)
+        pair.send()
+        pair.turns()
+        pair.take()
+        self.assertEqual(pair.body(1), b"b" * 5000)
+        self.assertTrue(pair.ended(1))
+
+    def test_a_paused_transport_holds_the_data(self) -> None:
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.request(1)
+        (request,) = resource.held
+        pair.server.pauseProducing()  # as a full transport does
+        request.write(b"x" * 1000)
+        request.finish()
+        pair.turns(3)
+        self.assertEqual(pair.body(1), b"")
+        self.assertEqual(b"".join(pair.take()).count(b"x"), 0)
+        pair.server.resumeProducing()
+        pair.turns()
+        pair.take()
+        self.assertEqual(pair.body(1), b"x" * 1000)
+        self.assertTrue(pair.ended(1))
+
+    def test_headers_alone_are_sent(self) -> None:
+        """A response whose body is not ready still sends its head in the next turn."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.request(1)
+        (request,) = resource.held
+        request.setResponseCode(200)
+        request.write(b"")  # the head alone
+        pair.turns()
+        pair.take()
+        heads = [e for e in pair.events if isinstance(e, h2.events.ResponseReceived)]
+        self.assertEqual(len(heads), 1)
+        self.assertFalse(pair.ended(1))
+        request.write(b"late")
+        request.finish()
+        pair.turns()
+        pair.take()
+        self.assertEqual(pair.body(1), b"late")
+        self.assertTrue(pair.ended(1))
+
+    def test_held_control_frames_keep_their_order(self) -> None:
+        """What waits behind a paused transport leaves first, then the loop's frames: h2's
+        buffer (HPACK state included) is written in the order it was made."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.request(1)
+        pair.request(3)
+        first, second = resource.held
+        pair.server.pauseProducing()
+        # Twisted's own HEADERS, held while paused:
+        first.channel._respondToBadRequestAndDisconnect()
+        second.write(b"y" * 10)
+        second.finish()
+        pair.turns()
+        pair.server.resumeProducing()
+        pair.turns()
+        pair.take()  # the client fails on any HPACK or frame order error
+        heads = [e.stream_id for e in pair.events if isinstance(e, h2.events.ResponseReceived)]
+        self.assertEqual(heads, [1, 3])  # the order they were made in
+        self.assertEqual(pair.body(3), b"y" * 10)
+        self.assertTrue(pair.ended(3))
+
+
+class SwitchTests(SynchronousTestCase):
+    def _switched(self, alpn: bytes) -> Any:
+        site = server.Site(_Body(1))
+        switch = limited_channel()
+        switch.requestFactory = site.requestFactory
+        switch.site = site
+        switch.factory = site
+        transport = StringTransport()
+        transport.negotiatedProtocol = alpn  # type: ignore[attr-defined]
+        switch.makeConnection(transport)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        data = client.data_to_send() if alpn == b"h2" else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        switch.dataReceived(data)
+        return switch._channel
+
+    def test_h2_gets_the_batched_connection(self) -> None:
+        channel = self._switched(b"h2")
+        self.assertIsInstance(channel, BatchedH2Connection)
+        self.assertIsNotNone(channel.transport)
+        channel.connectionLost(None)
+
+    def test_http11_keeps_the_limited_channel(self) -> None:
+        self.assertIsInstance(self._switched(b"http/1.1"), LimitedHTTPChannel)
