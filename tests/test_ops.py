@@ -7,6 +7,7 @@ processes, the NOTIFY_SOCKET test and a real Prometheus server are in tests/e2e/
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from twisted.logger import LogLevel, PredicateResult
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from funnel_tw.daemon.accesslog import STDOUT, AccessLog, fields_line, http_combined_line
+from funnel_tw.daemon.gctune import GC_THRESHOLD, CollectorService
 from funnel_tw.daemon.logfilter import chatter_filter
 from funnel_tw.daemon.sdnotify import Notifier, NotifyService, socket_address
 from funnel_tw.daemon.signals import SignalService
@@ -427,6 +429,34 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(calls, ["hup", "usr1"])
         self.assertEqual(chained, [signal.SIGUSR1])  # twistd's own log rotation still runs
         self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+
+
+class CollectorTests(SynchronousTestCase):
+    def test_thresholds_and_freeze_while_running_only(self) -> None:
+        class Reactor:
+            def __init__(self) -> None:
+                self.when_running: list[Any] = []
+
+            def callWhenRunning(self, f: Any) -> None:
+                self.when_running.append(f)
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        reactor_ = Reactor()
+        service = CollectorService(reactor_)
+        service.startService()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLD)
+        self.assertEqual(gc.get_freeze_count(), 0)  # not before every service has started
+        (freeze,) = reactor_.when_running
+        freeze()
+        self.assertGreater(gc.get_freeze_count(), 1000)  # modules, classes, functions...
+        service.stopService()
+        self.assertEqual(gc.get_threshold(), before)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        freeze()  # a reactor that starts after the service stopped: nothing is frozen
+        self.assertEqual(gc.get_freeze_count(), 0)
 
 
 class LogFilterTests(SynchronousTestCase):

@@ -1,8 +1,9 @@
-"""What a daemon run by twistd adds to its service tree: signals and sd_notify.
+"""What a daemon run by twistd adds to its service tree: signals, sd_notify, and the garbage
+collector's settings (gctune.py).
 
 Only the twistd entry points (node/tap.py, relay/tap.py) call this: a NodeService or
 RelayService embedded in another program, or run in-process by the tests, leaves the
-process's signal handlers alone.
+process's signal handlers and garbage collector alone.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
+from .gctune import CollectorService
 from .logfilter import LogFilterService
 from .metrics import ReloadCollector
 from .reload import Reloader
@@ -50,10 +52,12 @@ def add_daemon_services(
     # applied in privilegedStartService: before any service starts (and listens, and logs)
     LogFilterService(debug).setServiceParent(parent)
     SignalService(reactor, hup, usr1).setServiceParent(parent)
+    CollectorService(reactor).setServiceParent(parent)  # the collector's thresholds
     notify = NotifyService(reactor, not_ready, status)
     notify.setServiceParent(parent)
     reloader.notify = notify.notifier.send
     if metrics is not None:
         prefix, registry = metrics
         registry.register(ReloadCollector(prefix, reloader))
+        GCCollector(registry=registry)  # python_gc_collections_total{generation}, ...
     return notify

@@ -124,6 +124,8 @@ class OpsTests(SynchronousTestCase):
         self.assertGreaterEqual(
             sample(node, "funnel_node_http_requests_total", mount="/", code="200") or 0, 1
         )
+        for text in (relay, node):  # the collector's own counters (daemon/gctune.py)
+            self.assertIsNotNone(sample(text, "python_gc_collections_total", generation="0"))
         self.assertEqual(http_get(self.relay_metrics, "/ready"), (200, "ok\n"))
         self.assertEqual(http_get(self.node_metrics, "/ready"), (200, "ok\n"))
         promtool = shutil.which("promtool")
