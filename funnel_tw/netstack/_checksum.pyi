@@ -1,1 +1,15 @@
 def ones_sum(data: bytes | bytearray | memoryview, start: int = 0, /) -> int: ...
+def tcp_packet(
+    src: bytes,
+    dst: bytes,
+    ident: int,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    options: bytes,
+    payload: bytes | bytearray | memoryview,
+    /,
+) -> bytes: ...

@@ -1,5 +1,6 @@
 """The Internet checksum (RFC 1071): a C extension when it is built, else one big-integer
-reduction.
+reduction. The same extension builds a TCP segment's whole IP packet (``tcp_packet``, used by
+segment.py's PacketBuilder: ~0.14 us against ~1.2 in Python).
 
 Every segment our TCP sends is checksummed over its whole payload, so this is on the send
 path's per-packet bill: the pure-Python sum of a 1,368-byte payload costs ~3.5 us, the C one
@@ -33,21 +34,42 @@ def py_ones_sum(data: Buffer, start: int = 0, /) -> int:
     return total
 
 
-def _load() -> tuple[OnesSum, str]:
+class TcpPacket(Protocol):
+    def __call__(
+        self,
+        src: bytes,
+        dst: bytes,
+        ident: int,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes,
+        payload: Buffer,
+        /,
+    ) -> bytes: ...
+
+
+def _load() -> tuple[OnesSum, TcpPacket | None, str]:
     if os.environ.get("FUNNEL_TW_PURE_PYTHON") == "1":
-        return py_ones_sum, "python (FUNNEL_TW_PURE_PYTHON=1)"
+        return py_ones_sum, None, "python (FUNNEL_TW_PURE_PYTHON=1)"
     try:
         from ._checksum import ones_sum as c_ones_sum
+        from ._checksum import tcp_packet as c_tcp_packet
     except ImportError:
-        return py_ones_sum, "python (the C extension is not built)"
-    return c_ones_sum, "C"
+        return py_ones_sum, None, "python (the C extension is not built)"
+    return c_ones_sum, c_tcp_packet, "C"
 
 
 #: ``ones_sum(data, start=0)``: the C one when built and not turned off, else py_ones_sum.
 ones_sum: OnesSum
+#: The C builder of a TCP segment's IP packet (segment.py's PacketBuilder), or None.
+tcp_packet: TcpPacket | None
 #: Which one ``ones_sum`` is, for status and logs.
 IMPLEMENTATION: str
-ones_sum, IMPLEMENTATION = _load()
+ones_sum, tcp_packet, IMPLEMENTATION = _load()
 
 
 def checksum(*parts: bytes) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .checksum import ones_sum
+from .checksum import ones_sum, tcp_packet
 from .ip import PROTO_TCP, pseudo_header
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
@@ -103,6 +103,25 @@ class PacketBuilder:
         options: bytes = b"",
         payload: bytes = b"",
     ) -> bytes:
+        if (
+            tcp_packet is not None
+        ):  # the C builder: the same bytes (tests/netstack/test_checksum.py)
+            ident = 0
+            if self.v4:
+                self.ident = ident = (self.ident + 1) & 0xFFFF
+            return tcp_packet(
+                self.src,
+                self.dst,
+                ident,
+                sport,
+                dport,
+                seq & 0xFFFFFFFF,
+                ack & 0xFFFFFFFF,
+                flags,
+                window,
+                options,
+                payload,
+            )
         offset = (20 + len(options)) // 4
         length = offset * 4 + len(payload)
         header = HEADER.pack(

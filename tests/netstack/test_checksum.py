@@ -1,5 +1,6 @@
 """The Internet checksum (funnel_tw.netstack.checksum) against a word-by-word reference:
-the sum's two implementations (C and pure Python) each, then checksum() and verify()."""
+the sum's two implementations (C and pure Python) each, then checksum() and verify(); and the
+C builder of a segment's IP packet against PacketBuilder's pure-Python code."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from funnel_tw.netstack import checksum as checksum_module
+from funnel_tw.netstack import segment
 from funnel_tw.netstack.checksum import OnesSum, checksum, py_ones_sum, verify
 
 from .reference import naive_checksum, naive_ones_sum
@@ -196,3 +199,95 @@ class ChecksumTests(SynchronousTestCase):
         flipped = bytearray(good)
         flipped[bit // 8] ^= 1 << (bit % 8)
         self.assertFalse(verify(bytes(flipped)))
+
+
+class CTcpPacketTests(SynchronousTestCase):
+    """The C builder of a segment's IP packet gives PacketBuilder's pure-Python bytes."""
+
+    def setUp(self) -> None:
+        try:
+            from funnel_tw.netstack._checksum import tcp_packet
+        except ImportError:
+            if os.environ.get("FUNNEL_TW_REQUIRE_INTEROP") == "1":
+                self.fail("the C checksum extension is not built (pip install -e . builds it)")
+            raise SkipTest("the C checksum extension is not built") from None
+        self.tcp_packet = tcp_packet
+
+    def _python(self, builder: segment.PacketBuilder, *args: Any) -> bytes:
+        saved = segment.tcp_packet
+        segment.tcp_packet = None
+        try:
+            return builder.build(*args)
+        finally:
+            segment.tcp_packet = saved
+
+    @given(
+        st.booleans(),
+        st.binary(min_size=32, max_size=32),
+        st.integers(0, 0xFFFF),
+        st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+        st.integers(0, 0xFF),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 10).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n)),
+        st.binary(max_size=1500),
+    )
+    def test_same_bytes_as_python(
+        self,
+        v4: bool,
+        addresses: bytes,
+        ident: int,
+        ports: tuple[int, int],
+        numbers: tuple[int, int],
+        flags: int,
+        window: int,
+        options: bytes,
+        payload: bytes,
+    ) -> None:
+        size = 4 if v4 else 16
+        src, dst = addresses[:size], addresses[16 : 16 + size]
+        python, c = segment.PacketBuilder(src, dst), segment.PacketBuilder(src, dst)
+        python.ident = c.ident = ident
+        args = (*ports, *numbers, flags, window, options, payload)
+        want = self._python(python, *args)
+        self.assertEqual(c.build(*args), want)
+        self.assertEqual(c.ident, python.ident)
+        header = 20 if v4 else 40
+        if v4:
+            self.assertTrue(verify(want[:20]))
+        length = len(want) - header
+        pseudo = (
+            src
+            + dst
+            + (
+                bytes((0, 6)) + length.to_bytes(2, "big")
+                if v4
+                else length.to_bytes(4, "big") + bytes((0, 0, 0, 6))
+            )
+        )
+        self.assertEqual(naive_ones_sum(pseudo + want[header:]), 0xFFFF)
+
+    def test_sequence_numbers_wrap(self) -> None:
+        c = segment.PacketBuilder(bytes(4), bytes(4))
+        python = segment.PacketBuilder(bytes(4), bytes(4))
+        args = (1, 2, 2**32 + 5, -1 & (2**33 - 1), 16, 100, b"", b"x")
+        self.assertEqual(c.build(*args), self._python(python, *args))
+
+    def test_bad_arguments(self) -> None:
+        a4, a16 = bytes(4), bytes(16)
+        ok = (a4, a4, 0, 1, 2, 3, 4, 16, 100, b"", b"")
+        self.assertIsInstance(self.tcp_packet(*ok), bytes)
+        for bad, error in [
+            ((a4, a16, *ok[2:]), ValueError),  # families differ
+            ((b"\0" * 5, b"\0" * 5, *ok[2:]), ValueError),
+            ((*ok[:9], b"\x01\x01\x01", b""), ValueError),  # options not in words
+            ((*ok[:9], bytes(44), b""), ValueError),  # more than 40 bytes of options
+            ((*ok[:8], 0x10000, b"", b""), ValueError),  # window
+            ((*ok[:2], 0x10000, *ok[3:]), ValueError),  # IP ID
+            ((*ok[:5], 2**32, *ok[6:]), ValueError),  # seq
+            ((*ok[:10], bytes(0xFFFF)), ValueError),  # longer than an IP packet
+            ((*ok[:3], -1, *ok[4:]), OverflowError),
+            (ok[:10], TypeError),
+            ((*ok[:10], "text"), TypeError),
+        ]:
+            self.assertRaises(error, self.tcp_packet, *bad)
