@@ -103,9 +103,8 @@ class PacketBuilder:
         options: bytes = b"",
         payload: bytes = b"",
     ) -> bytes:
-        if (
-            tcp_packet is not None
-        ):  # the C builder: the same bytes (tests/netstack/test_checksum.py)
+        if tcp_packet is not None:
+            # the C builder: the same bytes as below (tests/netstack/test_checksum.py)
             ident = 0
             if self.v4:
                 self.ident = ident = (self.ident + 1) & 0xFFFF
