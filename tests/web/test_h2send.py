@@ -13,8 +13,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import server
 from twisted.web._http2 import H2Connection  # private on purpose: the reference
@@ -251,6 +253,46 @@ class BatchedSendingTests(SynchronousTestCase):
         self.assertEqual(heads, [1, 3])  # the order they were made in
         self.assertEqual(pair.body(3), b"y" * 10)
         self.assertTrue(pair.ended(3))
+
+    def test_a_reset_stream_leaves_the_others_going(self) -> None:
+        """The client resets a stream whose body waits for window: its queue is dropped,
+        the other stream's answer still leaves, and nothing raises in the loop."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource, window=1000)
+        pair.request(1)
+        pair.request(3)
+        first, second = resource.held
+        first.write(b"a" * 5000)  # 1,000 leave, 4,000 wait for the window
+        second.write(b"c" * 500)
+        second.finish()
+        pair.turns()
+        pair.take()
+        pair.client.reset_stream(1)
+        pair.send()
+        pair.client.increment_flow_control_window(100_000)  # the connection's window
+        pair.send()
+        pair.turns(3)
+        pair.take()
+        self.assertEqual(len(pair.body(1)), 1000)
+        self.assertEqual(pair.body(3), b"c" * 500)
+        self.assertTrue(pair.ended(3))
+        self.assertNotIn(1, pair.server.streams)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_connection_lost_with_a_run_scheduled(self) -> None:
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.request(1)
+        (request,) = resource.held
+        pair.turns()  # Twisted's first run of the loop: it now waits for work
+        request.write(b"x" * 10)  # schedules the loop for the next turn
+        self.assertTrue(pair.clock.getDelayedCalls())
+        pair.server.connectionLost(Failure(ConnectionLost("gone")))
+        self.assertFalse(
+            any(c.func == pair.server._sendPrioritisedData for c in pair.clock.getDelayedCalls())
+        )
+        pair.turns(2)  # nothing is written to the closed transport
+        self.assertEqual(pair.transport.writes, [])
 
 
 class SwitchTests(SynchronousTestCase):
