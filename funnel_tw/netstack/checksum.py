@@ -16,6 +16,7 @@ big-endian integer modulo 0xFFFF (because 2**16 == 1 mod 0xFFFF), which CPython 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 Buffer = bytes | bytearray | memoryview
@@ -34,25 +35,7 @@ def py_ones_sum(data: Buffer, start: int = 0, /) -> int:
     return total
 
 
-class TcpPacket(Protocol):
-    def __call__(
-        self,
-        src: bytes,
-        dst: bytes,
-        ident: int,
-        sport: int,
-        dport: int,
-        seq: int,
-        ack: int,
-        flags: int,
-        window: int,
-        options: bytes,
-        payload: Buffer,
-        /,
-    ) -> bytes: ...
-
-
-def _load() -> tuple[OnesSum, TcpPacket | None, str]:
+def _load() -> tuple[OnesSum, Callable[..., bytes] | None, str]:
     if os.environ.get("FUNNEL_TW_PURE_PYTHON") == "1":
         return py_ones_sum, None, "python (FUNNEL_TW_PURE_PYTHON=1)"
     try:
@@ -66,7 +49,7 @@ def _load() -> tuple[OnesSum, TcpPacket | None, str]:
 #: ``ones_sum(data, start=0)``: the C one when built and not turned off, else py_ones_sum.
 ones_sum: OnesSum
 #: The C builder of a TCP segment's IP packet (segment.py's PacketBuilder), or None.
-tcp_packet: TcpPacket | None
+tcp_packet: Callable[..., bytes] | None  # its signature: _checksum.pyi
 #: Which one ``ones_sum`` is, for status and logs.
 IMPLEMENTATION: str
 ones_sum, tcp_packet, IMPLEMENTATION = _load()
