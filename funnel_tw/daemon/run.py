@@ -52,7 +52,7 @@ def add_daemon_services(
     # applied in privilegedStartService: before any service starts (and listens, and logs)
     LogFilterService(debug).setServiceParent(parent)
     SignalService(reactor, hup, usr1).setServiceParent(parent)
-    CollectorService(reactor).setServiceParent(parent)  # the collector's thresholds
+    CollectorService().setServiceParent(parent)  # the collector's thresholds
     notify = NotifyService(reactor, not_ready, status)
     notify.setServiceParent(parent)
     reloader.notify = notify.notifier.send
