@@ -115,11 +115,17 @@ class BatchedH2Connection(H2Connection):
         finally:
             if frames:
                 self.resetTimeout()
-            self._write_pending()
+                self._write_pending()
+            else:
+                # heads and control frames alone: Twisted's own path, which holds them while
+                # the transport is full and aborts a client that lets them pile up (~17 KiB)
+                self._tryToWriteControlData()
 
     def _write_pending(self) -> None:
-        """Write what h2 has buffered, in h2's order: behind Twisted's held control frames
-        if there are any (they were taken from the same buffer earlier)."""
+        """Write what h2 has buffered (this run's DATA among it), in h2's order: behind
+        Twisted's held control frames if there are any (taken from the same buffer earlier).
+        DATA is made only while the transport takes data, so this is not a way around the
+        held frames' bound."""
         pending = self.conn.data_to_send()
         if not pending or not self._stillProducing:
             return

@@ -254,6 +254,29 @@ class BatchedSendingTests(SynchronousTestCase):
         self.assertEqual(pair.body(3), b"y" * 10)
         self.assertTrue(pair.ended(3))
 
+    def test_heads_for_a_client_that_does_not_read_are_bounded(self) -> None:
+        """While the transport is full, response heads wait in Twisted's held control frames,
+        which abort the connection past their bound (~17 KiB); they are not written to the
+        full transport without end."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource)
+        pair.server.pauseProducing()  # the client stopped reading
+        before = len(pair.transport.value())
+        for stream_id in range(1, 2 * 90, 2):
+            pair.client.send_headers(stream_id, REQUEST, end_stream=True)
+            pair.send()
+            request = resource.held[-1]
+            for i in range(8):  # ~300 bytes of head each, HPACK or not
+                request.setHeader(b"x-filler-%d" % i, b"%d-" % stream_id + b"v" * 24)
+            request.write(b"")
+            pair.turns()
+            if pair.transport.disconnecting:
+                break
+        self.assertTrue(pair.transport.disconnecting)
+        self.assertFalse(pair.server._stillProducing)
+        self.assertLess(len(pair.transport.value()) - before, 4096)  # held, not written
+        self.flushLoggedErrors()
+
     def test_a_reset_stream_leaves_the_others_going(self) -> None:
         """The client resets a stream whose body waits for window: its queue is dropped,
         the other stream's answer still leaves, and nothing raises in the loop."""
