@@ -149,8 +149,12 @@ class UserspaceOverlayInterface:
                 self.stack_errors += 1
                 self._stack_failed(Failure(), f"a packet from {peer.name}; dropped")
 
+    def _stack_error_count(self) -> int:
+        """Packets the stack raised on, and its connections that raised (each reset)."""
+        return self.stack_errors + self.stack.counters.get("tcp_internal_errors", 0)
+
     def _stack_failed(self, failure: Failure, what: str) -> None:
-        n = self.stack_errors + self.stack.counters.get("tcp_internal_errors", 0)
+        n = self._stack_error_count()
         if _worth_logging(n):
             log.failure("the TCP/IP stack failed on {what} ({n} so far)", failure, what=what, n=n)
 
@@ -422,7 +426,7 @@ class UserspaceOverlayInterface:
         counters.update(self.stack.stats())
         counters.update(self.filter.stats())
         counters["app_errors"] = self.app_errors
-        counters["stack_errors"] = self.stack_errors + counters.get("tcp_internal_errors", 0)
+        counters["stack_errors"] = self._stack_error_count()
         if self.tunnel is not None:
             counters["udp_send_errors"] = self.tunnel.udp.send_errors
         return counters

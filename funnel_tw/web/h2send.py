@@ -44,25 +44,15 @@ class BatchedH2Connection(H2Connection):
         if self._send_call is None and self._stillProducing:
             self._send_call = self._reactor.callLater(0, self._sendPrioritisedData)
 
+    # Twisted's writeDataToStream and endRequest fire ``_sendingDeferred``, which the loop
+    # arms with _schedule: a body written or ended wakes the loop for the next turn.
+
     def _wake(self) -> None:
         """A stream has something to send: if the loop waits for work, have it run."""
         waiting = self._sendingDeferred
         if waiting is not None:
             self._sendingDeferred = None
             waiting.callback(None)
-
-    def writeDataToStream(self, streamID: int, data: bytes) -> None:
-        self._outboundStreamQueues[streamID].append(data)
-        if self.conn.local_flow_control_window(streamID) > 0:
-            self.priority.unblock(streamID)
-            self._wake()
-        if self.remainingOutboundWindow(streamID) <= 0:
-            self.streams[streamID].flowControlBlocked()
-
-    def endRequest(self, streamID: int) -> None:
-        self._outboundStreamQueues[streamID].append(_END_STREAM_SENTINEL)
-        self.priority.unblock(streamID)
-        self._wake()
 
     def _handleWindowUpdate(self, event: Any) -> None:
         super()._handleWindowUpdate(event)  # unblocks streams with data waiting
