@@ -2,6 +2,7 @@
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
                            [--no-download] [--no-upload] [--no-h2] [--rates 1000,5000]
+                           [--nodes 2]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
@@ -12,7 +13,8 @@ ways to reach it:
 (a) funnel: HTTPS to the relay's public port with SNI ``demo.funnel.test`` -> relay
     (``twistd -n funnel-relay``, its own process) -> WireGuard over loopback UDP -> node
     (``twistd -n funnel``, its own process, our TCP/IP stack) -> TLS -> reverse proxy -> backend;
-    configs from ``funnel_tw.demo.write_configs``;
+    configs from ``funnel_tw.demo.write_configs``; with ``--nodes N``, N node processes, a pool
+    for the name (the relay hands each new connection to the next);
 (b) reference: Caddy alone (a second Caddy process) as a TLS reverse proxy to the same
     backend (``tls internal``, SNI ``caddy.funnel.test``);
 (c) reference: plain HTTP straight to the backend.
@@ -56,6 +58,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from funnel_tw import keys
 from funnel_tw.demo import HOSTNAME, write_configs
 from tests._support import free_port
 
@@ -224,26 +227,42 @@ https://{CADDY_HOST}:{port} {{
         return port, root
 
     def start_funnel(self, backend: int) -> tuple[int, Path]:
+        """The relay and ``--nodes`` node processes, a pool for the one name when more than
+        one (each its own key and overlay address, certificates from the first node's CA)."""
         cfg = self.folder / "funnel"
         relay_ini, node_ini, public = write_configs(cfg, backend)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        extra = [pool_member(cfg, relay_ini, node_ini, i) for i in range(2, self.args.nodes + 1)]
         self.spawn("relay", [*TWISTD, "funnel-relay", "--config", str(relay_ini)], cfg, env)
         self.spawn("node", [*TWISTD, "funnel", "--config", str(node_ini)], cfg, env)
+        self.wait_handshake("node")
+        ca = cfg / "state" / "tls" / "ca.pem"
+        wait_for(lambda: ca.exists() and port_open(public), "the node's CA and the relay", 15)
+        for i, ini in enumerate(extra, start=2):
+            tls = cfg / f"state{i}" / "tls"
+            tls.mkdir(parents=True, mode=0o700)
+            for name in ("ca.key", "ca.pem"):
+                shutil.copy2(cfg / "state" / "tls" / name, tls / name)
+            self.spawn(f"node{i}", [*TWISTD, "funnel", "--config", str(ini)], cfg, env)
+            self.wait_handshake(f"node{i}")
+        return public, ca
+
+    def wait_handshake(self, node: str) -> None:
         handshake = re.compile(r"handshake with .* complete")
         wait_for(
             lambda: (
                 self.alive("relay")
-                and self.alive("node")
-                and bool(handshake.search(self.log_text("node")))
+                and self.alive(node)
+                and bool(handshake.search(self.log_text(node)))
                 and bool(handshake.search(self.log_text("relay")))
             ),
-            'the WireGuard "handshake with" lines in the relay and node logs',
+            f'the WireGuard "handshake with" lines in the relay and {node} logs',
             30,
         )
-        ca = cfg / "state" / "tls" / "ca.pem"
-        wait_for(lambda: ca.exists() and port_open(public), "the node's CA and the relay", 15)
-        return public, ca
+
+    def nodes(self) -> tuple[str, ...]:
+        return ("node", *(f"node{i}" for i in range(2, self.args.nodes + 1)))
 
     # --- measurements ----------------------------------------------------------------------
 
@@ -508,6 +527,32 @@ def _short_frame(frame: str) -> str:
     return f"{path}:{func}"
 
 
+def pool_member(cfg: Path, relay_ini: Path, node_ini: Path, i: int) -> Path:
+    """node{i}.ini: the demo node's config with its own key, overlay address and state-dir,
+    and its ``[node demo{i}]`` section added to relay.ini (the same name: a pool)."""
+    key = keys.generate_private_key()
+    key_file = cfg / f"node{i}.key"
+    key_file.write_text(keys.encode_key(key) + "\n")
+    key_file.chmod(0o600)
+    v4, v6 = f"100.64.0.{i + 1}", f"fd7a:115c:a1e0::{i + 1:x}"
+    text = node_ini.read_text()
+    for old, new in (
+        ("private-key-file = node.key", f"private-key-file = node{i}.key"),
+        ("100.64.0.2/32, fd7a:115c:a1e0::2/128", f"{v4}/32, {v6}/128"),
+        ("state-dir = state", f"state-dir = state{i}"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    ini = cfg / f"node{i}.ini"
+    ini.write_text(text)
+    with relay_ini.open("a") as relay:
+        relay.write(
+            f"\n[node demo{i}]\npublic-key = {keys.encode_key(keys.public_key(key))}\n"
+            f"allowed-ips = {v4}/32, {v6}/128\nhostnames = {HOSTNAME}\npeerapi = {v4}:41642\n"
+        )
+    return ini
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """How many cores other work keeps busy right now (from /proc/stat; NaN elsewhere)."""
 
@@ -586,6 +631,12 @@ def main() -> int:
     )
     parser.add_argument("--no-h2", action="store_true", help="skip the HTTP/2 load runs")
     parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="node processes serving the name, a pool behind the one relay (1)",
+    )
+    parser.add_argument(
         "--rates",
         type=lambda text: [int(r) for r in text.split(",") if r],
         default=[],
@@ -632,7 +683,7 @@ def main() -> int:
             f"https://{HOSTNAME}:{public}/",
             public,
             ["--cacert", str(ca), "--resolve", f"{HOSTNAME}:{public}:127.0.0.1"],
-            ("relay", "node", "backend"),
+            ("relay", *bench.nodes(), "backend"),
         )
         caddy = Case(
             "(b)",
@@ -683,7 +734,7 @@ def main() -> int:
                 bench.profile(funnel, what)
         except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
             say(f"benchmark failed: {e}")
-            for name in ("relay", "node"):
+            for name in ("relay", *bench.nodes()):
                 say(f"--- {name} log (tail) ---\n{bench.log_text(name)[-2000:]}")
             return 1
     say()

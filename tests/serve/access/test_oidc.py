@@ -122,6 +122,22 @@ access /app/ = staff
         self.assertEqual(await self.status("/app/"), b"200")
         self.assertEqual(again.counters, {}, "no new login was needed")
 
+    async def test_pool_member_needs_the_copied_key(self) -> None:
+        """Another node of a pool (its own state-dir) knows the session only with the first
+        node's access-session.key copied in, as docs/high-availability.md says to do."""
+        code, _, err = await self.login()
+        self.assertEqual(code, 0, err)
+        own = self.folder / "other-node-state"
+        other = Access(self.h.config.access, reactor, state_dir=own)
+        self.h.node.dispatcher.access = other
+        self.assertEqual(await self.status("/app/"), b"302", "a key of its own: no session")
+        copied = self.folder / "copied-node-state"
+        copied.mkdir(mode=0o700)
+        key = copied / "access-session.key"
+        shutil.copy2(self.h.config.state_dir / "access-session.key", key)
+        self.h.node.dispatcher.access = Access(self.h.config.access, reactor, state_dir=copied)
+        self.assertEqual(await self.status("/app/"), b"200", "the copied key: the same session")
+
     async def test_tampered_cookie_and_no_session(self) -> None:
         code, _, err = await self.login()
         self.assertEqual(code, 0, err)
