@@ -2,7 +2,7 @@
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
                            [--no-download] [--no-upload] [--no-h2] [--rates 1000,5000]
-                           [--nodes 2]
+                           [--nodes 2] [--mtu 1420]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
@@ -233,6 +233,12 @@ https://{CADDY_HOST}:{port} {{
         relay_ini, node_ini, public = write_configs(cfg, backend)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        settings = [(node_ini, "[node]\n", f"network = {self.args.node_network}\n")]
+        if self.args.mtu:
+            for ini, section in ((relay_ini, "[relay]\n"), (node_ini, "[node]\n")):
+                settings.append((ini, section, f"mtu = {self.args.mtu}\n"))
+        for ini, section, line in settings:
+            ini.write_text(ini.read_text().replace(section, section + line, 1))
         extra = [pool_member(cfg, relay_ini, node_ini, i) for i in range(2, self.args.nodes + 1)]
         self.spawn("relay", [*TWISTD, "funnel-relay", "--config", str(relay_ini)], cfg, env)
         self.spawn("node", [*TWISTD, "funnel", "--config", str(node_ini)], cfg, env)
@@ -635,6 +641,15 @@ def main() -> int:
         type=int,
         default=1,
         help="node processes serving the name, a pool behind the one relay (1)",
+    )
+    parser.add_argument(
+        "--node-network",
+        choices=("userspace", "tun"),
+        default="userspace",
+        help="the node's overlay: our TCP/IP stack (default) or the kernel's through TUN (root)",
+    )
+    parser.add_argument(
+        "--mtu", type=int, default=0, help="overlay MTU of relay and node (their default: 1280)"
     )
     parser.add_argument(
         "--rates",
