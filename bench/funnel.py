@@ -2,7 +2,7 @@
 
     python bench/funnel.py [--size-mib 256] [--seconds 8] [--clients 32] [--profile]
                            [--no-download] [--no-upload] [--no-h2] [--rates 1000,5000]
-                           [--nodes 2] [--mtu 1420]
+                           [--nodes 2] [--mtu 1420] [--node-network tun]
 
 One backend for every case: Caddy 2.6 on plain HTTP (``127.0.0.1`` only), its own process,
 answering ``/`` with a short fixed body (``respond``) and ``/big.bin`` (random bytes, 256 MiB by
@@ -661,6 +661,8 @@ def main() -> int:
     parser.add_argument("--no-download", action="store_true", help="skip the download runs")
     parser.add_argument("--no-upload", action="store_true", help="skip the upload runs")
     args = parser.parse_args()
+    if args.nodes > 1 and args.node_network == "tun":
+        parser.error("--nodes > 1 needs --node-network userspace (one host: one TUN route)")
     args.seconds = max(1, min(args.seconds, 9))  # with the 1 s warm-up: at most 10 s a run
     for tool in ("caddy", "curl", "h2load"):
         if not shutil.which(tool):
