@@ -413,6 +413,7 @@ class SignalTests(SynchronousTestCase):
             def callFromThread(self, f: Any) -> None:
                 f()
 
+        hup_before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup, else SIG_DFL
         before = signal.getsignal(signal.SIGUSR1)
         chained: list[int] = []
         signal.signal(signal.SIGUSR1, lambda n, f: chained.append(n))
@@ -428,7 +429,7 @@ class SignalTests(SynchronousTestCase):
             service.stopService()
         self.assertEqual(calls, ["hup", "usr1"])
         self.assertEqual(chained, [signal.SIGUSR1])  # twistd's own log rotation still runs
-        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), hup_before)
 
 
 class CollectorTests(SynchronousTestCase):
