@@ -242,7 +242,7 @@ class OverlayTCPTransport:
     def resumeProducing(self) -> None:
         if self.conn.state is State.CLOSED:
             return
-        self.conn.resume_reading(self._take)
+        self.conn.resume_reading(self._take, READ_CHUNK)
         self.owner.dispatch_and_flush()
 
     def stopProducing(self) -> None:

@@ -14,7 +14,7 @@ dial.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -45,6 +45,28 @@ from .tunnel import ITunnelReactor, Tunnel
 
 log = Logger()
 DATA = tcp.DATA
+_NOTHING = object()
+
+
+def _coalesced(events: list[tuple[Event, Any, Any]]) -> Iterator[tuple[Event, Any, Any]]:
+    """The stack's events with each run of DATA for one connection joined into one: a batch
+    of segments reaches the application as one read (what a kernel socket's reader gets),
+    not one call per segment through every layer above. Order is kept; nothing else moves."""
+    held: Any = _NOTHING  # the connection whose DATA is being gathered
+    parts: list[bytes] = []
+    for kind, conn, data in events:
+        if kind == DATA and conn is held:
+            parts.append(data)
+            continue
+        if held is not _NOTHING:
+            yield DATA, held, parts[0] if len(parts) == 1 else b"".join(parts)
+            held = _NOTHING
+        if kind == DATA:
+            held, parts = conn, [data]
+        else:
+            yield kind, conn, data
+    if held is not _NOTHING:
+        yield DATA, held, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _worth_logging(count: int) -> bool:
@@ -207,7 +229,7 @@ class UserspaceOverlayInterface:
                 self._stack_failed(Failure(e, type(e), e.__traceback__), "a connection; reset")
         while stack.events:
             events, stack.events = stack.events, []
-            pending = iter(events)
+            pending = _coalesced(events)
             while True:
                 try:
                     for kind, conn, data in pending:

@@ -10,8 +10,11 @@ restart). Real connections of the sans-IO stack, events driven by hand, a fake c
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -22,7 +25,7 @@ from funnel_tw.netstack.events import Event
 from funnel_tw.netstack.segment import ACK, SYN, syn_options
 from funnel_tw.netstack.stack import Stack
 from funnel_tw.netstack.tcp import Connection
-from funnel_tw.overlay.userspace import UserspaceOverlayInterface
+from funnel_tw.overlay.userspace import UserspaceOverlayInterface, _coalesced
 from tests.netstack.tcp_harness import A4, B4, Net, RawPeer, connected_pair, parse_seg
 
 A_PORT, B_PORT = 80, 81
@@ -32,12 +35,14 @@ class Recorder(protocol.Protocol):
     def __init__(self, fail_on: bytes = b"") -> None:
         self.fail_on = fail_on
         self.received = b""
+        self.reads = 0
         self.lost: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.fail_on and self.fail_on in data:
             raise ValueError("a handler bug")
         self.received += data
+        self.reads += 1
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost = reason
@@ -107,6 +112,25 @@ class DispatchTests(TestCase):
         self.assertIs(self.a.state, tcp.State.CLOSED)
         self.assertEqual(self.protocols[0].received, b"y")
 
+    def test_a_run_of_segments_is_one_read_and_order_is_kept(self) -> None:
+        """A batch's segments for one connection reach its protocol as one read, as a kernel
+        socket's reader gets them: one call through every layer above, not one a segment."""
+        self.listen(A_PORT)
+        self.listen(B_PORT)
+        self.deliver((tcp.ACCEPTED, self.a, None), (tcp.ACCEPTED, self.b, None))
+        self.deliver(
+            *[(tcp.DATA, self.a, bytes([65 + i]) * 1240) for i in range(40)],
+            (tcp.DATA, self.b, b"b1"),
+            (tcp.DATA, self.a, b"after b"),
+            (tcp.EOF, self.a, None),
+        )
+        first, second = self.protocols
+        self.assertEqual(
+            first.received, b"".join(bytes([65 + i]) * 1240 for i in range(40)) + b"after b"
+        )
+        self.assertEqual(first.reads, 2)  # the run of 40, then the one after b's
+        self.assertEqual((second.received, second.reads), (b"b1", 1))
+
     def test_a_protocol_that_raises_loses_its_connection_only(self) -> None:
         self.listen(A_PORT, fail_on=b"boom")
         self.listen(B_PORT)
@@ -160,6 +184,34 @@ class DispatchTests(TestCase):
         self.assertEqual(self.overlay.app_errors, 15)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 10)
         self.assertTrue(all(c.state is tcp.State.CLOSED for c in conns))
+
+
+class CoalescedDataTests(TestCase):
+    """What ``_coalesced`` makes of any batch: each run of DATA for one connection joined,
+    everything else as it was, in order."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([tcp.DATA, tcp.DATA, tcp.EOF, tcp.DRAINED]),
+                st.sampled_from(["a", "b", "c"]),
+                st.binary(min_size=1, max_size=8),
+            ),
+            max_size=40,
+        )
+    )
+    def test_coalesced_is_adjacent_data_of_one_connection_joined(
+        self, events: list[tuple[Event, str, bytes]]
+    ) -> None:
+        expected = []
+        for (kind, conn), run in itertools.groupby(events, key=lambda e: (e[0], e[1])):
+            datas = [d for _, _, d in run]
+            if kind == tcp.DATA:
+                expected.append((kind, conn, b"".join(datas)))
+            else:
+                expected.extend((kind, conn, d) for d in datas)
+        self.assertEqual(list(_coalesced(events)), expected)
 
 
 class StackErrorTests(TestCase):

@@ -127,12 +127,16 @@ class ReceiveSide:
         self.held.append(data)
         self.held_bytes += len(data)
 
-    def resume_reading(self: Self, take: Callable[[bytes], bytes] | None = None) -> None:
+    def resume_reading(
+        self: Self, take: Callable[[bytes], bytes] | None = None, join_up_to: int = 0
+    ) -> None:
         """Reading runs again: the held data goes to the application, then the EOF if one
         came. Without ``take`` it leaves as DATA events. With it, the owner takes each chunk
         at once (``take(chunk)`` returns what it did not take: the reader paused again), and
         the rest stays held: a reader that keeps pausing after each 64 KiB costs per chunk
-        it takes, not per chunk held (a full 6 MiB window is ~4,500 of them)."""
+        it takes, not per chunk held (a full 6 MiB window is ~4,500 of them). With
+        ``join_up_to``, consecutive held chunks are handed over joined, up to that many
+        bytes a call (a read's size): one call per read, not one per segment held."""
         if not self.reading_paused:
             return
         self.reading_paused = False
@@ -143,7 +147,7 @@ class ReceiveSide:
             for chunk in held:
                 self.stack.emit(DATA, self, chunk)
         else:
-            self._take_held(take)
+            self._take_held(take, join_up_to)
         if (
             self.fin_received
             and not self.eof_delivered
@@ -159,15 +163,21 @@ class ReceiveSide:
             self.ack_now = True
             self.stack.mark_output(self)
 
-    def _take_held(self, take: Callable[[bytes], bytes]) -> None:
-        """Hand held chunks to ``take``, oldest first, until it stops taking. Each leaves
-        ``held`` before it is handed over, so ``held`` is always what was not delivered:
-        a pause and resume inside ``take`` goes on from the next chunk, an abort or orphan
-        inside it empties the list and ends the loop."""
+    def _take_held(self, take: Callable[[bytes], bytes], join_up_to: int) -> None:
+        """Hand held chunks to ``take``, oldest first, until it stops taking: each alone, or
+        as many as fit in ``join_up_to`` bytes joined. They leave ``held`` before they are
+        handed over, so ``held`` is always what was not delivered: a pause and resume inside
+        ``take`` goes on from the next chunk, an abort or orphan inside it empties the list
+        and ends the loop."""
         held = self.held
         while held and not self.reading_paused and held is self.held:
-            chunk = held.pop(0)
-            self.held_bytes -= len(chunk)
+            n, size = 1, len(held[0])
+            while n < len(held) and size + len(held[n]) <= join_up_to:
+                size += len(held[n])
+                n += 1
+            chunk = held[0] if n == 1 else b"".join(held[:n])
+            del held[:n]  # one move of the list per call, not one per chunk
+            self.held_bytes -= size
             rest = take(chunk)
             if rest:
                 if held is self.held and not self.orphaned:
