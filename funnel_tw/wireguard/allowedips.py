@@ -87,9 +87,17 @@ class AllowedIPs(Generic[P]):
         return None
 
     def lookup_packet_destination(self, packet: bytes) -> P | None:
-        version = packet[0] >> 4 if packet else 0
-        if version == 4 and len(packet) >= 20:
-            return self._v4.lookup(int.from_bytes(packet[16:20], "big"))
-        if version == 6 and len(packet) >= 40:
-            return self._v6.lookup(int.from_bytes(packet[24:40], "big"))
-        return None
+        address = packet_destination(packet)
+        if address is None:
+            return None
+        return self.lookup_v4(address) if len(address) == 4 else self.lookup_v6(address)
+
+
+def packet_destination(packet: bytes) -> bytes | None:
+    """The destination address of an IPv4 or IPv6 packet; None if it is too short for one."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        return packet[16:20]
+    if version == 6 and len(packet) >= 40:
+        return packet[24:40]
+    return None

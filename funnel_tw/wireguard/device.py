@@ -65,7 +65,7 @@ class Device(Receiving, Timers):
         self.peers_by_key[public_key] = peer
         for network in allowed_ips:
             self.routes.insert(network, peer)
-        self._source_owner.clear()
+        self._address_owner.clear()
         return peer
 
     def remove_peer(self, peer: Peer) -> None:
@@ -77,7 +77,7 @@ class Device(Receiving, Timers):
         self.peers.remove(peer)
         del self.peers_by_key[peer.public_key]
         self.routes.remove_peer(peer)
-        self._source_owner.clear()
+        self._address_owner.clear()
         self._reset_session(peer)
         for index in [i for i, owner in self._handshakes.items() if owner is peer]:
             del self._handshakes[index]
@@ -102,7 +102,7 @@ class Device(Receiving, Timers):
             for network in allowed_ips:
                 self.routes.insert(network, peer)
             peer.allowed_ips = tuple(allowed_ips)
-            self._source_owner.clear()
+            self._address_owner.clear()
         if endpoint is not None:
             peer.endpoint = endpoint
         peer.persistent_keepalive = persistent_keepalive

@@ -27,13 +27,12 @@ from .messages import (
     TRANSPORT_MIN_SIZE,
 )
 from .peer import Endpoint, Peer
+from .state import UNKNOWN
 
 __all__ = ["Receiving"]
 
 _TRANSPORT_FIELDS = struct.Struct("<IQ")
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
-_SOURCE_CACHE_SIZE = 4096
-_UNKNOWN: object = object()
 _HANDSHAKE_SIZES = {
     HEADER_INITIATION: INITIATION_SIZE,
     HEADER_RESPONSE: RESPONSE_SIZE,
@@ -59,7 +58,7 @@ class Receiving(Handshaking):
         keepalive_timeout = c.keepalive_timeout
         keypairs = self._keypairs
         incoming = self.incoming
-        source_owner = self._source_owner
+        address_owner = self._address_owner
         unpack = _TRANSPORT_FIELDS.unpack_from
         received = 0
         for data, source in batch:
@@ -129,9 +128,9 @@ class Receiving(Handshaking):
             else:
                 self._drop("bad_inner_packet")
                 continue
-            owner = source_owner.get(address, _UNKNOWN)
-            if owner is _UNKNOWN:
-                owner = self._lookup_source(address)
+            owner = address_owner.get(address, UNKNOWN)
+            if owner is UNKNOWN:
+                owner = self._lookup_owner(address)
             if owner is not peer:
                 self._drop("allowed_ips")
                 continue
@@ -145,14 +144,6 @@ class Receiving(Handshaking):
         self.rx_datagrams += received
         if self._handshake_queue:
             self._process_handshakes(now)
-
-    def _lookup_source(self, address: bytes) -> Peer | None:
-        """Slow path of the inner source check; results are cached until the routes change."""
-        if len(self._source_owner) >= _SOURCE_CACHE_SIZE:
-            self._source_owner.clear()
-        lookup = self.routes.lookup_v4 if len(address) == 4 else self.routes.lookup_v6
-        owner = self._source_owner[address] = lookup(address)
-        return owner
 
     def _promote(self, peer: Peer, keypair: Keypair, now: float) -> None:
         """The first packet on a ``next`` keypair: the responder's session is confirmed."""

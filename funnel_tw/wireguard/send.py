@@ -15,6 +15,7 @@ import struct
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import messages, noise
+from .allowedips import packet_destination
 from .keypair import Keypair
 from .messages import HEADER_TRANSPORT
 from .peer import Peer
@@ -32,7 +33,14 @@ class Sending(DeviceState):
 
     def send_packet(self, packet: bytes, now: float) -> bool:
         """Route an IP packet to the peer owning its destination; False if none does."""
-        peer = self.routes.lookup_packet_destination(packet)
+        address = packet_destination(packet)
+        if address is None:
+            self._drop("no_route")
+            return False
+        try:
+            peer = self._address_owner[address]
+        except KeyError:
+            peer = self._lookup_owner(address)
         if peer is None:
             self._drop("no_route")
             return False

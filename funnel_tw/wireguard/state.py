@@ -24,6 +24,9 @@ from .ratelimit import RateLimiter
 
 __all__ = ["MAX_UNKNOWN_REPORTED", "DeviceState", "Event"]
 
+
+ADDRESS_CACHE_SIZE = 4096
+UNKNOWN: object = object()  # not in the cache (None is a cached "nobody's")
 MAX_UNKNOWN_REPORTED = 16  # unknown-key initiations kept for the caller between two reads
 
 
@@ -56,7 +59,9 @@ class DeviceState:
         self.peers: list[Peer] = []
         self.peers_by_key: dict[bytes, Peer] = {}
         self.routes: AllowedIPs[Peer] = AllowedIPs()
-        self._source_owner: dict[bytes, Peer | None] = {}  # inner source address -> owner
+        # an inner address -> the peer whose allowed IPs hold it (None: nobody's), for the
+        # source check of what arrives and the routing of what leaves; cleared when routes change
+        self._address_owner: dict[bytes, Peer | None] = {}
         self._keypairs: dict[int, Keypair] = {}  # local index -> keypair
         self._handshakes: dict[int, Peer] = {}  # local index -> peer with a handshake under way
         self._handshake_queue: deque[tuple[bytes, Endpoint]] = deque()
@@ -73,6 +78,15 @@ class DeviceState:
         self.cookie_replies_sent = 0
 
     # --- bookkeeping ------------------------------------------------------------------------
+
+    def _lookup_owner(self, address: bytes) -> Peer | None:
+        """Slow path of ``_address_owner``: the routing table, its answer cached until the
+        routes change (bounded: cleared when full)."""
+        if len(self._address_owner) >= ADDRESS_CACHE_SIZE:
+            self._address_owner.clear()
+        lookup = self.routes.lookup_v4 if len(address) == 4 else self.routes.lookup_v6
+        owner = self._address_owner[address] = lookup(address)
+        return owner
 
     def _random_bytes(self, n: int) -> bytes:
         return self.rng.getrandbits(8 * n).to_bytes(n, "little")

@@ -83,6 +83,21 @@ class RemovePeerTests(SynchronousTestCase):
 
 
 class UpdatePeerTests(SynchronousTestCase):
+    def test_sending_follows_a_route_change_after_its_destination_was_cached(self) -> None:
+        p = Pair()
+        p.establish()
+        self.assertTrue(p.a.send_packet(p.a_to_b(b"cached"), T0 + 1))  # B_IP -> B, cached
+        p.a.update_peer(
+            p.pa,
+            allowed_ips=(ip_network("10.0.0.99/32"),),
+            endpoint=None,
+            persistent_keepalive=0,
+            preshared_key=None,
+        )
+        self.assertFalse(p.a.send_packet(p.a_to_b(b"no longer B's"), T0 + 2))
+        self.assertEqual(p.a.stats()["drop_no_route"], 1)
+        self.assertTrue(p.a.send_packet(ip4("10.0.0.1", "10.0.0.99", b"B's now"), T0 + 3))
+
     def test_allowed_ips_change_moves_routes_and_source_check(self) -> None:
         p = Pair()
         p.establish()

@@ -473,7 +473,11 @@ class SendSide(RackSide, Pacing, Recovery):
                     del self.in_flight[rec]
                 elif state == LOST:
                     self.lost_bytes -= rec.end - rec.start
-                if newest is None or (rec.xmit, rec.end) > (newest.xmit, newest.end):
+                if (
+                    newest is None
+                    or rec.xmit > newest.xmit
+                    or (rec.xmit == newest.xmit and rec.end > newest.end)
+                ):  # (xmit, end) the larger: no tuples built per segment acknowledged
                     newest = rec
                 if not rec.retrans and lowest_unsacked is None:
                     lowest_unsacked = rec.start
@@ -518,7 +522,11 @@ class SendSide(RackSide, Pacing, Recovery):
                     self.lost_bytes -= rec.end - rec.start
                 rec.state = SACKED
                 self.sacked_bytes += rec.end - rec.start
-                if newest is None or (rec.xmit, rec.end) > (newest.xmit, newest.end):
+                if (
+                    newest is None
+                    or rec.xmit > newest.xmit
+                    or (rec.xmit == newest.xmit and rec.end > newest.end)
+                ):  # (xmit, end) the larger: no tuples built per segment acknowledged
                     newest = rec
                 if not rec.retrans and rec.end < fack:
                     self.reordering_seen = True
