@@ -27,7 +27,6 @@ from .messages import (
     TRANSPORT_MIN_SIZE,
 )
 from .peer import Endpoint, Peer
-from .state import UNKNOWN
 
 __all__ = ["Receiving"]
 
@@ -128,8 +127,9 @@ class Receiving(Handshaking):
             else:
                 self._drop("bad_inner_packet")
                 continue
-            owner = address_owner.get(address, UNKNOWN)
-            if owner is UNKNOWN:
+            try:
+                owner = address_owner[address]
+            except KeyError:
                 owner = self._lookup_owner(address)
             if owner is not peer:
                 self._drop("allowed_ips")

@@ -26,7 +26,6 @@ __all__ = ["MAX_UNKNOWN_REPORTED", "DeviceState", "Event"]
 
 
 ADDRESS_CACHE_SIZE = 4096
-UNKNOWN: object = object()  # not in the cache (None is a cached "nobody's")
 MAX_UNKNOWN_REPORTED = 16  # unknown-key initiations kept for the caller between two reads
 
 
