@@ -51,7 +51,8 @@ _NOTHING = object()
 def _coalesced(events: list[tuple[Event, Any, Any]]) -> Iterator[tuple[Event, Any, Any]]:
     """The stack's events with each run of DATA for one connection joined into one: a batch
     of segments reaches the application as one read (what a kernel socket's reader gets),
-    not one call per segment through every layer above. Order is kept; nothing else moves."""
+    not one call per segment through every layer above. Order is kept; nothing else moves.
+    (A run of one is that one bytes object: ``b"".join`` of one item returns it.)"""
     held: Any = _NOTHING  # the connection whose DATA is being gathered
     parts: list[bytes] = []
     for kind, conn, data in events:
@@ -59,14 +60,14 @@ def _coalesced(events: list[tuple[Event, Any, Any]]) -> Iterator[tuple[Event, An
             parts.append(data)
             continue
         if held is not _NOTHING:
-            yield DATA, held, parts[0] if len(parts) == 1 else b"".join(parts)
+            yield DATA, held, b"".join(parts)
             held = _NOTHING
         if kind == DATA:
             held, parts = conn, [data]
         else:
             yield kind, conn, data
     if held is not _NOTHING:
-        yield DATA, held, parts[0] if len(parts) == 1 else b"".join(parts)
+        yield DATA, held, b"".join(parts)
 
 
 def _worth_logging(count: int) -> bool:

@@ -42,6 +42,12 @@ def _start(rec: Sent) -> int:
     return rec.start
 
 
+def _sent_after(rec: Sent, other: Sent) -> bool:
+    """``(rec.xmit, rec.end) > (other.xmit, other.end)``, without building the two tuples
+    (once per segment acknowledged or SACKed)."""
+    return rec.xmit > other.xmit or (rec.xmit == other.xmit and rec.end > other.end)
+
+
 class SendSide(RackSide, Pacing, Recovery):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
@@ -473,11 +479,7 @@ class SendSide(RackSide, Pacing, Recovery):
                     del self.in_flight[rec]
                 elif state == LOST:
                     self.lost_bytes -= rec.end - rec.start
-                if (
-                    newest is None
-                    or rec.xmit > newest.xmit
-                    or (rec.xmit == newest.xmit and rec.end > newest.end)
-                ):  # (xmit, end) the larger: no tuples built per segment acknowledged
+                if newest is None or _sent_after(rec, newest):
                     newest = rec
                 if not rec.retrans and lowest_unsacked is None:
                     lowest_unsacked = rec.start
@@ -522,11 +524,7 @@ class SendSide(RackSide, Pacing, Recovery):
                     self.lost_bytes -= rec.end - rec.start
                 rec.state = SACKED
                 self.sacked_bytes += rec.end - rec.start
-                if (
-                    newest is None
-                    or rec.xmit > newest.xmit
-                    or (rec.xmit == newest.xmit and rec.end > newest.end)
-                ):  # (xmit, end) the larger: no tuples built per segment acknowledged
+                if newest is None or _sent_after(rec, newest):
                     newest = rec
                 if not rec.retrans and rec.end < fack:
                     self.reordering_seen = True
