@@ -1,5 +1,6 @@
 # Everything a fresh machine needs: `make demo` runs the demo, `make test` runs the tests.
-# Both create .venv and install funnel-tw into it; `make test` also installs the Debian tools
+# Both create .venv and install funnel-tw into it (first, as root, OpenSSL's headers for the C fast
+# path if missing: .ci/build-deps); `make test` also installs the Debian tools
 # the interop tests drive (when run as root). `make fuzz` runs each fuzz target for FUZZ_SECONDS.
 
 PYTHON ?= python3
@@ -10,7 +11,8 @@ FUZZ_SECONDS ?= 30
 
 .PHONY: demo test lint type check bench fuzz system-deps clean
 
-$(STAMP): setup.cfg pyproject.toml setup.py funnel_tw/netstack/_checksum.c
+$(STAMP): setup.cfg pyproject.toml setup.py funnel_tw/netstack/_checksum.c funnel_tw/wireguard/_transport.c
+	bash .ci/build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat

@@ -1,7 +1,9 @@
-"""Only the optional C extension; everything else is in setup.cfg.
+"""Only the optional C extensions; everything else is in setup.cfg.
 
-``optional=True``: without a C compiler the install goes on, and funnel_tw/netstack/checksum.py
-falls back to its pure-Python code (docs/performance.md, "Compiled fast path").
+``optional=True``: without a C compiler (or, for ``_transport``, without OpenSSL's headers:
+Debian's libssl-dev) the install goes on, and funnel_tw/netstack/checksum.py and
+funnel_tw/wireguard/transport_key.py fall back to their pure-Python code
+(docs/performance.md, "Compiled fast path" and lever 13).
 """
 
 from setuptools import Extension, setup
@@ -12,6 +14,12 @@ setup(
             "funnel_tw.netstack._checksum",
             ["funnel_tw/netstack/_checksum.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "funnel_tw.wireguard._transport",
+            ["funnel_tw/wireguard/_transport.c"],
+            libraries=["crypto"],
+            optional=True,
+        ),
     ]
 )

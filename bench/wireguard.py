@@ -3,7 +3,9 @@
     python bench/wireguard.py [--packets N] [--size BYTES] [--seconds S]
 
 1. In-process, one core: encapsulate and decapsulate 1420-byte IP packets between two
-   Devices, beside the floor of bare ChaCha20-Poly1305 on the same bytes (the reference).
+   Devices, beside the floor of bare ChaCha20-Poly1305 on the same bytes (the reference);
+   once with the transport messages sealed in C (``_transport.c``, when built) and once in
+   pure Python (``FUNNEL_TW_PURE_PYTHON=1``, in a child process), side by side.
 2. Two processes over loopback UDP: a sender Device streams packets to a receiver Tunnel
    (reactor, GRO/GSO socket), beside the same two processes moving plain UDP datagrams of the
    same size through the same socket code (the reference).
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from funnel_tw import keys
+from funnel_tw.wireguard import transport_key
 from funnel_tw.wireguard.device import Device
 
 A_ADDR, B_ADDR = "100.64.0.1", "100.64.0.2"
@@ -105,6 +108,22 @@ def in_process(packets: int, size: int) -> dict[str, float]:
         "decap_pps": packets / best_dec,
         "aead_only_pps": packets / best_ref,
     }
+
+
+def in_process_pure_python(args: argparse.Namespace) -> dict[str, float]:
+    """The in-process run in a child with FUNNEL_TW_PURE_PYTHON=1 (chosen at import)."""
+    command = [sys.executable, __file__, "--in-process-json"]
+    command += ["--packets", str(args.packets), "--size", str(args.size)]
+    out = subprocess.run(
+        command,
+        env={**os.environ, "FUNNEL_TW_PURE_PYTHON": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
 
 
 # --- two processes ---------------------------------------------------------------------------
@@ -274,17 +293,29 @@ def main() -> None:
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--credit-port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--in-process-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
         receiver_main(args)
+        return
+    if args.in_process_json:
+        print(json.dumps(in_process(min(args.packets, 200_000), args.size)))
         return
 
     size = args.size
     print(f"funnel-tw WireGuard benchmark: {size}-byte IP packets, {args.packets} per run")
     r = in_process(min(args.packets, 200_000), size)
+    pure = in_process_pure_python(args)
+    print(f"  transport messages sealed and opened in: {transport_key.IMPLEMENTATION}")
     for name in ("encap", "decap"):  # encapsulate, decapsulate
         pps = r[f"{name}_pps"]
         print(f"  in-process {name}: {pps:>10,.0f} packets/s  {1e6 / pps:6.2f} us/packet")
+        if transport_key.IMPLEMENTATION.startswith("C"):
+            ppps = pure[f"{name}_pps"]
+            print(
+                f"    pure Python {name}: {ppps:>8,.0f} packets/s  {1e6 / ppps:6.2f} us/packet"
+                f"   (C / pure Python: {pps / ppps:.2f})"
+            )
     print(
         f"  reference, bare AEAD decrypt: {r['aead_only_pps']:>7,.0f} packets/s  "
         f"{1e6 / r['aead_only_pps']:6.2f} us/packet"

@@ -13,6 +13,7 @@ from funnel_tw.keys import encode_key, generate_private_key
 from funnel_tw.netstack import checksum
 from funnel_tw.netstack.stack import Stack
 from funnel_tw.overlay.userspace import UserspaceOverlayInterface
+from funnel_tw.wireguard import transport_key
 
 KEYS = (
     "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
@@ -84,11 +85,13 @@ class StatusTests(_Files):
                 "memory": 96 << 20,
                 "connections": 20000,
                 "checksum": checksum.IMPLEMENTATION,
+                "transport": transport_key.IMPLEMENTATION,
             },
         )
         lines = format_status(doc).splitlines()
         self.assertEqual(lines[2], self.LINE)
         self.assertEqual(lines[3], f"  TCP checksum: {checksum.IMPLEMENTATION}")
+        self.assertEqual(lines[4], f"  WireGuard transport: {transport_key.IMPLEMENTATION}")
 
     def test_node_on_tun_shows_none(self) -> None:
         from funnel_tw.node.service import NodeService
@@ -101,6 +104,7 @@ class StatusTests(_Files):
         self.assertIsNone(doc["tcp"])
         self.assertNotIn("TCP buffers", format_status(doc))
         self.assertNotIn("TCP checksum", format_status(doc))
+        self.assertNotIn("WireGuard transport", format_status(doc))
 
     def test_relay(self) -> None:
         from funnel_tw.relay.service import RelayService
@@ -112,3 +116,4 @@ class StatusTests(_Files):
         lines = format_relay_status(doc).splitlines()
         self.assertEqual(lines[2], self.LINE)
         self.assertEqual(lines[3], f"  TCP checksum: {checksum.IMPLEMENTATION}")
+        self.assertEqual(lines[4], f"  WireGuard transport: {transport_key.IMPLEMENTATION}")

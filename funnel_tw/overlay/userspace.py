@@ -35,6 +35,7 @@ from ..netstack import checksum, tcp
 from ..netstack.events import Event
 from ..netstack.icmp import Echo, echo_request
 from ..netstack.stack import ECHO_REPLY, Stack
+from ..wireguard import transport_key
 from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
 from .endpoints import OverlayClientEndpoint, OverlayServerEndpoint
@@ -77,8 +78,12 @@ def _worth_logging(count: int) -> bool:
 
 def tcp_status(caps: TCPBuffers) -> dict[str, Any]:
     """The userspace stack in a status document: its caps (the tcp-* keys) and which
-    checksum code it runs (``C``, or why it is the pure-Python one)."""
-    return {**attrs.asdict(caps), "checksum": checksum.IMPLEMENTATION}
+    checksum and WireGuard transport code it runs (``C``, or why it is the pure-Python one)."""
+    return {
+        **attrs.asdict(caps),
+        "checksum": checksum.IMPLEMENTATION,
+        "transport": transport_key.IMPLEMENTATION,
+    }
 
 
 class UserspaceOverlayInterface:
@@ -139,7 +144,11 @@ class UserspaceOverlayInterface:
             batch_handler=self._after_batch,
         )
         self.tunnel.start()
-        log.info("userspace TCP/IP stack: checksum in {impl}", impl=checksum.IMPLEMENTATION)
+        log.info(
+            "userspace TCP/IP stack: checksum in {impl}, WireGuard transport in {transport}",
+            impl=checksum.IMPLEMENTATION,
+            transport=transport_key.IMPLEMENTATION,
+        )
 
     def stop(self) -> None:
         for call in (self._flush_call, self._timer):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
+from .messages import HEADER_TRANSPORT
 from .replay import ReplayFilter
+from .transport_key import TransportKey
 
 
 class Keypair:
     """One session's keys. The AEAD objects are built once: constructing one costs more than
-    sealing a packet."""
+    sealing a packet. ``header`` starts every transport message sent with these keys."""
 
     __slots__ = (
         "created",
+        "header",
         "is_initiator",
         "local_index",
         "peer",
@@ -36,8 +37,9 @@ class Keypair:
         created: float,
         peer: Any,
     ) -> None:
-        self.send = ChaCha20Poly1305(send_key)
-        self.receive = ChaCha20Poly1305(receive_key)
+        self.send = TransportKey(send_key)
+        self.receive = TransportKey(receive_key)
+        self.header = HEADER_TRANSPORT + remote_index.to_bytes(4, "little")
         self.is_initiator = is_initiator
         self.local_index = local_index
         self.remote_index = remote_index

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 
-from . import crypto
 from .constants import HANDSHAKE_QUEUE_SIZE
 from .handshake import Handshaking
 from .keypair import Keypair
@@ -31,7 +30,6 @@ from .peer import Endpoint, Peer
 __all__ = ["Receiving"]
 
 _TRANSPORT_FIELDS = struct.Struct("<IQ")
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
 _HANDSHAKE_SIZES = {
     HEADER_INITIATION: INITIATION_SIZE,
     HEADER_RESPONSE: RESPONSE_SIZE,
@@ -84,9 +82,8 @@ class Receiving(Handshaking):
             if counter >= reject_after_messages or now - keypair.created >= reject_after_time:
                 self._drop("expired_keypair")
                 continue
-            try:
-                plain = keypair.receive.decrypt(_NONCE_PREFIX + data[8:16], data[16:], None)
-            except crypto.InvalidTag:
+            plain = keypair.receive.open(data)
+            if plain is None:
                 self._drop("decrypt")
                 continue
             if not keypair.replay.validate(counter, reject_after_messages):

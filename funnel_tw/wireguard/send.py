@@ -10,22 +10,15 @@ per packet.
 
 from __future__ import annotations
 
-import struct
-
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import messages, noise
 from .allowedips import packet_destination
 from .keypair import Keypair
-from .messages import HEADER_TRANSPORT
 from .peer import Peer
 from .state import DeviceState, Event
 
 __all__ = ["Sending"]
-
-_COUNTER = struct.Struct("<Q")
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
-_PADDING = bytes(16)
 
 
 class Sending(DeviceState):
@@ -82,22 +75,7 @@ class Sending(DeviceState):
     def _seal(self, peer: Peer, keypair: Keypair, packet: bytes, now: float) -> None:
         counter = keypair.send_counter
         keypair.send_counter = counter + 1
-        n = len(packet)
-        mtu = self.mtu
-        if n:
-            last = n % mtu if n > mtu else n
-            padded = (last + 15) & ~15
-            if padded > mtu:
-                padded = mtu
-            if padded != last:
-                packet += _PADDING[: padded - last]
-        counter_bytes = _COUNTER.pack(counter)
-        datagram = (
-            HEADER_TRANSPORT
-            + keypair.remote_index.to_bytes(4, "little")
-            + counter_bytes
-            + keypair.send.encrypt(_NONCE_PREFIX + counter_bytes, packet, None)
-        )
+        datagram = keypair.send.seal(keypair.header, counter, packet, self.mtu)
         endpoint = peer.endpoint
         if endpoint is None:
             self._drop("no_endpoint")
@@ -108,7 +86,7 @@ class Sending(DeviceState):
         if peer.persistent_keepalive:
             peer.t_persistent_keepalive = now + peer.persistent_keepalive
         peer.t_send_keepalive = None
-        if n:
+        if packet:
             peer.tx_packets += 1
             if peer.t_new_handshake is None:
                 peer.t_new_handshake = now + self.constants.new_handshake_after + self._jitter()

@@ -50,4 +50,5 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
         f"tcp-memory {size_text(tcp['memory'])}, "
         f"tcp-max-connections {tcp['connections']}",
         f"  TCP checksum: {tcp.get('checksum', '?')}",
+        f"  WireGuard transport: {tcp.get('transport', '?')}",
     ]
