@@ -159,10 +159,7 @@ class TunOverlayInterface:
         """Packets the kernel routed to the TUN interface: into the tunnel, sent in bulk."""
         if self.tunnel is None:
             return
-        now = self.reactor.seconds()
-        send = self.device.send_packet
-        for packet in packets:
-            send(packet, now)
+        self.device.send_packets(packets, self.reactor.seconds())
         self.tunnel.after_work()
 
     def _packet(self, packet: bytes, peer: Peer) -> None:

@@ -205,9 +205,7 @@ class UserspaceOverlayInterface:
         packets, self.stack.outgoing = self.stack.outgoing, []
         if now is None:
             now = self.reactor.seconds()
-        send = self.device.send_packet
-        for packet in packets:
-            send(packet, now)
+        self.device.send_packets(packets, now)
         if not direct and self.tunnel is not None:
             self.tunnel.after_work()
 

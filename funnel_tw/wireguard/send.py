@@ -40,6 +40,74 @@ class Sending(DeviceState):
         self.send_to_peer(peer, packet, now)
         return True
 
+    def send_packets(self, packets: list[bytes], now: float) -> None:
+        """:meth:`send_packet` for each packet, in order. Each run of packets for one peer is
+        sealed in one loop, with the timer hooks once per run, as wireguard-go's sequential
+        sender runs them once per batch."""
+        owners = self._address_owner
+        run: list[bytes] = []
+        run_peer: Peer | None = None
+        for packet in packets:
+            address = packet_destination(packet)
+            if address is None:
+                self._drop("no_route")
+                continue
+            try:
+                peer = owners[address]
+            except KeyError:
+                peer = self._lookup_owner(address)
+            if peer is None:
+                self._drop("no_route")
+                continue
+            if peer is not run_peer:
+                if run_peer is not None:
+                    self._send_run(run_peer, run, now)
+                    run = []
+                run_peer = peer
+            run.append(packet)
+        if run_peer is not None:
+            self._send_run(run_peer, run, now)
+
+    def _send_run(self, peer: Peer, packets: list[bytes], now: float) -> None:
+        """Seal ``packets`` (IP packets, none empty) for ``peer`` in one loop when its current
+        keypair may seal them all and none of them is due to start a new handshake; else one
+        at a time, as send_to_peer does (so staging, drops and a rekey come in the same order
+        either way)."""
+        keypair = peer.keypairs.current
+        endpoint = peer.endpoint
+        c = self.constants
+        if (
+            keypair is None
+            or peer.staged
+            or endpoint is None
+            or keypair.send_counter + len(packets) > c.rekey_after_messages
+            or now - keypair.created >= c.reject_after_time
+            or (keypair.is_initiator and now - keypair.created > c.rekey_after_time)
+        ):
+            for packet in packets:
+                self.send_to_peer(peer, packet, now)
+            return
+        seal = keypair.send.seal
+        header = keypair.header
+        mtu = self.mtu
+        counter = keypair.send_counter
+        outgoing = self.outgoing
+        sent = 0
+        for packet in packets:
+            datagram = seal(header, counter, packet, mtu)
+            counter += 1
+            sent += len(datagram)
+            outgoing.append((datagram, endpoint))
+        keypair.send_counter = counter
+        peer.tx_bytes += sent
+        peer.tx_packets += len(packets)
+        # timers, once for the run: traversal, any authenticated packet sent, data sent
+        if peer.persistent_keepalive:
+            peer.t_persistent_keepalive = now + peer.persistent_keepalive
+        peer.t_send_keepalive = None
+        if peer.t_new_handshake is None:
+            peer.t_new_handshake = now + c.new_handshake_after + self._jitter()
+
     def send_to_peer(self, peer: Peer, packet: bytes, now: float) -> None:
         keypair = peer.keypairs.current
         if (
