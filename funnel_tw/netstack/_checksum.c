@@ -230,7 +230,90 @@ release_src:
     return out;
 }
 
+/* tcp4_fields(packet, verify) -> None | int | tuple
+ *
+ * The arriving side of tcp_packet: what Stack._receive and Stack._tcp read from an IPv4 TCP
+ * packet, checked in the same order, in one call (segment.py's py_tcp4_fields is the same
+ * in Python, and the tests hold the two to the same answers):
+ *   None      not IPv4 carrying TCP (version, length under 20, protocol): the general path;
+ *   an int    the IP header is bad: 1 lengths, 2 a fragment, 3 the header checksum;
+ *   a tuple   (status, src, dst, sport, dport, seq, ack, flags, window, options, payload):
+ *             status 0, or why TCP drops it: 1 the header length, 2 the checksum. src and dst
+ *             are set either way (the caller checks the address first); the rest only when
+ *             status is 0. options and payload are bytes.
+ * verify false skips both checksums (a TUN device that checked them).
+ */
+static PyObject *tcp4_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    const unsigned char *p, *tcp;
+    Py_ssize_t ihl, total, seg_len, header_len;
+    int verify, status = 0;
+    PyObject *out = NULL;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "tcp4_fields(packet, verify)");
+        return NULL;
+    }
+    verify = PyObject_IsTrue(args[1]);
+    if (verify < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = (const unsigned char *)view.buf;
+    if (view.len < 20 || p[0] >> 4 != 4 || p[9] != 6) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    ihl = (Py_ssize_t)(p[0] & 0x0f) * 4;
+    total = ((Py_ssize_t)p[2] << 8) | p[3];
+    if (ihl < 20 || total < ihl + 20 || total > view.len) {
+        out = PyLong_FromLong(1);
+        goto done;
+    }
+    if ((p[6] & 0x3f) || p[7]) {
+        out = PyLong_FromLong(2);
+        goto done;
+    }
+    if (verify && fold(native_sum(p, ihl)) != 0xffff) {
+        out = PyLong_FromLong(3);
+        goto done;
+    }
+    tcp = p + ihl;
+    seg_len = total - ihl;
+    header_len = (Py_ssize_t)(tcp[12] >> 4) * 4;
+    if (header_len < 20 || header_len > seg_len) {
+        status = 1;
+    } else if (verify) {
+        unsigned char pseudo[12];
+        memcpy(pseudo, p + 12, 8);
+        pseudo[8] = 0;
+        pseudo[9] = 6;
+        put16(pseudo + 10, (uint32_t)seg_len);
+        if (fold((uint64_t)native_sum(pseudo, 12) + native_sum(tcp, seg_len)) != 0xffff)
+            status = 2;
+    }
+    if (status)
+        out = Py_BuildValue("(iy#y#iiiiiiyy)", status, p + 12, (Py_ssize_t)4, p + 16,
+                            (Py_ssize_t)4, 0, 0, 0, 0, 0, 0, "", "");
+    else
+        out = Py_BuildValue(
+            "(iy#y#iikkiiy#y#)", 0, p + 12, (Py_ssize_t)4, p + 16, (Py_ssize_t)4,
+            (int)((tcp[0] << 8) | tcp[1]), (int)((tcp[2] << 8) | tcp[3]),
+            (unsigned long)(((uint32_t)tcp[4] << 24) | ((uint32_t)tcp[5] << 16) |
+                            ((uint32_t)tcp[6] << 8) | tcp[7]),
+            (unsigned long)(((uint32_t)tcp[8] << 24) | ((uint32_t)tcp[9] << 16) |
+                            ((uint32_t)tcp[10] << 8) | tcp[11]),
+            (int)tcp[13], (int)((tcp[14] << 8) | tcp[15]), tcp + 20, header_len - 20,
+            tcp + header_len, seg_len - header_len);
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"tcp4_fields", (PyCFunction)(void (*)(void))tcp4_fields, METH_FASTCALL,
+     "tcp4_fields(packet, verify): an IPv4 TCP packet's checked fields (see the source)."},
     {"tcp_packet", (PyCFunction)(void (*)(void))tcp_packet, METH_FASTCALL,
      "tcp_packet(src, dst, ident, sport, dport, seq, ack, flags, window, options, payload): "
      "the IP packet of a TCP segment, checksums included."},

@@ -13,3 +13,6 @@ def tcp_packet(
     payload: bytes | bytearray | memoryview,
     /,
 ) -> bytes: ...
+def tcp4_fields(
+    packet: bytes, verify: bool, /
+) -> int | tuple[int, bytes, bytes, int, int, int, int, int, int, bytes, bytes] | None: ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from .checksum import ones_sum, tcp_packet
+from .checksum import tcp4_fields as c_tcp4_fields
 from .ip import PROTO_TCP, pseudo_header
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
@@ -151,6 +153,47 @@ class PacketBuilder:
                 payload,
             )
         )
+
+
+#: What tcp4_fields answers for a packet it reads: (status, src, dst, sport, dport, seq, ack,
+#: flags, window, options, payload).
+Fields = tuple[int, bytes, bytes, int, int, int, int, int, int, bytes, bytes]
+IP_BAD_LENGTHS, IP_FRAGMENT, IP_BAD_CHECKSUM = 1, 2, 3  # tcp4_fields' int answers
+TCP_BAD_HEADER, TCP_BAD_CHECKSUM = 1, 2  # its statuses
+
+
+def py_tcp4_fields(packet: bytes, verify: bool) -> Fields | int | None:
+    """An arriving IPv4 TCP packet's fields, checked, in one call (the C extension's
+    ``tcp4_fields`` when built, which this mirrors): None if it is not IPv4 carrying TCP (the
+    general path reads it); an int if its IP header is bad (``IP_*``); else the fields, with
+    ``status`` 0 or why TCP drops it (``TCP_*``: then only src and dst are filled in, for the
+    caller's address check, which comes first). ``verify`` false skips both checksums."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != PROTO_TCP:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    if ihl < 20 or total < ihl + 20 or total > len(packet):
+        return IP_BAD_LENGTHS
+    if packet[6] & 0x3F or packet[7]:
+        return IP_FRAGMENT
+    if verify and ones_sum(packet[:ihl]) != 0xFFFF:
+        return IP_BAD_CHECKSUM
+    src, dst = packet[12:16], packet[16:20]
+    sport, dport, seq, ack, offset, flags, window, _, _ = HEADER.unpack_from(packet, ihl)
+    header_len = (offset >> 4) * 4
+    if header_len < 20 or header_len > total - ihl:
+        return (TCP_BAD_HEADER, src, dst, 0, 0, 0, 0, 0, 0, b"", b"")
+    if verify:
+        pseudo = pseudo_header(src, dst, PROTO_TCP, total - ihl)
+        if ones_sum(memoryview(packet)[ihl:total], ones_sum(pseudo)) != 0xFFFF:
+            return (TCP_BAD_CHECKSUM, src, dst, 0, 0, 0, 0, 0, 0, b"", b"")
+    options = packet[ihl + 20 : ihl + header_len]
+    payload = packet[ihl + header_len : total]
+    return (0, src, dst, sport, dport, seq, ack, flags, window, options, payload)
+
+
+#: ``tcp4_fields(packet, verify)``: the C one when built and not turned off, else the above.
+tcp4_fields: Callable[[bytes, bool], Fields | int | None] = c_tcp4_fields or py_tcp4_fields
 
 
 def build_reset(

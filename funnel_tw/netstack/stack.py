@@ -27,13 +27,32 @@ from . import icmp, tcp
 from .checksum import verify
 from .events import ACCEPTED, CLOSED, CONNECTED, ECHO_REPLY, Event
 from .ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPError, parse, pseudo_header
-from .segment import ACK, HEADER, RST, SYN, PacketBuilder, parse_options
+from .segment import (
+    ACK,
+    HEADER,
+    IP_BAD_CHECKSUM,
+    IP_BAD_LENGTHS,
+    IP_FRAGMENT,
+    RST,
+    SYN,
+    TCP_BAD_CHECKSUM,
+    TCP_BAD_HEADER,
+    PacketBuilder,
+    parse_options,
+    tcp4_fields,
+)
 from .tcp import Connection
 from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 RECEIVE_MEMORY = 256 << 20  # window growth, all connections together
 _NO_OPTIONS = parse_options(b"")
+_IP_ERRORS = {
+    IP_BAD_LENGTHS: "bad IPv4 lengths",
+    IP_FRAGMENT: "IPv4 fragment",
+    IP_BAD_CHECKSUM: "bad IPv4 header checksum",
+}
+_TCP_DROPS = {TCP_BAD_HEADER: "drop_tcp_header", TCP_BAD_CHECKSUM: "drop_tcp_checksum"}
 
 
 # connections at once (tcp-max-connections): above the relay's default max-connections (10,000),
@@ -248,32 +267,32 @@ class Stack:
     def _receive(self, packet: bytes, now: float) -> None:
         if not packet:
             raise IPError("empty")
-        if packet[0] >> 4 == 4 and len(packet) >= 20 and packet[9] == PROTO_TCP:
-            # the hot path: IPv4 TCP without building a Packet
-            ihl = (packet[0] & 0x0F) * 4
-            total = (packet[2] << 8) | packet[3]
-            if ihl < 20 or total < ihl + 20 or total > len(packet):
-                raise IPError("bad IPv4 lengths")
-            if packet[6] & 0x3F or packet[7]:
-                raise IPError("IPv4 fragment")
-            src, dst = packet[12:16], packet[16:20]
-            segment = packet[ihl:total]
-            if self.verify_checksums and not verify(packet[:ihl]):
-                raise IPError("bad IPv4 header checksum")
-        else:
-            parsed = parse(packet, self.verify_checksums)
-            src, dst = parsed.src, parsed.dst
-            if parsed.protocol in (PROTO_ICMP, PROTO_ICMPV6):
-                self._icmp(parsed)
+        fields = tcp4_fields(packet, self.verify_checksums)
+        if fields is not None:
+            # the hot path: IPv4 TCP, read and checked in one call (C when built)
+            if isinstance(fields, int):
+                raise IPError(_IP_ERRORS[fields])
+            status, src, dst, sport, dport, seq, ack, flags, window, options, payload = fields
+            if dst not in self.addresses:
+                self.count("drop_not_for_us")
                 return
-            if parsed.protocol != PROTO_TCP:
-                self.count("drop_protocol")
+            if status:
+                self.count(_TCP_DROPS[status])
                 return
-            segment = parsed.payload
+            self._segment(src, dst, sport, dport, seq, ack, flags, window, options, payload, now)
+            return
+        parsed = parse(packet, self.verify_checksums)
+        src, dst = parsed.src, parsed.dst
+        if parsed.protocol in (PROTO_ICMP, PROTO_ICMPV6):
+            self._icmp(parsed)
+            return
+        if parsed.protocol != PROTO_TCP:
+            self.count("drop_protocol")
+            return
         if dst not in self.addresses:
             self.count("drop_not_for_us")
             return
-        self._tcp(src, dst, segment, now)
+        self._tcp(src, dst, parsed.payload, now)
 
     def _icmp(self, packet: Any) -> None:
         if packet.dst not in self.addresses:
@@ -291,6 +310,7 @@ class Stack:
         self.count("drop_icmp")
 
     def _tcp(self, src: bytes, dst: bytes, segment: bytes, now: float) -> None:
+        """A TCP segment that came by the general path (IPv6, or IPv4 parsed whole)."""
         if len(segment) < 20:
             self.count("drop_tcp_short")
             return
@@ -304,8 +324,28 @@ class Stack:
         ):
             self.count("drop_tcp_checksum")
             return
-        if header_len > 20:
-            options = parse_options(segment[20:header_len])
+        options = segment[20:header_len]
+        payload = segment[header_len:]
+        self._segment(src, dst, sport, dport, seq, ack, flags, window, options, payload, now)
+
+    def _segment(
+        self,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        option_bytes: bytes,
+        payload: bytes,
+        now: float,
+    ) -> None:
+        """A checked TCP segment for one of our addresses: to its connection, or a SYN to a
+        listener, or answered with a reset."""
+        if option_bytes:
+            options = parse_options(option_bytes)
             if options is None:
                 self.count("drop_tcp_options")
                 return
@@ -313,7 +353,6 @@ class Stack:
             options = _NO_OPTIONS
         key = (dst, dport, src, sport)
         conn = self.connections.get(key) or self.time_wait.get(key)
-        payload = segment[header_len:]
         if conn is not None:
             try:
                 conn.segment_arrived(seq, ack, flags, window, options, payload, now)

@@ -227,14 +227,14 @@ class StackErrorTests(TestCase):
         second = RawPeer(stack, A4, B4, 40002, 80)
         opts = syn_options(1460, 7, True)
         bad = first.packet(SYN, options=opts)
-        real_tcp = stack._tcp
+        real_segment = stack._segment
 
-        def buggy(src: bytes, dst: bytes, segment: Any, now: float) -> None:
-            if bytes(segment[:2]) == (40001).to_bytes(2, "big"):
+        def buggy(src: bytes, dst: bytes, sport: int, *rest: Any) -> None:
+            if sport == 40001:
                 raise KeyError("a bug in the stack")
-            real_tcp(src, dst, segment, now)
+            real_segment(src, dst, sport, *rest)
 
-        stack._tcp = buggy  # type: ignore[method-assign]
+        stack._segment = buggy  # type: ignore[method-assign]
         peer: Any = type("P", (), {"name": "relay"})()
         for packet in (bad, second.packet(SYN, options=opts)):  # one batch
             overlay._packet(packet, peer)
