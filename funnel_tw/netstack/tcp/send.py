@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..events import DRAINED
 from ..owner import Owner
-from ..segment import ACK, FIN, PSH
+from ..segment import ACK, FIN, PSH, PacketBuilder
 from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
@@ -66,12 +66,21 @@ class SendSide(RackSide, Pacing, Recovery):
     retransmits: int
     t_rto: float | None
     t_persist: float | None
+    t_delack: float | None
+    builder: PacketBuilder
+    local: tuple[bytes, int]
+    remote: tuple[bytes, int]
+    rcv_nxt: int
+    ack_pending: int
+    ack_now: bool
+    dsack: tuple[int, int] | None
     if TYPE_CHECKING:
 
         def _send_segment(
             self, seq: int, flags: int, payload: bytes = b"", options: bytes | None = None
         ) -> None: ...
         def _ack_options(self) -> bytes: ...
+        def _advertised(self) -> int: ...
         def _fin_fits(self) -> bool: ...
         def _fin_sent(self, seq: int) -> None: ...
         def _our_fin_acked(self, now: float) -> None: ...
@@ -279,21 +288,8 @@ class SendSide(RackSide, Pacing, Recovery):
             self.lost_q = None  # all sent: an empty deque still costs 760 bytes
         # 2. new data within both windows, at the pacing rate
         data_end = self._data_end()
-        while self.snd_nxt < data_end and not self._pace_blocked(now):
-            flight = self._pipe()
-            budget = min(self.snd_una + self.snd_wnd - self.snd_nxt, self.cwnd - flight)
-            n = min(mss, data_end - self.snd_nxt)
-            if budget < n:
-                if budget <= 0 or (budget < mss and self.snd_max > self.snd_una):
-                    break  # wait for the window rather than send a sliver
-                n = budget
-            start = self.snd_nxt
-            end = start + n
-            if self.fin_queued and end == data_end and self._fin_fits():
-                self._fin_sent(end)
-                end += 1
-            self._new_segment(start, end, now, options)
-            sent = True
+        if self.snd_nxt < data_end:
+            sent = self._send_new(now, data_end, mss, options) or sent
         # 3. a FIN on its own
         if (
             self.fin_queued
@@ -315,6 +311,82 @@ class SendSide(RackSide, Pacing, Recovery):
         if sent:
             self._arm_tlp(now)
         self._validate_cwnd()
+        return sent
+
+    def _send_new(self: Self, now: float, data_end: int, mss: int, options: bytes) -> bool:
+        """New segments up to ``data_end`` while both windows and the pacer allow. Per
+        segment this is ``_new_segment`` -> ``_transmit`` -> ``_send_segment`` written out
+        once, with what cannot change during the burst read once (the peer's window, cwnd,
+        our advertised window, the ports): a download sends ~90,000 segments a second through
+        here. A segment that carries the FIN goes the general way."""
+        sent = False
+        snd_nxt = self.snd_nxt
+        # RFC 6675 pipe as _pipe() computes it; each new segment adds its length
+        flight_raw = (
+            self.snd_max - self.snd_una - self.sacked_bytes - self.lost_bytes - self.reno_sacked
+        )
+        right_edge = self.snd_una + self.snd_wnd
+        cwnd = self.cwnd
+        full = self.mss
+        rto = self.rto
+        pace_rate = self.pace_rate
+        build = self.builder.build
+        emit = self.stack.emit_packet
+        sport, dport = self.local[1], self.remote[1]
+        rcv_nxt = self.rcv_nxt
+        window = -1  # advertised at the first segment (not before: it moves rcv_adv)
+        rtx_append = self.rtx.append
+        in_flight = self.in_flight
+        sndbuf = self.sndbuf
+        to_offset = self.buf_off - self.buf_seq  # sndbuf index of a sequence number
+        while snd_nxt < data_end:
+            if pace_rate != 0.0 and self.pace_tokens <= 0 and self._pace_blocked(now):
+                break
+            flight = flight_raw if flight_raw > 0 else 0
+            budget = min(right_edge - snd_nxt, cwnd - flight)
+            n = min(mss, data_end - snd_nxt)
+            if budget < n:
+                if budget <= 0 or (budget < mss and self.snd_max > self.snd_una):
+                    break  # wait for the window rather than send a sliver
+                n = budget
+            start = snd_nxt
+            end = start + n
+            if self.fin_queued and end == data_end and self._fin_fits():
+                self._fin_sent(end)
+                self._new_segment(start, end + 1, now, options)
+                return True  # the FIN is the last thing there is to send
+            rec = Sent(start, end, now)
+            rtx_append(rec)
+            in_flight[rec] = None
+            self.snd_nxt = self.snd_max = snd_nxt = end
+            payload = bytes(sndbuf[to_offset + start : to_offset + end])
+            if window < 0:
+                window = self._advertised()  # then the same for the rest of the burst
+            emit(
+                build(
+                    sport,
+                    dport,
+                    start,
+                    rcv_nxt,
+                    ACK | PSH if end == data_end else ACK,
+                    window,
+                    options if len(options) + n <= full else b"",
+                    payload,
+                )
+            )
+            self.pace_tokens -= n
+            if self.t_rto is None:
+                self.t_rto = now + rto
+            if self.in_recovery:
+                self.prr_out += n
+            flight_raw += n
+            sent = True
+        if sent:  # what _send_segment notes after any segment with an ACK
+            self.ack_pending = 0
+            self.ack_now = False
+            self.t_delack = None
+            if options and self.dsack is not None:
+                self.dsack = None
         return sent
 
     def _validate_cwnd(self) -> None:
