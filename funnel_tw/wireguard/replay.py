@@ -25,23 +25,23 @@ class ReplayFilter:
             return False
         block = counter >> _BLOCK_LOG
         last = self._last
+        blocks = self._blocks
         if counter > last:
             current = last >> _BLOCK_LOG
-            advance = block - current
-            blocks = self._blocks
-            if advance >= _BLOCKS:
-                for i in range(_BLOCKS):
-                    blocks[i] = 0
-            else:
-                for i in range(current + 1, block + 1):
-                    blocks[i % _BLOCKS] = 0
+            if block != current:  # (most packets stay in the newest block: nothing to clear)
+                if block - current >= _BLOCKS:
+                    for i in range(_BLOCKS):
+                        blocks[i] = 0
+                else:
+                    for i in range(current + 1, block + 1):
+                        blocks[i % _BLOCKS] = 0
             self._last = counter
         elif last - counter > WINDOW_SIZE:
             return False
         index = block % _BLOCKS
         bit = 1 << (counter & (_BLOCK_BITS - 1))
-        old = self._blocks[index]
+        old = blocks[index]
         if old & bit:
             return False
-        self._blocks[index] = old | bit
+        blocks[index] = old | bit
         return True
