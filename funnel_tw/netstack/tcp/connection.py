@@ -17,7 +17,7 @@ from typing import Any
 
 from ..events import EOF
 from ..owner import Owner
-from ..segment import ACK, FIN, RST, SYN, PacketBuilder, syn_options
+from ..segment import ACK, FIN, PSH, RST, SYN, PacketBuilder, syn_options
 from .cubic import Cubic
 from .receive import RECEIVE_BUFFER_MAX, ReceiveSide, wscale_for
 from .send import SEND_BUFFER_MAX, SendSide
@@ -383,7 +383,25 @@ class Connection(SendSide, ReceiveSide, Timers):
         payload: bytes,
         now: float,
     ) -> None:
-        if self.state is State.SYN_SENT:
+        state = self.state
+        if (
+            state is State.ESTABLISHED
+            and flags & ~PSH == ACK
+            and payload
+            and seq_w == self.rcv_nxt & MASK
+            and ack_w == self.snd_una & MASK
+            and self.snd_una == self.snd_max
+            and window << self.snd_wscale == self.snd_wnd
+            and (options is None or not options.sack)
+            and len(payload) <= self.rcv_adv - self.rcv_nxt
+        ):
+            # Header prediction (Van Jacobson's, as in BSD's tcp_input): the next in-order
+            # data of an established connection that has nothing of ours in flight and
+            # changes no window. Every check of the general path below holds for it, so
+            # only what that path would do remains.
+            self._in_order_data(payload, now)
+            return
+        if state is State.SYN_SENT:
             self._syn_sent_input(seq_w, ack_w, flags, window, options, now)
             return
         if (
@@ -486,6 +504,23 @@ class Connection(SendSide, ReceiveSide, Timers):
                 self.pending_fin = fin_at  # beyond a gap: it counts once the gap is filled
             else:
                 self.ack_now = True
+        if self.ack_now or self.ack_pending:
+            self.stack.mark_output(self)
+
+    def _in_order_data(self, payload: bytes, now: float) -> None:
+        """segment_arrived for a predicted segment (its conditions hold): acceptable, in
+        order, within the window, ACK not news, no SACK, no window change."""
+        seq = self.rcv_nxt
+        self.last_heard = now
+        self.keepalive_sent = 0
+        self.probes_out = 0
+        if self.keepalive_idle:
+            self.t_keepalive = now + self.keepalive_idle
+        # _process_ack's one effect here: the window update bookkeeping (RFC 9293 3.10.7.4)
+        ack = self.snd_una
+        if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
+            self.snd_wl1, self.snd_wl2 = seq, ack
+        self._receive_data(seq, payload, now)
         if self.ack_now or self.ack_pending:
             self.stack.mark_output(self)
 
