@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from ipaddress import IPv4Address, ip_network
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bench._pure_python import run_pure_python
 from funnel_tw import keys
 from funnel_tw.netstack import checksum, tcp
 from funnel_tw.netstack.stack import Stack
@@ -177,17 +177,11 @@ def main() -> None:
         f"MTU {args.mtu}, best of {args.rounds}"
     )
     compiled = best_of(args.rounds, args.mib, args.mtu)
-    command = [sys.executable, __file__, "--json", "--mib", str(args.mib)]
-    command += ["--mtu", str(args.mtu), "--rounds", str(args.rounds)]
-    child = subprocess.run(
-        command,
-        env={**os.environ, "FUNNEL_TW_PURE_PYTHON": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
+    pure = run_pure_python(
+        __file__,
+        ["--json", "--mib", str(args.mib), "--mtu", str(args.mtu), "--rounds", str(args.rounds)],
         timeout=900,
     )
-    pure = json.loads(child.stdout)
     floor = aead_floor(int(compiled["packets"]), args.mtu - 40)
     print(
         f"  checksum: {checksum.IMPLEMENTATION}; "

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from bench._pure_python import run_pure_python
 from funnel_tw import keys
 from funnel_tw.wireguard import transport_key
 from funnel_tw.wireguard.device import Device
@@ -122,17 +123,8 @@ def in_process(packets: int, size: int) -> dict[str, float]:
 
 def in_process_pure_python(args: argparse.Namespace) -> dict[str, float]:
     """The in-process run in a child with FUNNEL_TW_PURE_PYTHON=1 (chosen at import)."""
-    command = [sys.executable, __file__, "--in-process-json"]
-    command += ["--packets", str(args.packets), "--size", str(args.size)]
-    out = subprocess.run(
-        command,
-        env={**os.environ, "FUNNEL_TW_PURE_PYTHON": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    result: dict[str, float] = json.loads(out.stdout)
+    arguments = ["--in-process-json", "--packets", str(args.packets), "--size", str(args.size)]
+    result: dict[str, float] = run_pure_python(__file__, arguments, timeout=300)
     return result
 
 
