@@ -114,6 +114,10 @@ class Bench:
     def __init__(self, stack: contextlib.ExitStack, folder: Path, args: argparse.Namespace):
         self.stack = stack
         self.folder = folder
+        # the funnel's shape, for the other benches that build a Bench with fewer options
+        for option, default in (("nodes", 1), ("mtu", 0), ("node_network", "userspace")):
+            if not hasattr(args, option):
+                setattr(args, option, default)
         self.args = args
         self.started = time.monotonic()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
