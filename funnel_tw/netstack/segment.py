@@ -103,7 +103,7 @@ class PacketBuilder:
         flags: int,
         window: int,
         options: bytes = b"",
-        payload: bytes = b"",
+        payload: bytes | bytearray = b"",
     ) -> bytes:
         if tcp_packet is not None:
             # the C builder: the same bytes as below (tests/netstack/test_checksum.py)

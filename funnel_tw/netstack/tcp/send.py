@@ -359,7 +359,7 @@ class SendSide(RackSide, Pacing, Recovery):
             rtx_append(rec)
             in_flight[rec] = None
             self.snd_nxt = self.snd_max = snd_nxt = end
-            payload = bytes(sndbuf[to_offset + start : to_offset + end])
+            payload = sndbuf[to_offset + start : to_offset + end]  # a copy: build reads it
             if window < 0:
                 window = self._advertised()  # then the same for the rest of the burst
             emit(
