@@ -310,7 +310,7 @@ class Stack:
         self.count("drop_icmp")
 
     def _tcp(self, src: bytes, dst: bytes, segment: bytes, now: float) -> None:
-        """A TCP segment that came by the general path (IPv6, or IPv4 parsed whole)."""
+        """A TCP segment that came by the general path (IPv6: IPv4 goes through tcp4_fields)."""
         if len(segment) < 20:
             self.count("drop_tcp_short")
             return
