@@ -314,11 +314,12 @@ class SendSide(RackSide, Pacing, Recovery):
         return sent
 
     def _send_new(self: Self, now: float, data_end: int, mss: int, options: bytes) -> bool:
-        """New segments up to ``data_end`` while both windows and the pacer allow. Per
-        segment this is ``_new_segment`` -> ``_transmit`` -> ``_send_segment`` written out
-        once, with what cannot change during the burst read once (the peer's window, cwnd,
-        our advertised window, the ports): a download sends ~90,000 segments a second through
-        here. A segment that carries the FIN goes the general way."""
+        """New segments of at most ``mss`` bytes (the MSS less ``options``, the ACK's) up to
+        ``data_end`` while both windows and the pacer allow. Per segment this is
+        ``_new_segment`` -> ``_transmit`` -> ``_send_segment`` written out once, with what
+        cannot change during the burst read once (the peer's window, cwnd, our advertised
+        window, the ports): a download sends ~90,000 segments a second through here. A
+        segment that carries the FIN goes the general way."""
         sent = False
         snd_nxt = self.snd_nxt
         # RFC 6675 pipe as _pipe() computes it; each new segment adds its length
@@ -327,7 +328,6 @@ class SendSide(RackSide, Pacing, Recovery):
         )
         right_edge = self.snd_una + self.snd_wnd
         cwnd = self.cwnd
-        full = self.mss
         rto = self.rto
         pace_rate = self.pace_rate
         build = self.builder.build
@@ -370,7 +370,7 @@ class SendSide(RackSide, Pacing, Recovery):
                     rcv_nxt,
                     ACK | PSH if end == data_end else ACK,
                     window,
-                    options if len(options) + n <= full else b"",
+                    options,  # n <= mss, the MSS less these options: they always fit
                     payload,
                 )
             )
