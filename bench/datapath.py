@@ -8,6 +8,8 @@ packets are sealed in one ``send_packets`` call, the receiver opens them in batc
 hands them to its stack, and its ACKs go back the same way. The CPU time of each side's calls
 is what is measured, in µs per data packet: the sender's (TCP segments out, sealing, ACKs
 in) is what a node spends per packet of a download, the receiver's what the relay spends.
+The timers' ticks are left out of those figures (timing each of the many small loop steps
+would cost more than the ticks do); the instruction count under callgrind includes them.
 
 Run twice in one invocation, with the C extensions (checksum, TCP packet, transport seal/open,
 when built) and with ``FUNNEL_TW_PURE_PYTHON=1`` (in a child process), beside the reference:
