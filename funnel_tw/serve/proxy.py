@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +67,8 @@ DROPPED = {
     b"expect",
     b"forwarded",
 }
+# what twisted.web puts in every response, kept only where the backend sent none
+NODE_DEFAULTS = (b"date", b"server")
 # Tailscale-* (identity, Funnel-Request), X-Forwarded-*, Remote-* (identity from a gate)
 OWNED_PREFIXES = (b"tailscale-", b"x-forwarded-", b"remote-")
 # the client address as other proxies pass it: a backend may trust any of them
@@ -191,10 +193,10 @@ class Backends:
         return defer.gatherResults([pool.close() for pool in self._pools.values()])
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    """Header names a Connection header declares hop-by-hop."""
+def connection_tokens(values: Sequence[bytes]) -> set[bytes]:
+    """Header names the values of a Connection header declare hop-by-hop."""
     tokens: set[bytes] = set()
-    for value in headers.getRawHeaders(b"connection", []):
+    for value in values:
         tokens.update(t.strip().lower() for t in value.split(b","))
     return tokens
 
@@ -240,11 +242,35 @@ def forwarded_pairs(
     """The request headers a backend gets, in order. ``underscores``: pass names containing
     ``_`` (an opt-in per mount; by default they are dropped, as nginx does). ``netloc``: the
     Host to send if the client sent none (HTTP/1.0)."""
-    out: list[tuple[bytes, bytes]] = []
     headers = request.requestHeaders
-    listed = _connection_tokens(headers) if headers.hasHeader(b"connection") else ()
+    return forward_pairs(
+        headers.getAllRawHeaders(),
+        headers.getRawHeaders(b"connection"),
+        flow,
+        keep_upgrade,
+        underscores,
+        netloc,
+        getattr(request, "remote_identity", None),
+    )
+
+
+def forward_pairs(
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    connection: Sequence[bytes] | None,
+    flow: Flow,
+    keep_upgrade: bool,
+    underscores: bool,
+    netloc: str,
+    identity: dict[bytes, bytes] | None,
+) -> list[tuple[bytes, bytes]]:
+    """:func:`forwarded_pairs` from a request's headers as twisted.web's ``Headers`` holds
+    them (canonical names, the values of a name together; ``connection``: the Connection
+    header's values), for twisted.web's requests and serve/lean.py's alike. ``identity``:
+    who an access policy let through (serve/access/guard.py REMOTE_IDENTITY: Remote-User...)."""
+    out: list[tuple[bytes, bytes]] = []
+    listed = connection_tokens(connection) if connection else ()
     host = b""
-    for name, values in headers.getAllRawHeaders():
+    for name, values in headers:
         if not _passes(name, keep_upgrade, underscores):
             continue
         lower = name.lower() if listed else b""
@@ -262,9 +288,8 @@ def forwarded_pairs(
     out.append((b"X-Forwarded-For", flow.client[0].encode()))
     if flow.funnel:
         out.append((b"Tailscale-Funnel-Request", b"?1"))
-    # who an access policy let through (serve/access/guard.py REMOTE_IDENTITY): Remote-User...
-    for name, value in getattr(request, "remote_identity", {}).items():
-        out.append((name, value))
+    if identity:
+        out.extend(identity.items())
     return out
 
 
@@ -401,10 +426,13 @@ class ProxiedRequest:
             return
         request.setResponseCode(status, reason or None)
         listed: Any = ()
-        for name, value in headers:
-            if name.lower() == b"connection":
-                listed = {t.strip().lower() for t in value.split(b",")}
         out = request.responseHeaders
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"connection":
+                listed = {t.strip().lower() for t in value.split(b",")}
+            elif lower in NODE_DEFAULTS:
+                out.removeHeader(lower)  # the backend's own, not a second one (RFC 9110 6.6.1)
         bodiless = status in (204, 304)
         for name, value in headers:
             lower = name.lower()

@@ -18,11 +18,12 @@ from twisted.web.server import Request, Site
 
 from ..flow import Flow
 from ..web.hostport import format_host_port
-from ..web.httplimits import HTTPLimits, limited_channel
+from ..web.httplimits import HTTPLimits
 from ..web.paths import PathError, request_target
 from .files import FileMount
 from .guard import server_name
 from .http2 import h2_connection
+from .lean import lean_channel
 from .model import HTTPHandler, ServeConfig, match_mount
 from .notes import request_notes
 from .streaming import StreamingRequest
@@ -138,6 +139,9 @@ class MountRouter(resource.Resource):
             client = format_host_port(*self.flow.client)
             site = format_host_port(tls_server_name(request) or self.flow.host, self.port)
             return FileMount(handler.path, path, rest, client, site, self.count)
+        return self._proxy(prefix, handler, timeout)
+
+    def _proxy(self, prefix: str, handler: HTTPHandler, timeout: float) -> Any:
         key = (prefix, handler.proxy, timeout, handler.underscores)
         proxy = self._proxies.get(key)
         if proxy is None:
@@ -146,10 +150,34 @@ class MountRouter(resource.Resource):
             )
         return proxy
 
+    def proxy_route(self, host: str, path: str) -> tuple[str, Any] | None:
+        """(mount prefix, proxy resource) of a request for the normalized ``path`` on ``host``
+        when an unguarded proxy mount takes it, as :meth:`getChildWithDefault` would decide;
+        None for everything else (other handlers, refusals, access policies), which that
+        method answers (serve/lean.py's fast path asks this first)."""
+        access = self.access
+        if access is not None and access.oidc:
+            return None  # its own paths, and its session cookies to take out of requests
+        site = self.serve.site(host, self.port)
+        mounts = None if site is None else self.serve.web.get(site)
+        if site is None or mounts is None:
+            return None
+        if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
+            return None
+        if access is not None and access.ambiguous(mounts, path):
+            return None
+        found = match_mount(mounts, path)
+        if found is None or found[1].proxy is None:
+            return None
+        if access is not None and found[1].access is not None:
+            return None  # a policy guards it
+        prefix, handler = found
+        return prefix, self._proxy(prefix, handler, self.serve.timeouts[site])
+
 
 class ServeSite(Site):
-    """The HTTPS site of one flow: streamed request bodies, and the limits of
-    web/httplimits.py on request heads (HTTP/1.1) and bodies (both HTTP versions).
+    """The HTTPS site of one flow: streamed request bodies, the limits of web/httplimits.py on
+    request heads (HTTP/1.1) and bodies (both HTTP versions), and serve/lean.py's fast path.
     ``on_request(request, flow)`` (set by the dispatcher when the node keeps an access log or
     metrics) hears of every request once: when it finishes, or when its connection is lost
     first."""
@@ -158,7 +186,8 @@ class ServeSite(Site):
     noisy = False
     on_request: Callable[[Request, Flow], None] | None = None
     flow: Flow | None = None
-    protocol = limited_channel
+    protocol = lean_channel
+    lean = True  # serve/lean.py's fast path for plain proxied GET and HEAD requests
 
     def __init__(
         self,
