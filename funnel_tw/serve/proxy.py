@@ -208,6 +208,10 @@ def node_owned(name: bytes) -> bool:
     return canon in DROPPED or canon in CLIENT_ADDRESS or canon.startswith(OWNED_PREFIXES)
 
 
+# names whose "_" spelling is never passed, even to a mount that takes "_" in names: a backend
+# that folds "_" into "-" would read it as the real one (body framing the node never sent: a
+# request smuggled on a pooled connection)
+_NEVER_ALIASED = HOP_BY_HOP | {b"content-length"}
 # (name as received, keep_upgrade, underscores) -> forwarded; names repeat from request to
 # request, so each is judged once (bounded: a client can send endless distinct names)
 _PASSES: dict[tuple[bytes, bool, bool], bool] = {}
@@ -219,7 +223,9 @@ def _passes(name: bytes, keep_upgrade: bool, underscores: bool) -> bool:
     verdict = _PASSES.get(key)
     if verdict is None:
         lower = name.lower()
-        if node_owned(lower) or (b"_" in lower and not underscores):
+        if node_owned(lower) or (
+            b"_" in lower and (not underscores or lower.replace(b"_", b"-") in _NEVER_ALIASED)
+        ):
             verdict = False
         elif lower == b"content-length":
             verdict = keep_upgrade  # else the backend client frames the body itself
