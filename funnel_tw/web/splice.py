@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .closing import close_within
+from .sendnow import write_now
 
 MAX_EARLY_BYTES = 256 * 1024  # held for the other side while it is still connecting
 
@@ -58,7 +59,7 @@ class SpliceEnd(protocol.Protocol):
         if self.on_activity is not None:
             self.on_activity()
         if self.other is not None and self.other.transport is not None:
-            self.other.transport.write(data)
+            write_now(self.other.transport, data)
             return
         self.early.append(data)
         self.early_bytes += len(data)
