@@ -43,7 +43,14 @@ from ..web.httplimits import ChannelSwitch, LimitedHTTPChannel
 from ..web.paths import PathError, normalize, split_target
 from .guard import server_name
 from .notes import request_notes
-from .proxy import _BAD_TARGET, HOP_BY_HOP, NODE_DEFAULTS, forward_pairs, request_head
+from .proxy import (
+    _BAD_TARGET,
+    HOP_BY_HOP,
+    NODE_DEFAULTS,
+    failure_answer,
+    forward_pairs,
+    request_head,
+)
 from .streaming import StreamingRequest
 
 log = Logger()
@@ -379,17 +386,11 @@ class LeanChannel:
         self.exchange = None
         if self.over:
             return
-        if started:
-            log.info("backend failed mid-body: {error}", error=why)
+        answer = failure_answer(self.proxy.target.url, why, started, self.timed_out)
+        if answer is None:
             self.transport.abortConnection()
             return
-        code, message = (504, "Gateway Timeout") if self.timed_out else (502, "Bad Gateway")
-        log.info(
-            "proxy to {target} failed: {code} {error}",
-            target=self.proxy.target.url,
-            code=code,
-            error=why,
-        )
+        code, message = answer
         headers: dict[bytes, list[bytes]] = {}
         if self.closing:
             headers[b"Connection"] = [b"close"]

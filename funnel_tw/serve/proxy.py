@@ -485,21 +485,26 @@ class ProxiedRequest:
             request.unregisterProducer()
         if not _answering(request):
             return
-        if started:
-            log.info("backend failed mid-body: {error}", error=why)
+        answer = failure_answer(self.proxy.target.url, why, started, self.timed_out)
+        if answer is None:
             _abort(request)
             return
-        code, message = (504, "Gateway Timeout") if self.timed_out else (502, "Bad Gateway")
-        log.info(
-            "proxy to {target} failed: {code} {error}",
-            target=self.proxy.target.url,
-            code=code,
-            error=why,
-        )
+        code, message = answer
         request.setResponseCode(code)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.write(f"{code} {message}\n".encode())
         request.finish()
+
+
+def failure_answer(target: str, why: str, started: bool, timed_out: bool) -> tuple[int, str] | None:
+    """Log a backend's failure; (status, text) to answer, or None when the response had
+    begun (its stream must be cut short)."""
+    if started:
+        log.info("backend failed mid-body: {error}", error=why)
+        return None
+    code, message = (504, "Gateway Timeout") if timed_out else (502, "Bad Gateway")
+    log.info("proxy to {target} failed: {code} {error}", target=target, code=code, error=why)
+    return code, message
 
 
 class ProxyResource(Resource):
