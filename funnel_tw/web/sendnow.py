@@ -7,7 +7,8 @@ more than a ``send``. On the relay that was about a tenth of its CPU per request
 (docs/performance.md, lever 19). So a chunk of at most :data:`SMALL` bytes, to a socket with
 nothing queued, goes out in the caller's turn; what the kernel does not take, and every chunk
 while anything is queued, is Twisted's as before (order kept). Large chunks stay queued: a
-bulk transfer keeps its one send per turn.
+bulk transfer keeps its one send per turn. A TCP connection Twisted encrypts after ``startTLS``
+is never written to underneath its TLS.
 
 It reads Twisted's private ``_tempDataLen`` (the bytes written since the last send); it is
 read here alone.
@@ -27,6 +28,7 @@ def write_now(transport: Any, data: bytes) -> None:
     if (
         len(data) <= SMALL
         and isinstance(transport, tcp.Connection)
+        and not transport.TLS  # encrypted by Twisted in write() after startTLS
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected

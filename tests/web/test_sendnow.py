@@ -4,12 +4,15 @@ ever overtakes what is queued. Real loopback sockets; the far end is a plain soc
 from __future__ import annotations
 
 import socket
+import ssl as stdlib_ssl
+from pathlib import Path
 from typing import Any
 
-from twisted.internet import protocol, reactor
+from twisted.internet import protocol, reactor, ssl
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
+import twisted
 from funnel_tw.web.sendnow import SMALL, write_now
 from tests._support import eventually
 
@@ -98,6 +101,40 @@ class SendNowTests(TestCase):
         await eventually(drained, 10)
         self.assertEqual(len(got), 16 * len(data))
         self.assertEqual(bytes(got), data * 16)
+
+    async def test_never_underneath_twisteds_own_tls(self) -> None:
+        """After startTLS a TCP connection encrypts in write(): writing to its socket directly
+        would put plaintext on the wire."""
+        pem = (Path(twisted.__file__).parent / "test" / "server.pem").read_bytes()
+        transport, plain = await self.connected()
+        transport.startTLS(ssl.PrivateCertificate.loadPEM(pem).options())
+        self.assertTrue(transport.TLS)
+        context = stdlib_ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = stdlib_ssl.CERT_NONE
+        plain.setblocking(False)
+        far = context.wrap_socket(plain, do_handshake_on_connect=False)
+
+        def handshake() -> bool:
+            try:
+                far.do_handshake()
+            except (stdlib_ssl.SSLWantReadError, stdlib_ssl.SSLWantWriteError):
+                return False
+            return True
+
+        self.assertTrue(await eventually(handshake, 5))
+        write_now(transport, b"secret")
+        got: list[bytes] = []
+
+        def read() -> bool:
+            try:
+                got.append(far.recv(100))
+            except (stdlib_ssl.SSLWantReadError, BlockingIOError):
+                return False
+            return True
+
+        self.assertTrue(await eventually(read, 5))
+        self.assertEqual(b"".join(got), b"secret")
 
     def test_other_transports_write_as_usual(self) -> None:
         transport = StringTransport()
