@@ -357,6 +357,24 @@ class ReorderedTransferTests(SynchronousTestCase):
         self.assertEqual(counters.get("tcp_undo"), 1, counters)
         self.assertTrue(client.reordering_seen)
 
+    def test_holds_longer_than_the_round_trip_leave_no_reduction(self) -> None:
+        """Sixteen datagrams held 5 ms on a 1 ms path: each D-SACK comes back after the next
+        recovery began, and every episode is still undone on its own D-SACKs (with one undo
+        state only, the episode before was forgotten and its reduction stayed)."""
+        net = Net.pair(profile=LinkProfile(latency=0.0005), seed=3)
+        client, server = connected_pair(net)
+        ssthresh = client.ssthresh
+        held = hold(net, net.a, list(range(300, 700, 25)), 0.005)
+        data = payload(2_000_000, 3)
+        client.send(data)
+        net.run(lambda: len(net.b.data_received(server)) >= len(data), timeout=60)
+        self.assertEqual(len(held), 16)
+        self.assertEqual(sha(net.b.data_received(server)), sha(data))
+        counters = net.a.stack.counters
+        self.assertGreaterEqual(counters["tcp_fast_retransmits"], 2, counters)  # they overlapped
+        self.assertEqual(counters.get("tcp_undo"), counters["tcp_fast_retransmits"], counters)
+        self.assertEqual(client.ssthresh, ssthresh)
+
     def test_reordering_costs_little_throughput(self) -> None:
         """3 % of the packets held 5 ms at 20 ms RTT: the transfer takes hardly longer than on
         a clean link (before RACK and undo, each held packet halved the window)."""

@@ -156,6 +156,8 @@ class Connection(SendSide, ReceiveSide, Timers):
         "t_tlp",
         "tlp_end",
         "tlp_retrans",
+        "undo_done",
+        "undo_older",
         "undo_ranges",
         "undo_retransmitted",
         "user_timeout",

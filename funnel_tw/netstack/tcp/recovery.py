@@ -5,8 +5,10 @@ what limits the sender. A loss episode reduces it once: Proportional Rate Reduct
 spreads the retransmissions and new data over the ACKs that come back, down to ssthresh.
 Every retransmission of an episode is remembered; when D-SACKs (RFC 2883) have reported all of
 them as duplicates, or the episode ended with nothing retransmitted, ``cwnd``, ``ssthresh`` and
-CUBIC's state go back to what they were (as Linux's undo). After a timeout everything not
-SACKed is lost and is sent again from one segment of window.
+CUBIC's state go back to what they were (as Linux's undo). Unlike Linux, an episode still
+awaiting its D-SACKs when the next one begins is kept (a datagram held longer than a round
+trip answers after that): each is undone on its own, newest first (docs/netstack.md). After a
+timeout everything not SACKed is lost and is sent again from one segment of window.
 """
 
 from __future__ import annotations
@@ -18,6 +20,29 @@ from typing import TYPE_CHECKING, Self
 from ..owner import Owner
 from .cubic import Cubic
 from .rack import INFLIGHT, LOST, SACKED, Sent
+
+UNDO_EPISODES = 4  # earlier episodes kept for an undo while their D-SACKs are awaited
+
+
+class Episode:
+    """An earlier loss episode whose retransmissions still await their D-SACKs: the window
+    to go back to, and what is still awaited."""
+
+    __slots__ = ("cc", "cwnd", "ranges", "retransmitted", "ssthresh")
+
+    def __init__(
+        self,
+        cwnd: int,
+        ssthresh: int,
+        cc: tuple[float, float],
+        ranges: dict[int, int],
+        retransmitted: int,
+    ) -> None:
+        self.cwnd = cwnd
+        self.ssthresh = ssthresh
+        self.cc = cc
+        self.ranges = ranges
+        self.retransmitted = retransmitted
 
 
 class Recovery:
@@ -43,6 +68,8 @@ class Recovery:
     recover_fs: int
     undo_ranges: dict[int, int] | None
     undo_retransmitted: int
+    undo_older: list[Episode] | None
+    undo_done: bool
     prior_cwnd: int
     prior_ssthresh: int
     prior_cc: tuple[float, float]
@@ -82,8 +109,27 @@ class Recovery:
         elif not self.in_loss:
             self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
 
-    def _begin_episode(self) -> None:
-        """A loss episode starts: remember the window for an undo."""
+    def _begin_episode(self, keep_older: bool = False) -> None:
+        """A loss episode starts: remember the window for an undo. With ``keep_older`` (a
+        fast retransmit, not a timeout) the episode before, if its retransmissions still await
+        their D-SACKs, is kept: when the path holds datagrams longer than a round trip, those
+        come back after the next episode began, and each episode is undone on its own."""
+        if keep_older and self.undo_ranges:
+            older = self.undo_older or []
+            older.append(
+                Episode(
+                    self.prior_cwnd,
+                    self.prior_ssthresh,
+                    self.prior_cc,
+                    self.undo_ranges,
+                    self.undo_retransmitted,
+                )
+            )
+            del older[:-UNDO_EPISODES]
+            self.undo_older = older
+        elif not keep_older:
+            self.undo_older = None
+        self.undo_done = False
         self.prior_cwnd = self.cwnd
         self.prior_ssthresh = self.ssthresh
         self.prior_cc = self.cc.state()
@@ -92,7 +138,7 @@ class Recovery:
 
     def _enter_recovery(self: Self) -> None:
         self.stack.count("tcp_fast_retransmits")
-        self._begin_episode()
+        self._begin_episode(keep_older=True)
         self.ssthresh = self._cc_ssthresh()
         self.in_recovery = True
         self.recover = self.snd_max
@@ -136,21 +182,44 @@ class Recovery:
     def _try_undo(self) -> None:
         if self.undo_ranges is not None and self.undo_retransmitted and not self.undo_ranges:
             self._undo()
+        elif self.undo_done and self.undo_older:
+            self._undo_older()
+
+    def _undo_candidates(self) -> list[dict[int, int]]:
+        """Where a D-SACKed retransmission may be remembered: this episode, then the earlier
+        ones, newest first."""
+        found = [self.undo_ranges] if self.undo_ranges else []
+        if self.undo_older:
+            found += [e.ranges for e in reversed(self.undo_older) if e.ranges]
+        return found
 
     def _undo(self) -> None:
         """The losses were not: restore the window from before the episode (and take back
-        what is still marked lost)."""
+        what is still marked lost); then the earlier episodes' in turn, newest first, as far
+        as they were not losses either."""
         self.stack.count("tcp_undo")
-        self.cwnd = max(self.cwnd, self.prior_cwnd)
-        self.ssthresh = max(self.ssthresh, self.prior_ssthresh)
-        self.cc.restore(self.prior_cc)
+        self._restore(self.prior_cwnd, self.prior_ssthresh, self.prior_cc)
         self.undo_ranges = None
+        self.undo_done = True
         if self.in_recovery:
             self.in_recovery = False
             self._rack_recovery_ended()
         self.in_loss = False
         if self.lost_bytes:
             self._unmark_lost()
+        self._undo_older()
+
+    def _undo_older(self) -> None:
+        older = self.undo_older
+        while older and older[-1].retransmitted and not older[-1].ranges:
+            episode = older.pop()
+            self.stack.count("tcp_undo")
+            self._restore(episode.cwnd, episode.ssthresh, episode.cc)
+
+    def _restore(self, cwnd: int, ssthresh: int, cc: tuple[float, float]) -> None:
+        self.cwnd = max(self.cwnd, cwnd)
+        self.ssthresh = max(self.ssthresh, ssthresh)
+        self.cc.restore(cc)
 
     def _unmark_lost(self) -> None:
         records = [r for r in self.rtx[self.rtx_head :] if r.state in (INFLIGHT, LOST)]

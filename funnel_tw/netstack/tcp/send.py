@@ -27,7 +27,7 @@ from ..segment import ACK, FIN, PSH, PacketBuilder
 from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
-from .recovery import Recovery
+from .recovery import Episode, Recovery
 from .sequence import unwrap
 from .state import CAN_SEND, State
 
@@ -133,6 +133,9 @@ class SendSide(RackSide, Pacing, Recovery):
         # undo (Linux's undo_marker / undo_retrans, with the ranges themselves)
         self.undo_ranges: dict[int, int] | None = None
         self.undo_retransmitted = 0
+        # earlier episodes whose retransmissions still await D-SACKs (recovery.py), oldest first
+        self.undo_older: list[Episode] | None = None
+        self.undo_done = False  # the latest episode was undone: an earlier one may be next
         self.prior_cwnd = 0
         self.prior_ssthresh = 0
         self.prior_cc = (0.0, 0.0)
@@ -210,6 +213,7 @@ class SendSide(RackSide, Pacing, Recovery):
         self.in_flight = OrderedDict()
         self.lost_q = None
         self.undo_ranges = None
+        self.undo_older = None
 
     # --- output --------------------------------------------------------------------------------
 
@@ -259,7 +263,7 @@ class SendSide(RackSide, Pacing, Recovery):
         ranges = self.undo_ranges
         if ranges is not None:
             if len(ranges) >= UNDO_MAX_RANGES:
-                self.undo_ranges = None
+                self.undo_ranges = self.undo_older = None
             else:
                 ranges[rec.start] = rec.end
                 self.undo_retransmitted += 1
@@ -524,15 +528,15 @@ class SendSide(RackSide, Pacing, Recovery):
         """The peer got [left, right) twice: if we retransmitted it in this episode, that
         retransmission was not needed."""
         self.stack.count("tcp_dsack_received")
-        ranges = self.undo_ranges
-        if not ranges:
-            return
-        point = left
-        while point < right:
-            end = ranges.pop(point, None)
-            if end is None:
-                break
-            point = end
+        for ranges in self._undo_candidates():
+            point = left
+            while point < right:
+                end = ranges.pop(point, None)
+                if end is None:
+                    break
+                point = end
+            if point != left:
+                return
 
     def _acked_records(self, ack: int) -> Sent | None:
         """Remove what ``ack`` covers from the record; the most recently sent one of them
