@@ -45,10 +45,10 @@ from .guard import server_name
 from .notes import request_notes
 from .proxy import (
     _BAD_TARGET,
-    HOP_BY_HOP,
-    NODE_DEFAULTS,
+    BODILESS,
     failure_answer,
     forward_pairs,
+    passing_response_headers,
     request_head,
 )
 from .streaming import StreamingRequest
@@ -64,7 +64,6 @@ _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # request headers that need twisted.web: a body, an interim response, an upgrade
 _NOT_LEAN = frozenset((b"Content-Length", b"Transfer-Encoding", b"Expect", b"Upgrade"))
-_BODILESS = (204, 304)
 
 
 def parse_request_head(
@@ -90,12 +89,7 @@ def parse_request_head(
         value = value.strip(b" \t")
         if _VALUE_BAD.search(value) is not None:
             return None
-        canonical = _nameEncoder.encode(name)
-        values = headers.get(canonical)
-        if values is None:
-            headers[canonical] = [value]
-        else:
-            values.append(value)
+        headers.setdefault(_nameEncoder.encode(name), []).append(value)
     if not headers.keys().isdisjoint(_NOT_LEAN) or len(headers.get(b"Host", ())) != 1:
         return None
     close = False
@@ -317,29 +311,13 @@ class LeanChannel:
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.response_deadline = None
-        listed: Any = ()
-        out: dict[bytes, list[bytes]] = {}
-        if self.closing:
-            out[b"Connection"] = [b"close"]
-        out[b"Server"] = [SERVER_VERSION]
-        out[b"Date"] = [http_date()]
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"connection":
-                listed = {t.strip().lower() for t in value.split(b",")}
-            elif lower in NODE_DEFAULTS:
-                out.pop(_nameEncoder.encode(lower), None)  # the backend's own, as proxy.py
-        bodiless = status in _BODILESS
-        for name, value in headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in listed or (bodiless and lower == b"content-length"):
-                continue
-            canonical = _nameEncoder.encode(name)
-            values = out.get(canonical)
-            if values is None:
-                out[canonical] = [value]
-            else:
-                values.append(value)
+        out = self._node_headers()
+        kept, own = passing_response_headers(status, headers)
+        for lower in own:
+            out.pop(_nameEncoder.encode(lower), None)  # the backend's own, as proxy.py
+        for name, value in kept:
+            out.setdefault(_nameEncoder.encode(name), []).append(value)
+        bodiless = status in BODILESS
         length = out.get(b"Content-Length")
         if not bodiless and b"Content-Type" not in out and not (length and length[0] == b"0"):
             out[b"Content-Type"] = [b"text/html"]  # twisted.web's defaultContentType
@@ -353,13 +331,20 @@ class LeanChannel:
             if "write" in self._pauses and self.exchange is not None:
                 self.exchange.pauseProducing()
 
+    def _node_headers(self) -> dict[bytes, list[bytes]]:
+        """What twisted.web's response head starts with, in its order."""
+        out: dict[bytes, list[bytes]] = {b"Connection": [b"close"]} if self.closing else {}
+        out[b"Server"] = [SERVER_VERSION]
+        out[b"Date"] = [http_date()]
+        return out
+
     def _write_head(self, status: int, reason: bytes, headers: dict[bytes, list[bytes]]) -> None:
         """Build the head; like twisted.web, it is sent with the body's first bytes or at the
         end (a response cut short before either sends nothing)."""
         assert self.record is not None
         self.record.code = status
-        parts = [b"HTTP/1.1 %d " % status, reason or RESPONSES.get(status, b"Unknown Status")]
-        parts.append(b"\r\n")
+        reason = reason or RESPONSES.get(status, b"Unknown Status")
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         for name, values in headers.items():
             for value in values:
                 parts += (name, b": ", value, b"\r\n")
@@ -391,11 +376,7 @@ class LeanChannel:
             self.transport.abortConnection()
             return
         code, message = answer
-        headers: dict[bytes, list[bytes]] = {}
-        if self.closing:
-            headers[b"Connection"] = [b"close"]
-        headers[b"Server"] = [SERVER_VERSION]
-        headers[b"Date"] = [http_date()]
+        headers = self._node_headers()
         headers[b"Content-Type"] = [b"text/plain; charset=utf-8"]
         head = self.method == b"HEAD"
         if not head:

@@ -69,6 +69,7 @@ DROPPED = {
 }
 # what twisted.web puts in every response, kept only where the backend sent none
 NODE_DEFAULTS = (b"date", b"server")
+BODILESS = (204, 304)  # statuses whose responses have no body, whatever their headers say
 # Tailscale-* (identity, Funnel-Request), X-Forwarded-*, Remote-* (identity from a gate)
 OWNED_PREFIXES = (b"tailscale-", b"x-forwarded-", b"remote-")
 # the client address as other proxies pass it: a backend may trust any of them
@@ -431,23 +432,13 @@ class ProxiedRequest:
         if not _answering(request):
             return
         request.setResponseCode(status, reason or None)
-        listed: Any = ()
         out = request.responseHeaders
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"connection":
-                listed = {t.strip().lower() for t in value.split(b",")}
-            elif lower in NODE_DEFAULTS:
-                out.removeHeader(lower)  # the backend's own, not a second one (RFC 9110 6.6.1)
-        bodiless = status in (204, 304)
-        for name, value in headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or lower in listed:
-                continue
-            if bodiless and lower == b"content-length":
-                continue
+        kept, own = passing_response_headers(status, headers)
+        for lower in own:
+            out.removeHeader(lower)  # the backend's own, not a second one (RFC 9110 6.6.1)
+        for name, value in kept:
             out.addRawHeader(name, value)
-        if request.method != b"HEAD" and not bodiless and self.exchange is not None:
+        if request.method != b"HEAD" and status not in BODILESS and self.exchange is not None:
             self.streaming = True
             request.registerProducer(self.exchange, True)
 
@@ -494,6 +485,31 @@ class ProxiedRequest:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.write(f"{code} {message}\n".encode())
         request.finish()
+
+
+def passing_response_headers(
+    status: int, headers: list[tuple[bytes, bytes]]
+) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """What the client gets of a backend's response head (twisted.web's path and
+    serve/lean.py's): the headers in order, less the hop-by-hop ones, those the Connection
+    header names and a 204's or 304's Content-Length; and which of :data:`NODE_DEFAULTS` the
+    backend sent itself (lower case)."""
+    listed: Any = ()
+    own: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"connection":
+            listed = {t.strip().lower() for t in value.split(b",")}
+        elif lower in NODE_DEFAULTS:
+            own.append(lower)
+    bodiless = status in BODILESS
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in listed or (bodiless and lower == b"content-length"):
+            continue
+        kept.append((name, value))
+    return kept, own
 
 
 def failure_answer(target: str, why: str, started: bool, timed_out: bool) -> tuple[int, str] | None:

@@ -387,6 +387,35 @@ class DifferentialTests(SynchronousTestCase):
         self.assertEqual(fast.transport.value().count(b"HTTP/1.1 200 OK\r\n"), 2)
         self.assertEqual(fast.counters, {"fast_path": 2})
 
+    def test_the_backends_date_and_server_once_and_hop_by_hop_dropped(self) -> None:
+        """Both paths (proxy.passing_response_headers): the backend's Date and Server replace
+        the node's, and what is hop-by-hop, or named by its Connection header, stays behind."""
+        answer = (
+            "ok",
+            200,
+            b"OK",
+            [
+                (b"Date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
+                (b"Server", b"backend/1"),
+                (b"Connection", b"X-Gone"),
+                (b"X-Gone", b"1"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"Content-Length", b"2"),
+            ],
+            [b"hi"],
+            False,
+        )
+        for node in self.both():
+            node.send(self.GET)
+            node.answer(answer)
+            head = node.transport.value().split(b"\r\n\r\n")[0].lower()
+            self.assertEqual(head.count(b"\r\ndate: "), 1)
+            self.assertIn(b"\r\ndate: mon, 01 jan 2024 00:00:00 gmt", head)
+            self.assertEqual(head.count(b"\r\nserver: "), 1)
+            self.assertIn(b"\r\nserver: backend/1", head)
+            for gone in (b"x-gone", b"keep-alive", b"connection"):
+                self.assertNotIn(b"\r\n" + gone + b":", head)
+
     def test_what_goes_back_to_twisted_web(self) -> None:
         given_back = [
             b"POST /app/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
