@@ -525,8 +525,8 @@ class SendSide(RackSide, Pacing, Recovery):
         return dsack
 
     def _dsack_arrived(self, left: int, right: int) -> None:
-        """The peer got [left, right) twice: if we retransmitted it in this episode, that
-        retransmission was not needed."""
+        """The peer got [left, right) twice: if we retransmitted it in this episode or an
+        earlier one still awaiting its D-SACKs, that retransmission was not needed."""
         self.stack.count("tcp_dsack_received")
         for ranges in self._undo_candidates():
             point = left
