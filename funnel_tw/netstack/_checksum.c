@@ -95,6 +95,14 @@ static PyObject *ones_sum(PyObject *module, PyObject *const *args, Py_ssize_t na
  * ignored). seq and ack are 32-bit; the header has no urgent pointer; options are a multiple
  * of 4 bytes, at most 40. The sums are made in the machine's byte order and stored as they
  * are (RFC 1071, 2(B)).
+ *
+ * tcp_run(src, dst, ident, sport, dport, seq, ack, flags, window, options, data, offset,
+ *         size, count) -> list[bytes]
+ *
+ * count such packets, each carrying the next size bytes of data from offset on, with seq
+ * advanced by size and ident by one from each to the next (both wrapping): a burst of new
+ * segments built in one call (PacketBuilder.build_run), the same bytes as count tcp_packet
+ * calls.
  */
 static int get_u32(PyObject *o, uint32_t max, uint32_t *out)
 {
@@ -123,11 +131,131 @@ static void put32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
+/* What every packet of a call shares: the addresses, ports, ACK, flags, window, options. */
+typedef struct {
+    Py_buffer src, dst, options;
+    uint32_t ident, sport, dport, seq, ack, flags, window;
+} Segment;
+
+/* Read args[0..9] into seg; on success the three buffers are held (release_segment). */
+static int read_segment(PyObject *const *args, Segment *seg)
+{
+    if (get_u32(args[2], 0xffff, &seg->ident) < 0 || get_u32(args[3], 0xffff, &seg->sport) < 0 ||
+        get_u32(args[4], 0xffff, &seg->dport) < 0 ||
+        get_u32(args[5], 0xffffffffu, &seg->seq) < 0 ||
+        get_u32(args[6], 0xffffffffu, &seg->ack) < 0 || get_u32(args[7], 0xff, &seg->flags) < 0 ||
+        get_u32(args[8], 0xffff, &seg->window) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[0], &seg->src, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[1], &seg->dst, PyBUF_SIMPLE) < 0)
+        goto release_src;
+    if (PyObject_GetBuffer(args[9], &seg->options, PyBUF_SIMPLE) < 0)
+        goto release_dst;
+    if (!(seg->src.len == 4 || seg->src.len == 16) || seg->dst.len != seg->src.len) {
+        PyErr_SetString(PyExc_ValueError, "tcp_packet: addresses of 4 or 16 bytes");
+        goto release_options;
+    }
+    if (seg->options.len % 4 || seg->options.len > 40) {
+        PyErr_SetString(PyExc_ValueError, "tcp_packet: bad options");
+        goto release_options;
+    }
+    return 0;
+release_options:
+    PyBuffer_Release(&seg->options);
+release_dst:
+    PyBuffer_Release(&seg->dst);
+release_src:
+    PyBuffer_Release(&seg->src);
+    return -1;
+}
+
+static void release_segment(Segment *seg)
+{
+    PyBuffer_Release(&seg->options);
+    PyBuffer_Release(&seg->dst);
+    PyBuffer_Release(&seg->src);
+}
+
+/* One packet of seg with seq and ident as given and payload_len bytes of payload, or NULL
+ * with an exception set. */
+static PyObject *write_packet(const Segment *seg, uint32_t ident, uint32_t seq,
+                              const unsigned char *payload, Py_ssize_t payload_len)
+{
+    int v4 = seg->src.len == 4;
+    Py_ssize_t ip_len = v4 ? 20 : 40;
+    Py_ssize_t tcp_len = 20 + seg->options.len + payload_len;
+    unsigned char pseudo[40];
+    Py_ssize_t pseudo_len;
+    unsigned char *p, *tcp;
+    uint64_t acc;
+    uint16_t sum;
+    PyObject *out;
+
+    if (tcp_len > 0xffff - ip_len) {
+        PyErr_SetString(PyExc_ValueError, "tcp_packet: too long");
+        return NULL;
+    }
+    out = PyBytes_FromStringAndSize(NULL, ip_len + tcp_len);
+    if (out == NULL)
+        return NULL;
+    p = (unsigned char *)PyBytes_AS_STRING(out);
+    tcp = p + ip_len;
+    if (v4) {
+        p[0] = 0x45;
+        p[1] = 0;
+        put16(p + 2, (uint32_t)(ip_len + tcp_len));
+        put16(p + 4, ident);
+        put16(p + 6, 0x4000); /* DF */
+        p[8] = 64;
+        p[9] = 6;
+        p[10] = p[11] = 0;
+        memcpy(p + 12, seg->src.buf, 4);
+        memcpy(p + 16, seg->dst.buf, 4);
+        sum = (uint16_t)~fold(native_sum(p, 20));
+        memcpy(p + 10, &sum, 2);
+        memcpy(pseudo, seg->src.buf, 4);
+        memcpy(pseudo + 4, seg->dst.buf, 4);
+        pseudo[8] = 0;
+        pseudo[9] = 6;
+        put16(pseudo + 10, (uint32_t)tcp_len);
+        pseudo_len = 12;
+    } else {
+        put32(p, 0x60000000u);
+        put16(p + 4, (uint32_t)tcp_len);
+        p[6] = 6;
+        p[7] = 64;
+        memcpy(p + 8, seg->src.buf, 16);
+        memcpy(p + 24, seg->dst.buf, 16);
+        memcpy(pseudo, seg->src.buf, 16);
+        memcpy(pseudo + 16, seg->dst.buf, 16);
+        put32(pseudo + 32, (uint32_t)tcp_len);
+        put32(pseudo + 36, 6);
+        pseudo_len = 40;
+    }
+    put16(tcp, seg->sport);
+    put16(tcp + 2, seg->dport);
+    put32(tcp + 4, seq);
+    put32(tcp + 8, seg->ack);
+    tcp[12] = (unsigned char)(((20 + seg->options.len) / 4) << 4);
+    tcp[13] = (unsigned char)seg->flags;
+    put16(tcp + 14, seg->window);
+    tcp[16] = tcp[17] = tcp[18] = tcp[19] = 0;
+    if (seg->options.len)
+        memcpy(tcp + 20, seg->options.buf, seg->options.len);
+    if (payload_len)
+        memcpy(tcp + 20 + seg->options.len, payload, payload_len);
+    acc = (uint64_t)native_sum(pseudo, pseudo_len) + native_sum(tcp, tcp_len);
+    sum = (uint16_t)~fold(acc);
+    memcpy(tcp + 16, &sum, 2);
+    return out;
+}
+
 static PyObject *tcp_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer src, dst, options, payload;
-    uint32_t ident, sport, dport, seq, ack, flags, window;
-    PyObject *out = NULL;
+    Segment seg;
+    Py_buffer payload;
+    PyObject *out;
 
     if (nargs != 11) {
         PyErr_SetString(PyExc_TypeError,
@@ -135,98 +263,63 @@ static PyObject *tcp_packet(PyObject *module, PyObject *const *args, Py_ssize_t 
                         "options, payload)");
         return NULL;
     }
-    if (get_u32(args[2], 0xffff, &ident) < 0 || get_u32(args[3], 0xffff, &sport) < 0 ||
-        get_u32(args[4], 0xffff, &dport) < 0 || get_u32(args[5], 0xffffffffu, &seq) < 0 ||
-        get_u32(args[6], 0xffffffffu, &ack) < 0 || get_u32(args[7], 0xff, &flags) < 0 ||
-        get_u32(args[8], 0xffff, &window) < 0)
+    if (read_segment(args, &seg) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[0], &src, PyBUF_SIMPLE) < 0)
+    if (PyObject_GetBuffer(args[10], &payload, PyBUF_SIMPLE) < 0) {
+        release_segment(&seg);
         return NULL;
-    if (PyObject_GetBuffer(args[1], &dst, PyBUF_SIMPLE) < 0)
-        goto release_src;
-    if (PyObject_GetBuffer(args[9], &options, PyBUF_SIMPLE) < 0)
-        goto release_dst;
-    if (PyObject_GetBuffer(args[10], &payload, PyBUF_SIMPLE) < 0)
-        goto release_options;
-    {
-        int v4 = src.len == 4;
-        Py_ssize_t ip_len = v4 ? 20 : 40;
-        Py_ssize_t tcp_len = 20 + options.len + payload.len;
-        unsigned char pseudo[40];
-        Py_ssize_t pseudo_len;
-        unsigned char *p, *tcp;
-        uint64_t acc;
-        uint16_t sum;
-
-        if (!(src.len == 4 || src.len == 16) || dst.len != src.len) {
-            PyErr_SetString(PyExc_ValueError, "tcp_packet: addresses of 4 or 16 bytes");
-            goto release_payload;
-        }
-        if (options.len % 4 || options.len > 40 || tcp_len > 0xffff - ip_len) {
-            PyErr_SetString(PyExc_ValueError, "tcp_packet: bad options or too long");
-            goto release_payload;
-        }
-        out = PyBytes_FromStringAndSize(NULL, ip_len + tcp_len);
-        if (out == NULL)
-            goto release_payload;
-        p = (unsigned char *)PyBytes_AS_STRING(out);
-        tcp = p + ip_len;
-        if (v4) {
-            p[0] = 0x45;
-            p[1] = 0;
-            put16(p + 2, (uint32_t)(ip_len + tcp_len));
-            put16(p + 4, ident);
-            put16(p + 6, 0x4000); /* DF */
-            p[8] = 64;
-            p[9] = 6;
-            p[10] = p[11] = 0;
-            memcpy(p + 12, src.buf, 4);
-            memcpy(p + 16, dst.buf, 4);
-            sum = (uint16_t)~fold(native_sum(p, 20));
-            memcpy(p + 10, &sum, 2);
-            memcpy(pseudo, src.buf, 4);
-            memcpy(pseudo + 4, dst.buf, 4);
-            pseudo[8] = 0;
-            pseudo[9] = 6;
-            put16(pseudo + 10, (uint32_t)tcp_len);
-            pseudo_len = 12;
-        } else {
-            put32(p, 0x60000000u);
-            put16(p + 4, (uint32_t)tcp_len);
-            p[6] = 6;
-            p[7] = 64;
-            memcpy(p + 8, src.buf, 16);
-            memcpy(p + 24, dst.buf, 16);
-            memcpy(pseudo, src.buf, 16);
-            memcpy(pseudo + 16, dst.buf, 16);
-            put32(pseudo + 32, (uint32_t)tcp_len);
-            put32(pseudo + 36, 6);
-            pseudo_len = 40;
-        }
-        put16(tcp, sport);
-        put16(tcp + 2, dport);
-        put32(tcp + 4, seq);
-        put32(tcp + 8, ack);
-        tcp[12] = (unsigned char)(((20 + options.len) / 4) << 4);
-        tcp[13] = (unsigned char)flags;
-        put16(tcp + 14, window);
-        tcp[16] = tcp[17] = tcp[18] = tcp[19] = 0;
-        if (options.len)
-            memcpy(tcp + 20, options.buf, options.len);
-        if (payload.len)
-            memcpy(tcp + 20 + options.len, payload.buf, payload.len);
-        acc = (uint64_t)native_sum(pseudo, pseudo_len) + native_sum(tcp, tcp_len);
-        sum = (uint16_t)~fold(acc);
-        memcpy(tcp + 16, &sum, 2);
     }
-release_payload:
+    out = write_packet(&seg, seg.ident, seg.seq, payload.buf, payload.len);
     PyBuffer_Release(&payload);
-release_options:
-    PyBuffer_Release(&options);
-release_dst:
-    PyBuffer_Release(&dst);
-release_src:
-    PyBuffer_Release(&src);
+    release_segment(&seg);
+    return out;
+}
+
+static PyObject *tcp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Segment seg;
+    Py_buffer data;
+    Py_ssize_t offset, size, count, i;
+    PyObject *out = NULL;
+
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError,
+                        "tcp_run(src, dst, ident, sport, dport, seq, ack, flags, window, "
+                        "options, data, offset, size, count)");
+        return NULL;
+    }
+    offset = PyLong_AsSsize_t(args[11]);
+    size = PyLong_AsSsize_t(args[12]);
+    count = PyLong_AsSsize_t(args[13]);
+    if ((offset == -1 || size == -1 || count == -1) && PyErr_Occurred())
+        return NULL;
+    if (read_segment(args, &seg) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[10], &data, PyBUF_SIMPLE) < 0) {
+        release_segment(&seg);
+        return NULL;
+    }
+    if (offset < 0 || size < 0 || count < 0 || (size && count > (data.len - offset) / size) ||
+        offset > data.len) {
+        PyErr_SetString(PyExc_ValueError, "tcp_run: the run is not within data");
+        goto done;
+    }
+    out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (i = 0; i < count; i++) {
+        PyObject *packet = write_packet(&seg, (seg.ident + (uint32_t)i) & 0xffff,
+                                        seg.seq + (uint32_t)(i * size),
+                                        (const unsigned char *)data.buf + offset + i * size, size);
+        if (packet == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, packet);
+    }
+done:
+    PyBuffer_Release(&data);
+    release_segment(&seg);
     return out;
 }
 
@@ -317,6 +410,9 @@ static PyMethodDef methods[] = {
     {"tcp_packet", (PyCFunction)(void (*)(void))tcp_packet, METH_FASTCALL,
      "tcp_packet(src, dst, ident, sport, dport, seq, ack, flags, window, options, payload): "
      "the IP packet of a TCP segment, checksums included."},
+    {"tcp_run", (PyCFunction)(void (*)(void))tcp_run, METH_FASTCALL,
+     "tcp_run(src, dst, ident, sport, dport, seq, ack, flags, window, options, data, offset, "
+     "size, count): count tcp_packet packets carrying consecutive size-byte slices of data."},
     {"ones_sum", (PyCFunction)(void (*)(void))ones_sum, METH_FASTCALL,
      "ones_sum(data, start=0): the folded 16-bit ones'-complement sum of data plus start."},
     {NULL, NULL, 0, NULL},

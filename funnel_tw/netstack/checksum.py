@@ -1,7 +1,8 @@
 """The Internet checksum (RFC 1071): a C extension when it is built, else one big-integer
 reduction. The same extension builds a TCP segment's whole IP packet (``tcp_packet``, used by
-segment.py's PacketBuilder: ~0.14 us against ~1.2 in Python) and reads an arriving one
-(``tcp4_fields``, segment.py).
+segment.py's PacketBuilder: ~0.14 us against ~1.2 in Python), a burst of them in one call
+(``tcp_run``: the send path's new segments), and reads an arriving one (``tcp4_fields``,
+segment.py).
 
 Every segment our TCP sends is checksummed over its whole payload, so this is on the send
 path's per-packet bill: the pure-Python sum of a 1,368-byte payload costs ~3.5 us, the C one
@@ -36,27 +37,36 @@ def py_ones_sum(data: Buffer, start: int = 0, /) -> int:
     return total
 
 
-def _load() -> tuple[OnesSum, Callable[..., bytes] | None, Callable[..., Any] | None, str]:
+def _load() -> tuple[
+    OnesSum,
+    Callable[..., bytes] | None,
+    Callable[..., list[bytes]] | None,
+    Callable[..., Any] | None,
+    str,
+]:
     if os.environ.get("FUNNEL_TW_PURE_PYTHON") == "1":
-        return py_ones_sum, None, None, "python (FUNNEL_TW_PURE_PYTHON=1)"
+        return py_ones_sum, None, None, None, "python (FUNNEL_TW_PURE_PYTHON=1)"
     try:
         from ._checksum import ones_sum as c_ones_sum
         from ._checksum import tcp4_fields as c_tcp4_fields
         from ._checksum import tcp_packet as c_tcp_packet
+        from ._checksum import tcp_run as c_tcp_run
     except ImportError:
-        return py_ones_sum, None, None, "python (the C extension is not built)"
-    return c_ones_sum, c_tcp_packet, c_tcp4_fields, "C"
+        return py_ones_sum, None, None, None, "python (the C extension is not built)"
+    return c_ones_sum, c_tcp_packet, c_tcp_run, c_tcp4_fields, "C"
 
 
 #: ``ones_sum(data, start=0)``: the C one when built and not turned off, else py_ones_sum.
 ones_sum: OnesSum
 #: The C builder of a TCP segment's IP packet (segment.py's PacketBuilder), or None.
 tcp_packet: Callable[..., bytes] | None  # its signature: _checksum.pyi
+#: The C builder of a burst of such packets (PacketBuilder.build_run), or None.
+tcp_run: Callable[..., list[bytes]] | None
 #: The C reader of an arriving IPv4 TCP packet (segment.py's tcp4_fields), or None.
 tcp4_fields: Callable[..., Any] | None
 #: Which one ``ones_sum`` is, for status and logs.
 IMPLEMENTATION: str
-ones_sum, tcp_packet, tcp4_fields, IMPLEMENTATION = _load()
+ones_sum, tcp_packet, tcp_run, tcp4_fields, IMPLEMENTATION = _load()
 
 
 def checksum(*parts: bytes) -> int:

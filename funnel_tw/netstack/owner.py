@@ -30,6 +30,9 @@ class Owner(Protocol[C]):
     def emit_packet(self, packet: bytes) -> None:
         """Queue an IP packet for the wire."""
 
+    def emit_packets(self, packets: list[bytes]) -> None:
+        """Queue IP packets for the wire, in order (a burst of segments)."""
+
     def mark_output(self, conn: C) -> None:
         """Ask for ``conn.output(now)`` at the next flush."""
 

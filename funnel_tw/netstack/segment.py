@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from .checksum import ones_sum, tcp_packet
+from .checksum import ones_sum, tcp_packet, tcp_run
 from .checksum import tcp4_fields as c_tcp4_fields
 from .ip import PROTO_TCP, pseudo_header
 
@@ -153,6 +153,50 @@ class PacketBuilder:
                 payload,
             )
         )
+
+    def build_run(
+        self,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes,
+        data: bytearray,
+        offset: int,
+        size: int,
+        count: int,
+    ) -> list[bytes]:
+        """``count`` packets as :meth:`build` makes them, each carrying the next ``size`` bytes
+        of ``data`` from ``offset`` on, with ``seq`` advanced by ``size`` from each to the next:
+        a burst of full segments (the send path's), in one C call when the extension is built."""
+        if tcp_run is not None:
+            ident = 0
+            if self.v4:
+                ident = (self.ident + 1) & 0xFFFF
+                self.ident = (self.ident + count) & 0xFFFF
+            return tcp_run(
+                self.src,
+                self.dst,
+                ident,
+                sport,
+                dport,
+                seq & 0xFFFFFFFF,
+                ack & 0xFFFFFFFF,
+                flags,
+                window,
+                options,
+                data,
+                offset,
+                size,
+                count,
+            )
+        build = self.build
+        return [
+            build(sport, dport, seq + i * size, ack, flags, window, options, data[at : at + size])
+            for i, at in enumerate(range(offset, offset + count * size, size))
+        ]
 
 
 #: What tcp4_fields answers for a packet it reads: (status, src, dst, sport, dport, seq, ack,

@@ -145,6 +145,12 @@ class Stack:
         if self.trace is not None:
             self.trace.packet_out(packet, self._now)
 
+    def emit_packets(self, packets: list[bytes]) -> None:
+        self.outgoing.extend(packets)
+        if self.trace is not None:
+            for packet in packets:
+                self.trace.packet_out(packet, self._now)
+
     def mark_output(self, conn: Connection) -> None:
         self._dirty[conn] = None
 

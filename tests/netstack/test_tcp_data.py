@@ -133,6 +133,22 @@ class BulkTransferTests(SynchronousTestCase):
         self.assertEqual([s.flags & FIN for s in segs], [0, FIN])
         self.assertEqual(net.b.data_received(), bytes(2000))
 
+    def test_a_write_of_whole_segments_ends_as_any_write(self) -> None:
+        """A write of exactly k full segments goes out as a burst: only its last segment
+        carries PSH, and after close() also the FIN (the burst stops short of the data's end)."""
+        for close in (False, True):
+            net = Net.pair()
+            client, _ = connected_pair(net)
+            client.send(bytes(5 * client.mss))
+            if close:
+                client.close()
+            net.run_for(0.5)
+            self.assertEqual(net.b.data_received(), bytes(5 * client.mss))
+            segs = data_segments(net.a.segments())
+            self.assertEqual([len(s.payload) for s in segs], [client.mss] * 5)
+            self.assertEqual([bool(s.flags & PSH) for s in segs], [False] * 4 + [True])
+            self.assertEqual([s.flags & FIN for s in segs], [0] * 4 + [FIN if close else 0])
+
     def test_sequence_numbers_wrap(self) -> None:
         for loss in (0.0, 0.03):
             iss = MASK - 50_000
