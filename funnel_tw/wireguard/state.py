@@ -51,6 +51,9 @@ class DeviceState:
         self.mtu = mtu
         self.constants = constants
         self.rng = rng or random.SystemRandom()
+        # Timer jitter needs no secrecy, and a SystemRandom draw is a getrandom(2) call: under
+        # load the send path draws once per reactor turn. A given rng (tests) serves both.
+        self._jitter_rng = random.Random() if rng is None else rng
         self.cookie_checker = CookieChecker(
             self.public_key, constants.cookie_refresh_time, self._random_bytes
         )
@@ -104,4 +107,4 @@ class DeviceState:
             self._keypairs.pop(keypair.local_index, None)
 
     def _jitter(self) -> float:
-        return self.rng.uniform(0.0, self.constants.rekey_timeout_jitter)
+        return self._jitter_rng.uniform(0.0, self.constants.rekey_timeout_jitter)

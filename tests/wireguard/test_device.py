@@ -76,6 +76,23 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(device.stats()["drop_invalid_peer_key"], 1)
 
 
+class JitterTests(SynchronousTestCase):
+    def test_timer_jitter_makes_no_system_call(self) -> None:
+        """Sending draws timer jitter once per reactor turn under load: never from
+        SystemRandom (a getrandom(2) each), which keys and indexes still come from."""
+        device = Device(KEY_A)
+        self.assertIsInstance(device.rng, random.SystemRandom)
+
+        def refuse(*args: object) -> float:
+            raise AssertionError("SystemRandom drawn for jitter")
+
+        self.patch(random.SystemRandom, "random", refuse)
+        self.patch(random.SystemRandom, "getrandbits", refuse)
+        draws = {device._jitter() for _ in range(100)}
+        self.assertGreater(len(draws), 90)
+        self.assertTrue(all(0.0 <= d <= device.constants.rekey_timeout_jitter for d in draws))
+
+
 class HandshakeTests(SynchronousTestCase):
     def test_both_roles(self) -> None:
         p = Pair()
