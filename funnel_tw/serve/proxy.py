@@ -492,14 +492,15 @@ def passing_response_headers(
 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
     """What the client gets of a backend's response head (twisted.web's path and
     serve/lean.py's): the headers in order, less the hop-by-hop ones, those the Connection
-    header names and a 204's or 304's Content-Length; and which of :data:`NODE_DEFAULTS` the
-    backend sent itself (lower case)."""
-    listed: Any = ()
+    headers name (every one of them: the lines of a field combine, RFC 9110 5.3) and a 204's
+    or 304's Content-Length; and which of :data:`NODE_DEFAULTS` the backend sent itself (lower
+    case)."""
+    listed: set[bytes] = set()
     own: list[bytes] = []
     for name, value in headers:
         lower = name.lower()
         if lower == b"connection":
-            listed = {t.strip().lower() for t in value.split(b",")}
+            listed.update(t.strip().lower() for t in value.split(b","))
         elif lower in NODE_DEFAULTS:
             own.append(lower)
     bodiless = status in BODILESS

@@ -389,7 +389,8 @@ class DifferentialTests(SynchronousTestCase):
 
     def test_the_backends_date_and_server_once_and_hop_by_hop_dropped(self) -> None:
         """Both paths (proxy.passing_response_headers): the backend's Date and Server replace
-        the node's, and what is hop-by-hop, or named by its Connection header, stays behind."""
+        the node's, and what is hop-by-hop, or named by any of its Connection headers, stays
+        behind."""
         answer = (
             "ok",
             200,
@@ -399,6 +400,9 @@ class DifferentialTests(SynchronousTestCase):
                 (b"Server", b"backend/1"),
                 (b"Connection", b"X-Gone"),
                 (b"X-Gone", b"1"),
+                (b"X-Also-Gone", b"1"),
+                (b"Connection", b"x-also-gone , X-Third"),  # a second line counts too
+                (b"x-third", b"1"),
                 (b"Keep-Alive", b"timeout=5"),
                 (b"Content-Length", b"2"),
             ],
@@ -413,7 +417,7 @@ class DifferentialTests(SynchronousTestCase):
             self.assertIn(b"\r\ndate: mon, 01 jan 2024 00:00:00 gmt", head)
             self.assertEqual(head.count(b"\r\nserver: "), 1)
             self.assertIn(b"\r\nserver: backend/1", head)
-            for gone in (b"x-gone", b"keep-alive", b"connection"):
+            for gone in (b"x-gone", b"x-also-gone", b"x-third", b"keep-alive", b"connection"):
                 self.assertNotIn(b"\r\n" + gone + b":", head)
 
     def test_what_goes_back_to_twisted_web(self) -> None:
