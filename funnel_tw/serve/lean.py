@@ -155,7 +155,7 @@ class LeanChannel:
     _timer: IDelayedCall | None = None
     _abort_timer: IDelayedCall | None = None
 
-    def __init__(self, switch: LeanSwitch, site: Any, router: Any, host: str) -> None:
+    def __init__(self, switch: LeanSwitch, site: Any, router: Any, host: str, step: float) -> None:
         self.switch = switch
         self.site = site
         self.router = router
@@ -165,7 +165,7 @@ class LeanChannel:
         self.idle_timeout: float | None = switch._saved_timeout
         # the proxy timeout of every mount of this host's site: the timer is never later than
         # now + this, so a request's deadline needs no timer call
-        self.step = router.serve.timeouts[router.serve.site(host, router.port)]
+        self.step = step
         self.buffer = b""
         self.busy = False  # a request is being answered
         self.closing = False  # no more requests: "Connection: close", or timed out
@@ -489,11 +489,12 @@ class LeanSwitch(ChannelSwitch):
         if site.requestFactory is not StreamingRequest or not hasattr(router, "proxy_route"):
             return  # an inspector capturing requests; a site without mounts
         host = server_name(transport) or router.flow.host
-        if router.serve.site(host, router.port) is None:
+        served = router.serve.site(host, router.port)
+        if served is None:
             return
         channel._networkProducer.unregisterProducer()
         self._saved_timeout = channel.setTimeout(None)
-        lean = LeanChannel(self, site, router, host)
+        lean = LeanChannel(self, site, router, host, router.serve.timeouts[served])
         self._channel = lean  # type: ignore[assignment]
         lean.makeConnection(transport)
 

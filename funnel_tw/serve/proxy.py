@@ -495,14 +495,15 @@ def passing_response_headers(
     headers name (every one of them: the lines of a field combine, RFC 9110 5.3) and a 204's
     or 304's Content-Length; and which of :data:`NODE_DEFAULTS` the backend sent itself (lower
     case)."""
-    listed: set[bytes] = set()
+    connection: list[bytes] = []
     own: list[bytes] = []
     for name, value in headers:
         lower = name.lower()
         if lower == b"connection":
-            listed.update(t.strip().lower() for t in value.split(b","))
+            connection.append(value)
         elif lower in NODE_DEFAULTS:
             own.append(lower)
+    listed = connection_tokens(connection)
     bodiless = status in BODILESS
     kept = []
     for name, value in headers:
@@ -593,10 +594,7 @@ class ProxyResource(Resource):
 
 def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """A backend's response headers less the hop-by-hop ones and those its Connection names."""
-    listed: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            listed.update(t.strip().lower() for t in value.split(b","))
+    listed = connection_tokens([v for n, v in headers if n.lower() == b"connection"])
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in listed]
 
 

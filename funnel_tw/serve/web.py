@@ -85,13 +85,10 @@ class MountRouter(resource.Resource):
     def getChildWithDefault(self, name: bytes, request: Request) -> Any:
         # without SNI: the ingress target of a funnel flow, the node's first name on the tailnet
         host = tls_server_name(request) or self.flow.host
-        site = self.serve.site(host, self.port)
-        mounts = None if site is None else self.serve.web.get(site)
-        if site is None or mounts is None:
-            return resource.NoResource("no such site")
-        if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
-            # the relay asked for a name with funnel on this port; the SNI names one without
-            return resource.ForbiddenResource("no funnel for this name")
+        served = self._served(host)
+        if not isinstance(served, tuple):
+            return served
+        site, mounts = served
         try:
             path, _ = request_target(request)
         except PathError as e:
@@ -124,6 +121,17 @@ class MountRouter(resource.Resource):
             return self.access.guard(handler.access, child, request, self.flow, host, path)
         self.access.forget_own_cookies(request)  # an open mount: no session cookie for it
         return child
+
+    def _served(self, host: str) -> tuple[str, Any] | Any:
+        """(site, its mounts) that serve ``host`` on this port, or the resource refusing it."""
+        site = self.serve.site(host, self.port)
+        mounts = None if site is None else self.serve.web.get(site)
+        if site is None or mounts is None:
+            return resource.NoResource("no such site")
+        if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
+            # the relay asked for a name with funnel on this port; the SNI names one without
+            return resource.ForbiddenResource("no funnel for this name")
+        return site, mounts
 
     def render(self, request: Request) -> Any:
         child = resource.getChildForRequest(self.getChildWithDefault(b"", request), request)
@@ -158,12 +166,10 @@ class MountRouter(resource.Resource):
         access = self.access
         if access is not None and access.oidc:
             return None  # its own paths, and its session cookies to take out of requests
-        site = self.serve.site(host, self.port)
-        mounts = None if site is None else self.serve.web.get(site)
-        if site is None or mounts is None:
+        served = self._served(host)
+        if not isinstance(served, tuple):
             return None
-        if self.flow.funnel and not self.serve.admits_funnel(host, self.port):
-            return None
+        site, mounts = served
         if access is not None and access.ambiguous(mounts, path):
             return None
         found = match_mount(mounts, path)
