@@ -16,8 +16,16 @@
  *       the plaintext of a whole transport message (nonce from its counter field), or None
  *       if it is shorter than 32 bytes or does not authenticate.
  *
- * Same bytes and answers as transport_key.py's PyTransportKey, which
- * tests/wireguard/test_transport_key.py checks on both.
+ *   open_run(batch, start, stop, receiver, replay, limit) -> tuple
+ *       the receive path's loop over a run of datagrams for one keypair (lever 21): see
+ *       open_run below and PyTransportKey.open_run, its pure-Python twin.
+ *
+ * ReplayFilter() is RFC 6479's anti-replay window, as replay.py's PyReplayFilter; open_run
+ * takes this one.
+ *
+ * Same bytes and answers as transport_key.py's PyTransportKey and replay.py's
+ * PyReplayFilter, which tests/wireguard/test_transport_key.py and test_replay.py check on
+ * both.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,6 +39,20 @@
 #define TAG_LEN 16
 #define HEAD_LEN 16 /* message type, receiver index, counter */
 #define PADDING_MULTIPLE 16
+
+#define REPLAY_BLOCKS 128 /* RFC 6479: 128 blocks of 64 bits */
+#define REPLAY_WINDOW ((REPLAY_BLOCKS - 1) * 64)
+#define TRANSPORT_TYPE 4
+
+typedef struct {
+    PyObject *replay_type; /* open_run checks its replay argument against it */
+} ModuleState;
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t last;
+    uint64_t blocks[REPLAY_BLOCKS];
+} ReplayFilter;
 
 typedef struct {
     PyObject_HEAD
@@ -180,15 +202,34 @@ release_header:
     return out;
 }
 
+/* The plaintext of the message d[0:size] (size >= HEAD_LEN + TAG_LEN) into out: 1 if it
+ * authenticates, else 0 (and OpenSSL's error queue left clear). */
+static int open_message(EVP_CIPHER_CTX *ctx, const unsigned char *d, Py_ssize_t size,
+                        unsigned char *out)
+{
+    unsigned char nonce[12], tag[TAG_LEN];
+    Py_ssize_t n = size - HEAD_LEN - TAG_LEN;
+    int len;
+
+    nonce_from_counter(nonce, d + 8);
+    memcpy(tag, d + HEAD_LEN + n, TAG_LEN);
+    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) == 1 &&
+        (n == 0 || EVP_CipherUpdate(ctx, out, &len, d + HEAD_LEN, (int)n) == 1) &&
+        EVP_CipherFinal_ex(ctx, out + n, &len) == 1)
+        return 1;
+    /* a forgery or a corrupted message. OpenSSL 3.0 queues no error for a wrong tag, but
+     * clear anyway: Python's ssl module shares this libcrypto and would report a leftover
+     * error as its own */
+    ERR_clear_error();
+    return 0;
+}
+
 static PyObject *transport_key_open(TransportKey *self, PyObject *message)
 {
     Py_buffer data;
-    unsigned char nonce[12], tag[TAG_LEN];
-    const unsigned char *d;
-    Py_ssize_t n;
     EVP_CIPHER_CTX *ctx;
     PyObject *out = NULL;
-    int len, ok;
 
     ctx = context(self, 0);
     if (ctx == NULL)
@@ -199,30 +240,247 @@ static PyObject *transport_key_open(TransportKey *self, PyObject *message)
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
-    d = (const unsigned char *)data.buf;
-    n = data.len - HEAD_LEN - TAG_LEN;
-    nonce_from_counter(nonce, d + 8);
-    memcpy(tag, d + HEAD_LEN + n, TAG_LEN);
-    out = PyBytes_FromStringAndSize(NULL, n);
-    if (out == NULL)
-        goto release;
-    ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
-         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) == 1 &&
-         (n == 0 || EVP_CipherUpdate(ctx, (unsigned char *)PyBytes_AS_STRING(out), &len,
-                                     d + HEAD_LEN, (int)n) == 1) &&
-         EVP_CipherFinal_ex(ctx, (unsigned char *)PyBytes_AS_STRING(out) + n, &len) == 1;
-    if (!ok) {
-        /* a forgery or a corrupted message: no plaintext. OpenSSL 3.0 queues no error for
-         * a wrong tag, but clear anyway: Python's ssl module shares this libcrypto and
-         * would report a leftover error as its own */
-        ERR_clear_error();
-        Py_CLEAR(out);
-        out = Py_None;
-        Py_INCREF(out);
+    out = PyBytes_FromStringAndSize(NULL, data.len - HEAD_LEN - TAG_LEN);
+    if (out != NULL &&
+        !open_message(ctx, data.buf, data.len, (unsigned char *)PyBytes_AS_STRING(out))) {
+        Py_SETREF(out, Py_NewRef(Py_None));
     }
-release:
     PyBuffer_Release(&data);
     return out;
+}
+
+/* --- the anti-replay window (replay.py's PyReplayFilter, line for line) ---------------- */
+
+static int replay_validate(ReplayFilter *r, uint64_t counter, uint64_t limit)
+{
+    uint64_t block = counter >> 6, current, bit;
+    size_t index;
+
+    if (counter >= limit)
+        return 0;
+    if (counter > r->last) {
+        current = r->last >> 6;
+        if (block != current) { /* (most packets stay in the newest block: nothing to clear) */
+            if (block - current >= REPLAY_BLOCKS)
+                memset(r->blocks, 0, sizeof(r->blocks));
+            else
+                for (uint64_t i = current + 1; i <= block; i++)
+                    r->blocks[i % REPLAY_BLOCKS] = 0;
+        }
+        r->last = counter;
+    } else if (r->last - counter > REPLAY_WINDOW) {
+        return 0;
+    }
+    index = (size_t)(block % REPLAY_BLOCKS);
+    bit = (uint64_t)1 << (counter & 63);
+    if (r->blocks[index] & bit)
+        return 0;
+    r->blocks[index] |= bit;
+    return 1;
+}
+
+static PyObject *replay_filter_validate(ReplayFilter *self, PyObject *const *args,
+                                        Py_ssize_t nargs)
+{
+    unsigned long long counter, limit;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "validate(counter, limit)");
+        return NULL;
+    }
+    counter = PyLong_AsUnsignedLongLong(args[0]);
+    if (counter == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    limit = PyLong_AsUnsignedLongLong(args[1]);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(replay_validate(self, counter, limit));
+}
+
+static PyObject *replay_filter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "ReplayFilter() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0); /* zeroed: last 0, every block empty */
+}
+
+static void replay_filter_dealloc(ReplayFilter *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* --- a run of transport messages for one keypair --------------------------------------- */
+
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* open_run(batch, start, stop, receiver, replay, limit)
+ *     -> (end, packets, authenticated, data, size, source, address, uniform,
+ *         failed_open, replayed, bad_inner)
+ *
+ * batch[start:stop] are (message, source) pairs. From start, while a message is a transport
+ * message of at least 32 bytes for `receiver` with a counter below `limit`: open it; count
+ * it in failed_open if it does not authenticate, in replayed if `replay` refuses its
+ * counter. Each one left is authenticated (their bytes summed in size, source the last
+ * one's); those with a plaintext (data) must hold an IPv4 or IPv6 packet whose total length
+ * fits (else counted in bad_inner), which is cut to that length and appended to packets.
+ * address is the first packet's inner source address, uniform whether every packet has the
+ * same. end is where the run stopped: the first message it did not take, or stop. */
+static PyObject *transport_key_open_run(TransportKey *self, PyObject *const *args,
+                                        Py_ssize_t nargs)
+{
+    ModuleState *state;
+    PyObject *batch, *packets = NULL, *source = Py_None, *address = Py_None, *result = NULL;
+    PyObject **items;
+    Py_ssize_t start, stop, i, size = 0;
+    Py_ssize_t authenticated = 0, data = 0, failed = 0, replayed = 0, bad = 0;
+    unsigned long long receiver, limit;
+    unsigned char first[16];
+    Py_ssize_t first_len = -1;
+    int uniform = 1;
+    EVP_CIPHER_CTX *ctx;
+
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "open_run(batch, start, stop, receiver, replay, limit)");
+        return NULL;
+    }
+    state = PyType_GetModuleState(Py_TYPE(self));
+    if (state == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(args[4], (PyTypeObject *)state->replay_type)) {
+        PyErr_SetString(PyExc_TypeError, "open_run: replay must be this module's ReplayFilter");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    stop = PyLong_AsSsize_t(args[2]);
+    if (stop == -1 && PyErr_Occurred())
+        return NULL;
+    receiver = PyLong_AsUnsignedLongLong(args[3]);
+    if (receiver == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    limit = PyLong_AsUnsignedLongLong(args[5]);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    ctx = context(self, 0);
+    if (ctx == NULL)
+        return NULL;
+    batch = PySequence_Fast(args[0], "open_run: batch must be a list or a tuple");
+    if (batch == NULL)
+        return NULL;
+    items = PySequence_Fast_ITEMS(batch);
+    if (stop > PySequence_Fast_GET_SIZE(batch))
+        stop = PySequence_Fast_GET_SIZE(batch);
+    if (start < 0)
+        start = 0;
+    packets = PyList_New(0);
+    if (packets == NULL)
+        goto done;
+    for (i = start; i < stop; i++) {
+        PyObject *pair = items[i], *plain;
+        Py_buffer message;
+        const unsigned char *d, *p, *inner;
+        Py_ssize_t n, len, total, inner_len;
+        uint64_t counter;
+        int ok;
+
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)
+            break;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(pair, 0), &message, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear(); /* not ours to judge: the caller's own path takes it */
+            break;
+        }
+        d = message.buf;
+        n = message.len;
+        if (n < HEAD_LEN + TAG_LEN || n > INT_MAX || le32(d) != TRANSPORT_TYPE ||
+            le32(d + 4) != receiver || (counter = le64(d + 8)) >= limit) {
+            PyBuffer_Release(&message);
+            break;
+        }
+        len = n - HEAD_LEN - TAG_LEN;
+        plain = PyBytes_FromStringAndSize(NULL, len);
+        if (plain == NULL) {
+            PyBuffer_Release(&message);
+            goto done;
+        }
+        ok = open_message(ctx, d, n, (unsigned char *)PyBytes_AS_STRING(plain));
+        PyBuffer_Release(&message);
+        if (!ok) {
+            failed++;
+            Py_DECREF(plain);
+            continue;
+        }
+        if (!replay_validate((ReplayFilter *)args[4], counter, limit)) {
+            replayed++;
+            Py_DECREF(plain);
+            continue;
+        }
+        authenticated++;
+        size += n;
+        source = PyTuple_GET_ITEM(pair, 1);
+        if (len == 0) { /* a keepalive */
+            Py_DECREF(plain);
+            continue;
+        }
+        data++;
+        p = (const unsigned char *)PyBytes_AS_STRING(plain);
+        if (p[0] >> 4 == 4 && len >= 20) {
+            total = (Py_ssize_t)p[2] << 8 | p[3];
+            inner = p + 12;
+            inner_len = 4;
+        } else if (p[0] >> 4 == 6 && len >= 40) {
+            total = 40 + ((Py_ssize_t)p[4] << 8 | p[5]);
+            inner = p + 8;
+            inner_len = 16;
+        } else {
+            bad++;
+            Py_DECREF(plain);
+            continue;
+        }
+        if (total > len || total < 20) {
+            bad++;
+            Py_DECREF(plain);
+            continue;
+        }
+        if (first_len < 0) {
+            memcpy(first, inner, (size_t)inner_len);
+            first_len = inner_len;
+        } else if (uniform && (inner_len != first_len || memcmp(first, inner, (size_t)inner_len))) {
+            uniform = 0;
+        }
+        if (total != len && _PyBytes_Resize(&plain, total) < 0) /* padding cut in place */
+            goto done;
+        ok = PyList_Append(packets, plain);
+        Py_DECREF(plain);
+        if (ok < 0)
+            goto done;
+    }
+    if (first_len >= 0) {
+        address = PyBytes_FromStringAndSize((const char *)first, first_len);
+        if (address == NULL)
+            goto done;
+    } else {
+        Py_INCREF(address);
+    }
+    result = Py_BuildValue("(nOnnnONNnnn)", i, packets, authenticated, data, size, source,
+                           address, PyBool_FromLong(uniform), failed, replayed, bad);
+done:
+    Py_XDECREF(packets);
+    Py_DECREF(batch);
+    return result;
 }
 
 static PyMethodDef transport_key_methods[] = {
@@ -230,6 +488,8 @@ static PyMethodDef transport_key_methods[] = {
      "seal(header, counter, packet, mtu): the whole transport message for packet."},
     {"open", (PyCFunction)transport_key_open, METH_O,
      "open(message): the plaintext of a whole transport message, or None."},
+    {"open_run", (PyCFunction)(void (*)(void))transport_key_open_run, METH_FASTCALL,
+     "open_run(batch, start, stop, receiver, replay, limit): a run of one keypair's messages."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -249,8 +509,31 @@ static PyType_Spec transport_key_spec = {
     transport_key_slots,
 };
 
+static PyMethodDef replay_filter_methods[] = {
+    {"validate", (PyCFunction)(void (*)(void))replay_filter_validate, METH_FASTCALL,
+     "validate(counter, limit): True (and remember it) if counter is below limit and new."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot replay_filter_slots[] = {
+    {Py_tp_doc, "ReplayFilter(): RFC 6479's anti-replay window, 8128 counters of history."},
+    {Py_tp_new, replay_filter_new},
+    {Py_tp_dealloc, replay_filter_dealloc},
+    {Py_tp_methods, replay_filter_methods},
+    {0, NULL},
+};
+
+static PyType_Spec replay_filter_spec = {
+    "funnel_tw.wireguard._transport.ReplayFilter",
+    sizeof(ReplayFilter),
+    0,
+    Py_TPFLAGS_DEFAULT,
+    replay_filter_slots,
+};
+
 static int exec_module(PyObject *module)
 {
+    ModuleState *state = PyModule_GetState(module);
     PyObject *type = PyType_FromModuleAndSpec(module, &transport_key_spec, NULL);
 
     if (type == NULL)
@@ -259,8 +542,34 @@ static int exec_module(PyObject *module)
         Py_DECREF(type);
         return -1;
     }
+    state->replay_type = PyType_FromModuleAndSpec(module, &replay_filter_spec, NULL);
+    if (state->replay_type == NULL)
+        return -1;
+    if (PyModule_AddObjectRef(module, "ReplayFilter", state->replay_type) < 0)
+        return -1;
     return PyModule_AddStringConstant(module, "OPENSSL_VERSION",
                                       OpenSSL_version(OPENSSL_VERSION));
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ModuleState *state = PyModule_GetState(module);
+
+    Py_VISIT(state->replay_type);
+    return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+    ModuleState *state = PyModule_GetState(module);
+
+    Py_CLEAR(state->replay_type);
+    return 0;
+}
+
+static void module_free(void *module)
+{
+    module_clear((PyObject *)module);
 }
 
 static struct PyModuleDef_Slot slots[] = {
@@ -273,8 +582,8 @@ static struct PyModuleDef_Slot slots[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_transport",
-    "WireGuard transport messages sealed and opened with OpenSSL (see transport_key.py).", 0,
-    NULL, slots, NULL, NULL, NULL,
+    "WireGuard transport messages sealed and opened with OpenSSL (see transport_key.py).",
+    sizeof(ModuleState), NULL, slots, module_traverse, module_clear, module_free,
 };
 
 PyMODINIT_FUNC PyInit__transport(void)

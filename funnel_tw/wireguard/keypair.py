@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .messages import HEADER_TRANSPORT
-from .replay import ReplayFilter
-from .transport_key import TransportKey
+from .transport_key import ReplayFilter, TransportKey
 
 
 class Keypair:

@@ -1,7 +1,8 @@
 """The anti-replay window of RFC 6479: 128 blocks of 64 bits, 8128 counters of history.
 
 The window is checked only after a packet has been authenticated, so a forged counter can
-never move it.
+never move it. This is the pure-Python one; ``_transport.c`` has the same window in C, which
+its ``open_run`` updates, and transport_key.py picks the pair (``ReplayFilter``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ _BLOCKS = 128
 WINDOW_SIZE = (_BLOCKS - 1) * _BLOCK_BITS  # 8128
 
 
-class ReplayFilter:
+class PyReplayFilter:
     __slots__ = ("_blocks", "_last")
 
     def __init__(self) -> None:

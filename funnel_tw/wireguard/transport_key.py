@@ -13,22 +13,44 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from .replay import PyReplayFilter
 
 _COUNTER = struct.Struct("<Q")
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _PADDING = bytes(16)
 _HEAD = 16  # message type, receiver index, counter
 _TAG = 16
+_TRANSPORT_HEAD = struct.Struct("<IIQ")
+_TRANSPORT = 4
+
+#: open_run's answer: (end, packets, authenticated, data, size, source, address, uniform,
+#: failed_open, replayed, bad_inner); see PyTransportKey.open_run.
+RunResult = tuple[int, list[bytes], int, int, int, Any, "bytes | None", bool, int, int, int]
+
+
+class ReplayFilterType(Protocol):
+    def validate(self, counter: int, limit: int, /) -> bool: ...
 
 
 class TransportKeyType(Protocol):
     def seal(self, header: bytes, counter: int, packet: bytes, mtu: int, /) -> bytes: ...
     def open(self, message: bytes, /) -> bytes | None: ...
+    def open_run(
+        self,
+        batch: Sequence[tuple[bytes, Any]],
+        start: int,
+        stop: int,
+        receiver: int,
+        replay: Any,
+        limit: int,
+        /,
+    ) -> RunResult: ...
 
 
 def padding(size: int, mtu: int) -> int:
@@ -81,20 +103,109 @@ class PyTransportKey:
         except InvalidTag:
             return None
 
+    def open_run(
+        self,
+        batch: Sequence[tuple[bytes, Any]],
+        start: int,
+        stop: int,
+        receiver: int,
+        replay: Any,
+        limit: int,
+        /,
+    ) -> RunResult:
+        """The receive path's loop for one keypair, over ``batch[start:stop]`` (pairs of
+        message and source), in one call: the C one saves the per-datagram Python of
+        receive.py (docs/performance.md, lever 21).
 
-def _load() -> tuple[Callable[[bytes], TransportKeyType], str]:
+        From ``start``, while a message is a transport message of at least 32 bytes for
+        ``receiver`` with a counter below ``limit``: open it (``failed_open`` counts those
+        that do not authenticate) and pass its counter through ``replay`` (``replayed``
+        counts those refused). ``authenticated`` counts the rest, ``size`` sums their bytes
+        and ``source`` is the last one's. Of those with a plaintext (``data``), each must be
+        an IPv4 or IPv6 packet whose total length fits (else ``bad_inner``); it is cut to
+        that length and appended to ``packets``. ``address`` is the first packet's inner
+        source address, ``uniform`` whether all have that one, so the caller checks the
+        peer's allowed IPs once. ``end`` is the first message not taken, or ``stop``.
+        """
+        packets: list[bytes] = []
+        authenticated = data = size = failed = replayed = bad = 0
+        source: Any = None
+        first: bytes | None = None
+        uniform = True
+        i = max(start, 0)
+        stop = min(stop, len(batch))
+        while i < stop:
+            message, origin = batch[i]
+            n = len(message)
+            if n < _HEAD + _TAG:
+                break
+            kind, index, counter = _TRANSPORT_HEAD.unpack_from(message)
+            if kind != _TRANSPORT or index != receiver or counter >= limit:
+                break
+            i += 1
+            plain = self.open(message)
+            if plain is None:
+                failed += 1
+                continue
+            if not replay.validate(counter, limit):
+                replayed += 1
+                continue
+            authenticated += 1
+            size += n
+            source = origin
+            if not plain:
+                continue  # a keepalive
+            data += 1
+            version = plain[0] >> 4
+            if version == 4 and len(plain) >= 20:
+                total = (plain[2] << 8) | plain[3]
+                address = plain[12:16]
+            elif version == 6 and len(plain) >= 40:
+                total = 40 + ((plain[4] << 8) | plain[5])
+                address = plain[8:24]
+            else:
+                bad += 1
+                continue
+            if total > len(plain) or total < 20:
+                bad += 1
+                continue
+            if first is None:
+                first = address
+            elif address != first:
+                uniform = False
+            packets.append(plain if total == len(plain) else plain[:total])
+        return (
+            i,
+            packets,
+            authenticated,
+            data,
+            size,
+            source,
+            first,
+            uniform,
+            failed,
+            replayed,
+            bad,
+        )
+
+
+def _load() -> tuple[Callable[[bytes], TransportKeyType], Callable[[], ReplayFilterType], str]:
     if os.environ.get("FUNNEL_TW_PURE_PYTHON") == "1":
-        return PyTransportKey, "python (FUNNEL_TW_PURE_PYTHON=1)"
+        return PyTransportKey, PyReplayFilter, "python (FUNNEL_TW_PURE_PYTHON=1)"
     try:
         from ._transport import OPENSSL_VERSION
+        from ._transport import ReplayFilter as CReplayFilter
         from ._transport import TransportKey as CTransportKey
     except ImportError:
-        return PyTransportKey, "python (the C extension is not built)"
-    return CTransportKey, f"C ({OPENSSL_VERSION})"
+        return PyTransportKey, PyReplayFilter, "python (the C extension is not built)"
+    return CTransportKey, CReplayFilter, f"C ({OPENSSL_VERSION})"
 
 
 #: ``TransportKey(key)``: the C one when built and not turned off, else PyTransportKey.
 TransportKey: Callable[[bytes], TransportKeyType]
+#: ``ReplayFilter()``: the window ``TransportKey.open_run`` takes (C with the C key, a
+#: C key's ``open_run`` refuses any other).
+ReplayFilter: Callable[[], ReplayFilterType]
 #: Which one it is, for status and logs.
 IMPLEMENTATION: str
-TransportKey, IMPLEMENTATION = _load()
+TransportKey, ReplayFilter, IMPLEMENTATION = _load()

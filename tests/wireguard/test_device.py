@@ -341,6 +341,91 @@ class ReceiveFilterTests(SynchronousTestCase):
         self.assertEqual(self.p.b.stats()["drop_unknown_index"], 1)
 
 
+class BatchRunTests(SynchronousTestCase):
+    """A batch is opened in runs of one keypair (receive.py); what a run does once must be
+    what datagram by datagram did: each one's drops counted, packets in order, the endpoint
+    the last authenticated source, the keepalive timer's two states."""
+
+    def setUp(self) -> None:
+        self.p = Pair()
+        self.p.establish()
+
+    def _transports(self, packets: list[bytes], now: float = T0 + 1) -> list[bytes]:
+        for packet in packets:
+            self.p.a.send_to_peer(self.p.pa, packet, now)
+        out = Net.take(self.p.a)
+        self.assertEqual(kinds(out), [TRANSPORT] * len(packets))
+        return [d for d, _ in out]
+
+    def test_one_batch_of_every_kind_equals_one_datagram_at_a_time(self) -> None:
+        first, second, third, fourth, keepalive = self._transports(
+            [
+                self.p.a_to_b(b"1"),
+                self.p.a_to_b(b"2"),
+                ip4("10.0.0.99", B_IP),
+                self.p.a_to_b(b"4"),
+                b"",
+            ]
+        )
+        new_a, other = ("203.0.113.5", 999), ("203.0.113.6", 999)
+        batch = [
+            (first, A_EP),
+            (first, other),  # a replay: no move to `other`
+            (second[:-1] + bytes([second[-1] ^ 1]), other),  # forged
+            (junk_initiation(self.p.b.public_key, random.Random(5), T0), other),
+            (second, A_EP),
+            (third, A_EP),  # a source A may not use
+            (b"\x04" + bytes(20), other),  # malformed: too short
+            (fourth, new_a),
+            (keepalive, A_EP),  # authenticated last: the endpoint is its source
+        ]
+        peer = self.p.pb
+        rx_bytes, rx_packets = peer.rx_bytes, peer.rx_packets
+        self.p.b.receive_batch(batch, T0 + 1)
+        b = self.p.b
+        self.assertEqual(
+            b.incoming,
+            [(self.p.a_to_b(n), peer) for n in (b"1", b"2", b"4")],
+        )
+        stats = b.stats()
+        drops = {k: v for k, v in stats.items() if k.startswith("drop_") and v}
+        names = ("replay", "decrypt", "allowed_ips", "malformed", "handshake")  # handshake: junk
+        self.assertEqual(drops, {f"drop_{name}": 1 for name in names})
+        self.assertEqual(peer.rx_packets - rx_packets, 3)
+        authenticated = (first, second, third, fourth, keepalive)
+        self.assertEqual(peer.rx_bytes - rx_bytes, sum(len(d) for d in authenticated))
+        self.assertEqual(peer.endpoint, A_EP)  # the keepalive's, after fourth's new_a
+        self.assertTrue(peer.need_another_keepalive)
+        self.assertIsNone(peer.t_new_handshake)
+
+    def test_the_keepalive_timer_as_datagram_by_datagram(self) -> None:
+        # one data packet arms the keepalive; a second one (timer armed) asks for another
+        timeout = self.p.b.constants.keepalive_timeout
+        for count, again in ((1, False), (2, True)):
+            datagrams = self._transports([self.p.a_to_b(bytes([n])) for n in range(count)])
+            self.p.pb.t_send_keepalive = None
+            self.p.pb.need_another_keepalive = False
+            self.p.b.receive_batch([(d, A_EP) for d in datagrams], T0 + 1)
+            self.assertEqual(self.p.pb.t_send_keepalive, T0 + 1 + timeout)
+            self.assertEqual(self.p.pb.need_another_keepalive, again, count)
+
+    def test_a_run_from_two_sources_checks_each(self) -> None:
+        # one run whose inner sources differ: the allowed one passes, the other is dropped
+        spoofed, fine, spoofed6 = self._transports(
+            [ip4("10.0.0.99", B_IP), self.p.a_to_b(), ip6("fd00::99", B_IP6)]
+        )
+        self.p.b.receive_batch([(spoofed, A_EP), (fine, A_EP), (spoofed6, A_EP)], T0 + 1)
+        self.assertEqual(self.p.b.incoming, [(self.p.a_to_b(), self.p.pb)])
+        self.assertEqual(self.p.b.stats()["drop_allowed_ips"], 2)
+
+    def test_a_run_of_a_forbidden_source_is_all_dropped(self) -> None:
+        datagrams = self._transports([ip4("10.0.0.99", B_IP, bytes([n])) for n in range(5)])
+        self.p.b.receive_batch([(d, A_EP) for d in datagrams], T0 + 1)
+        self.assertEqual(self.p.b.incoming, [])
+        self.assertEqual(self.p.b.stats()["drop_allowed_ips"], 5)
+        self.assertEqual(self.p.pb.rx_packets, 1)  # establish()'s only
+
+
 class SendTests(SynchronousTestCase):
     def test_longest_prefix_routing(self) -> None:
         a = Device(KEY_A, rng=random.Random(1))

@@ -1,21 +1,46 @@
-"""wireguard-go's replay/replay_test.go (ported from the kernel's), against ReplayFilter."""
+"""wireguard-go's replay/replay_test.go (ported from the kernel's), against both
+ReplayFilters: the pure-Python one and the C one (when built)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from funnel_tw.wireguard.replay import WINDOW_SIZE, ReplayFilter
+from funnel_tw.wireguard.replay import WINDOW_SIZE, PyReplayFilter
+from funnel_tw.wireguard.transport_key import ReplayFilterType
+
+from .test_transport_key import _require_c
 
 # replay_test.go passes its own limit, not the protocol's RejectAfterMessages.
 REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 4) - 1
 T_LIM = WINDOW_SIZE + 1
 
 
+def _c_filter_type() -> Callable[[], ReplayFilterType] | None:
+    try:
+        from funnel_tw.wireguard._transport import ReplayFilter
+    except ImportError:
+        return None
+    return ReplayFilter
+
+
+def _c_filter() -> ReplayFilterType:
+    make = _c_filter_type()
+    assert make is not None
+    return make()
+
+
 class ReplayTests(SynchronousTestCase):
+    """On the pure-Python filter; CReplayTests runs the same on the C one."""
+
+    def make(self) -> ReplayFilterType:
+        return PyReplayFilter()
+
     def setUp(self) -> None:
-        self.filter = ReplayFilter()
+        self.filter = self.make()
         self.number = 0
 
     def T(self, n: int, expected: bool) -> None:
@@ -27,7 +52,7 @@ class ReplayTests(SynchronousTestCase):
         )
 
     def reset(self) -> None:
-        self.filter = ReplayFilter()
+        self.filter = self.make()
         self.number = 0
 
     def test_window_size(self) -> None:
@@ -122,11 +147,28 @@ class ReplayTests(SynchronousTestCase):
         self.T(jump - 1, False)
 
 
+class CReplayTests(ReplayTests):
+    def make(self) -> ReplayFilterType:
+        _require_c()
+        return _c_filter()
+
+
+#: every filter on this machine: the property below runs on each
+FILTERS: list[Callable[[], ReplayFilterType]] = [PyReplayFilter]
+if _c_filter_type() is not None:
+    FILTERS.append(_c_filter)
+
+
 class ReplayPropertyTests(SynchronousTestCase):
-    @given(st.lists(st.integers(min_value=-WINDOW_SIZE - 200, max_value=300), max_size=300))
-    def test_matches_a_reference_window(self, deltas: list[int]) -> None:
+    @given(
+        st.lists(st.integers(min_value=-WINDOW_SIZE - 200, max_value=300), max_size=300),
+        st.sampled_from(FILTERS),
+    )
+    def test_matches_a_reference_window(
+        self, deltas: list[int], make: Callable[[], ReplayFilterType]
+    ) -> None:
         """Accept iff unseen and at most WINDOW_SIZE behind the greatest accepted counter."""
-        f = ReplayFilter()
+        f = make()
         seen: set[int] = set()
         greatest = 0
         for delta in deltas:
