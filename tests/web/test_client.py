@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from funnel_tw.web.client import MAX_HEAD, BackendConnection, BackendPool
+from funnel_tw.web.sendnow import SMALL
+from tests._support import eventually
 
 HEAD = b"GET /x HTTP/1.1\r\nHost: app\r\n"
 
@@ -94,6 +97,7 @@ class ClientTests(SynchronousTestCase):
     ) -> tuple[Sink, BackendConnection, StringTransport]:
         sink = Sink()
         self.pool.request(head, body, sink, **kw)
+        self.clock.advance(0)  # the end of the reactor turn: small requests go out then
         proto, transport = self.endpoint.made[-1]
         return sink, proto, transport
 
@@ -277,10 +281,41 @@ class ClientTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionDone()))  # it had been closed meanwhile
         self.assertEqual(len(self.endpoint.made), 2)
         fresh, transport = self.endpoint.made[-1]
+        self.clock.advance(0)
         self.assertEqual(transport.value(), HEAD + b"\r\n")
         fresh.connectionLost(Failure(ConnectionDone()))  # a fresh one is not retried
         self.assertEqual(sink.last[0], "failed")
         self.assertEqual(len(self.endpoint.made), 2)
+
+    def test_a_turns_small_requests_leave_together_at_its_end(self) -> None:
+        sinks = [Sink() for _ in range(3)]
+        for sink in sinks:
+            self.pool.request(HEAD, b"x" if sink is sinks[2] else None, sink)
+        transports = [t for _, t in self.endpoint.made]
+        self.assertEqual([t.value() for t in transports], [b"", b"", b""])  # not yet
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # one timed call for all
+        self.clock.advance(0)
+        self.assertEqual(
+            [t.value() for t in transports],
+            [HEAD + b"\r\n", HEAD + b"\r\n", HEAD + b"Content-Length: 1\r\n\r\nx"],
+        )
+
+    def test_a_request_cancelled_before_the_turns_end_is_not_sent(self) -> None:
+        exchange = self.pool.request(HEAD, None, Sink())
+        exchange.cancel()
+        self.clock.advance(0)
+        _, transport = self.endpoint.made[-1]
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_large_buffered_body_is_written_at_once(self) -> None:
+        body = b"b" * (SMALL + 1)
+        self.pool.request(b"POST / HTTP/1.1\r\n", body, Sink())
+        _, transport = self.endpoint.made[-1]  # before the turn's end
+        self.assertEqual(
+            transport.value(),
+            b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
 
     def test_stale_connection_not_retried_for_other_requests(self) -> None:
         _, proto, _ = self.send()
@@ -324,3 +359,44 @@ class ClientTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(sink.events), 1)  # the head only: nothing after the cancel
         exchange.pauseProducing()  # no longer holds a connection: nothing happens
+
+
+class Backend(protocol.Protocol):
+    """Answers each request head with an empty 200, keeping the connection."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.received.append(data)  # type: ignore[attr-defined]
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # type: ignore[union-attr]
+
+
+class RealSocketTests(TestCase):
+    async def answered(self, pool: BackendPool) -> None:
+        sink = Sink()
+        pool.request(HEAD, None, sink)
+        self.assertTrue(await eventually(lambda: sink.events[-1:] == [("end",)], 5), sink.events)
+
+    async def test_requests_never_register_the_socket_for_writing(self) -> None:
+        # each request goes out by a send at the end of its turn: the backend socket is never
+        # handed to epoll for writability (Twisted's write does that for every request)
+        factory = protocol.Factory.forProtocol(Backend)
+        factory.received = []  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        pool = BackendPool(reactor, endpoint)
+        self.addCleanup(pool.close)
+        await self.answered(pool)  # the connection made (and its first request)
+        (connection,) = pool.idle
+        transport: Any = connection.transport
+        registered: list[object] = []
+        start = transport.startWriting
+
+        def start_writing() -> None:
+            registered.append(transport)
+            start()
+
+        transport.startWriting = start_writing
+        await self.answered(pool)
+        await self.answered(pool)
+        self.assertEqual(factory.received, [HEAD + b"\r\n"] * 3)  # type: ignore[attr-defined]
+        self.assertEqual((pool.connections_made, registered), (1, []))
