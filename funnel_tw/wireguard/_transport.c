@@ -12,6 +12,9 @@
  *       the whole transport message: header (message type and receiver index, 8 bytes),
  *       the counter (little-endian, 8 bytes), then the packet zero-padded as wireguard-go's
  *       calculatePaddingSize pads it, encrypted, and the 16-byte tag.
+ *   seal_run(header, counter, packets, mtu, endpoint, out) -> int
+ *       seal each of a list of packets with counters from `counter` on, appending
+ *       (message, endpoint) to the list `out`; the bytes of the messages (lever 23).
  *   open(message) -> bytes | None
  *       the plaintext of a whole transport message (nonce from its counter field), or None
  *       if it is shorter than 32 bytes or does not authenticate.
@@ -135,17 +138,47 @@ static Py_ssize_t padding(Py_ssize_t size, Py_ssize_t mtu)
     return padded - last;
 }
 
-static PyObject *transport_key_seal(TransportKey *self, PyObject *const *args, Py_ssize_t nargs)
+/* The whole message for packet[0:len] (header, counter, packet and `pad` zero bytes sealed,
+ * tag) as a new bytes object, or NULL with an exception set. */
+static PyObject *seal_message(EVP_CIPHER_CTX *ctx, const unsigned char *header,
+                              unsigned long long counter, const unsigned char *packet,
+                              Py_ssize_t len, Py_ssize_t pad)
 {
     static const unsigned char zeros[PADDING_MULTIPLE];
-    Py_buffer header, packet;
-    unsigned long long counter;
-    Py_ssize_t mtu, pad;
     unsigned char nonce[12];
     unsigned char *p;
+    PyObject *out;
+    int n;
+
+    out = PyBytes_FromStringAndSize(NULL, HEAD_LEN + len + pad + TAG_LEN);
+    if (out == NULL)
+        return NULL;
+    p = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(p, header, 8);
+    for (int i = 0; i < 8; i++)
+        p[8 + i] = (unsigned char)(counter >> (8 * i));
+    nonce_from_counter(nonce, p + 8);
+    p += HEAD_LEN;
+    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 1) != 1 ||
+        (len && EVP_CipherUpdate(ctx, p, &n, packet, (int)len) != 1) ||
+        (pad && EVP_CipherUpdate(ctx, p + len, &n, zeros, (int)pad) != 1) ||
+        EVP_CipherFinal_ex(ctx, p + len + pad, &n) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, p + len + pad) != 1) {
+        ERR_clear_error();
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal a packet");
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *transport_key_seal(TransportKey *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer header, packet;
+    unsigned long long counter;
+    Py_ssize_t mtu;
     EVP_CIPHER_CTX *ctx;
     PyObject *out = NULL;
-    int len;
 
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "seal(header, counter, packet, mtu)");
@@ -176,30 +209,94 @@ static PyObject *transport_key_seal(TransportKey *self, PyObject *const *args, P
         PyErr_SetString(PyExc_ValueError, "seal: packet too large");
         goto release_packet;
     }
-    pad = packet.len ? padding(packet.len, mtu) : 0;
-    out = PyBytes_FromStringAndSize(NULL, HEAD_LEN + packet.len + pad + TAG_LEN);
-    if (out == NULL)
-        goto release_packet;
-    p = (unsigned char *)PyBytes_AS_STRING(out);
-    memcpy(p, header.buf, 8);
-    for (int i = 0; i < 8; i++)
-        p[8 + i] = (unsigned char)(counter >> (8 * i));
-    nonce_from_counter(nonce, p + 8);
-    p += HEAD_LEN;
-    if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 1) != 1 ||
-        (packet.len && EVP_CipherUpdate(ctx, p, &len, packet.buf, (int)packet.len) != 1) ||
-        (pad && EVP_CipherUpdate(ctx, p + packet.len, &len, zeros, (int)pad) != 1) ||
-        EVP_CipherFinal_ex(ctx, p + packet.len + pad, &len) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, p + packet.len + pad) != 1) {
-        ERR_clear_error();
-        Py_CLEAR(out);
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal a packet");
-    }
+    out = seal_message(ctx, header.buf, counter, packet.buf, packet.len,
+                       packet.len ? padding(packet.len, mtu) : 0);
 release_packet:
     PyBuffer_Release(&packet);
 release_header:
     PyBuffer_Release(&header);
     return out;
+}
+
+/* seal_run(header, counter, packets, mtu, endpoint, out) -> int
+ *
+ * seal(header, counter + i, packets[i], mtu) for each packet, in order, each appended to the
+ * list `out` as (message, endpoint); returns the bytes of the messages. Packets must be
+ * non-empty bytes; the counter must stay within 64 bits. Nothing is appended on an error. */
+static PyObject *transport_key_seal_run(TransportKey *self, PyObject *const *args,
+                                        Py_ssize_t nargs)
+{
+    Py_buffer header;
+    unsigned long long counter;
+    Py_ssize_t mtu, n, i, total = 0, start;
+    PyObject *packets, *endpoint, *out, **items;
+    EVP_CIPHER_CTX *ctx;
+
+    if (nargs != 6 || !PyList_Check(args[2]) || !PyList_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "seal_run(header, counter, packets: list, mtu, endpoint, out: list)");
+        return NULL;
+    }
+    counter = PyLong_AsUnsignedLongLong(args[1]);
+    if (counter == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    mtu = PyLong_AsSsize_t(args[3]);
+    if (mtu == -1 && PyErr_Occurred())
+        return NULL;
+    if (mtu < 0) {
+        PyErr_SetString(PyExc_ValueError, "seal_run: mtu must be >= 0");
+        return NULL;
+    }
+    packets = args[2];
+    endpoint = args[4];
+    out = args[5];
+    n = PyList_GET_SIZE(packets);
+    if (n && counter + (unsigned long long)(n - 1) < counter) {
+        PyErr_SetString(PyExc_OverflowError, "seal_run: the counter is 64 bits");
+        return NULL;
+    }
+    ctx = context(self, 1);
+    if (ctx == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &header, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (header.len != 8) {
+        PyErr_SetString(PyExc_ValueError, "seal_run: the header is 8 bytes");
+        PyBuffer_Release(&header);
+        return NULL;
+    }
+    items = PySequence_Fast_ITEMS(packets);
+    start = PyList_GET_SIZE(out);
+    for (i = 0; i < n; i++) {
+        PyObject *packet = items[i], *message, *pair;
+        Py_ssize_t len;
+
+        if (!PyBytes_Check(packet) || PyBytes_GET_SIZE(packet) == 0 ||
+            PyBytes_GET_SIZE(packet) > INT_MAX - 2 * PADDING_MULTIPLE) {
+            PyErr_SetString(PyExc_ValueError, "seal_run: packets are non-empty bytes");
+            goto fail;
+        }
+        len = PyBytes_GET_SIZE(packet);
+        message = seal_message(ctx, header.buf, counter + (unsigned long long)i,
+                               (const unsigned char *)PyBytes_AS_STRING(packet), len,
+                               padding(len, mtu));
+        if (message == NULL)
+            goto fail;
+        total += PyBytes_GET_SIZE(message);
+        pair = PyTuple_Pack(2, message, endpoint);
+        Py_DECREF(message);
+        if (pair == NULL || PyList_Append(out, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    PyBuffer_Release(&header);
+    return PyLong_FromSsize_t(total);
+fail:
+    PyBuffer_Release(&header);
+    PyList_SetSlice(out, start, PyList_GET_SIZE(out), NULL); /* nothing half-done */
+    return NULL;
 }
 
 /* The plaintext of the message d[0:size] (size >= HEAD_LEN + TAG_LEN) into out: 1 if it
@@ -488,6 +585,8 @@ static PyMethodDef transport_key_methods[] = {
      "seal(header, counter, packet, mtu): the whole transport message for packet."},
     {"open", (PyCFunction)transport_key_open, METH_O,
      "open(message): the plaintext of a whole transport message, or None."},
+    {"seal_run", (PyCFunction)(void (*)(void))transport_key_seal_run, METH_FASTCALL,
+     "seal_run(header, counter, packets, mtu, endpoint, out): seal each, append to out."},
     {"open_run", (PyCFunction)(void (*)(void))transport_key_open_run, METH_FASTCALL,
      "open_run(batch, start, stop, receiver, replay, limit): a run of one keypair's messages."},
     {NULL, NULL, 0, NULL},

@@ -6,6 +6,16 @@ OPENSSL_VERSION: str
 class TransportKey:
     def __init__(self, key: bytes, /) -> None: ...
     def seal(self, header: bytes, counter: int, packet: bytes, mtu: int, /) -> bytes: ...
+    def seal_run(
+        self,
+        header: bytes,
+        counter: int,
+        packets: list[bytes],
+        mtu: int,
+        endpoint: Any,
+        out: list[tuple[bytes, Any]],
+        /,
+    ) -> int: ...
     def open(self, message: bytes, /) -> bytes | None: ...
     def open_run(
         self,

@@ -87,18 +87,11 @@ class Sending(DeviceState):
             for packet in packets:
                 self.send_to_peer(peer, packet, now)
             return
-        seal = keypair.send.seal
-        header = keypair.header
-        mtu = self.mtu
         counter = keypair.send_counter
-        outgoing = self.outgoing
-        sent = 0
-        for packet in packets:
-            datagram = seal(header, counter, packet, mtu)
-            counter += 1
-            sent += len(datagram)
-            outgoing.append((datagram, endpoint))
-        keypair.send_counter = counter
+        sent = keypair.send.seal_run(
+            keypair.header, counter, packets, self.mtu, endpoint, self.outgoing
+        )
+        keypair.send_counter = counter + len(packets)
         peer.tx_bytes += sent
         peer.tx_packets += len(packets)
         # timers, once for the run: traversal, any authenticated packet sent, data sent

@@ -99,6 +99,29 @@ class TransportKeyTests(SynchronousTestCase):
             opened = make(key).open(sealed)
             self.assertEqual(opened, packet + bytes(reference_padding(len(packet), mtu)))
 
+    @given(
+        counter=st.integers(0, (1 << 64) - 100),
+        packets=st.lists(st.binary(min_size=1, max_size=1500), max_size=20),
+        mtu=st.sampled_from([0, 1280, 1420]) | st.integers(1, 1500),
+    )
+    def test_seal_run_is_seal_one_by_one(
+        self, counter: int, packets: list[bytes], mtu: int
+    ) -> None:
+        endpoint = ("192.0.2.1", 51820)
+        expected = [reference_seal(KEY, HEADER, counter + i, p, mtu) for i, p in enumerate(packets)]
+        for make in IMPLEMENTATIONS:
+            out: list[tuple[bytes, object]] = [(b"before", None)]
+            total = make(KEY).seal_run(HEADER, counter, packets, mtu, endpoint, out)
+            self.assertEqual(out, [(b"before", None)] + [(m, endpoint) for m in expected])
+            self.assertEqual(total, sum(len(m) for m in expected))
+
+    def test_seal_run_refuses_an_empty_packet_whole(self) -> None:
+        for make in IMPLEMENTATIONS:
+            out: list[tuple[bytes, object]] = []
+            with self.assertRaises(ValueError):
+                make(KEY).seal_run(HEADER, 0, [b"a", b"", b"c"], 1280, None, out)
+            self.assertEqual(out, [])
+
     @given(packet=st.binary(max_size=200), where=st.integers(8), bit=st.integers(0, 7))
     def test_any_flipped_bit_after_the_header_fails(
         self, packet: bytes, where: int, bit: int
