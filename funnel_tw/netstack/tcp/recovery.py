@@ -25,8 +25,10 @@ UNDO_EPISODES = 4  # earlier episodes kept for an undo while their D-SACKs are a
 
 
 class Episode:
-    """An earlier loss episode whose retransmissions still await their D-SACKs: the window
-    to go back to, and what is still awaited."""
+    """A loss episode that may still be undone: the window (and CUBIC's state) to go back
+    to, the retransmitted ranges whose D-SACKs are still awaited, and how many were
+    retransmitted. The current one is the connection's ``undo``; earlier ones still awaiting
+    their D-SACKs wait in ``undo_older``."""
 
     __slots__ = ("cc", "cwnd", "ranges", "retransmitted", "ssthresh")
 
@@ -66,13 +68,9 @@ class Recovery:
     prr_delivered: int
     prr_out: int
     recover_fs: int
-    undo_ranges: dict[int, int] | None
-    undo_retransmitted: int
+    undo: Episode | None
     undo_older: list[Episode] | None
     undo_done: bool
-    prior_cwnd: int
-    prior_ssthresh: int
-    prior_cc: tuple[float, float]
     rtx: list[Sent]
     rtx_head: int
     in_flight: OrderedDict[Sent, None]
@@ -114,27 +112,16 @@ class Recovery:
         fast retransmit, not a timeout) the episode before, if its retransmissions still await
         their D-SACKs, is kept: when the path holds datagrams longer than a round trip, those
         come back after the next episode began, and each episode is undone on its own."""
-        if keep_older and self.undo_ranges:
+        current = self.undo
+        if keep_older and current is not None and current.ranges:
             older = self.undo_older or []
-            older.append(
-                Episode(
-                    self.prior_cwnd,
-                    self.prior_ssthresh,
-                    self.prior_cc,
-                    self.undo_ranges,
-                    self.undo_retransmitted,
-                )
-            )
+            older.append(current)
             del older[:-UNDO_EPISODES]
             self.undo_older = older
         elif not keep_older:
             self.undo_older = None
         self.undo_done = False
-        self.prior_cwnd = self.cwnd
-        self.prior_ssthresh = self.ssthresh
-        self.prior_cc = self.cc.state()
-        self.undo_ranges = {}
-        self.undo_retransmitted = 0
+        self.undo = Episode(self.cwnd, self.ssthresh, self.cc.state(), {}, 0)
 
     def _enter_recovery(self: Self) -> None:
         self.stack.count("tcp_fast_retransmits")
@@ -171,7 +158,7 @@ class Recovery:
 
     def _episode_over(self) -> None:
         """Recovery ended. If nothing had to be retransmitted, nothing was lost: undo."""
-        if self.undo_ranges is not None and self.undo_retransmitted == 0:
+        if self.undo is not None and self.undo.retransmitted == 0:
             self._undo()
 
     def _reduce_once(self) -> None:
@@ -180,7 +167,8 @@ class Recovery:
         self.cwnd = min(self.cwnd, self.ssthresh)
 
     def _try_undo(self) -> None:
-        if self.undo_ranges is not None and self.undo_retransmitted and not self.undo_ranges:
+        current = self.undo
+        if current is not None and current.retransmitted and not current.ranges:
             self._undo()
         elif self.undo_done and self.undo_older:
             self._undo_older()
@@ -188,7 +176,7 @@ class Recovery:
     def _undo_candidates(self) -> list[dict[int, int]]:
         """Where a D-SACKed retransmission may be remembered: this episode, then the earlier
         ones, newest first."""
-        found = [self.undo_ranges] if self.undo_ranges else []
+        found = [self.undo.ranges] if self.undo is not None and self.undo.ranges else []
         if self.undo_older:
             found += [e.ranges for e in reversed(self.undo_older) if e.ranges]
         return found
@@ -197,9 +185,11 @@ class Recovery:
         """The losses were not: restore the window from before the episode (and take back
         what is still marked lost); then the earlier episodes' in turn, newest first, as far
         as they were not losses either."""
+        current = self.undo
+        assert current is not None  # (both callers checked)
         self.stack.count("tcp_undo")
-        self._restore(self.prior_cwnd, self.prior_ssthresh, self.prior_cc)
-        self.undo_ranges = None
+        self._restore(current.cwnd, current.ssthresh, current.cc)
+        self.undo = None
         self.undo_done = True
         if self.in_recovery:
             self.in_recovery = False
@@ -237,7 +227,7 @@ class Recovery:
         if not self.in_loss and not self.in_recovery:
             self._begin_episode()
             self.ssthresh = self._cc_ssthresh()
-        elif not self.in_loss and self.undo_ranges is None:
+        elif not self.in_loss and self.undo is None:
             self._begin_episode()
         self.cc.timeout()
         self.cwnd = self.mss

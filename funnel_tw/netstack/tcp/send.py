@@ -131,15 +131,12 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.prr_delivered = 0
         self.prr_out = 0
         self.recover_fs = 0
-        # undo (Linux's undo_marker / undo_retrans, with the ranges themselves)
-        self.undo_ranges: dict[int, int] | None = None
-        self.undo_retransmitted = 0
-        # earlier episodes whose retransmissions still await D-SACKs (recovery.py), oldest first
+        # undo (Linux's undo_marker / undo_retrans, with the ranges themselves): the current
+        # loss episode, and earlier ones whose retransmissions still await D-SACKs (recovery.py),
+        # oldest first
+        self.undo: Episode | None = None
         self.undo_older: list[Episode] | None = None
         self.undo_done = False  # the latest episode was undone: an earlier one may be next
-        self.prior_cwnd = 0
-        self.prior_ssthresh = 0
-        self.prior_cc = (0.0, 0.0)
         # cwnd validation (RFC 7661, as Linux's tcp_cwnd_validate): grow only when used
         self.max_flight = 0
         self.max_flight_seq = iss
@@ -213,7 +210,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.rtx_head = 0
         self.in_flight = OrderedDict()
         self.lost_q = None
-        self.undo_ranges = None
+        self.undo = None
         self.undo_older = None
 
     # --- output --------------------------------------------------------------------------------
@@ -261,13 +258,13 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.stack.count("tcp_retransmitted_segments")
         if self.in_recovery:
             self.prr_out += rec.end - rec.start
-        ranges = self.undo_ranges
-        if ranges is not None:
-            if len(ranges) >= UNDO_MAX_RANGES:
-                self.undo_ranges = self.undo_older = None
+        episode = self.undo
+        if episode is not None:
+            if len(episode.ranges) >= UNDO_MAX_RANGES:
+                self.undo = self.undo_older = None  # too many to remember: no undo
             else:
-                ranges[rec.start] = rec.end
-                self.undo_retransmitted += 1
+                episode.ranges[rec.start] = rec.end
+                episode.retransmitted += 1
         self._transmit(rec, now, options)
 
     def _send_data(self, now: float) -> bool:
