@@ -172,6 +172,32 @@ static PyObject *seal_message(EVP_CIPHER_CTX *ctx, const unsigned char *header,
     return out;
 }
 
+/* seal's and seal_run's counter (64 bits) and MTU (>= 0) arguments, and the 8-byte header
+ * (released by the caller on success): 0, or -1 with an exception set. */
+static int seal_arguments(const char *name, PyObject *header_arg, PyObject *counter_arg,
+                          PyObject *mtu_arg, Py_buffer *header, unsigned long long *counter,
+                          Py_ssize_t *mtu)
+{
+    *counter = PyLong_AsUnsignedLongLong(counter_arg);
+    if (*counter == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *mtu = PyLong_AsSsize_t(mtu_arg);
+    if (*mtu == -1 && PyErr_Occurred())
+        return -1;
+    if (*mtu < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: mtu must be >= 0", name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(header_arg, header, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (header->len != 8) {
+        PyBuffer_Release(header);
+        PyErr_Format(PyExc_ValueError, "%s: the header is 8 bytes", name);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *transport_key_seal(TransportKey *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer header, packet;
@@ -184,27 +210,12 @@ static PyObject *transport_key_seal(TransportKey *self, PyObject *const *args, P
         PyErr_SetString(PyExc_TypeError, "seal(header, counter, packet, mtu)");
         return NULL;
     }
-    counter = PyLong_AsUnsignedLongLong(args[1]);
-    if (counter == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    mtu = PyLong_AsSsize_t(args[3]);
-    if (mtu == -1 && PyErr_Occurred())
-        return NULL;
-    if (mtu < 0) {
-        PyErr_SetString(PyExc_ValueError, "seal: mtu must be >= 0");
-        return NULL;
-    }
     ctx = context(self, 1);
-    if (ctx == NULL)
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &header, PyBUF_SIMPLE) < 0)
+    if (ctx == NULL ||
+        seal_arguments("seal", args[0], args[1], args[3], &header, &counter, &mtu) < 0)
         return NULL;
     if (PyObject_GetBuffer(args[2], &packet, PyBUF_SIMPLE) < 0)
         goto release_header;
-    if (header.len != 8) {
-        PyErr_SetString(PyExc_ValueError, "seal: the header is 8 bytes");
-        goto release_packet;
-    }
     if (packet.len > INT_MAX - 2 * PADDING_MULTIPLE) {
         PyErr_SetString(PyExc_ValueError, "seal: packet too large");
         goto release_packet;
@@ -237,31 +248,16 @@ static PyObject *transport_key_seal_run(TransportKey *self, PyObject *const *arg
                         "seal_run(header, counter, packets: list, mtu, endpoint, out: list)");
         return NULL;
     }
-    counter = PyLong_AsUnsignedLongLong(args[1]);
-    if (counter == (unsigned long long)-1 && PyErr_Occurred())
+    ctx = context(self, 1);
+    if (ctx == NULL ||
+        seal_arguments("seal_run", args[0], args[1], args[3], &header, &counter, &mtu) < 0)
         return NULL;
-    mtu = PyLong_AsSsize_t(args[3]);
-    if (mtu == -1 && PyErr_Occurred())
-        return NULL;
-    if (mtu < 0) {
-        PyErr_SetString(PyExc_ValueError, "seal_run: mtu must be >= 0");
-        return NULL;
-    }
     packets = args[2];
     endpoint = args[4];
     out = args[5];
     n = PyList_GET_SIZE(packets);
     if (n && counter + (unsigned long long)(n - 1) < counter) {
         PyErr_SetString(PyExc_OverflowError, "seal_run: the counter is 64 bits");
-        return NULL;
-    }
-    ctx = context(self, 1);
-    if (ctx == NULL)
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &header, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (header.len != 8) {
-        PyErr_SetString(PyExc_ValueError, "seal_run: the header is 8 bytes");
         PyBuffer_Release(&header);
         return NULL;
     }

@@ -170,12 +170,6 @@ class Receiving(Handshaking):
                 self._drop("allowed_ips")
         return end
 
-    def _owner(self, address: bytes) -> Peer | None:
-        try:
-            return self._address_owner[address]
-        except KeyError:
-            return self._lookup_owner(address)
-
     def _promote(self, peer: Peer, keypair: Keypair, now: float) -> None:
         """The first packet on a ``next`` keypair: the responder's session is confirmed."""
         dropped = peer.keypairs.promote(keypair)

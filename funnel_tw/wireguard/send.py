@@ -30,10 +30,7 @@ class Sending(DeviceState):
         if address is None:
             self._drop("no_route")
             return False
-        try:
-            peer = self._address_owner[address]
-        except KeyError:
-            peer = self._lookup_owner(address)
+        peer = self._owner(address)
         if peer is None:
             self._drop("no_route")
             return False
@@ -52,7 +49,7 @@ class Sending(DeviceState):
             if address is None:
                 self._drop("no_route")
                 continue
-            try:
+            try:  # _owner, inlined: a call per packet of a download
                 peer = owners[address]
             except KeyError:
                 peer = self._lookup_owner(address)

@@ -81,6 +81,13 @@ class DeviceState:
 
     # --- bookkeeping ------------------------------------------------------------------------
 
+    def _owner(self, address: bytes) -> Peer | None:
+        """The peer whose allowed IPs hold ``address`` (cryptokey routing), cached."""
+        try:
+            return self._address_owner[address]
+        except KeyError:
+            return self._lookup_owner(address)
+
     def _lookup_owner(self, address: bytes) -> Peer | None:
         """Slow path of ``_address_owner``: the routing table, its answer cached until the
         routes change (bounded: cleared when full)."""
