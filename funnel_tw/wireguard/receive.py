@@ -86,9 +86,12 @@ class Receiving(Handshaking):
                 self._drop("expired_keypair")
                 i += 1
                 continue
-            # the run takes batch[i] at least: it is a transport message for this keypair
             promoting = keypair is keypair.peer.keypairs.next
-            i = self._run(keypair, receiver, batch, i, i + 1 if promoting else n, promoting, now)
+            end = self._run(keypair, receiver, batch, i, i + 1 if promoting else n, promoting, now)
+            if end == i:  # not a (bytes, source) pair the run could read: never loop on it
+                self._drop("malformed")
+                end += 1
+            i = end
         self.rx_datagrams += n
         if self._handshake_queue:
             self._process_handshakes(now)

@@ -398,6 +398,13 @@ class BatchRunTests(SynchronousTestCase):
         self.assertTrue(peer.need_another_keepalive)
         self.assertIsNone(peer.t_new_handshake)
 
+    def test_pairs_of_any_sequence_type_never_stall_the_loop(self) -> None:
+        # the C run reads (message, source) tuples; a list pair still unpacks in Python: it is
+        # counted and skipped, never looped on
+        (datagram,) = self._transports([self.p.a_to_b()])
+        self.p.b.receive_batch([[datagram, A_EP], (datagram, A_EP)], T0 + 1)  # type: ignore[list-item]
+        self.assertEqual(len(self.p.b.incoming), 1)
+
     def test_the_keepalive_timer_as_datagram_by_datagram(self) -> None:
         # one data packet arms the keepalive; a second one (timer armed) asks for another
         timeout = self.p.b.constants.keepalive_timeout
