@@ -43,12 +43,6 @@ def _start(rec: Sent) -> int:
     return rec.start
 
 
-def _sent_after(rec: Sent, other: Sent) -> bool:
-    """``(rec.xmit, rec.end) > (other.xmit, other.end)``, without building the two tuples
-    (once per segment acknowledged or SACKed)."""
-    return rec.xmit > other.xmit or (rec.xmit == other.xmit and rec.end > other.end)
-
-
 class SendSide(Burst, RackSide, Pacing, Recovery):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
@@ -477,7 +471,11 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
                     del self.in_flight[rec]
                 elif state == LOST:
                     self.lost_bytes -= rec.end - rec.start
-                if newest is None or _sent_after(rec, newest):
+                if (  # rack.sent_after(rec, newest), inlined: once per segment acknowledged
+                    newest is None
+                    or rec.xmit > newest.xmit
+                    or (rec.xmit == newest.xmit and rec.end > newest.end)
+                ):
                     newest = rec
                 if not rec.retrans and lowest_unsacked is None:
                     lowest_unsacked = rec.start
@@ -522,7 +520,11 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
                     self.lost_bytes -= rec.end - rec.start
                 rec.state = SACKED
                 self.sacked_bytes += rec.end - rec.start
-                if newest is None or _sent_after(rec, newest):
+                if (  # rack.sent_after(rec, newest), inlined: once per segment acknowledged
+                    newest is None
+                    or rec.xmit > newest.xmit
+                    or (rec.xmit == newest.xmit and rec.end > newest.end)
+                ):
                     newest = rec
                 if not rec.retrans and rec.end < fack:
                     self.reordering_seen = True
