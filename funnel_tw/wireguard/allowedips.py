@@ -79,18 +79,25 @@ class AllowedIPs(Generic[P]):
 
     def lookup_packet_source(self, packet: bytes) -> P | None:
         """The peer owning the source address of an IPv4 or IPv6 packet."""
-        version = packet[0] >> 4 if packet else 0
-        if version == 4 and len(packet) >= 20:
-            return self._v4.lookup(int.from_bytes(packet[12:16], "big"))
-        if version == 6 and len(packet) >= 40:
-            return self._v6.lookup(int.from_bytes(packet[8:24], "big"))
-        return None
+        return self._lookup(packet_source(packet))
 
     def lookup_packet_destination(self, packet: bytes) -> P | None:
-        address = packet_destination(packet)
+        return self._lookup(packet_destination(packet))
+
+    def _lookup(self, address: bytes | None) -> P | None:
         if address is None:
             return None
         return self.lookup_v4(address) if len(address) == 4 else self.lookup_v6(address)
+
+
+def packet_source(packet: bytes) -> bytes | None:
+    """The source address of an IPv4 or IPv6 packet; None if it is too short for one."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        return packet[12:16]
+    if version == 6 and len(packet) >= 40:
+        return packet[8:24]
+    return None
 
 
 def packet_destination(packet: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 
+from .allowedips import packet_source
 from .constants import HANDSHAKE_QUEUE_SIZE
 from .handshake import Handshaking
 from .keypair import Keypair
@@ -165,8 +166,9 @@ class Receiving(Handshaking):
             else:
                 self._drop("allowed_ips", len(packets))
             return end
-        for packet in packets:  # sources differ: each one checked
-            if self._owner(packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]) is peer:
+        for packet in packets:  # sources differ: each one checked (open_run framed them)
+            inner = packet_source(packet)
+            if inner is not None and self._owner(inner) is peer:
                 peer.rx_packets += 1
                 self.incoming.append((packet, peer))
             else:
