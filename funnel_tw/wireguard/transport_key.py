@@ -118,11 +118,17 @@ class PyTransportKey:
         appended to ``out`` as ``(message, endpoint)``; returns the messages' bytes. The C one
         saves the call and the tuple per packet of the send path (docs/performance.md,
         lever 23). Nothing is appended if a packet is refused."""
-        if any(not packet for packet in packets):
-            raise ValueError("seal_run: packets are non-empty bytes")
-        sealed = [self.seal(header, counter + i, packet, mtu) for i, packet in enumerate(packets)]
-        out.extend([(message, endpoint) for message in sealed])
-        return sum(len(message) for message in sealed)
+        seal = self.seal
+        sealed = []
+        total = 0
+        for i, packet in enumerate(packets):
+            if not packet:
+                raise ValueError("seal_run: packets are non-empty bytes")
+            message = seal(header, counter + i, packet, mtu)
+            total += len(message)
+            sealed.append((message, endpoint))
+        out.extend(sealed)
+        return total
 
     def open(self, message: bytes, /) -> bytes | None:
         """The plaintext of a whole transport message, or None if it does not authenticate."""
