@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTim
 from twisted.logger import Logger
 
 from ..keys import encode_key
+from ..turn import Soon, end_of_turn
 from ..wireguard.device import Device, Peer
 from .stream import is_stream_address
 from .udp import Address, Batch, UDPSocket
@@ -78,7 +79,7 @@ class Tunnel:
         self.event_handlers: list[Callable[[str, Peer, bool], None]] = []
         self._timer: IDelayedCall | None = None
         self._timer_at = float("inf")
-        self._flush_call: IDelayedCall | None = None
+        self._flush_call: Soon | None = None
         self._unknown_logged: dict[bytes, float] = {}  # claimed key -> when last logged
         # TCP fallback links by their pseudo endpoint; ``_diverting`` once there was one, so a
         # tunnel that never had one pays nothing per batch
@@ -156,7 +157,7 @@ class Tunnel:
         """
         routed = self.device.send_packet(packet, self.reactor.seconds())
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._flush_call = end_of_turn(self.reactor).soon(self._flush)
         return routed
 
     def _flush(self) -> None:

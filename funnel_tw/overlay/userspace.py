@@ -35,6 +35,7 @@ from ..netstack import checksum, tcp
 from ..netstack.events import Event
 from ..netstack.icmp import Echo, echo_request
 from ..netstack.stack import ECHO_REPLY, Stack
+from ..turn import Soon, end_of_turn
 from ..wireguard import transport_key
 from ..wireguard.constants import DEFAULT, Constants
 from ..wireguard.device import Peer
@@ -129,7 +130,7 @@ class UserspaceOverlayInterface:
         self._ping_ident = itertools.count(1)
         self._ping_waiters: dict[tuple[int, int], defer.Deferred[Echo]] = {}
         self._pending: dict[tcp.Connection, tuple[IProtocolFactory, defer.Deferred[IProtocol]]] = {}
-        self._flush_call: IDelayedCall | None = None
+        self._flush_call: Soon | None = None
         self._timer: IDelayedCall | None = None
         self._timer_at = float("inf")
 
@@ -212,7 +213,7 @@ class UserspaceOverlayInterface:
     def flush_soon(self) -> None:
         """Applications wrote: send at the end of this reactor pass, once for all of them."""
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._flush_call = end_of_turn(self.reactor).soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None

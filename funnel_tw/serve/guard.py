@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from ..tls.membio import release_buffers
 from ..tls.store import ACME_ALPN
+from ..turn import TurnClock
 from ..web.h2watch import H2Limits, H2Watch, Violation
 
 # (counter, reason, server name or None): the dispatcher logs it with the flow and counts it
@@ -136,7 +137,8 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         close_timeout: float = 10.0,
         release_after: float = 1.0,
     ) -> None:
-        super().__init__(creator, False, Factory(), clock=reactor)
+        # a connection's small writes wait for the turn's drain, not a timed call each
+        super().__init__(creator, False, Factory(), clock=TurnClock(reactor))
         self.reactor = reactor
         self.close_timeout = close_timeout
         self.release_after = release_after

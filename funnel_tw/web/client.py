@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..turn import end_of_turn
 from .factories import OneProtocolFactory
 from .sendnow import SMALL, write_now
 
@@ -575,7 +576,7 @@ class BackendPool:
         together (sending each at once woke it per request: docs/performance.md, lever 22)."""
         self._soon.append(connection)
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            self._flush_call = end_of_turn(self.reactor).soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None

@@ -4,8 +4,8 @@ Twisted's ``H2Connection`` sends one frame per reactor turn and connection, each
 its own: a small response costs three writes in three turns (HEADERS at once, then DATA, then
 an empty DATA frame for END_STREAM), so three TLS records and three TCP segments, and with many
 streams in flight every frame waits a whole turn behind the others. Here the loop is woken for
-the next turn, not run inside the write that woke it, and then sends every ready frame of every
-stream in priority order, up to :data:`BATCH_BYTES` or :data:`BATCH_FRAMES`, as one write; the
+the end of the turn, not run inside the write that woke it, and then sends every ready frame of
+every stream in priority order, up to :data:`BATCH_BYTES` or :data:`BATCH_FRAMES`, as one write; the
 last DATA frame of a response carries END_STREAM; response headers go out with that write. A
 stream whose flow-control window is exhausted is blocked in the priority tree until a
 WINDOW_UPDATE (Twisted's loop polls it every turn instead).
@@ -26,6 +26,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
+from ..turn import Soon, end_of_turn
+
 __all__ = ["BATCH_BYTES", "BATCH_FRAMES", "BatchedH2Connection"]
 
 BATCH_BYTES = 65536  # DATA payload a connection sends per reactor turn, at most
@@ -35,17 +37,24 @@ BATCH_FRAMES = 64  # frames (DATA, or END_STREAM alone) per turn, at most
 class BatchedH2Connection(H2Connection):
     """``H2Connection`` whose responses leave in as few writes as the transport allows."""
 
-    _send_call: IDelayedCall | None = None
+    _send_call: IDelayedCall | Soon | None = None
 
     # --- waking the loop -------------------------------------------------------------------
 
     def _schedule(self, _: object = None) -> None:
-        """Run the loop in the next reactor turn (once, however often it is woken)."""
+        """Run the loop at the end of this reactor turn (once, however often it is woken),
+        in the turn's drain (funnel_tw.turn): its write reaches TLS and the wire in the same
+        drain."""
+        if self._send_call is None and self._stillProducing:
+            self._send_call = end_of_turn(self._reactor).soon(self._sendPrioritisedData)
+
+    def _continue(self) -> None:
+        """Run the loop again in the next turn: after the other connections' work and a poll."""
         if self._send_call is None and self._stillProducing:
             self._send_call = self._reactor.callLater(0, self._sendPrioritisedData)
 
     # Twisted's writeDataToStream and endRequest fire ``_sendingDeferred``, which the loop
-    # arms with _schedule: a body written or ended wakes the loop for the next turn.
+    # arms with _schedule: a body written or ended wakes the loop for the end of the turn.
 
     def _wake(self) -> None:
         """A stream has something to send: if the loop waits for work, have it run."""
@@ -101,7 +110,7 @@ class BatchedH2Connection(H2Connection):
                     return
                 frames += 1
                 payload += self._send_frame(stream)
-            self._schedule()  # more may be ready: after the other connections' turn
+            self._continue()  # more may be ready: after the other connections' turn
         finally:
             if frames:
                 self.resetTimeout()
