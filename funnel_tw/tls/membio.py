@@ -31,6 +31,9 @@ __all__ = ["SUPPORTED", "pending", "release_buffers"]
 
 _NEEDED = ("BIO_new", "BIO_s_mem", "BIO_get_mem_data", "SSL_set_bio")
 SUPPORTED = _lib is not None and all(hasattr(_lib, name) for name in _NEEDED)
+# where BIO_get_mem_data puts its pointer (never read): one for the process, as the reactor
+# thread is the only caller
+_DATA = _ffi.new("char **") if SUPPORTED and _ffi is not None else None
 
 
 def _bios(conn: SSL.Connection) -> tuple[Any, Any, Any] | None:
@@ -47,9 +50,8 @@ def pending(conn: SSL.Connection) -> tuple[int, int] | None:
     bios = _bios(conn)
     if bios is None:
         return None
-    assert _lib is not None and _ffi is not None
-    data = _ffi.new("char **")
-    return _lib.BIO_get_mem_data(bios[1], data), _lib.BIO_get_mem_data(bios[2], data)
+    assert _lib is not None
+    return _lib.BIO_get_mem_data(bios[1], _DATA), _lib.BIO_get_mem_data(bios[2], _DATA)
 
 
 def release_buffers(conn: SSL.Connection) -> bool:

@@ -5,18 +5,22 @@ a task.Clock, no reactor."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import protocol, task
 from twisted.internet.address import IPv4Address
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from funnel_tw.serve import guard
 from funnel_tw.serve.guard import LARGE_CHUNK, FlowGuard, guarded_tls
 from funnel_tw.tls import membio
 from funnel_tw.tls.pem import load_combined
@@ -182,9 +186,8 @@ class Sink(protocol.Protocol):
         self.data += data
 
 
-class GuardedTLSTests(SynchronousTestCase):
-    """When the node's TLS layer gives its BIOs back: ``release_after`` seconds after a large
-    chunk, once; never for small traffic alone; not after the connection is gone."""
+class GuardedTLSHarness(SynchronousTestCase):
+    """A GuardedTLS on an in-memory transport and a Clock, with a client driven by hand."""
 
     def setUp(self) -> None:
         self.store = CertificateStore([NAME])
@@ -220,6 +223,11 @@ class GuardedTLSTests(SynchronousTestCase):
     def send(self, data: bytes) -> None:
         self.client_conn.sendall(data)
         self.to_server(_drain(self.client_conn))
+
+
+class GuardedTLSTests(GuardedTLSHarness):
+    """When the node's TLS layer gives its BIOs back: ``release_after`` seconds after a large
+    chunk, once; never for small traffic alone; not after the connection is gone."""
 
     def test_released_a_while_after_the_handshake(self) -> None:
         # the server's certificate flight is a large chunk
@@ -267,3 +275,93 @@ class GuardedTLSTests(SynchronousTestCase):
         )
         self.clock.advance(5)
         self.assertEqual(self.server.buffers_released, 0)
+
+
+class Counting:
+    """An SSL.Connection that counts its ``recv`` and ``bio_read`` calls and the WantReadErrors
+    they raise (GuardedTLS's receive loop should not make those calls)."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+        self.calls = {"recv": 0, "bio_read": 0, "want_read": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def _count(self, name: str, size: int) -> bytes:
+        self.calls[name] += 1
+        try:
+            data: bytes = getattr(self.conn, name)(size)
+        except SSL.WantReadError:
+            self.calls["want_read"] += 1
+            raise
+        return data
+
+    def recv(self, size: int) -> bytes:
+        return self._count("recv", size)
+
+    def bio_read(self, size: int) -> bytes:
+        return self._count("bio_read", size)
+
+
+class ReceiveLoopTests(GuardedTLSHarness):
+    """GuardedTLS's receive loop: every record's bytes delivered, a close_notify handled, without
+    the ``recv`` and ``bio_read`` that Twisted's loop makes only to learn nothing is left."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.counting = Counting(self.server._tlsConnection)
+        self.server._tlsConnection = self.counting
+
+    def records(self, *parts: bytes) -> bytes:
+        """The client's records for ``parts``, one record each, as one chunk of the wire."""
+        for part in parts:
+            self.client_conn.sendall(part)
+        return _drain(self.client_conn)
+
+    def test_records_in_one_chunk_without_the_calls_that_find_nothing(self) -> None:
+        self.to_server(self.records(b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"))
+        self.assertEqual(self.inner.data, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Twisted's loop: a fourth recv and a bio_read, both WantReadError
+        self.assertEqual(self.counting.calls, {"recv": 3, "bio_read": 0, "want_read": 0})
+
+    def test_a_record_cut_in_two(self) -> None:
+        chunk = self.records(b"hello")
+        self.to_server(chunk[:7])
+        self.assertEqual(self.inner.data, b"")
+        self.to_server(chunk[7:])
+        self.assertEqual(self.inner.data, b"hello")
+        self.assertEqual(self.counting.calls["recv"], 2)  # the first half: WantReadError
+
+    def test_close_notify_behind_data_in_one_chunk(self) -> None:
+        self.client_conn.sendall(b"last words")
+        with contextlib.suppress(SSL.Error):
+            self.client_conn.shutdown()
+        self.to_server(_drain(self.client_conn))
+        self.assertEqual(self.inner.data, b"last words")
+        self.assertTrue(self.server._lostTLSConnection)  # ZeroReturnError handled, as Twisted
+        with contextlib.suppress(SSL.ZeroReturnError):
+            self.to_client()  # the node's own close_notify went out
+        self.assertTrue(self.client_conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_twisteds_calls_where_the_bios_cannot_be_read(self) -> None:
+        self.patch(guard, "pending", lambda conn: None)
+        self.to_server(self.records(b"a", b"b"))
+        self.assertEqual(self.inner.data, b"ab")
+        self.assertEqual(self.counting.calls, {"recv": 3, "bio_read": 1, "want_read": 2})
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=6),
+        st.lists(st.integers(min_value=0, max_value=20000), max_size=5),
+    )
+    def test_any_cutting_of_the_records_delivers_their_bytes(
+        self, parts: list[bytes], cuts: list[int]
+    ) -> None:
+        before = self.inner.data
+        wire = self.records(*parts)
+        points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+        for start, end in itertools.pairwise(points):
+            self.to_server(wire[start:end])
+        self.assertEqual(self.inner.data, before + b"".join(parts))
