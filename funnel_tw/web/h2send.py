@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 from ..turn import Soon, end_of_turn
+from . import h2headers
 
 __all__ = ["BATCH_BYTES", "BATCH_FRAMES", "BatchedH2Connection"]
 
@@ -35,9 +36,14 @@ BATCH_FRAMES = 64  # frames (DATA, or END_STREAM alone) per turn, at most
 
 
 class BatchedH2Connection(H2Connection):
-    """``H2Connection`` whose responses leave in as few writes as the transport allows."""
+    """``H2Connection`` whose responses leave in as few writes as the transport allows (and
+    whose requests' header blocks are checked by :mod:`funnel_tw.web.h2headers`)."""
 
     _send_call: IDelayedCall | Soon | None = None
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        h2headers.install(self.conn)
 
     # --- waking the loop -------------------------------------------------------------------
 
