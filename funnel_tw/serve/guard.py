@@ -35,7 +35,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..tls.membio import pending, release_buffers
+from ..tls.membio import input_waiting, output_waiting, release_buffers
 from ..tls.store import ACME_ALPN
 from ..turn import TurnClock
 from ..web.h2watch import H2Limits, H2Watch, Violation
@@ -82,7 +82,7 @@ class GuardedTLS(BufferingTLSTransport):
         # Twisted's loop, without the two calls that end it for every record that arrives:
         # a last ``recv`` and a ``bio_read`` that only raise WantReadError (~2.5 µs each)
         # when OpenSSL holds no plaintext, no input is left in its BIO and none waits to go
-        # out. Where pyOpenSSL's BIOs cannot be read (``pending`` None), Twisted's calls.
+        # out. Where pyOpenSSL's BIOs cannot be read (None), Twisted's calls.
         conn = self._tlsConnection
         while not self._lostTLSConnection:
             try:
@@ -97,10 +97,9 @@ class GuardedTLS(BufferingTLSTransport):
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
-                if not conn.pending() and (waiting := pending(conn)) and not waiting[0]:
+                if not conn.pending() and input_waiting(conn) == 0:
                     break  # nothing left for recv: it would raise WantReadError
-        waiting = pending(conn)
-        if waiting is None or waiting[1]:
+        if output_waiting(conn) != 0:
             self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - another pyOpenSSL layout
     _lib = None
     _ffi = None
 
-__all__ = ["SUPPORTED", "pending", "release_buffers"]
+__all__ = ["SUPPORTED", "input_waiting", "output_waiting", "pending", "release_buffers"]
 
 _NEEDED = ("BIO_new", "BIO_s_mem", "BIO_get_mem_data", "SSL_set_bio")
 SUPPORTED = _lib is not None and all(hasattr(_lib, name) for name in _NEEDED)
@@ -52,6 +52,25 @@ def pending(conn: SSL.Connection) -> tuple[int, int] | None:
         return None
     assert _lib is not None
     return _lib.BIO_get_mem_data(bios[1], _DATA), _lib.BIO_get_mem_data(bios[2], _DATA)
+
+
+def input_waiting(conn: SSL.Connection) -> int | None:
+    """Bytes in the network -> OpenSSL BIO not yet read by OpenSSL; None if unknown. The
+    receive loop's question, asked per record: one attribute and one call."""
+    return _held(conn, "_into_ssl")
+
+
+def output_waiting(conn: SSL.Connection) -> int | None:
+    """Bytes in the OpenSSL -> network BIO; None if unknown."""
+    return _held(conn, "_from_ssl")
+
+
+def _held(conn: SSL.Connection, name: str) -> int | None:
+    bio = getattr(conn, name, None)
+    if bio is None or _DATA is None:  # a socket-backed connection, or internals changed
+        return None
+    assert _lib is not None
+    return int(_lib.BIO_get_mem_data(bio, _DATA))
 
 
 def release_buffers(conn: SSL.Connection) -> bool:

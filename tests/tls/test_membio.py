@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -346,7 +347,8 @@ class ReceiveLoopTests(GuardedTLSHarness):
         self.assertTrue(self.wire.disconnecting)
 
     def test_twisteds_calls_where_the_bios_cannot_be_read(self) -> None:
-        self.patch(guard, "pending", lambda conn: None)
+        self.patch(guard, "input_waiting", lambda conn: None)
+        self.patch(guard, "output_waiting", lambda conn: None)
         self.to_server(self.records(b"a", b"b"))
         self.assertEqual(self.inner.data, b"ab")
         self.assertEqual(self.counting.calls, {"recv": 3, "bio_read": 1, "want_read": 2})
@@ -365,3 +367,29 @@ class ReceiveLoopTests(GuardedTLSHarness):
         for start, end in itertools.pairwise(points):
             self.to_server(wire[start:end])
         self.assertEqual(self.inner.data, before + b"".join(parts))
+
+
+class WaitingTests(SynchronousTestCase):
+    def test_what_each_bio_holds(self) -> None:
+        store = CertificateStore([NAME])
+        key, chain = load_combined(ensure_certificate(Path(self.mktemp()), (NAME,)))
+        store.install(Certificate(key, chain, source="test"))
+        pair = Pair(store)
+        self.assertEqual(
+            (membio.input_waiting(pair.server), membio.output_waiting(pair.server)), (0, 0)
+        )
+        pair.client.sendall(b"x" * 100)
+        record = _drain(pair.client)
+        pair.server.bio_write(record)
+        self.assertEqual(membio.input_waiting(pair.server), len(record))
+        pair.server.sendall(b"y")
+        self.assertGreater(membio.output_waiting(pair.server), 0)
+        self.assertEqual(
+            membio.pending(pair.server), (len(record), membio.output_waiting(pair.server))
+        )
+
+    def test_unknown_for_a_socket_connection(self) -> None:
+        conn = SSL.Connection(SSL.Context(SSL.TLS_METHOD), socket.socket())
+        self.addCleanup(conn.close)
+        self.assertIsNone(membio.input_waiting(conn))
+        self.assertIsNone(membio.output_waiting(conn))
