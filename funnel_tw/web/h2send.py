@@ -43,7 +43,7 @@ class BatchedH2Connection(H2Connection):
 
     def __init__(self, reactor: Any = None) -> None:
         super().__init__(reactor)
-        h2headers.install(self.conn)
+        self.conn = h2headers.connection(self.conn.config)  # before anything used Twisted's
 
     # --- waking the loop -------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """funnel_tw/web/h2headers.py held to h2's own checks: generated request header blocks (valid
 ones, and ones with each kind of fault h2 refuses) give the same list or both a
-ProtocolError, and an h2 connection with it installed answers a bad block with the same
-GOAWAY as one without."""
+ProtocolError; its h2 connection builds streams as h2's does and answers a bad block with the
+same GOAWAY."""
 
 from __future__ import annotations
 
@@ -131,11 +131,8 @@ def client_bytes(headers: list[tuple[bytes, bytes]], trailers: Any = None) -> by
 
 
 def server(installed: bool) -> h2.connection.H2Connection:
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
-    )
-    if installed:
-        h2headers.install(conn)
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    conn = h2headers.connection(config) if installed else h2.connection.H2Connection(config)
     conn.initiate_connection()
     conn.data_to_send()
     return conn
@@ -167,6 +164,27 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(events[1].headers, GOOD)
         twisted_h2 = BatchedH2Connection()
         self.assertIsInstance(twisted_h2.conn, h2headers._Connection)
+
+    def test_streams_built_as_h2_builds_them(self) -> None:
+        # _begin_new_stream is a copy of h2's: the same stream state, the same connection state
+        data = client_bytes(GOOD)
+        ours_, h2s = server(True), server(False)
+        ours_.receive_data(data)
+        h2s.receive_data(data)
+        mine, theirs = ours_.streams[1], h2s.streams[1]
+        self.assertIs(type(mine), h2headers._Stream)
+        self.assertEqual(sorted(vars(mine)), sorted(vars(theirs)))
+        for name in ("stream_id", "max_outbound_frame_size"):
+            self.assertEqual(getattr(mine, name), getattr(theirs, name), name)
+        self.assertEqual(mine.outbound_flow_control_window, theirs.outbound_flow_control_window)
+        self.assertEqual(mine.inbound_flow_control_window, theirs.inbound_flow_control_window)
+        self.assertEqual(ours_.highest_inbound_stream_id, h2s.highest_inbound_stream_id)
+        self.assertEqual(sorted(vars(ours_)), sorted(vars(h2s)))
+        for bad_id in (1, 2):  # not above the highest; even (the server's)
+            with self.assertRaises(ProtocolError):
+                ours_._begin_new_stream(bad_id, h2.connection.AllowedStreamIDs.ODD)
+            with self.assertRaises(ProtocolError):
+                h2s._begin_new_stream(bad_id, h2.connection.AllowedStreamIDs.ODD)
 
     def test_a_refused_block_answered_as_h2_answers_it(self) -> None:
         for bad in (
