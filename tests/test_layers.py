@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "funnel_tw"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_version", "keys"),
     ("config",),
-    ("wireguard", "netstack", "options"),
+    ("wireguard", "netstack", "options", "turn"),  # turn: the reactor's end-of-turn queue
     ("overlay",),
     ("tls",),
     ("flow",),
