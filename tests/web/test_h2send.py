@@ -13,6 +13,9 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import priority  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -22,7 +25,7 @@ from twisted.web import server
 from twisted.web._http2 import H2Connection  # private on purpose: the reference
 from twisted.web.resource import Resource
 
-from funnel_tw.web.h2send import BATCH_BYTES, BatchedH2Connection
+from funnel_tw.web.h2send import BATCH_BYTES, BatchedH2Connection, RoundRobin
 from funnel_tw.web.httplimits import LimitedHTTPChannel, limited_channel
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x"), (b":scheme", b"https")]
@@ -342,3 +345,69 @@ class SwitchTests(SynchronousTestCase):
 
     def test_http11_keeps_the_limited_channel(self) -> None:
         self.assertIsInstance(self._switched(b"http/1.1"), LimitedHTTPChannel)
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["insert", "remove", "block", "unblock", "reprioritize", "next"]),
+        st.sampled_from([0, 1, 3, 5, 7]),
+    ),
+    max_size=60,
+)
+
+
+class RoundRobinTests(SynchronousTestCase):
+    """The scheduler that replaces Twisted's priority tree: the same errors for the same
+    operations, an active stream from ``next`` whenever the tree would give one, and turns."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(OPS)
+    def test_same_answers_as_the_priority_tree(self, ops: list[tuple[str, int]]) -> None:
+        ours, tree = RoundRobin(), priority.PriorityTree()
+        active: set[int] = set()
+        for op, stream in ops:
+            results = []
+            for scheduler in (ours, tree):
+                try:
+                    if op == "next":
+                        results.append(("ok", next(scheduler) in active))
+                    else:
+                        getattr(scheduler, op + "_stream" if op in ("insert", "remove") else op)(
+                            stream
+                        )
+                        results.append(("ok", None))
+                except Exception as e:
+                    results.append((type(e).__name__, None))
+            self.assertEqual(results[0], results[1], (op, stream))
+            if results[0][0] == "ok":
+                if op in ("insert", "unblock"):
+                    active.add(stream)
+                elif op in ("remove", "block"):
+                    active.discard(stream)
+
+    def test_turns(self) -> None:
+        rr = RoundRobin()
+        for stream in (1, 3, 5):
+            rr.insert_stream(stream)
+        self.assertEqual([next(rr) for _ in range(6)], [1, 3, 5, 1, 3, 5])
+        rr.block(3)
+        self.assertEqual([next(rr) for _ in range(4)], [1, 5, 1, 5])
+        rr.unblock(3)  # back at the end of the rotation
+        self.assertEqual([next(rr) for _ in range(3)], [1, 5, 3])
+        for stream in (1, 3, 5):
+            rr.block(stream)
+        self.assertRaises(priority.DeadlockError, next, rr)
+
+    def test_bounded(self) -> None:
+        rr = RoundRobin(maximum_streams=3)
+        for stream in (1, 3, 5):
+            rr.insert_stream(stream)
+        self.assertRaises(priority.TooManyStreamsError, rr.insert_stream, 7)
+        for _ in range(10_000):  # churn without a turn: stale entries do not pile up
+            rr.block(1)
+            rr.unblock(1)
+        self.assertLessEqual(len(rr._rotation), 64 + 4 * 3 + 1)
+        self.assertEqual(sorted(next(rr) for _ in range(3)), [1, 3, 5])
+
+    def test_used_by_the_connection(self) -> None:
+        self.assertIsInstance(BatchedH2Connection().priority, RoundRobin)
