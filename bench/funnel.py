@@ -111,6 +111,8 @@ class Case:
 
 
 class Bench:
+    HANDSHAKE_TIMEOUT = 30.0  # seconds; longer for a daemon under valgrind (bench/instructions.py)
+
     def __init__(self, stack: contextlib.ExitStack, folder: Path, args: argparse.Namespace):
         self.stack = stack
         self.folder = folder
@@ -268,7 +270,7 @@ https://{CADDY_HOST}:{port} {{
                 and bool(handshake.search(self.log_text("relay")))
             ),
             f'the WireGuard "handshake with" lines in the relay and {node} logs',
-            30,
+            self.HANDSHAKE_TIMEOUT,
         )
 
     def nodes(self) -> tuple[str, ...]:

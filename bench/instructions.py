@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.funnel import Bench, say, signals_raise, wait_for
+from bench.funnel import Bench, say, signals_raise
 from funnel_tw.demo import HOSTNAME
 
 WARM_UP = 300  # requests before the counters are zeroed
@@ -40,6 +40,8 @@ STARTUP = 300.0  # seconds for a daemon under callgrind to start and finish its 
 
 class CountingBench(Bench):
     """bench/funnel.py's setup, one daemon started under callgrind."""
+
+    HANDSHAKE_TIMEOUT = STARTUP
 
     def __init__(self, stack: contextlib.ExitStack, folder: Path, args: argparse.Namespace):
         super().__init__(stack, folder, args)
@@ -52,19 +54,6 @@ class CountingBench(Bench):
             out = self.folder / "callgrind.out"
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *argv]
         super().spawn(name, argv, cwd, env)
-
-    def wait_handshake(self, node: str) -> None:
-        handshake = re.compile(r"handshake with .* complete")
-        wait_for(
-            lambda: (
-                self.alive("relay")
-                and self.alive(node)
-                and bool(handshake.search(self.log_text(node)))
-                and bool(handshake.search(self.log_text("relay")))
-            ),
-            "the WireGuard handshake under callgrind",
-            STARTUP,
-        )
 
     def control(self, flag: str) -> None:
         pid = str(self.procs[self.counted].pid)

@@ -79,13 +79,8 @@ class RoundRobin:
         if len(self._rotation) > 64 + 4 * len(self._turn):  # stale entries: compact
             self._rotation = deque(e for e in self._rotation if self._turn.get(e[0]) == e[1])
 
-    def insert_stream(
-        self,
-        stream_id: int,
-        depends_on: int | None = None,
-        weight: int = 16,
-        exclusive: bool = False,
-    ) -> None:
+    def insert_stream(self, stream_id: int, **ignored: object) -> None:
+        """Add an active stream (its ``depends_on``, ``weight``, ``exclusive`` ignored)."""
         if stream_id == 0 or stream_id in self._turn:  # the tree's root is stream 0
             raise priority.DuplicateStreamError(f"stream {stream_id} already known")
         if len(self._turn) >= self.maximum_streams:
@@ -105,13 +100,8 @@ class RoundRobin:
         if not self._turn[stream_id]:
             self._activate(stream_id)
 
-    def reprioritize(
-        self,
-        stream_id: int,
-        depends_on: int | None = None,
-        weight: int = 16,
-        exclusive: bool = False,
-    ) -> None:
+    def reprioritize(self, stream_id: int, **ignored: object) -> None:
+        """Nothing to change but for a stream not known (the tree's error)."""
         self._known(stream_id)
 
 
