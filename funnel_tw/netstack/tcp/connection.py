@@ -387,18 +387,23 @@ class Connection(SendSide, ReceiveSide, Timers):
             and flags & ~PSH == ACK
             and payload
             and seq_w == self.rcv_nxt & MASK
-            and ack_w == self.snd_una & MASK
-            and self.snd_una == self.snd_max
             and window << self.snd_wscale == self.snd_wnd
             and (options is None or not options.sack)
             and len(payload) <= self.rcv_adv - self.rcv_nxt
         ):
             # Header prediction (Van Jacobson's, as in BSD's tcp_input): the next in-order
-            # data of an established connection that has nothing of ours in flight and
-            # changes no window. Every check of the general path below holds for it, so
-            # only what that path would do remains.
-            self._in_order_data(payload, now)
-            return
+            # data of an established connection that changes no window, and either
+            # acknowledges nothing new with nothing of ours in flight (a download), or
+            # acknowledges all we sent while nothing is lost, SACKed or being probed (the
+            # answer to a request, or the next request). Every check of the general path
+            # below holds for it, so only what that path would do remains.
+            if self.snd_una == self.snd_max:
+                if ack_w == self.snd_una & MASK:
+                    self._in_order_data(payload, now)
+                    return
+            elif ack_w == self.snd_max & MASK and self._all_acked_plainly():
+                self._in_order_data_acking_all(payload, now)
+                return
         if state is State.SYN_SENT:
             self._syn_sent_input(seq_w, ack_w, flags, window, options, now)
             return
@@ -518,6 +523,24 @@ class Connection(SendSide, ReceiveSide, Timers):
         ack = self.snd_una
         if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
             self.snd_wl1, self.snd_wl2 = seq, ack
+        self._receive_data(seq, payload, now)
+        if self.ack_now or self.ack_pending:
+            self.stack.mark_output(self)
+
+    def _in_order_data_acking_all(self, payload: bytes, now: float) -> None:
+        """segment_arrived for predicted data that acknowledges everything we sent (the
+        conditions of both predictions hold): _process_ack's window bookkeeping and its
+        call of the ACK's plain case, then the data, as the general path orders them."""
+        seq = self.rcv_nxt
+        ack = self.snd_max
+        self.last_heard = now
+        self.keepalive_sent = 0
+        self.probes_out = 0
+        if self.keepalive_idle:
+            self.t_keepalive = now + self.keepalive_idle
+        if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
+            self.snd_wl1, self.snd_wl2 = seq, ack
+        self._all_acked(now)
         self._receive_data(seq, payload, now)
         if self.ack_now or self.ack_pending:
             self.stack.mark_output(self)

@@ -261,7 +261,25 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
                 episode.retransmitted += 1
         self._transmit(rec, now, options)
 
+    def _nothing_to_send(self) -> bool:
+        """Nothing in flight, nothing to send or retransmit, no FIN due (an answer has just
+        been acknowledged, or a request arrived): then :meth:`_send_data` would only refresh
+        the pacer and the window validation, and the next send does both to the same
+        values: nothing changes cwnd, ssthresh, srtt or the acknowledged point in between,
+        the token bucket fills at the same rate whether it is topped up once or twice (or
+        starts full, if pacing had no rate yet), and with nothing in flight the validation
+        starts a new window either way."""
+        return (
+            self.snd_una == self.snd_max
+            and self.lost_q is None
+            and self.snd_nxt >= self._data_end()
+            and (self.fin_seq is not None or not self.fin_queued)
+        )
+
     def _send_data(self, now: float) -> bool:
+        if self._nothing_to_send():
+            self.t_pace = None
+            return False
         sent = False
         # SACK blocks ride on data segments too: leave room for them within the MTU
         options = self._ack_options()
@@ -402,6 +420,49 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
             ):
                 self.drained_pending = False
                 self.stack.emit(DRAINED, self, None)
+        self.stack.mark_output(self)
+
+    def _all_acked_plainly(self) -> bool:
+        """Whether an ACK of everything sent would take none of :meth:`_ack_arrived`'s
+        branches for loss, recovery, probes, undo or the FIN: then :meth:`_all_acked` is
+        what it does."""
+        return not (
+            self.in_recovery
+            or self.in_loss
+            or self.lost_bytes
+            or self.sacked_bytes
+            or self.reno_sacked
+            or self.tlp_end is not None
+            or self.undo is not None
+            or (self.undo_done and self.undo_older)
+            or self.fin_seq is not None
+        )
+
+    def _all_acked(self: Self, now: float) -> None:
+        """:meth:`_ack_arrived` for an ACK of ``snd_max`` without SACK blocks, when
+        :meth:`_all_acked_plainly`: every record is acknowledged, so no loss is left to
+        detect, no recovery, probe or undo to settle, and no timer but the stall clock."""
+        ack = self.snd_max
+        prior_una = self.snd_una
+        rtt: float | None = None
+        newest = self._acked_records(ack)
+        if newest is not None:
+            self._rack_delivered(newest, now)
+            if not newest.retrans:
+                rtt = max(now - newest.xmit, 1e-6)
+                self._rack_rtt_sample(rtt)
+                self._rtt_update(rtt)
+        self._advance_una(ack, now)
+        self._grow(ack - prior_una, rtt, now)
+        self.t_rto = self.t_tlp = self.t_reo = None
+        self._progress(now)
+        if (
+            self.drained_pending
+            and self.send_buffered < self.send_low_water
+            and self.state in CAN_SEND
+        ):
+            self.drained_pending = False
+            self.stack.emit(DRAINED, self, None)
         self.stack.mark_output(self)
 
     def _read_sack_blocks(

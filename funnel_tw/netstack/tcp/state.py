@@ -17,6 +17,10 @@ class State(enum.Enum):
     LAST_ACK = "LAST-ACK"
     CLOSED = "CLOSED"
 
+    # Members are singletons compared by identity: hash them as objects, in C, not through
+    # Enum.__hash__ (a Python call per ``state in SYNCHRONIZED``, several per segment).
+    __hash__ = object.__hash__
+
 
 SYNCHRONIZED = {
     State.ESTABLISHED,
