@@ -27,6 +27,9 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _RAW_OK = _UNRESERVED | frozenset(b"!$&'()*+,;=:@/")
 _REFUSED_ESCAPES = {0x2F: "an encoded '/'", 0x5C: "an encoded '\\'"}
 _ABSOLUTE = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+# a path already in canonical form, as nearly every request's is: allowed raw bytes only, no
+# escape; with no "/." and no "//" in it, it has no dot segment and no empty one either
+_PLAIN = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*\Z")
 
 
 class PathError(ValueError):
@@ -53,6 +56,13 @@ def normalize(path: bytes) -> str:
     """
     if len(path) > MAX_PATH:
         raise PathError("request path too long", 414)
+    if _PLAIN.match(path) is not None and b"/." not in path and b"//" not in path:
+        return path.decode("ascii")  # what the loop below would return, in one pass
+    return _canonical(path)
+
+
+def _canonical(path: bytes) -> str:
+    """:func:`normalize` byte by byte (``path`` within ``MAX_PATH``)."""
     if not path.startswith(b"/"):
         match = _ABSOLUTE.match(path)
         if match is None:

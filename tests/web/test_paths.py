@@ -4,12 +4,21 @@ and properties over arbitrary bytes (no reactor)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from funnel_tw.web.paths import MAX_PATH, PathError, decoded_segments, normalize, split_target
+from funnel_tw.web import paths
+from funnel_tw.web.paths import (
+    MAX_PATH,
+    PathError,
+    _canonical,
+    decoded_segments,
+    normalize,
+    split_target,
+)
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 CANONICAL = re.compile(r"\A/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-F]{2}|/(?!/))*\Z")
@@ -146,3 +155,38 @@ class PropertyTests(SynchronousTestCase):
         result = normalize(raw.encode())
         want = "/" + "/".join(s for s in b if s)
         self.assertEqual(result.rstrip("/") or "/", want.rstrip("/") or "/")
+
+
+def _outcome(normalizer: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return ("ok", normalizer(raw))
+    except PathError as e:
+        return ("refused", (str(e), e.status))
+
+
+class PlainPathTests(SynchronousTestCase):
+    """``normalize`` returns a path already in canonical form as it is, without the byte
+    loop: it must answer exactly what the loop (``_canonical``) answers, for every path."""
+
+    # bytes that make a path plain or keep it from being so: separators, dots, escapes,
+    # parameters, raw bytes a path may not hold
+    near_plain = st.binary(max_size=40).map(
+        lambda b: bytes(b"/./a.;%2F5~:@\\ \x00\x7f\xc3"[x % 17] for x in b)
+    )
+
+    @settings(max_examples=3000)
+    @given(near_plain)
+    def test_the_same_answer_as_the_byte_loop(self, raw: bytes) -> None:
+        for path in (raw, b"/" + raw):
+            self.assertEqual(_outcome(normalize, path), _outcome(_canonical, path), path)
+
+    def test_plain_paths_skip_the_loop_and_others_do_not(self) -> None:
+        calls: list[bytes] = []
+        self.patch(paths, "_canonical", lambda raw: calls.append(raw) or _canonical(raw))
+        for plain in (b"/", b"/small", b"/a/b.html", b"/a/", b"/x;v=1/y", b"/~u/it's"):
+            self.assertEqual(normalize(plain), plain.decode())
+        self.assertEqual(calls, [])
+        others = (b"/a/./b", b"//a", b"/a/../b", b"/.well-known/x", b"/%41", b"/a b", b"x")
+        for other in others:
+            _outcome(normalize, other)
+        self.assertEqual(calls, list(others))
