@@ -30,7 +30,12 @@ from .tcp_harness import (
 )
 
 
-class PredictionTests(SynchronousTestCase):
+class _Predicting(SynchronousTestCase):
+    """An established connection with a raw peer; ``predicted`` counts the calls of the
+    prediction named ``counted``."""
+
+    counted = ""
+
     def setUp(self) -> None:
         self.stack = listening_stack()
         self.peer: RawPeer
@@ -39,16 +44,20 @@ class PredictionTests(SynchronousTestCase):
         self.peer.ack = synack.seq + 1
         self.stack.events.clear()
         self.predicted = 0
-        real = Connection._in_order_data
+        real = getattr(Connection, self.counted)
 
         def counting(conn: Connection, *args: Any) -> None:
             self.predicted += 1
             real(conn, *args)
 
-        self.patch(Connection, "_in_order_data", counting)
+        self.patch(Connection, self.counted, counting)
 
     def delivered(self) -> bytes:
         return b"".join(d for k, _, d in self.stack.events if k == tcp.DATA)
+
+
+class PredictionTests(_Predicting):
+    counted = "_in_order_data"
 
     def our_data_acked(self, n: int) -> None:
         """We send ``n`` bytes and the peer acknowledges them: snd_una moves past them."""
@@ -86,7 +95,8 @@ class PredictionTests(SynchronousTestCase):
         self.assertEqual(self.stack.counters.get("tcp_dsack_received"), 1)
         self.assertEqual(self.delivered(), b"data")
 
-    def test_an_ack_that_is_news_takes_the_general_path(self) -> None:
+    def test_an_ack_that_is_news_is_not_this_prediction(self) -> None:
+        # (acknowledging all we sent, it is the second one's: AckingPredictionTests)
         self.conn.send(b"s" * 100)
         self.stack.flush(T0)
         self.peer.take()
@@ -143,29 +153,12 @@ class PredictionTests(SynchronousTestCase):
         self.assertEqual(self.conn.held_bytes, predicted * len(chunk) + room)
 
 
-class AckingPredictionTests(SynchronousTestCase):
+class AckingPredictionTests(_Predicting):
     """The second prediction: in-order data that acknowledges everything we sent, as a
     request/response connection's every segment does (the answer acknowledges the request,
     the next request the answer)."""
 
-    def setUp(self) -> None:
-        self.stack = listening_stack()
-        self.peer: RawPeer
-        self.conn: Connection
-        self.peer, self.conn, synack = raw_established(self.stack)
-        self.peer.ack = synack.seq + 1
-        self.stack.events.clear()
-        self.predicted = 0
-        real = Connection._in_order_data_acking_all
-
-        def counting(conn: Connection, *args: Any) -> None:
-            self.predicted += 1
-            real(conn, *args)
-
-        self.patch(Connection, "_in_order_data_acking_all", counting)
-
-    def delivered(self) -> bytes:
-        return b"".join(d for k, _, d in self.stack.events if k == tcp.DATA)
+    counted = "_in_order_data_acking_all"
 
     def we_send(self, n: int, now: float = T0) -> int:
         """We send ``n`` bytes (taken off the wire): how many segments."""

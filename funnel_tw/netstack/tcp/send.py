@@ -372,11 +372,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         if sacks:
             newest = self._sacked_records(sacks, newest)
         if newest is not None:
-            self._rack_delivered(newest, now)
-            if not newest.retrans:
-                rtt = max(now - newest.xmit, 1e-6)
-                self._rack_rtt_sample(rtt)
-                self._rtt_update(rtt)
+            rtt = self._newest_delivered(newest, now)
         if dsack:
             self._rack_dsack_seen()
         if ack > prior_una:
@@ -413,13 +409,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
             if self.fin_seq is not None and ack > self.fin_seq:
                 self._our_fin_acked(now)
             self._progress(now)
-            if (
-                self.drained_pending
-                and self.send_buffered < self.send_low_water
-                and self.state in CAN_SEND
-            ):
-                self.drained_pending = False
-                self.stack.emit(DRAINED, self, None)
+            self._drained_check()
         self.stack.mark_output(self)
 
     def _all_acked_plainly(self) -> bool:
@@ -447,15 +437,29 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         rtt: float | None = None
         newest = self._acked_records(ack)
         if newest is not None:
-            self._rack_delivered(newest, now)
-            if not newest.retrans:
-                rtt = max(now - newest.xmit, 1e-6)
-                self._rack_rtt_sample(rtt)
-                self._rtt_update(rtt)
+            rtt = self._newest_delivered(newest, now)
         self._advance_una(ack, now)
         self._grow(ack - prior_una, rtt, now)
         self.t_rto = self.t_tlp = self.t_reo = None
         self._progress(now)
+        self._drained_check()
+        self.stack.mark_output(self)
+
+    def _newest_delivered(self, newest: Sent, now: float) -> float | None:
+        """RACK's reference moves to ``newest``, the most recently sent segment an ACK
+        delivered; its round trip is sampled and returned, unless it was retransmitted
+        (Karn)."""
+        self._rack_delivered(newest, now)
+        if newest.retrans:
+            return None
+        rtt = max(now - newest.xmit, 1e-6)
+        self._rack_rtt_sample(rtt)
+        self._rtt_update(rtt)
+        return rtt
+
+    def _drained_check(self: Self) -> None:
+        """DRAINED, once, when what the application left with us falls below the low
+        water mark (after an ACK that is news)."""
         if (
             self.drained_pending
             and self.send_buffered < self.send_low_water
@@ -463,7 +467,6 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         ):
             self.drained_pending = False
             self.stack.emit(DRAINED, self, None)
-        self.stack.mark_output(self)
 
     def _read_sack_blocks(
         self, ack: int, blocks: Sequence[tuple[int, int]], out: list[tuple[int, int]]
