@@ -57,7 +57,7 @@ def normalize(path: bytes) -> str:
     if len(path) > MAX_PATH:
         raise PathError("request path too long", 414)
     if _PLAIN.match(path) is not None and b"/." not in path and b"//" not in path:
-        return path.decode("ascii")  # what the loop below would return, in one pass
+        return path.decode("ascii")  # what _canonical would return, in one pass
     return _canonical(path)
 
 
