@@ -3,6 +3,7 @@
     sudo python bench/tcp_wan.py [--rtt 0,10,20,50,100] [--paths clean,loss,reorder]
         [--pairs ours-linux,linux-linux,ours-ours,funnel] [--funnel-rtt 0,10,20,50]
         [--seconds 4] [--seed 1] [--trace DIR] [--json FILE] [--budget 1800] [--wg-rcvbuf-mib 7]
+        [--relay-set KEY=VALUE ...] [--node-set KEY=VALUE ...]
 
 Root (network namespaces), not a test. Each pair is two namespaces with one WireGuard end
 in each, MTU 1420, and the seeded UDP impairment relay between them (tests/interop/wan.py):
@@ -29,6 +30,8 @@ where every sender meets drops): to compare the senders without those drops.
 ``funnel``: the download through the whole funnel (curl -> relay -> WireGuard -> node -> Caddy
 backend, the processes of bench/funnel.py) with the impairment relay between relay and node,
 clean, at ``--funnel-rtt``; best of ``--funnel-runs`` curl runs of ``--seconds``.
+``--relay-set``/``--node-set KEY=VALUE`` add a key to the demo relay.ini's ``[relay]`` or
+node.ini's ``[node]`` (``tcp-receive-buffer-max=16M``...), to try a setting on that path.
 
 Prints progress on stderr and, on stdout, Markdown tables: Mbit/s per direction and the
 ratios ours/Linux, then what each sender saw (retransmissions, datagrams the receiving
@@ -44,9 +47,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -90,9 +95,20 @@ def say(text: str) -> None:
 # ====================================================================== the funnel download
 
 
+@dataclasses.dataclass
+class FunnelFigures:
+    """The downloads at one RTT: MB/s per run, and CPU ms per MB moved, per process."""
+
+    rates: list[float]
+    cpu_ms_per_mb: dict[str, float]
+
+
+CPU_PROCESSES = ("relay", "node", "impair", "backend", "curl")
+
+
 def funnel_downloads(
     stack: contextlib.ExitStack, options: argparse.Namespace, rtts: list[int], started: float
-) -> dict[int, list[float]]:
+) -> dict[int, FunnelFigures]:
     """MB/s of curl downloads through relay -> WireGuard (impaired) -> node -> Caddy."""
     from bench import funnel as fb
 
@@ -104,17 +120,17 @@ def funnel_downloads(
     size_mib = int(min(max(80 * options.seconds, 64), 1024))
     base = fb.Bench(stack, folder, argparse.Namespace(size_mib=size_mib))
     backend = base.start_backend()
-    results: dict[int, list[float]] = {}
+    results: dict[int, FunnelFigures] = {}
     for rtt in rtts:
         if time.monotonic() - started > options.budget:
             say(f"funnel {rtt} ms: skipped, time budget spent")
             continue
         with contextlib.ExitStack() as inner:
             try:
-                results[rtt] = _funnel_at(inner, folder / f"rtt{rtt}", backend, rtt, options)
+                results[rtt] = _funnel_at(inner, folder / f"rtt{rtt}", base, backend, rtt, options)
             except (RuntimeError, h.InteropError, subprocess.SubprocessError, ValueError) as e:
                 say(f"funnel {rtt} ms: FAILED: {str(e)[:1500]}")
-        say(f"funnel {rtt} ms: {results.get(rtt)} MB/s")
+        say(f"funnel {rtt} ms: {results.get(rtt)}")
     return results
 
 
@@ -130,8 +146,13 @@ def _tempdir() -> Any:
 
 
 def _funnel_at(
-    stack: contextlib.ExitStack, folder: Path, backend: int, rtt: int, options: argparse.Namespace
-) -> list[float]:
+    stack: contextlib.ExitStack,
+    folder: Path,
+    base: Any,
+    backend: int,
+    rtt: int,
+    options: argparse.Namespace,
+) -> FunnelFigures:
     from bench import funnel as fb
     from funnel_tw.demo import HOSTNAME, write_configs
 
@@ -146,8 +167,13 @@ def _funnel_at(
         impair_port = int(probe.getsockname()[1])
     text = node_ini.read_text()
     node_ini.write_text(
-        text.replace(f"endpoint = 127.0.0.1:{relay_wg}", f"endpoint = 127.0.0.1:{impair_port}")
+        _with_keys(
+            text.replace(f"endpoint = 127.0.0.1:{relay_wg}", f"endpoint = 127.0.0.1:{impair_port}"),
+            "[node]",
+            options.node_set,
+        )
     )
+    relay_ini.write_text(_with_keys(relay_ini.read_text(), "[relay]", options.relay_set))
     bench = fb.Bench(stack, folder, argparse.Namespace())
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(h.REPO_ROOT), env.get("PYTHONPATH")]))
@@ -180,7 +206,21 @@ def _funnel_at(
     ca = cfg / "state" / "tls" / "ca.pem"
     fb.wait_for(lambda: ca.exists() and fb.port_open(public), "the node's CA and the relay", 15)
     rates = []
+    moved = 0
+    cpu = dict.fromkeys(CPU_PROCESSES, 0.0)
+
+    def cpu_now() -> dict[str, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # curl, once it was reaped
+        return {
+            "relay": bench.cpu_seconds("relay"),
+            "node": bench.cpu_seconds("node"),
+            "impair": bench.cpu_seconds("impair"),
+            "backend": base.cpu_seconds("backend"),
+            "curl": children.ru_utime + children.ru_stime,
+        }
+
     for _ in range(options.funnel_runs):
+        before = cpu_now()
         argv = ["curl", "-sS", "--http1.1", "-o", "/dev/null", "--max-time"]
         argv += [str(options.seconds + 2), "--cacert", str(ca)]
         argv += ["--resolve", f"{HOSTNAME}:{public}:127.0.0.1"]
@@ -189,11 +229,26 @@ def _funnel_at(
             [*argv, f"https://{HOSTNAME}:{public}/big.bin"],
             capture_output=True, text=True, timeout=options.seconds + 30,
         )  # fmt: skip
+        after = cpu_now()
         status, size, total, first = out.stdout.split()
         if status != "200":
             raise RuntimeError(f"download: HTTP {status}: {out.stderr.strip()}")
         rates.append(int(size) / max(float(total) - float(first), 1e-9) / 1e6)
-    return rates
+        moved += int(size)
+        for name in CPU_PROCESSES:
+            cpu[name] += after[name] - before[name]
+    per_mb = {name: 1000 * seconds / max(moved / 1e6, 1e-9) for name, seconds in cpu.items()}
+    return FunnelFigures(rates, per_mb)
+
+
+def _with_keys(text: str, section: str, settings: list[str]) -> str:
+    """``text`` (an ini) with ``KEY=VALUE`` settings added at the top of ``section``."""
+    lines = [f"{k.strip()} = {v.strip()}" for k, _, v in (s.partition("=") for s in settings)]
+    if not lines:
+        return text
+    if section not in text:
+        raise ValueError(f"no {section} section to add {settings} to")
+    return text.replace(section + "\n", "\n".join([section, *lines, ""]), 1)
 
 
 # ====================================================================== the report
@@ -212,7 +267,9 @@ def rate_of(cell: Cell, pair: str, direction: str) -> float | None:
     return None if t is None else t.mbit
 
 
-def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.Namespace) -> None:
+def report(
+    cells: list[Cell], funnel: dict[int, FunnelFigures], options: argparse.Namespace
+) -> None:
     out: list[str] = []
     out.append(
         f"### Bulk TCP through the relay, Mbit/s ({options.seconds:g} s a transfer, seed "
@@ -321,20 +378,29 @@ def report(cells: list[Cell], funnel: dict[int, list[float]], options: argparse.
                 f"{why.splitlines()[0][:160]} |"
             )
     if funnel:
-        base = max(funnel.get(0) or [0.0]) or None
+        zero = funnel.get(0)
+        base = max(zero.rates) if zero and zero.rates else None
         out.append("")
         out.append("### Funnel download (curl → relay → WireGuard → node → Caddy), clean path")
         out.append("")
-        out.append("| RTT ms | MB/s (best) | runs | ÷ 0 ms |")
-        out.append("|---:|---:|---|---:|")
-        for rtt, rates in sorted(funnel.items()):
-            best = max(rates) if rates else None
-            runs = ", ".join(f"{r:.1f}" for r in rates)
-            out.append(f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)} |")
+        names = " | ".join(CPU_PROCESSES)
+        out.append(f"| RTT ms | MB/s (best) | runs | ÷ 0 ms | CPU ms per MB: {names} |")
+        out.append("|---:|---:|---|---:|" + "---:|" * len(CPU_PROCESSES))
+        for rtt, figures in sorted(funnel.items()):
+            best = max(figures.rates) if figures.rates else None
+            runs = ", ".join(f"{r:.1f}" for r in figures.rates)
+            cpu = " | ".join(f"{figures.cpu_ms_per_mb[n]:.2f}" for n in CPU_PROCESSES)
+            out.append(f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)} | {cpu} |")
+        if options.relay_set or options.node_set:
+            out.append("")
+            out.append(
+                f"Set for the funnel: relay {options.relay_set or 'defaults'}, "
+                f"node {options.node_set or 'defaults'}."
+            )
     print("\n".join(out), flush=True)
 
 
-def as_json(cells: list[Cell], funnel: dict[int, list[float]]) -> dict[str, Any]:
+def as_json(cells: list[Cell], funnel: dict[int, FunnelFigures]) -> dict[str, Any]:
     return {
         "cells": [
             {
@@ -357,7 +423,7 @@ def as_json(cells: list[Cell], funnel: dict[int, list[float]]) -> dict[str, Any]
             }
             for c in cells
         ],
-        "funnel": funnel,
+        "funnel": {rtt: dataclasses.asdict(f) for rtt, f in funnel.items()},
     }
 
 
@@ -387,7 +453,18 @@ def main() -> int:
         help="give wireguard-go's UDP socket this receive buffer, as wireguard-go releases "
         "since 2023 do themselves (7); default: Debian's wireguard-go as it is (208 KiB)",
     )
+    for side in ("relay", "node"):
+        parser.add_argument(
+            f"--{side}-set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"funnel: add this key to the demo {side}.ini's [{side}] section (repeatable)",
+        )
     options = parser.parse_args()
+    bad = [s for s in options.relay_set + options.node_set if "=" not in s]
+    if bad:
+        parser.error(f"not KEY=VALUE: {', '.join(bad)}")
     rtts, funnel_rtts = numbers(options.rtt), numbers(options.funnel_rtt)
     paths = [p for p in options.paths.split(",") if p]
     pairs = [p for p in options.pairs.split(",") if p]
@@ -412,7 +489,7 @@ def main() -> int:
     say(quiet_check())
     started = time.monotonic()
     cells: list[Cell] = []
-    funnel: dict[int, list[float]] = {}
+    funnel: dict[int, FunnelFigures] = {}
     with contextlib.ExitStack() as stack:
         trace = Path(options.trace) if options.trace else None
         bench = WanPairs(

@@ -1691,7 +1691,7 @@ class TCPBufferKeysTests(ConfigTestCase):
             )
             self.assertErrors(
                 text + "tcp-memory = 4M\n",
-                f"4: [{section}] tcp-memory: 4M is less than tcp-receive-buffer-max (6M): no"
+                f"4: [{section}] tcp-memory: 4M is less than tcp-receive-buffer-max (8M): no"
                 " window could grow to it",
                 loader=loader,
             )

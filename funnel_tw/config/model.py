@@ -194,8 +194,8 @@ class TCPBuffers:
     (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS),
     written out here as config sits below it."""
 
-    receive_buffer_max: int = 6 << 20  # what one receive window may autotune up to
-    send_buffer_max: int = 8 << 20  # what one send buffer may grow to (2 x cwnd)
+    receive_buffer_max: int = 8 << 20  # what one receive window may autotune up to
+    send_buffer_max: int = 12 << 20  # what one send buffer may grow to (2 x cwnd)
     memory: int = 256 << 20  # the growth of all receive windows together
     connections: int = 16384  # connections at once (stack.MAX_CONNECTIONS)
 

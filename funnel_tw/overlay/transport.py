@@ -39,7 +39,8 @@ from ..netstack.tcp import Connection, State
 log = Logger()
 
 # The registered producer is paused above ``conn.send_limit`` unacknowledged bytes (2 MiB, or
-# twice the congestion window up to 8 MiB: tcp/send.py) and resumed below half of it (DRAINED).
+# twice the congestion window up to tcp-send-buffer-max, 12 MiB: tcp/send.py) and resumed below
+# 3/4 of it (DRAINED).
 # Data held this long without the peer acknowledging any of it (or behind a zero window)
 # aborts the connection: generous for a reader that pauses, finite for one that is gone.
 USER_TIMEOUT = 300.0

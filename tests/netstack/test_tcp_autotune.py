@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -138,8 +139,11 @@ class ReceiveAutotuningTests(SynchronousTestCase):
     def test_window_scale_follows_the_cap(self) -> None:
         self.assertEqual(wscale_for(64 * 1024), 7)
         self.assertEqual(wscale_for(tcp.RECEIVE_BUFFER_MAX), 7)
+        self.assertEqual(wscale_for(8 * MIB), 7)  # within one unit of 128 bytes
+        self.assertEqual(wscale_for(8 * MIB + 1), 8)
         self.assertEqual(wscale_for(12 * MIB), 8)
-        self.assertEqual(wscale_for(16 * MIB), 9)
+        self.assertEqual(wscale_for(16 * MIB), 8)
+        self.assertEqual(wscale_for(16 * MIB + 1), 9)
         self.assertEqual(wscale_for(1 << 40), 14)
         net = long_path(0.01, receive_buffer_max=12 * MIB)
         client, server = connected_pair(net)
@@ -152,10 +156,10 @@ class SendBufferTests(SynchronousTestCase):
         net = long_path(0.05)
         client, _ = connected_pair(net)
         self.assertEqual(client.send_limit, tcp.SEND_BUFFER)
-        self.assertEqual(client.send_low_water, tcp.SEND_BUFFER // 2)
+        self.assertEqual(client.send_low_water, tcp.SEND_BUFFER * 3 // 4)
         client.cwnd = 3 * MIB
         self.assertEqual(client.send_limit, 6 * MIB)
-        self.assertEqual(client.send_low_water, 3 * MIB)
+        self.assertEqual(client.send_low_water, 9 * MIB // 2)
         client.cwnd = 100 * MIB
         self.assertEqual(client.send_limit, tcp.SEND_BUFFER_MAX)
         client.send_low_water = 4096  # an explicit low-water mark stays
@@ -174,6 +178,37 @@ class SendBufferTests(SynchronousTestCase):
         self.assertGreater(max(limits), tcp.SEND_BUFFER)
         # 40 MiB at 2 MiB per 100 ms would take 2 s; a growing buffer does better
         self.assertLess(took, 1.9)
+
+    def test_a_peer_window_near_the_cap_stays_full(self) -> None:
+        """The send limit at its cap (8 MiB) and the peer's window at 6 MiB (the funnel's
+        node sending to its relay, issue 12): a producer woken by DRAINED keeps the window
+        full. With DRAINED at half the limit (4 MiB), what is in flight fell to 4 MiB every
+        2 MiB written, and the transfer ran at 86 MiB/s, not the window's 120."""
+        net = long_path(0.05, receive_buffer_max=6 * MIB, send_buffer_max=8 * MIB)
+        client, server = connected_pair(net)
+        total = 48 * MIB
+        samples: list[tuple[float, int, int]] = []  # (time, in flight, delivered)
+
+        def delivered() -> int:
+            return sum(map(len, net.b.received.values()))
+
+        def done() -> bool:
+            samples.append((net.now, client.snd_max - client.snd_una, delivered()))
+            return samples[-1][2] >= total
+
+        keep_filled(net, client, total)
+        net.run(done, timeout=60, max_steps=500_000)
+        self.assertEqual(server.receive_buffer, 6 * MIB)
+        self.assertEqual(client.send_limit, 8 * MIB)
+        # the steady part: from a full window until the producer has written its last
+        first = next(i for i, s in enumerate(samples) if s[1] >= 5 * MIB)
+        last = next(i for i, s in enumerate(samples) if s[2] >= total - 8 * MIB)
+        steady = samples[first:last]
+        spans = [(b[0] - a[0], a[1]) for a, b in itertools.pairwise(steady)]
+        mean_flight = sum(d * f for d, f in spans) / sum(d for d, _ in spans)
+        self.assertGreater(mean_flight, 5.8 * MIB)
+        rate = (steady[-1][2] - steady[0][2]) / (steady[-1][0] - steady[0][0])
+        self.assertGreater(rate, 110 * MIB)  # the window's bound: 6 MiB / 50 ms = 120
 
     def test_the_stacks_cap_holds_while_cwnd_grows(self) -> None:
         """``Stack(send_buffer_max=...)`` (tcp-send-buffer-max) reaches every connection:
