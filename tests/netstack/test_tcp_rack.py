@@ -206,6 +206,66 @@ class RackSenderTests(SynchronousTestCase):
         self.assertNotIn("tcp_retransmitted_segments", self.stack.counters)
         self.assertIsNone(conn.t_reo)
 
+    def send_spread(self, segments: int, gap: float) -> list[int]:
+        """``segments`` one at a time, ``gap`` apart: each record has its own send time
+        (the windows opened wide enough by hand)."""
+        self.conn.pacing = False
+        self.conn.cwnd = self.conn.snd_wnd = (segments + 10) * self.mss
+        seqs = []
+        for i in range(segments):
+            self.conn.send(bytes(self.mss))
+            self.stack.flush(self.now)
+            self.assertEqual(len([s for s in self.peer.take() if s.payload]), 1)
+            seqs.append(self.una + i * self.mss)
+            self.now += gap
+        return seqs
+
+    def test_many_records_in_the_reordering_window_are_not_walked_per_ack(self) -> None:
+        """With reordering seen, a SACK beyond 300 segments sent 10 us apart leaves them all
+        waiting out min_rtt / 4. Loss detection looks at REO_SCAN of them, not all 300 on
+        every ACK; the timer is then set for a segment sent with RACK's own (later than the
+        RFC's largest remaining time, never sooner), and when it fires all 300 go lost."""
+        from funnel_tw.netstack.tcp import rack
+
+        conn = self.conn
+        conn.reordering_seen = True
+        seqs = self.send_spread(302, 10e-6)
+        last = seqs[-1]
+        calls = 0
+        original = rack.sent_after
+
+        def counting(*args: object) -> bool:
+            nonlocal calls
+            calls += 1
+            return original(*args)  # type: ignore[arg-type]
+
+        self.patch(rack, "sent_after", counting)
+        t = self.now + RTT - 0.003
+        self.assertEqual(self.ack(t, seqs[0], (last, last + self.mss)), [])
+        self.assertLess(rack.REO_SCAN, 300)
+        self.assertLessEqual(calls, rack.REO_SCAN + 2)
+        horizon = conn.rack_rtt + conn.reo_wnd()
+        self.assertAlmostEqual(conn.t_reo or 0, conn.rack_xmit + horizon)
+        self.assertGreater(conn.t_reo or 0, (self.now - 2 * 10e-6) + horizon - 1e-9)
+        deadline = conn.t_reo
+        assert deadline is not None
+        self.stack.tick(deadline)
+        waited = [r for r in conn.rtx[conn.rtx_head :] if r.end <= last]
+        self.assertEqual(len(waited), 301)
+        self.assertTrue(all(r.state == rack.LOST or r.retrans for r in waited))  # all at once
+        self.assertTrue(conn.in_recovery)
+
+    def test_a_few_records_in_the_window_keep_the_rfcs_timer(self) -> None:
+        """Under REO_SCAN waiting records the timer is RFC 8985's: the last one's expiry."""
+        conn = self.conn
+        conn.reordering_seen = True
+        seqs = self.send_spread(12, 100e-6)
+        t = self.now + RTT - 0.003
+        self.ack(t, seqs[0], (seqs[-1], seqs[-1] + self.mss))
+        horizon = conn.rack_rtt + conn.reo_wnd()
+        newest_waiting = self.now - 2 * 100e-6  # seqs[-2] left one gap before seqs[-1]
+        self.assertAlmostEqual(conn.t_reo or 0, newest_waiting + horizon)
+
     def test_tail_loss_probe_retransmits_the_last_segment(self) -> None:
         """RFC 8985 7: with nothing new to send, the probe two round trips after the last
         segment is that segment again; the ACK that follows repairs it without an RTO."""

@@ -28,6 +28,9 @@ REO_WND_PERSIST = 16  # recoveries a grown reordering window outlives without a 
 REO_WND_MAX_MULT = 255
 WC_DELAYED_ACK = 0.2  # RFC 8985 WCDelAckT: the longest a peer may delay an ACK
 MIN_PTO = 0.002  # a PTO never shorter than this (Linux's TCP_TIMEOUT_MIN)
+# records still waiting out the reordering window that one loss detection looks at: beyond,
+# the timer is set from RACK's own segment (see _rack_detect_loss)
+REO_SCAN = 64
 
 
 class Sent:
@@ -144,14 +147,25 @@ class RackSide:
         rack_xmit, rack_end = self.rack_xmit, self.rack_end
         lost: list[Sent] = []
         timeout = 0.0
+        waiting = 0
+        # in_flight is in order of transmission, so the expired records come first, then those
+        # still within the window, and the timeout (RFC 8985: the largest remaining time) is
+        # the last of those's. In recovery with reordering seen the window (min_rtt / 4) can
+        # hold thousands of records that every ACK would walk again (2 ms of CPU per MB at
+        # 50 ms with 24 MiB in flight, issue 12): after REO_SCAN of them the timer is set for
+        # a record sent with RACK's own, later than any of them, and no sooner than the RFC's.
         for rec in self.in_flight:
             if not sent_after(rack_xmit, rack_end, rec.xmit, rec.end):
                 break  # this one and every later one left after RACK's segment
             remaining = rec.xmit + horizon - now
             if remaining <= 0:
                 lost.append(rec)
-            elif remaining > timeout:
-                timeout = remaining
+                continue
+            timeout = remaining  # the largest so far: they are in order of transmission
+            waiting += 1
+            if waiting >= REO_SCAN:
+                timeout = rack_xmit + horizon - now
+                break
         for rec in lost:
             self._mark_lost(rec)
         self.t_reo = now + timeout if timeout > 0 else None
