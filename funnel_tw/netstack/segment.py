@@ -163,7 +163,7 @@ class PacketBuilder:
         flags: int,
         window: int,
         options: bytes,
-        data: bytearray,
+        data: bytes | bytearray,
         offset: int,
         size: int,
         count: int,

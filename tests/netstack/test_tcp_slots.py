@@ -82,8 +82,9 @@ class IdleMemoryTests(SynchronousTestCase):
         client.send(data)
         net.run(lambda: net.b.data_received(server) == data and client.send_buffered == 0)
         self.assertGreater(client.retransmits + net.link.dropped, 0)  # losses were recovered
-        self.assertEqual(client.sndbuf, b"")
-        self.assertLess(sys.getsizeof(client.sndbuf), 100)  # the capacity went with the data
+        self.assertEqual((client.sndq, client.sndq_starts, client.sndq_head), ([], [], 0))
+        # the lists' room went with the data
+        self.assertLess(sys.getsizeof(client.sndq) + sys.getsizeof(client.sndq_starts), 200)
         self.assertEqual((client.rtx, client.lost_q), ([], None))
         self.assertEqual(len(client.in_flight), 0)
         self.assertLess(sys.getsizeof(client.in_flight), 200)

@@ -39,9 +39,6 @@ class Burst:
     rcv_nxt: int
     rtx: list[Sent]
     in_flight: OrderedDict[Sent, None]
-    sndbuf: bytearray
-    buf_off: int
-    buf_seq: int
     fin_queued: bool
     t_rto: float | None
     in_recovery: bool
@@ -53,6 +50,8 @@ class Burst:
     if TYPE_CHECKING:
 
         def _pace_blocked(self, now: float) -> bool: ...
+        def _segment_bytes(self, seq: int, n: int) -> bytes: ...
+        def _run_data(self, seq: int, n: int) -> tuple[bytes, int]: ...
         def _advertised(self) -> int: ...
         def _fin_fits(self) -> bool: ...
         def _fin_sent(self, seq: int) -> None: ...
@@ -86,8 +85,6 @@ class Burst:
         window = -1  # advertised at the first segment (not before: it moves rcv_adv)
         rtx_append = self.rtx.append
         in_flight = self.in_flight
-        sndbuf = self.sndbuf
-        to_offset = self.buf_off - self.buf_seq  # sndbuf index of a sequence number
         while snd_nxt < data_end:
             if pace_rate != 0.0 and self.pace_tokens <= 0 and self._pace_blocked(now):
                 break
@@ -106,6 +103,7 @@ class Burst:
                     window = self._advertised()
                 start = snd_nxt
                 snd_nxt += count * mss
+                run_data, run_at = self._run_data(start, count * mss)
                 emit_run(
                     build_run(
                         sport,
@@ -115,8 +113,8 @@ class Burst:
                         ACK,
                         window,
                         options,
-                        sndbuf,
-                        to_offset + start,
+                        run_data,
+                        run_at,
                         mss,
                         count,
                     )
@@ -149,7 +147,7 @@ class Burst:
             rtx_append(rec)
             in_flight[rec] = None
             self.snd_nxt = self.snd_max = snd_nxt = end
-            payload = sndbuf[to_offset + start : to_offset + end]  # a copy: build reads it
+            payload = self._segment_bytes(start, n)
             if window < 0:
                 window = self._advertised()  # then the same for the rest of the burst
             emit(

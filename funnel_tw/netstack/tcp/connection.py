@@ -39,6 +39,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         "ack_pending",
         "active_open",
         "app",
+        "buf_len",
         "buf_off",
         "buf_seq",
         "builder",
@@ -137,7 +138,9 @@ class Connection(SendSide, ReceiveSide, Timers):
         "snd_wl2",
         "snd_wnd",
         "snd_wscale",
-        "sndbuf",
+        "sndq",
+        "sndq_head",
+        "sndq_starts",
         "srtt",
         "ssthresh",
         "stack",
@@ -295,9 +298,11 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.close_reason = reason
         self.t_rto = self.t_delack = self.t_persist = self.t_timewait = self.t_keepalive = None
         self.t_stall = self.t_reo = self.t_tlp = self.t_pace = None
-        self.sndbuf = bytearray()
+        self.sndq.clear()
+        self.sndq_starts.clear()
+        self.sndq_head = 0
         self._forget_sent()
-        self.buf_off = 0
+        self.buf_off = self.buf_len = 0
         self.held = []
         self.held_bytes = 0
         self.ooo = []
