@@ -244,14 +244,10 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
 
     def _segment_bytes(self, seq: int, n: int) -> bytes:
         """The ``n`` bytes from sequence number ``seq`` on (held, not yet acknowledged)."""
-        at = self.buf_off + (seq - self.buf_seq)
-        starts = self.sndq_starts
-        i = bisect.bisect_right(starts, at, self.sndq_head) - 1
-        chunk = self.sndq[i]
-        off = at - starts[i]
-        if off + n <= len(chunk):
-            return chunk[off : off + n]
-        return self._gather(i, off, n)
+        data, off = self._run_data(seq, n)
+        if off == 0 and len(data) == n:
+            return data
+        return data[off : off + n]
 
     def _run_data(self, seq: int, n: int) -> tuple[bytes, int]:
         """A buffer and an offset in it where the ``n`` bytes from ``seq`` on are, for
