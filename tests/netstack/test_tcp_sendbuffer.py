@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.netstack import tcp
-from funnel_tw.netstack.tcp.send import CHUNK_JOIN
+from funnel_tw.netstack.tcp.sendq import CHUNK_JOIN
 
 from .tcp_harness import LinkProfile, Net, connected_pair, payload
 

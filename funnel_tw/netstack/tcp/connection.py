@@ -298,11 +298,8 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.close_reason = reason
         self.t_rto = self.t_delack = self.t_persist = self.t_timewait = self.t_keepalive = None
         self.t_stall = self.t_reo = self.t_tlp = self.t_pace = None
-        self.sndq.clear()
-        self.sndq_starts.clear()
-        self.sndq_head = 0
+        self._clear_sendq()
         self._forget_sent()
-        self.buf_off = self.buf_len = 0
         self.held = []
         self.held_bytes = 0
         self.ooo = []

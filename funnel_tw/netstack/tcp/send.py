@@ -1,10 +1,6 @@
 """The send side of a connection: the send buffer, the record of what was sent, recovery.
 
-What the application wrote is kept as it came, a list of ``bytes`` (``sndq``, small writes
-joined up to 16 KiB), found by sequence number with a bisection of where each begins: nothing
-is copied when it is written, nor when the front is acknowledged (a ``bytearray`` was, twice:
-growing it and compacting it cost 0.25 ms per MB at 100 KB buffered and 1.5 ms at 24 MiB,
-issue 12); a segment is cut from it when it is sent.
+What the application wrote waits in the send buffer (``sendq.py``) until it is acknowledged.
 
 Every segment sent is a :class:`~.rack.Sent` record in ``rtx`` (sequence order). SACK blocks
 mark records delivered; RACK (``rack.py``) marks the ones that are lost by time; lost records are
@@ -35,6 +31,7 @@ from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
 from .recovery import Episode, Recovery
+from .sendq import SendQueue
 from .sequence import unwrap
 from .state import CAN_SEND, State
 
@@ -46,14 +43,13 @@ SEND_BUFFER = 2 << 20  # the application may leave this much unacknowledged data
 SEND_BUFFER_MAX = 12 << 20
 SEND_BUFFER_LOW = SEND_BUFFER * 3 // 4  # DRAINED fires below 3/4 of the limit (at first: this)
 UNDO_MAX_RANGES = 4096  # retransmissions remembered per episode; beyond, no undo
-CHUNK_JOIN = 16384  # a write joins the previous one while both together are this small
 
 
 def _start(rec: Sent) -> int:
     return rec.start
 
 
-class SendSide(Burst, RackSide, Pacing, Recovery):
+class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
     if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
@@ -103,14 +99,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.snd_wl2 = 0
         self.max_snd_wnd = 0
         self.snd_wscale = 0
-        # what the application wrote and we hold, in stream offsets (bytes written before):
-        # sndq[i] begins at sndq_starts[i]; sndq[:sndq_head] are acknowledged (released);
-        # buf_off is the offset of the byte at sequence number buf_seq, buf_len the end
-        self.sndq: list[bytes] = []
-        self.sndq_starts: list[int] = []
-        self.sndq_head = 0
-        self.buf_off = 0
-        self.buf_len = 0
+        self._init_sendq()
         self.buf_seq = iss + 1
         self.fin_queued = False
         self.fin_seq: int | None = None  # sequence number of our FIN once it has one
@@ -157,11 +146,6 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
     # --- application interface -----------------------------------------------------------------
 
     @property
-    def send_buffered(self) -> int:
-        """Bytes written by the application and not yet acknowledged."""
-        return self.buf_len - self.buf_off
-
-    @property
     def send_limit(self) -> int:
         """How much unacknowledged data (unsent included) the application should leave with
         us before it pauses: twice the congestion window, at least ``send_buffer``, at most
@@ -197,22 +181,10 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
             return
         if self.fin_queued or not data:
             return
-        if type(data) is not bytes:
-            data = bytes(data)  # kept as it is: it must not change under us
-        n = len(data)
-        chunks = self.sndq
-        if chunks and len(chunks[-1]) + n <= CHUNK_JOIN:
-            chunks[-1] += data  # many small writes would make many small pieces of a segment
-        else:
-            chunks.append(data)
-            self.sndq_starts.append(self.buf_len)
-        self.buf_len += n
+        self._queue(data)
         self.stack.mark_output(self)
 
     # --- the buffer and the scoreboard ---------------------------------------------------------
-
-    def _data_end(self) -> int:
-        return self.buf_seq + self.buf_len - self.buf_off
 
     def _pipe(self) -> int:
         """RFC 6675 pipe: bytes believed in flight (sent, not SACKed, not deemed lost)."""
@@ -241,36 +213,6 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.undo_older = None
 
     # --- output --------------------------------------------------------------------------------
-
-    def _segment_bytes(self, seq: int, n: int) -> bytes:
-        """The ``n`` bytes from sequence number ``seq`` on (held, not yet acknowledged)."""
-        data, off = self._run_data(seq, n)
-        if off == 0 and len(data) == n:
-            return data
-        return data[off : off + n]
-
-    def _run_data(self, seq: int, n: int) -> tuple[bytes, int]:
-        """A buffer and an offset in it where the ``n`` bytes from ``seq`` on are, for
-        ``build_run``: the piece written that holds them all, or a copy joined from several."""
-        at = self.buf_off + (seq - self.buf_seq)
-        starts = self.sndq_starts
-        i = bisect.bisect_right(starts, at, self.sndq_head) - 1
-        chunk = self.sndq[i]
-        off = at - starts[i]
-        if off + n <= len(chunk):
-            return chunk, off
-        return self._gather(i, off, n), 0
-
-    def _gather(self, i: int, off: int, n: int) -> bytes:
-        chunks = self.sndq
-        pieces = [chunks[i][off : off + n]]
-        n -= len(pieces[0])
-        while n > 0:
-            i += 1
-            piece = chunks[i][:n]
-            pieces.append(piece)
-            n -= len(piece)
-        return b"".join(pieces)
 
     def _transmit(self, rec: Sent, now: float, options: bytes) -> None:
         """Put ``rec`` on the wire (again); ``options`` are the ACK's, if they fit."""
@@ -662,15 +604,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         if self.fin_seq is not None and ack > self.fin_seq:
             data_acked -= 1
         if data_acked > 0:
-            self.buf_off += data_acked
-            self.buf_seq += data_acked
-            if self.buf_off == self.buf_len:
-                self.sndq.clear()  # all acknowledged: nothing held (idle), the lists' room too
-                self.sndq_starts.clear()
-                self.sndq_head = 0
-                self.buf_off = self.buf_len = 0
-            else:
-                self._release_acked()
+            self._data_acked(data_acked)
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
@@ -679,20 +613,6 @@ class SendSide(Burst, RackSide, Pacing, Recovery):
         self.retransmits = 0
         self.rto = self._computed_rto()
         self.dupacks = 0
-
-    def _release_acked(self) -> None:
-        """Let go of the pieces acknowledged whole; now and then drop their places too."""
-        chunks, starts, head = self.sndq, self.sndq_starts, self.sndq_head
-        last = len(starts) - 1
-        off = self.buf_off
-        while head < last and starts[head + 1] <= off:
-            chunks[head] = b""
-            head += 1
-        if head >= 64 and head * 2 >= len(starts):
-            del chunks[:head]
-            del starts[:head]
-            head = 0
-        self.sndq_head = head
 
     def _newreno(self, ack: int, prior_una: int, duplicate: bool) -> None:
         """Without SACK: three duplicate ACKs, or a partial ACK in recovery, mean the first

@@ -1,0 +1,109 @@
+"""The send buffer: what the application wrote, kept as it came until it is acknowledged.
+
+A list of ``bytes`` (``sndq``; small writes joined up to 16 KiB), found by sequence number with
+a bisection of where each begins (``sndq_starts``, in stream offsets: bytes written before).
+Nothing is copied when it is written, nor when the front is acknowledged: a ``bytearray`` was,
+twice, growing it and compacting it, which cost 0.25 ms per MB at 100 KB buffered and 1.5 ms
+at 24 MiB (issue 12). A segment is cut from it when it is sent, and a run of full segments is
+built straight from the write that holds it (most of a 16 KiB TLS record).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+CHUNK_JOIN = 16384  # a write joins the previous one while both together are this small
+
+
+class SendQueue:
+    """The send buffer of :class:`~.connection.Connection` (a mixin: one object, one state)."""
+
+    if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
+        __slots__ = ()  # the attributes are the Connection's (connection.py)
+
+    buf_seq: int  # the sequence number of the first byte held (not yet acknowledged)
+
+    def _init_sendq(self) -> None:
+        # sndq[i] begins at stream offset sndq_starts[i]; sndq[:sndq_head] are acknowledged
+        # (released); buf_off is the offset of the byte at buf_seq, buf_len the end
+        self.sndq: list[bytes] = []
+        self.sndq_starts: list[int] = []
+        self.sndq_head = 0
+        self.buf_off = 0
+        self.buf_len = 0
+
+    @property
+    def send_buffered(self) -> int:
+        """Bytes written by the application and not yet acknowledged."""
+        return self.buf_len - self.buf_off
+
+    def _queue(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)  # kept as it is: it must not change under us
+        n = len(data)
+        chunks = self.sndq
+        if chunks and len(chunks[-1]) + n <= CHUNK_JOIN:
+            chunks[-1] += data  # many small writes would make many small pieces of a segment
+        else:
+            chunks.append(data)
+            self.sndq_starts.append(self.buf_len)
+        self.buf_len += n
+
+    def _data_end(self) -> int:
+        return self.buf_seq + self.buf_len - self.buf_off
+
+    def _segment_bytes(self, seq: int, n: int) -> bytes:
+        """The ``n`` bytes from sequence number ``seq`` on (held, not yet acknowledged)."""
+        data, off = self._run_data(seq, n)
+        if off == 0 and len(data) == n:
+            return data
+        return data[off : off + n]
+
+    def _run_data(self, seq: int, n: int) -> tuple[bytes, int]:
+        """A buffer and an offset in it where the ``n`` bytes from ``seq`` on are, for
+        ``build_run``: the piece written that holds them all, or a copy joined from several."""
+        at = self.buf_off + (seq - self.buf_seq)
+        starts = self.sndq_starts
+        i = bisect.bisect_right(starts, at, self.sndq_head) - 1
+        chunk = self.sndq[i]
+        off = at - starts[i]
+        if off + n <= len(chunk):
+            return chunk, off
+        return self._gather(i, off, n), 0
+
+    def _gather(self, i: int, off: int, n: int) -> bytes:
+        chunks = self.sndq
+        pieces = [chunks[i][off : off + n]]
+        n -= len(pieces[0])
+        while n > 0:
+            i += 1
+            piece = chunks[i][:n]
+            pieces.append(piece)
+            n -= len(piece)
+        return b"".join(pieces)
+
+    def _data_acked(self, n: int) -> None:
+        """``n`` more bytes acknowledged: let go of the writes they complete."""
+        self.buf_off += n
+        self.buf_seq += n
+        if self.buf_off == self.buf_len:
+            self._clear_sendq()  # all acknowledged: nothing held (idle), the lists' room too
+            return
+        chunks, starts, head = self.sndq, self.sndq_starts, self.sndq_head
+        last = len(starts) - 1
+        off = self.buf_off
+        while head < last and starts[head + 1] <= off:
+            chunks[head] = b""
+            head += 1
+        if head >= 64 and head * 2 >= len(starts):  # now and then drop their places too
+            del chunks[:head]
+            del starts[:head]
+            head = 0
+        self.sndq_head = head
+
+    def _clear_sendq(self) -> None:
+        self.sndq.clear()
+        self.sndq_starts.clear()
+        self.sndq_head = 0
+        self.buf_off = self.buf_len = 0
