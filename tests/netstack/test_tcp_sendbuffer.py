@@ -48,6 +48,11 @@ class PiecesTests(SynchronousTestCase):
         self.assertEqual([len(c) for c in client.sndq], [16000, 16000, 8000])
         self.assertEqual(client.sndq_starts, [0, 16000, 32000])
         self.assertLessEqual(max(map(len, client.sndq)), CHUNK_JOIN)
+        # joined in place: a tiny write costs its own bytes, not a copy of the piece so far
+        tail = client.sndq[-1]
+        client.send(b"y")
+        self.assertIs(client.sndq[-1], tail)
+        self.assertEqual(client._segment_bytes(client._data_end() - 2, 2), bytes([39, 121]))
 
     def test_bytes_are_found_across_pieces(self) -> None:
         client = self.client

@@ -1,11 +1,13 @@
 """The send buffer: what the application wrote, kept as it came until it is acknowledged.
 
-A list of ``bytes`` (``sndq``; small writes joined up to 16 KiB), found by sequence number with
-a bisection of where each begins (``sndq_starts``, in stream offsets: bytes written before).
-Nothing is copied when it is written, nor when the front is acknowledged: a ``bytearray`` was,
-twice, growing it and compacting it, which cost 0.25 ms per MB at 100 KB buffered and 1.5 ms
-at 24 MiB (issue 12). A segment is cut from it when it is sent, and a run of full segments is
-built straight from the write that holds it (most of a 16 KiB TLS record).
+A list of ``bytes`` (``sndq``), found by sequence number with a bisection of where each piece
+begins (``sndq_starts``, in stream offsets: bytes written before). A write that does not fit
+beside the last piece within 16 KiB is kept as it is, not copied; smaller ones are joined, in
+place in a ``bytearray``, so a stream of tiny writes costs each its own bytes and not a copy
+of the piece so far. Nothing is copied when the front is acknowledged. (A single ``bytearray``
+was grown and compacted, both copying what it held: 0.25 ms per MB at 100 KB buffered and
+1.5 ms at 24 MiB, issue 12.) A segment is cut from it when it is sent, and a run of full
+segments is built straight from the piece that holds it (most of a 16 KiB TLS record).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class SendQueue:
     def _init_sendq(self) -> None:
         # sndq[i] begins at stream offset sndq_starts[i]; sndq[:sndq_head] are acknowledged
         # (released); buf_off is the offset of the byte at buf_seq, buf_len the end
-        self.sndq: list[bytes] = []
+        self.sndq: list[bytes | bytearray] = []
         self.sndq_starts: list[int] = []
         self.sndq_head = 0
         self.buf_off = 0
@@ -39,13 +41,17 @@ class SendQueue:
         return self.buf_len - self.buf_off
 
     def _queue(self, data: bytes) -> None:
-        if type(data) is not bytes:
-            data = bytes(data)  # kept as it is: it must not change under us
         n = len(data)
         chunks = self.sndq
         if chunks and len(chunks[-1]) + n <= CHUNK_JOIN:
-            chunks[-1] += data  # many small writes would make many small pieces of a segment
+            # many small writes would make many small pieces of a segment: join them
+            last = chunks[-1]
+            if type(last) is bytes:
+                chunks[-1] = last = bytearray(last)  # one copy, then appended to in place
+            last += data
         else:
+            if type(data) is not bytes:
+                data = bytes(data)  # kept as it is: it must not change under us
             chunks.append(data)
             self.sndq_starts.append(self.buf_len)
         self.buf_len += n
@@ -56,11 +62,13 @@ class SendQueue:
     def _segment_bytes(self, seq: int, n: int) -> bytes:
         """The ``n`` bytes from sequence number ``seq`` on (held, not yet acknowledged)."""
         data, off = self._run_data(seq, n)
+        if type(data) is not bytes:
+            return bytes(data[off : off + n])  # a joined piece, still growing
         if off == 0 and len(data) == n:
             return data
         return data[off : off + n]
 
-    def _run_data(self, seq: int, n: int) -> tuple[bytes, int]:
+    def _run_data(self, seq: int, n: int) -> tuple[bytes | bytearray, int]:
         """A buffer and an offset in it where the ``n`` bytes from ``seq`` on are, for
         ``build_run``: the piece written that holds them all, or a copy joined from several."""
         at = self.buf_off + (seq - self.buf_seq)
