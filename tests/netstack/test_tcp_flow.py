@@ -9,12 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.netstack import tcp
 from funnel_tw.netstack.segment import ACK
+from funnel_tw.netstack.stack import Stack
 
 from .tcp_harness import (
     MASK,
     T0,
     Host,
     Net,
+    RawPeer,
     connected_pair,
     listening_stack,
     payload,
@@ -42,7 +44,8 @@ class ZeroWindowTests(SynchronousTestCase):
         client, server, net = self.client, self.server, self.net
         self.assertEqual(net.b.data_received(), b"")  # nothing delivered while paused
         self.assertEqual(server.held_bytes, client.snd_una - client.iss - 1)
-        self.assertLessEqual(server.held_bytes, BUFFER)
+        # the window kept as data came is rounded up to the scale's unit, never down
+        self.assertLess(server.held_bytes, BUFFER + (1 << server.rcv_wscale))
         self.assertGreater(server.held_bytes, BUFFER - 2 * client.mss)
         self.assertEqual(net.b.segments()[-1].window, 0)
         self.assertEqual(self.sent_data(), server.held_bytes)  # nothing beyond the window
@@ -298,3 +301,57 @@ class ReceiveWindowTests(SynchronousTestCase):
         peer.send(ACK, T0, ack=(sent[0].seq + 100) & MASK)
         self.assertEqual(conn.snd_una, conn.snd_max)
         self.assertEqual(conn.send_buffered, 0)
+
+    def paused_reader(self, buffer: int) -> tuple[RawPeer, tcp.Connection, Stack]:
+        stack = listening_stack(receive_buffer=buffer)
+        peer, conn, _ = raw_established(stack)
+        self.assertEqual(conn.rcv_wscale, 7)
+        conn.pause_reading()
+        return peer, conn, stack
+
+    def fill(self, peer: RawPeer, stack: Stack, size: int, steps: int) -> tuple[int, int]:
+        """Send ``size``-byte segments (less at the end) up to the furthest right edge the
+        receiver advertised, checking every answer: (bytes sent, furthest edge)."""
+        unit = 1 << 7
+        furthest = sent = 0
+        for i in range(steps):
+            n = min(size, furthest - sent) if i else size
+            if n <= 0:
+                break
+            now = T0 + i * 1e-4
+            out = peer.push(bytes(n), now)
+            sent += n
+            stack.tick(now + tcp.DELAYED_ACK)
+            for seg in out + peer.take():
+                right = ((seg.ack - peer.iss - 1) & MASK) + (seg.window << 7)
+                # a field rounded up to the unit may come back by less than a unit
+                self.assertGreater(right, furthest - unit)
+                furthest = max(furthest, right)
+        return sent, furthest
+
+    def test_the_right_edge_never_moves_back(self) -> None:
+        """A paused reader: each ACK's window is what is left of the edge already given,
+        in units of 2**wscale. Rounded down, the edge crept back by up to a unit an ACK
+        (issue 12's 50 ms funnel lost what was past it, and waited for an RTO). Everything
+        sent inside an edge the receiver gave is taken, and the window closes at the
+        buffer, give or take less than a unit."""
+        peer, conn, stack = self.paused_reader(256 * 1024)
+        sent, furthest = self.fill(peer, stack, 1240, 400)
+        self.assertEqual(conn.held_bytes, sent)
+        self.assertEqual(sent, furthest)
+        self.assertNotIn("tcp_zero_window_drops", stack.counters)
+        self.assertNotIn("tcp_out_of_window", stack.counters)
+        self.assertGreaterEqual(sent, 256 * 1024)
+        self.assertLess(sent, 256 * 1024 + 128)
+        self.assertEqual(conn._advertised(), 0)
+
+    def test_tiny_segments_cannot_push_the_edge_forward(self) -> None:
+        """The other side of rounding up (RFC 7323 appendix F; Linux's tcp_shrink_window):
+        segments smaller than the unit must not each move the edge forward by what they
+        carry, or a peer could make a paused reader hold without bound."""
+        for size in (1, 7, 100, 127, 129, 1000):
+            peer, conn, stack = self.paused_reader(4096)
+            sent, _ = self.fill(peer, stack, size, 20_000)
+            self.assertEqual(conn.held_bytes, sent, size)
+            self.assertLess(sent, 4096 + 128, size)
+            self.assertEqual(conn._advertised(), 0, size)

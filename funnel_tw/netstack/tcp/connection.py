@@ -100,6 +100,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         "rack_rtt",
         "rack_xmit",
         "rcv_adv",
+        "rcv_edge",
         "rcv_nxt",
         "rcv_rtt",
         "rcv_rtt_seq",
@@ -329,7 +330,7 @@ class Connection(SendSide, ReceiveSide, Timers):
             options = self._syn_options(self.rcv_wscale > 0, self.sack_ok)
         window = min(self._window(), 0xFFFF)
         if flags & ACK:
-            self.rcv_adv = self.rcv_nxt + window  # SYN windows are never scaled
+            self.rcv_adv = self.rcv_edge = self.rcv_nxt + window  # SYN windows: unscaled
         self.stack.emit_packet(
             self.builder.build(
                 self.local[1], self.remote[1], self.iss, self.rcv_nxt, flags, window, options

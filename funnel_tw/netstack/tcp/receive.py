@@ -97,7 +97,8 @@ class ReceiveSide:
         self.rcvq_space = 0  # the most consumed in one round trip so far
         self.rcvq_seq = 0
         self.rcvq_time = 0.0
-        self.rcv_adv = 0  # right edge of the window we last advertised
+        self.rcv_adv = 0  # the furthest right edge we advertised: data up to it is taken
+        self.rcv_edge = 0  # the right edge the buffer allows (exact; never moves back)
         # out-of-order data, as blocks without a gap, sorted (few: one per hole), so storing a
         # segment and building SACK blocks do not walk every segment of a large window
         self.ooo: list[Block] = []
@@ -234,11 +235,25 @@ class ReceiveSide:
         return max(0, self.receive_buffer - self.held_bytes - self.ooo_bytes)
 
     def _advertised(self) -> int:
-        window = self._window()
-        # never shrink the right edge we already advertised
-        window = max(window, self.rcv_adv - self.rcv_nxt)
-        scaled = min(window >> self.rcv_wscale, 0xFFFF)
-        self.rcv_adv = self.rcv_nxt + (scaled << self.rcv_wscale)
+        """The window field of the next segment. The edge the buffer allows (``rcv_edge``)
+        never moves back, and the field is its distance rounded *up* to the scale's unit:
+        rounded down, the edge crept back by up to a unit an ACK while a paused reader held
+        data, and a sender that had used the window we gave saw what it sent past the new
+        edge dropped (a hole, then an RTO, in issue 12's 50 ms funnel). Rounding up may put
+        the field's edge up to a unit - 1 past ``rcv_edge``, and the next field's back by as
+        much (RFC 7323 appendix F: the sender must allow it); ``rcv_adv`` keeps the furthest
+        edge ever sent, and all data up to it is taken. Since ``rcv_edge`` moves only as the
+        buffer allows, tiny segments cannot push the edge forward a unit at a time (the
+        creep Linux's ``tcp_shrink_window`` is about): a reader that stops holds at most the
+        window and a unit less a byte."""
+        ws = self.rcv_wscale
+        edge = max(self.rcv_nxt + (self._window() >> ws << ws), self.rcv_edge)
+        edge = min(edge, self.rcv_nxt + (0xFFFF << ws))
+        self.rcv_edge = edge
+        scaled = -(-(edge - self.rcv_nxt) >> ws)
+        right = self.rcv_nxt + (scaled << ws)
+        if right > self.rcv_adv:
+            self.rcv_adv = right
         return scaled
 
     def _sack_blocks(self) -> list[tuple[int, int]]:
