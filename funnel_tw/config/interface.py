@@ -12,7 +12,7 @@ from funnel_tw.keys import public_key
 
 from . import values
 from .ini import Section
-from .model import IPInterface, IPNetwork, TCPBuffers
+from .model import TCP_DEFAULTS, IPInterface, IPNetwork, TCPBuffers
 
 __all__ = ["TCP_KEYS", "WireGuardKeys", "check_peers", "tcp_buffers", "wireguard_keys"]
 
@@ -85,11 +85,12 @@ def _buffer_size(value: str, low: int, what: str) -> int:
     return number
 
 
-def tcp_buffers(section: Section, userspace: bool = True) -> TCPBuffers:
+def tcp_buffers(
+    section: Section, userspace: bool = True, default: TCPBuffers = TCP_DEFAULTS
+) -> TCPBuffers:
     """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory and tcp-max-connections of
-    [node] / [relay]. With ``network = tun`` the kernel's TCP sizes its own buffers: setting
-    one is an error."""
-    default = TCPBuffers()
+    [node] / [relay], each ``default``'s where not set. With ``network = tun`` the kernel's
+    TCP sizes its own buffers: setting one is an error."""
     if not userspace:
         for key in TCP_KEYS:
             if key in section.values:

@@ -15,7 +15,7 @@ from . import values
 from .enrolled import RELAY_ENROLLED, read_enrolled_nodes, relay_node
 from .ini import IniFile, Section, group_sections
 from .interface import TCP_KEYS, check_peers, tcp_buffers, wireguard_keys
-from .model import EnrollConfig, IPNetwork, RelayConfig, RelayNode
+from .model import RELAY_TCP_DEFAULTS, EnrollConfig, IPNetwork, RelayConfig, RelayNode
 from .ops import OPS_KEYS, ops_config
 
 __all__ = ["load_relay_config", "relay_config", "with_enrolled"]
@@ -230,7 +230,7 @@ def _relay(section: Section) -> RelayConfig | None:
     tcp_fallback = section.opt("tcp-fallback", values.boolean, True)
     relay_state = section.opt("state-dir", section.path, section.path("state"))
     balance = section.opt("balance", values.choice(*BALANCE), "round-robin")
-    tcp = tcp_buffers(section)  # the relay's overlay is always the userspace stack
+    tcp = tcp_buffers(section, default=RELAY_TCP_DEFAULTS)  # always the userspace stack
     if "tcp-max-connections" not in section.values:
         # each spliced public connection is one overlay connection to a node: unless told
         # otherwise, the stack holds as many as max-connections admits, and some more
