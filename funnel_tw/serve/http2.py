@@ -35,6 +35,14 @@ def connection_blocked(request: Request) -> defer.Deferred[None] | None:
     return blocked
 
 
+def stream_paused(request: Request) -> bool:
+    """Whether ``request``'s HTTP/2 stream holds its producer paused (its flow-control window
+    or its send queue is full: funnel_tw/web/h2send.py). Whoever else paused that producer
+    must not resume it then: Twisted's stream believes it paused, and would never pause it
+    again while the queue grew (a 1 GiB download peaked at 812 MiB). False on HTTP/1.1."""
+    return getattr(request.channel, "_producerProducing", True) is False
+
+
 def reset_stream(request: Request, error_code: int = INTERNAL_ERROR) -> bool:
     """Reset ``request``'s HTTP/2 stream with ``error_code`` and forget the stream; False
     if it is not on HTTP/2. (Twisted's own ``abortConnection`` resets with NO_ERROR, which a

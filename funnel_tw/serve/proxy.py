@@ -44,7 +44,7 @@ from ..flow import Flow
 from ..web.client import IDLE_TIMEOUT, MAX_IDLE, BackendPool, Exchange
 from ..web.paths import PathError, request_target
 from . import upgrade
-from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream
+from .http2 import INTERNAL_ERROR, connection_blocked, reset_stream, stream_paused
 from .streaming import BodySource, StreamingRequest
 
 log = Logger()
@@ -458,7 +458,11 @@ class ProxiedRequest:
     def _pass_through_unblocked(self, result: object) -> object:
         """Ours is a side branch of Twisted's own chain: never pass a failure back into it."""
         self._waiting = False
-        if _answering(self.request) and self.exchange is not None:
+        if (
+            _answering(self.request)
+            and self.exchange is not None
+            and not stream_paused(self.request)  # the stream resumes what it paused
+        ):
             self.exchange.resumeProducing()
         return result
 

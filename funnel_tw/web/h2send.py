@@ -15,8 +15,11 @@ priority tree: RFC 9113 5.3.2 deprecates that scheme and lets a server ignore it
 cost ~9 µs a request (insert, block, unblock, next, block, remove). PRIORITY frames are still
 accepted and bounded as before (1,000 streams the scheduler knows at most).
 
-Everything else (flow control, producers, control-frame buffering, timeouts) is Twisted's. The
-loop is private Twisted API (twisted.web._http2); tests/web/test_h2send.py pins what it needs.
+Each stream's queue of response data is bounded (:data:`STREAM_QUEUE`): Twisted pauses a
+stream's producer only when the queue reaches the client's flow-control window, which a client
+may open to 2 GiB. Everything else (flow control, producers, control-frame buffering, timeouts)
+is Twisted's. The loop is private Twisted API (twisted.web._http2); tests/web/test_h2send.py
+pins what it needs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ __all__ = ["BATCH_BYTES", "BATCH_FRAMES", "BatchedH2Connection"]
 
 BATCH_BYTES = 65536  # DATA payload a connection sends per reactor turn, at most
 BATCH_FRAMES = 64  # frames (DATA, or END_STREAM alone) per turn, at most
+# DATA a stream may have queued to send before its producer (the backend) is paused; resumed
+# once the queue is under half of it. Twisted pauses a stream's producer only when the queue
+# reaches the client's flow-control window, which the client chooses (curl opens 1 GiB): a
+# backend faster than the loop, or a client that reads slowly, made the node queue up to
+# that much per stream (a 1 GiB HTTP/2 download peaked at 812 MiB RSS).
+STREAM_QUEUE = 256 * 1024
 
 
 class RoundRobin:
@@ -143,6 +152,31 @@ class BatchedH2Connection(H2Connection):
     def _handleWindowUpdate(self, event: Any) -> None:
         super()._handleWindowUpdate(event)  # unblocks streams with data waiting
         self._wake()
+        # Twisted resumed every producer with room in its window: those whose queue is
+        # still full are paused again at once (no read happens in between)
+        ids = [event.stream_id] if event.stream_id else list(self.streams)
+        for stream_id in ids:
+            stream = self.streams.get(stream_id)
+            if (
+                stream is not None
+                and stream._producerProducing
+                and stream.producer
+                and self._queued(stream_id) > STREAM_QUEUE
+            ):
+                stream.flowControlBlocked()
+
+    def _queued(self, stream: int) -> int:
+        return sum(
+            len(chunk)
+            for chunk in self._outboundStreamQueues[stream]
+            if chunk is not _END_STREAM_SENTINEL
+        )
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        super().writeDataToStream(streamID, data)
+        stream = self.streams.get(streamID)
+        if stream is not None and self._queued(streamID) > STREAM_QUEUE:
+            stream.flowControlBlocked()  # pauses its producer (windowUpdated resumes it)
 
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
@@ -225,8 +259,13 @@ class BatchedH2Connection(H2Connection):
             self.priority.block(stream)
             return 0
         if len(data) > room:
-            queue.appendleft(data[room:])
-            data = data[:room]
+            # the rest waits as a view: a large chunk sent a frame at a time is copied once,
+            # not once per frame
+            view = memoryview(data)
+            queue.appendleft(view[room:])
+            data = view[:room]
+        if isinstance(data, memoryview):
+            data = data.tobytes()
         if queue and queue[0] is _END_STREAM_SENTINEL:
             queue.popleft()
             self.conn.send_data(stream, data, end_stream=True)
@@ -236,6 +275,10 @@ class BatchedH2Connection(H2Connection):
             self.conn.send_data(stream, data)
         if not queue:
             self.priority.block(stream)
-        if self.remainingOutboundWindow(stream) <= 0:
-            self.streams[stream].flowControlBlocked()
+        queued = self._queued(stream)
+        h2stream = self.streams[stream]
+        if self.conn.local_flow_control_window(stream) - queued <= 0:
+            h2stream.flowControlBlocked()
+        elif queued <= STREAM_QUEUE // 2 and not h2stream._producerProducing:
+            h2stream.windowUpdated()  # resumes a producer paused for the queue or the window
         return len(data)

@@ -21,6 +21,7 @@ from funnel_tw.serve.http2 import (
     connection_blocked,
     h2_connection,
     reset_stream,
+    stream_paused,
 )
 from funnel_tw.web.h2send import BatchedH2Connection
 
@@ -73,6 +74,28 @@ class HTTP2InternalsTests(SynchronousTestCase):
         self.assertTrue(blocked.called)
         self.assertIsNone(connection_blocked(self.request))
 
+    def test_paused_by_its_stream(self) -> None:
+        """The proxy resumes its backend after the connection unblocks only if the stream
+        has not paused it too (it would never pause it again: Twisted's flag says paused)."""
+        paused: list[bool] = []
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                paused.append(True)
+
+            def resumeProducing(self) -> None:
+                paused.append(False)
+
+            def stopProducing(self) -> None:
+                pass
+
+        self.request.registerProducer(Producer(), True)
+        self.assertFalse(stream_paused(self.request))
+        self.request.channel.flowControlBlocked()
+        self.assertEqual((paused, stream_paused(self.request)), ([True], True))
+        self.request.channel.windowUpdated()  # the client's window has room
+        self.assertEqual((paused, stream_paused(self.request)), ([True, False], False))
+
     def test_reset_with_an_error_code(self) -> None:
         self.assertIn(1, self.conn.streams)
         self.assertTrue(reset_stream(self.request, INTERNAL_ERROR))
@@ -101,6 +124,7 @@ class HTTP2InternalsTests(SynchronousTestCase):
         request = http.Request(channel)
         self.assertIsNone(h2_connection(request))
         self.assertIsNone(connection_blocked(request))
+        self.assertFalse(stream_paused(request))
         self.assertFalse(reset_stream(request))
         self.assertFalse(abort_stream(request, 408, "not HTTP/2"))
 

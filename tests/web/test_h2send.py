@@ -25,7 +25,7 @@ from twisted.web import server
 from twisted.web._http2 import H2Connection  # private on purpose: the reference
 from twisted.web.resource import Resource
 
-from funnel_tw.web.h2send import BATCH_BYTES, BatchedH2Connection, RoundRobin
+from funnel_tw.web.h2send import BATCH_BYTES, STREAM_QUEUE, BatchedH2Connection, RoundRobin
 from funnel_tw.web.httplimits import LimitedHTTPChannel, limited_channel
 
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x"), (b":scheme", b"https")]
@@ -58,6 +58,22 @@ class _Writes(StringTransport):
     def write(self, data: bytes) -> None:
         self.writes.append(data)
         super().write(data)
+
+
+class _Producer:
+    """A push producer that records whether it is asked to produce."""
+
+    def __init__(self) -> None:
+        self.producing = True
+
+    def pauseProducing(self) -> None:
+        self.producing = False
+
+    def resumeProducing(self) -> None:
+        self.producing = True
+
+    def stopProducing(self) -> None:
+        self.producing = False
 
 
 class _Pair:
@@ -214,6 +230,38 @@ class BatchedSendingTests(SynchronousTestCase):
         pair.take()
         self.assertEqual(pair.body(1), b"x" * 1000)
         self.assertTrue(pair.ended(1))
+
+    def test_a_streams_queue_is_bounded_whatever_the_window(self) -> None:
+        """Twisted pauses a stream's producer only when its queue reaches the client's
+        window, which the client picks (1 GiB, as curl opens): a client that
+        does not read, or a backend faster than the loop, had the node queue that much
+        per stream. The producer is paused above STREAM_QUEUE, stays paused when a
+        WINDOW_UPDATE comes while the queue is full, and is resumed once it drained."""
+        resource = _Body(0, hold=True)
+        pair = _Pair(BatchedH2Connection, resource, window=1 << 30)
+        pair.client.increment_flow_control_window(1 << 30)
+        pair.send()
+        pair.request(1)
+        (request,) = resource.held
+        producer = _Producer()
+        request.registerProducer(producer, True)
+        pair.server.pauseProducing()  # the transport underneath is full (a client not reading)
+        chunk = b"y" * (64 * 1024)
+        for _ in range(200):  # a backend writing whenever it is not paused
+            if producer.producing:
+                request.write(chunk)
+        queued = pair.server._queued(1)
+        self.assertLessEqual(queued, STREAM_QUEUE + len(chunk))
+        self.assertFalse(producer.producing)
+        pair.client.increment_flow_control_window(1 << 20, stream_id=1)
+        pair.send()  # Twisted resumes producers on a WINDOW_UPDATE: not this one
+        self.assertFalse(producer.producing)
+        pair.server.resumeProducing()
+        for _ in range(20):
+            pair.turns()
+            pair.take()
+        self.assertTrue(producer.producing)
+        self.assertEqual(len(pair.body(1)), queued)
 
     def test_headers_alone_are_sent(self) -> None:
         """A response whose body is not ready still sends its head in the next turn."""
