@@ -29,7 +29,10 @@ where every sender meets drops): to compare the senders without those drops.
 
 ``funnel``: the download through the whole funnel (curl -> relay -> WireGuard -> node -> Caddy
 backend, the processes of bench/funnel.py) with the impairment relay between relay and node,
-clean, at ``--funnel-rtt``; best of ``--funnel-runs`` curl runs of ``--seconds``.
+clean, at ``--funnel-rtt``; best of ``--funnel-runs`` curl runs of ``--seconds``, each on a new
+connection (so with the handshakes before and slow start in it), then a *warm* figure: the same
+download again on the connection a first one opened, best of ``--funnel-runs`` (what a path's
+distance costs once a connection is open).
 ``--relay-set``/``--node-set KEY=VALUE`` add a key to the demo relay.ini's ``[relay]`` or
 node.ini's ``[node]`` (``tcp-receive-buffer-max=16M``...), to try a setting on that path.
 
@@ -97,10 +100,12 @@ def say(text: str) -> None:
 
 @dataclasses.dataclass
 class FunnelFigures:
-    """The downloads at one RTT: MB/s per run, and CPU ms per MB moved, per process."""
+    """The downloads at one RTT: MB/s per run, CPU ms per MB moved per process, and the best
+    of the downloads after the first over one connection (MB/s; None if it failed)."""
 
     rates: list[float]
     cpu_ms_per_mb: dict[str, float]
+    warm: float | None = None
 
 
 CPU_PROCESSES = ("relay", "node", "impair", "backend", "curl")
@@ -219,26 +224,47 @@ def _funnel_at(
             "curl": children.ru_utime + children.ru_stime,
         }
 
+    url = f"https://{HOSTNAME}:{public}/big.bin"
+
+    def download(times: int) -> list[tuple[int, float]]:
+        """curl fetching ``url`` ``times`` times over one connection: (bytes, MB/s) each,
+        the rate from the first byte of the answer to its end."""
+        argv = ["curl", "-sS", "--http1.1", "--max-time", str(times * (options.seconds + 2))]
+        argv += ["--cacert", str(ca), "--resolve", f"{HOSTNAME}:{public}:127.0.0.1"]
+        argv += ["-w", "%{http_code} %{size_download} %{time_total} %{time_starttransfer}\\n"]
+        for _ in range(times):
+            argv += ["-o", "/dev/null", url]
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=times * (options.seconds + 30)
+        )
+        found = []
+        for line in out.stdout.splitlines():
+            status, size, total, first = line.split()
+            if status != "200":
+                raise RuntimeError(f"download: HTTP {status}: {out.stderr.strip()}")
+            found.append((int(size), int(size) / max(float(total) - float(first), 1e-9) / 1e6))
+        if len(found) != times:
+            raise RuntimeError(f"download: {len(found)} of {times}: {out.stderr.strip()}")
+        return found
+
     for _ in range(options.funnel_runs):
         before = cpu_now()
-        argv = ["curl", "-sS", "--http1.1", "-o", "/dev/null", "--max-time"]
-        argv += [str(options.seconds + 2), "--cacert", str(ca)]
-        argv += ["--resolve", f"{HOSTNAME}:{public}:127.0.0.1"]
-        argv += ["-w", "%{http_code} %{size_download} %{time_total} %{time_starttransfer}"]
-        out = subprocess.run(
-            [*argv, f"https://{HOSTNAME}:{public}/big.bin"],
-            capture_output=True, text=True, timeout=options.seconds + 30,
-        )  # fmt: skip
+        ((size, rate),) = download(1)
         after = cpu_now()
-        status, size, total, first = out.stdout.split()
-        if status != "200":
-            raise RuntimeError(f"download: HTTP {status}: {out.stderr.strip()}")
-        rates.append(int(size) / max(float(total) - float(first), 1e-9) / 1e6)
-        moved += int(size)
+        rates.append(rate)
+        moved += size
         for name in CPU_PROCESSES:
             cpu[name] += after[name] - before[name]
     per_mb = {name: 1000 * seconds / max(moved / 1e6, 1e-9) for name, seconds in cpu.items()}
-    return FunnelFigures(rates, per_mb)
+    # the same download again on the connection the first one opened: no handshake, no slow
+    # start (the relay's connection to the node is the public connection's), so what is left
+    # of the path's cost once a connection is warm
+    warm: float | None = None
+    try:
+        warm = max(rate for _, rate in download(options.funnel_runs + 1)[1:])
+    except (RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        say(f"funnel {rtt} ms: the warm download failed: {str(e)[:300]}")
+    return FunnelFigures(rates, per_mb, warm)
 
 
 def _with_keys(text: str, section: str, settings: list[str]) -> str:
@@ -383,14 +409,26 @@ def report(
         out.append("")
         out.append("### Funnel download (curl → relay → WireGuard → node → Caddy), clean path")
         out.append("")
+        warm_base = zero.warm if zero else None
         names = " | ".join(CPU_PROCESSES)
-        out.append(f"| RTT ms | MB/s (best) | runs | ÷ 0 ms | CPU ms per MB: {names} |")
-        out.append("|---:|---:|---|---:|" + "---:|" * len(CPU_PROCESSES))
+        out.append(
+            f"| RTT ms | MB/s (best) | runs | ÷ 0 ms | warm MB/s | ÷ 0 ms warm"
+            f" | CPU ms per MB: {names} |"
+        )
+        out.append("|---:|---:|---|---:|---:|---:|" + "---:|" * len(CPU_PROCESSES))
         for rtt, figures in sorted(funnel.items()):
             best = max(figures.rates) if figures.rates else None
             runs = ", ".join(f"{r:.1f}" for r in figures.rates)
             cpu = " | ".join(f"{figures.cpu_ms_per_mb[n]:.2f}" for n in CPU_PROCESSES)
-            out.append(f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)} | {cpu} |")
+            out.append(
+                f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)} | {fmt(figures.warm)}"
+                f" | {ratio(figures.warm, warm_base)} | {cpu} |"
+            )
+        out.append("")
+        out.append(
+            "warm: the best of the downloads after the first on one connection (one curl,"
+            " --funnel-runs + 1 transfers): no handshakes, no slow start."
+        )
         if options.relay_set or options.node_set:
             out.append("")
             out.append(
