@@ -365,7 +365,8 @@ class BackendConnection(protocol.Protocol):
             self.abort()  # bytes while idle: the next exchange could not tell whose they are
             return
         self._got_bytes = True
-        if len(data) >= 65536 and getattr(self.transport, "bufferSize", STREAM_READ) < STREAM_READ:
+        read_size = getattr(self.transport, "bufferSize", STREAM_READ)
+        if read_size < STREAM_READ and len(data) >= read_size:
             self.transport.bufferSize = STREAM_READ  # type: ignore[union-attr]
         try:
             if self._framing == _HEAD:
