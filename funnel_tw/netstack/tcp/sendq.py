@@ -63,7 +63,7 @@ class SendQueue:
         """The ``n`` bytes from sequence number ``seq`` on (held, not yet acknowledged)."""
         data, off = self._run_data(seq, n)
         if type(data) is not bytes:
-            return bytes(data[off : off + n])  # a joined piece, still growing
+            return bytes(memoryview(data)[off : off + n])  # a joined piece, still growing
         if off == 0 and len(data) == n:
             return data
         return data[off : off + n]
