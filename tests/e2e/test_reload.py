@@ -12,6 +12,9 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -48,6 +51,18 @@ class Download:
         head, _, body = self.data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head[:200]
         return body
+
+
+def status_text(ini: Path) -> str:
+    """``funnel-tw status --config INI``, or why it could not be had (for a failure's message)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "funnel_tw", "status", "--config", str(ini)],
+            capture_output=True, text=True, timeout=15, env=harness.child_env(),
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(no status: {e})"
+    return done.stdout + done.stderr
 
 
 def refused(port: int, name: str, ca: str) -> bool:
@@ -108,11 +123,15 @@ class RelayReloadTests(SynchronousTestCase):
         try:
             download.read()
         except TimeoutError:
-            # seen twice in CI runs (2026-12-07), never when run alone: say where it stood
-            logs = [(p.name, p.log()) for p in (funnel.relay, home.daemon) if p is not None]
+            # seen three times in CI runs (2026-12-07), never when run alone: say where it
+            # stood, with both daemons' status (their TCP counters: probes, zero windows...)
+            logs = [(p.name, p.log()[-6000:]) for p in (funnel.relay, home.daemon) if p]
+            logs += [
+                (f"status {ini.name}", status_text(ini)) for ini in (funnel.relay_ini, home.ini)
+            ]
             self.fail(
                 f"download stalled 20 s after {len(download.data)} of ~{SIZE} bytes\n"
-                + "\n".join(f"--- {name} log (end):\n{text[-6000:]}" for name, text in logs)
+                + "\n".join(f"--- {name}:\n{text}" for name, text in logs)
             )
         body = download.body()
         self.assertEqual(len(body), SIZE)
