@@ -30,7 +30,9 @@ where every sender meets drops): to compare the senders without those drops.
 ``funnel``: the download through the whole funnel (curl -> relay -> WireGuard -> node -> Caddy
 backend, the processes of bench/funnel.py) with the impairment relay between relay and node,
 clean, at ``--funnel-rtt``; best of ``--funnel-runs`` curl runs of ``--seconds``, each on a new
-connection (so with the handshakes before and slow start in it), then a *warm* figure: the same
+connection (so with the handshakes before and slow start in it; the first on a path nothing is
+known of, the later ones resuming from what the one before learned, as Careful Resume does
+unless ``--node-set tcp-path-memory=off``), then a *warm* figure: the same
 download again on the connection a first one opened, best of ``--funnel-runs`` (what a path's
 distance costs once a connection is open).
 ``--relay-set``/``--node-set KEY=VALUE`` add a key to the demo relay.ini's ``[relay]`` or
@@ -406,28 +408,34 @@ def report(
     if funnel:
         zero = funnel.get(0)
         base = max(zero.rates) if zero and zero.rates else None
+        first_base = zero.rates[0] if zero and zero.rates else None
         out.append("")
         out.append("### Funnel download (curl → relay → WireGuard → node → Caddy), clean path")
         out.append("")
         warm_base = zero.warm if zero else None
         names = " | ".join(CPU_PROCESSES)
         out.append(
-            f"| RTT ms | MB/s (best) | runs | ÷ 0 ms | warm MB/s | ÷ 0 ms warm"
-            f" | CPU ms per MB: {names} |"
+            f"| RTT ms | MB/s (best) | runs | ÷ 0 ms | first ÷ 0 ms first | warm MB/s"
+            f" | ÷ 0 ms warm | CPU ms per MB: {names} |"
         )
-        out.append("|---:|---:|---|---:|---:|---:|" + "---:|" * len(CPU_PROCESSES))
+        out.append("|---:|---:|---|---:|---:|---:|---:|" + "---:|" * len(CPU_PROCESSES))
         for rtt, figures in sorted(funnel.items()):
             best = max(figures.rates) if figures.rates else None
             runs = ", ".join(f"{r:.1f}" for r in figures.rates)
             cpu = " | ".join(f"{figures.cpu_ms_per_mb[n]:.2f}" for n in CPU_PROCESSES)
+            first = figures.rates[0] if figures.rates else None
             out.append(
-                f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)} | {fmt(figures.warm)}"
+                f"| {rtt} | {fmt(best)} | {runs} | {ratio(best, base)}"
+                f" | {ratio(first, first_base)} | {fmt(figures.warm)}"
                 f" | {ratio(figures.warm, warm_base)} | {cpu} |"
             )
         out.append("")
         out.append(
             "warm: the best of the downloads after the first on one connection (one curl,"
-            " --funnel-runs + 1 transfers): no handshakes, no slow start."
+            " --funnel-runs + 1 transfers): no handshakes, no slow start. first: the first"
+            " download after the daemons started, a path nothing is known of; each later run"
+            " is a new connection that starts from what the one before learned of the path"
+            " (tcp-path-memory, Careful Resume), unless the node is set tcp-path-memory=off."
         )
         if options.relay_set or options.node_set:
             out.append("")

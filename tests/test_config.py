@@ -1721,6 +1721,23 @@ class TCPBufferKeysTests(ConfigTestCase):
         path = self.write("r.ini", RELAY + "max-connections = 100\n")
         self.assertEqual(load_relay_config(path).tcp.connections, 16384)
 
+    def test_path_memory(self) -> None:
+        """tcp-path-memory: how long a path's saved congestion state is kept (Careful Resume);
+        seconds or off, at most a day."""
+        self.assertEqual(load_node_config(self.write("n.ini", NODE)).tcp.path_memory, 600.0)
+        path = self.write("n.ini", NODE + "tcp-path-memory = 120\n")
+        self.assertEqual(load_node_config(path).tcp.path_memory, 120.0)
+        path = self.write("r.ini", RELAY + "tcp-path-memory = off\n")
+        self.assertEqual(load_relay_config(path).tcp.path_memory, 0.0)
+        self.assertErrors(
+            NODE + "tcp-path-memory = 100000\n",
+            "4: [node] tcp-path-memory: 100000 is more than a day (86400 s): a path changes",
+        )
+        self.assertErrors(
+            NODE + "tcp-path-memory = soon\n",
+            "4: [node] tcp-path-memory: 'soon' is not a number of seconds",
+        )
+
     def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
         self.assertErrors(
             NODE + "tcp-receive-buffer-max = 100M\ntcp-memory = 8M\n",

@@ -17,7 +17,7 @@ from funnel_tw.wireguard import transport_key
 
 KEYS = (
     "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
-    "tcp-max-connections = 20000\n"
+    "tcp-max-connections = 20000\ntcp-path-memory = 120\n"
 )
 
 
@@ -43,8 +43,9 @@ class DaemonStackTests(_Files):
                 stack.send_buffer_max,
                 stack.receive_memory,
                 stack.max_connections,
+                stack.paths.lifetime if stack.paths else 0,
             ),
-            (receive, send, memory, 20000),
+            (receive, send, memory, 20000, 120.0),
         )
 
     def test_node(self) -> None:
@@ -67,7 +68,7 @@ class StatusTests(_Files):
 
     LINE = (
         "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M,"
-        " tcp-max-connections 20000"
+        " tcp-max-connections 20000, tcp-path-memory 120s"
     )
 
     def test_node(self) -> None:
@@ -84,6 +85,7 @@ class StatusTests(_Files):
                 "send_buffer_max": 16 << 20,
                 "memory": 96 << 20,
                 "connections": 20000,
+                "path_memory": 120.0,
                 "checksum": checksum.IMPLEMENTATION,
                 "transport": transport_key.IMPLEMENTATION,
             },

@@ -16,7 +16,13 @@ from .model import TCP_DEFAULTS, IPInterface, IPNetwork, TCPBuffers
 
 __all__ = ["TCP_KEYS", "WireGuardKeys", "check_peers", "tcp_buffers", "wireguard_keys"]
 
-TCP_KEYS = ("tcp-receive-buffer-max", "tcp-send-buffer-max", "tcp-memory", "tcp-max-connections")
+TCP_KEYS = (
+    "tcp-receive-buffer-max",
+    "tcp-send-buffer-max",
+    "tcp-memory",
+    "tcp-max-connections",
+    "tcp-path-memory",
+)
 # netstack's tcp.RECEIVE_BUFFER and tcp.SEND_BUFFER: the window and send buffer a connection
 # starts with, so a cap below them would mean nothing
 _FIRST_WINDOW = 128 << 10
@@ -88,9 +94,9 @@ def _buffer_size(value: str, low: int, what: str) -> int:
 def tcp_buffers(
     section: Section, userspace: bool = True, default: TCPBuffers = TCP_DEFAULTS
 ) -> TCPBuffers:
-    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory and tcp-max-connections of
-    [node] / [relay], each ``default``'s where not set. With ``network = tun`` the kernel's
-    TCP sizes its own buffers: setting one is an error."""
+    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory, tcp-max-connections and
+    tcp-path-memory of [node] / [relay], each ``default``'s where not set. With
+    ``network = tun`` the kernel's TCP sizes its own buffers: setting one is an error."""
     if not userspace:
         for key in TCP_KEYS:
             if key in section.values:
@@ -117,6 +123,21 @@ def tcp_buffers(
     connections = section.opt(
         "tcp-max-connections", lambda v: values.integer(v, 64, 1_000_000), default.connections
     )
+    path_memory = section.opt("tcp-path-memory", _path_memory, default.path_memory)
     return TCPBuffers(
-        receive_buffer_max=receive, send_buffer_max=send, memory=memory, connections=connections
+        receive_buffer_max=receive,
+        send_buffer_max=send,
+        memory=memory,
+        connections=connections,
+        path_memory=path_memory,
     )
+
+
+def _path_memory(value: str) -> float:
+    """tcp-path-memory: seconds, at most a day, or ``off``."""
+    if value.lower() == "off":
+        return 0.0
+    number = values.seconds(value)
+    if number > 86400:
+        raise ValueError(f"{value} is more than a day (86400 s): a path changes")
+    return number

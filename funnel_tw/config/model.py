@@ -190,15 +190,19 @@ class OpsConfig:
 
 @attrs.frozen
 class TCPBuffers:
-    """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes) and
-    tcp-max-connections: the userspace TCP stack's caps. The defaults are netstack's own
-    (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS),
-    written out here as config sits below it."""
+    """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes),
+    tcp-max-connections and tcp-path-memory (seconds): the userspace TCP stack's caps. The
+    defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX,
+    stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS, paths.PATH_LIFETIME), written out here as
+    config sits below it."""
 
     receive_buffer_max: int = 8 << 20  # what one receive window may autotune up to
     send_buffer_max: int = 12 << 20  # what one send buffer may grow to (2 x cwnd)
     memory: int = 256 << 20  # the growth of all receive windows together
     connections: int = 16384  # connections at once (stack.MAX_CONNECTIONS)
+    # seconds what a connection learned of the path to a peer is kept for the next one
+    # (netstack/paths.py, Careful Resume); 0: off
+    path_memory: float = 600.0
 
 
 TCP_DEFAULTS = TCPBuffers()  # frozen: one instance serves every default

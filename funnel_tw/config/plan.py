@@ -190,6 +190,7 @@ COMMON_RESTART: list[Restart] = [
     ("tcp-send-buffer-max", lambda c: c.tcp.send_buffer_max),
     ("tcp-memory", lambda c: c.tcp.memory),
     ("tcp-max-connections", lambda c: c.tcp.connections),
+    ("tcp-path-memory", lambda c: c.tcp.path_memory),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),

@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any, Protocol, TypeVar
 
 from .events import Event
+from .paths import PathMemory
 
 C = TypeVar("C", contravariant=True)  # the connection type the owner handles
 
 
 class Owner(Protocol[C]):
+    paths: PathMemory | None  # what connections learned about each peer's path (paths.py)
+
     @property
     def now(self) -> float:
         """The time of the call being handled (for a connection that needs it mid-call)."""

@@ -27,6 +27,7 @@ from . import icmp, tcp
 from .checksum import verify
 from .events import ACCEPTED, CLOSED, CONNECTED, ECHO_REPLY, Event
 from .ip import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, IPError, parse, pseudo_header
+from .paths import PATH_LIFETIME, PathMemory
 from .segment import (
     ACK,
     HEADER,
@@ -42,6 +43,7 @@ from .segment import (
     tcp4_fields,
 )
 from .tcp import Connection
+from .tcp.resume import DONE as RESUME_DONE
 from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
@@ -77,6 +79,7 @@ class Stack:
         verify_checksums: bool = False,
         challenge_ack_limit: int = 1000,
         rng: random.Random | None = None,
+        path_memory: float = PATH_LIFETIME,
     ) -> None:
         self.addresses = set(addresses)
         self.mtu = mtu
@@ -93,6 +96,8 @@ class Stack:
         self.verify_checksums = verify_checksums
         self.challenge_ack_limit = challenge_ack_limit
         self.rng = rng or random.SystemRandom()
+        # per peer address, for the next connection (Careful Resume): None when kept 0 s
+        self.paths: PathMemory | None = PathMemory(path_memory) if path_memory > 0 else None
         self.listeners: dict[int, int] = {}  # port -> half-open connections
         self.connections: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self.time_wait: dict[tuple[bytes, int, bytes, int], Connection] = {}
@@ -189,8 +194,27 @@ class Stack:
         else:
             self.emit(CONNECTED, conn, None)
 
+    def _remember(self, conn: Connection, reason: str | None) -> None:
+        """A connection ended: keep what it learned of the path for the next one to its
+        peer, give back the entry it took, or forget the path if it died of a timeout."""
+        paths = self.paths
+        if paths is None or conn.cr_phase == RESUME_DONE:
+            return
+        entry, conn.cr_entry = conn.cr_entry, None
+        conn.cr_phase = RESUME_DONE
+        address = conn.remote[0]
+        if reason is not None and ("timeout" in reason or "timed out" in reason):
+            paths.forget(address, entry)
+            return
+        learned = conn.path_learned()
+        if learned is not None:
+            paths.save(address, self._now, *learned)
+        elif entry is not None:
+            paths.give_back(address, entry)
+
     def connection_closed(self, conn: Connection, reason: str | None) -> None:
         key = conn.key
+        self._remember(conn, reason)
         self._release_window(conn)
         if self.connections.get(key) is conn:
             del self.connections[key]
@@ -211,6 +235,7 @@ class Stack:
             oldest.expire()
         if self.connections.get(conn.key) is conn:
             del self.connections[conn.key]
+        self._remember(conn, None)
         self._release_window(conn)  # nothing more will be received
         self.time_wait[conn.key] = conn
         conn.close_reported = True
@@ -510,6 +535,7 @@ class Stack:
         out["tcp_connections"] = len(self.connections)
         out["tcp_time_wait"] = len(self.time_wait)
         out["tcp_rcvbuf_granted"] = self.window_granted
+        out["tcp_paths_remembered"] = len(self.paths.entries) if self.paths else 0
         return out
 
 

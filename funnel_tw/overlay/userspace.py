@@ -122,6 +122,7 @@ class UserspaceOverlayInterface:
             send_buffer_max=caps.send_buffer_max,
             receive_memory=caps.memory,
             max_connections=caps.connections,
+            path_memory=caps.path_memory,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

@@ -39,6 +39,12 @@ def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def _path_memory_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:g}s" if seconds else "off"
+
+
 def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
     """The userspace TCP stack's caps (the ``tcp`` of a status document; None with tun) as
     the keys that set them."""
@@ -48,7 +54,8 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
         f"  TCP buffers: tcp-receive-buffer-max {size_text(tcp['receive_buffer_max'])}, "
         f"tcp-send-buffer-max {size_text(tcp['send_buffer_max'])}, "
         f"tcp-memory {size_text(tcp['memory'])}, "
-        f"tcp-max-connections {tcp['connections']}",
+        f"tcp-max-connections {tcp['connections']}, "
+        f"tcp-path-memory {_path_memory_text(tcp.get('path_memory'))}",
         f"  TCP checksum: {tcp.get('checksum', '?')}",
         f"  WireGuard transport: {tcp.get('transport', '?')}",
     ]

@@ -46,6 +46,11 @@ class Connection(SendSide, ReceiveSide, Timers):
         "cc",
         "close_reason",
         "close_reported",
+        "cr_entry",
+        "cr_mark",
+        "cr_phase",
+        "cr_pipe",
+        "cr_start",
         "created",
         "cwnd",
         "cwnd_limited",
@@ -81,6 +86,10 @@ class Connection(SendSide, ReceiveSide, Timers):
         "max_snd_wnd",
         "min_rtt",
         "mss",
+        "obs_best",
+        "obs_clean",
+        "obs_end",
+        "obs_una",
         "ooo",
         "ooo_bytes",
         "ooo_count",
@@ -369,6 +378,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self.t_rto = None
         self.retransmits = 0
         self._autotune_start(now)
+        self._resume_start()
         if self.keepalive_idle:
             self.t_keepalive = now + self.keepalive_idle
 

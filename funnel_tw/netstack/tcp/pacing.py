@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .resume import UNVALIDATED
+
 PACING_SS_RATIO = 2.0
 PACING_CA_RATIO = 1.2
 PACING_QUANTUM = 0.001  # seconds of data released at once
@@ -30,6 +32,7 @@ class Pacing:
     cwnd: int
     ssthresh: int
     srtt: float | None
+    cr_phase: int
 
     def _init_pacing(self) -> None:
         self.pacing = True  # False: a window at once (tests that want exact send times)
@@ -46,6 +49,8 @@ class Pacing:
             self.pace_rate = 0.0
             return
         ratio = PACING_SS_RATIO if self.cwnd < self.ssthresh // 2 else PACING_CA_RATIO
+        if self.cr_phase == UNVALIDATED:
+            ratio = 1.0  # a jumped window goes out over one round trip (RFC 9959 3.3)
         rate = ratio * max(self.cwnd, in_flight) / srtt
         quantum = min(max(rate * PACING_QUANTUM, 2.0 * self.mss), float(PACING_MAX_QUANTUM))
         depth = 2 * quantum

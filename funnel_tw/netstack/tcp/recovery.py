@@ -88,12 +88,16 @@ class Recovery:
         def _is_cwnd_limited(self) -> bool: ...
         def _rack_recovery_ended(self) -> None: ...
         def _send_data(self, now: float) -> bool: ...
+        def _resume_congestion(self) -> int | None: ...
 
     # --- congestion control --------------------------------------------------------------------
 
     def _cc_ssthresh(self) -> int:
-        """The window after a loss (CUBIC's multiplicative decrease, cubic.py)."""
-        return self.cc.reduce(self.cwnd)
+        """The window after a loss (CUBIC's multiplicative decrease, cubic.py), or less
+        after a jump that the path did not carry (a safe retreat, resume.py)."""
+        ssthresh = self.cc.reduce(self.cwnd)
+        retreat = self._resume_congestion()
+        return ssthresh if retreat is None else min(ssthresh, retreat)
 
     def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
         """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only

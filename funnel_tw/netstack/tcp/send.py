@@ -31,6 +31,7 @@ from .cubic import Cubic
 from .pacing import Pacing
 from .rack import ACKED, INFLIGHT, LOST, SACKED, RackSide, Sent
 from .recovery import Episode, Recovery
+from .resume import Resume
 from .sendq import SendQueue
 from .sequence import unwrap
 from .state import CAN_SEND, State
@@ -49,7 +50,7 @@ def _start(rec: Sent) -> int:
     return rec.start
 
 
-class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
+class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
     """The send half of :class:`~.connection.Connection` (a mixin: one object, one state)."""
 
     if not TYPE_CHECKING:  # (the type checker would hold the mixin to its empty slots)
@@ -142,6 +143,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
         self.cwnd_limited = False
         self._init_rack()
         self._init_pacing()
+        self._init_resume(iss)
 
     # --- application interface -----------------------------------------------------------------
 
@@ -378,6 +380,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
             self._rack_dsack_seen()
         if ack > prior_una:
             self._advance_una(ack, now)
+            if self.snd_una >= self.obs_end:
+                self._observe()
         delivered = (ack - prior_una) + (self.sacked_bytes - prior_sacked)
         # what is lost
         if not self.sack_ok:
@@ -396,7 +400,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
             self._enter_recovery()
         if self.in_recovery:
             self._prr(delivered)
-        elif delivered > 0:
+        elif delivered > 0 and not (self.cr_phase and self._resume_ack(delivered, now)):
             self._grow(delivered, rtt, now)
         self._try_undo()
         # timers and the application
@@ -440,7 +444,10 @@ class SendSide(Burst, RackSide, Pacing, Recovery, SendQueue):
         if newest is not None:
             rtt = self._newest_delivered(newest, now)
         self._advance_una(ack, now)
-        self._grow(ack - prior_una, rtt, now)
+        if ack >= self.obs_end:
+            self._observe()
+        if not (self.cr_phase and self._resume_ack(ack - prior_una, now)):
+            self._grow(ack - prior_una, rtt, now)
         self.t_rto = self.t_tlp = self.t_reo = None
         self._progress(now)
         self._drained_check()
