@@ -117,9 +117,6 @@ class ResumeTests(SynchronousTestCase):
     def test_one_connection_at_a_time_uses_a_saved_entry(self) -> None:
         net = Net.pair(profile=WAN, seed=6)
         download(net, 1)
-        net.b.stack.listen(3000)
-        transfers = [Transfer(net, b"", payload(SIZE, s), port=3000 + s) for s in (1, 2, 3)]
-        clients = []
         servers: list[Any] = []
 
         def on_server(kind: int, conn: Any, data: Any) -> None:
@@ -133,11 +130,12 @@ class ResumeTests(SynchronousTestCase):
             if kind == tcp.CONNECTED:
                 conn.close()
 
-        for t in transfers:
-            net.b.stack.listen(t.port)
+        ports = [3001, 3002, 3003]
+        for port in ports:
+            net.b.stack.listen(port)
         net.a.on_event = on_client
         net.b.on_event = on_server
-        clients = [net.a.connect(B4, t.port) for t in transfers]
+        clients = [net.a.connect(B4, port) for port in ports]  # three at once
         net.run(lambda: all(c in net.a.closed for c in clients) and len(servers) == 3)
         self.assertEqual(counter(net.b, "tcp_resume_jumps"), 1)
         for conn in clients:
