@@ -139,7 +139,7 @@ class OverlayTCPTransport:
         self._pull_scheduled = False
         if self.producer is None or self._streaming or self.disconnected:
             return
-        if self.conn.send_buffered > self.conn.send_limit:
+        if self.conn.over_send_limit():
             self._producer_paused = True  # the DRAINED event asks again
         else:
             self.producer.resumeProducing()
@@ -175,7 +175,7 @@ class OverlayTCPTransport:
             if not self._pull_scheduled:
                 self._pull_scheduled = True
                 self.owner.reactor.callLater(0, self._pull)
-        elif self.conn.send_buffered > self.conn.send_limit:
+        elif self.conn.over_send_limit():
             self._producer_paused = True
             self.producer.pauseProducing()
 

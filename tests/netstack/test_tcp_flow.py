@@ -264,6 +264,55 @@ class DrainedTests(SynchronousTestCase):
         self.assertLess(client.send_buffered, 64 * 1024)
 
 
+class DrainedOwedTests(SynchronousTestCase):
+    def test_drained_is_owed_once_the_application_was_told_to_pause(self) -> None:
+        """The overlay's producers write from a timed call and the stack's output runs in
+        the next turn, after a poll that may read ACKs. Here DRAINED has just fired (nothing
+        owed), the application writes past the limit and pauses, and the ACKs read before
+        the next output drain the buffer and grow cwnd (and with it the low water mark)
+        until the buffer is below the mark: the output never saw it at or above the mark, so
+        before ``over_send_limit`` owed DRAINED, it never came and the producer waited for
+        ever with nothing in flight (issue 12's flaky reload test: a download stalled)."""
+        stack = listening_stack()
+        peer, conn, _ = raw_established(stack, options=None)
+        conn.pacing = False  # a window at once: the test steps the ACKs itself
+        now = T0
+
+        def drained() -> int:
+            return sum(1 for k, c, _ in stack.events if k == tcp.DRAINED and c is conn)
+
+        answers: list[Any] = []
+
+        def ack_everything(flush_first: bool = True) -> None:
+            """ACK all the data the stack sent so far (one cumulative ACK)."""
+            if flush_first:
+                stack.flush(now)
+            sent = [s for s in answers + peer.take() if s.payload]
+            answers.clear()
+            if sent:
+                end = max(s.seq + len(s.payload) for s in sent)
+                answers.extend(peer.send(ACK, now, ack=end & MASK))
+
+        conn.send(payload(tcp.SEND_BUFFER + 100_000, 1))
+        self.assertTrue(conn.over_send_limit())  # the application pauses
+        for _ in range(200):
+            if drained():
+                break
+            ack_everything()
+        self.assertEqual(drained(), 1)  # owed, then fired: nothing is owed now
+        # written from a timed call, just past the limit
+        conn.send(payload(conn.send_limit - conn.send_buffered + 1, 2))
+        self.assertTrue(conn.over_send_limit())
+        before = conn.send_buffered
+        ack_everything(flush_first=False)  # read in the poll, before the turn's output
+        self.assertLess(conn.send_buffered, conn.send_low_water, (before, conn.send_limit))
+        for _ in range(400):
+            if drained() == 2 or not conn.send_buffered:
+                break
+            ack_everything()
+        self.assertEqual(drained(), 2)
+
+
 class ReceiveWindowTests(SynchronousTestCase):
     def test_data_beyond_the_window_is_trimmed(self) -> None:
         stack = listening_stack(receive_buffer=4096)

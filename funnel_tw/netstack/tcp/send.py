@@ -177,6 +177,20 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
     def send_low_water(self, value: int) -> None:
         self._low_water = value
 
+    def over_send_limit(self) -> bool:
+        """Whether the application should pause writing: more than ``send_limit`` is
+        buffered. If so, DRAINED is owed from now on, and fires after the first ACK that
+        brings what is buffered below the low water mark. Owing it only when an output saw
+        the buffer at or above the mark was not enough: the overlay's producers write from a
+        timed call and the stack's output runs in the next turn, after a poll; ACKs read
+        there can drain the buffer below the mark, or grow cwnd and with it the mark above
+        the buffer, before any output looks, and a producer paused in between waited for
+        ever (a download stalled with nothing in flight: the flaky reload test, issue 12)."""
+        if self.send_buffered > self.send_limit:
+            self.drained_pending = True
+            return True
+        return False
+
     def send(self: Self, data: bytes) -> None:
         """Queue ``data``; it goes out at the Stack's next flush."""
         if self.state not in CAN_SEND and self.state not in (State.SYN_SENT, State.SYN_RECEIVED):
