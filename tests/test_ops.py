@@ -133,6 +133,10 @@ class MetricsAndAccessLogTests(TestCase):
         self.assertIn("funnel_node_wireguard_drops_total", node)
         for kind in ("app", "stack"):
             self.assertEqual(sample(node, "funnel_node_overlay_errors_total", kind=kind), 0.0)
+        # the userspace TCP stack: its event counters and levels
+        self.assertIn("# TYPE funnel_node_tcp_events_total counter", node)
+        for gauge in ("connections", "time_wait", "rcvbuf_granted", "paths_remembered"):
+            self.assertIsNotNone(sample(node, f"funnel_node_tcp_{gauge}"), gauge)
 
         code, relay = await get(self.relay_metrics, "/metrics")
         self.assertEqual(code, 200)
@@ -148,6 +152,8 @@ class MetricsAndAccessLogTests(TestCase):
         self.assertIsNotNone(
             sample(relay, "funnel_relay_node_last_handshake_timestamp_seconds", node="n")
         )
+        self.assertIn("# TYPE funnel_relay_tcp_events_total counter", relay)
+        self.assertIsNotNone(sample(relay, "funnel_relay_tcp_connections"))
         # labels stay low-cardinality: no client address or URL anywhere
         for text in (node, relay):
             self.assertNotIn("127.0.0.1", text)
@@ -240,6 +246,30 @@ class MetricsAndAccessLogTests(TestCase):
         self.assertIn("/", record["reason"])
         _, node = await get(self.node_metrics, "/metrics")
         self.assertEqual(sample(node, "funnel_node_http_requests_total", mount="-", code="400"), 1)
+
+
+class TcpMetricsTests(SynchronousTestCase):
+    def test_counters_and_levels_of_the_userspace_stack(self) -> None:
+        from funnel_tw.daemon.metrics import tcp_metrics
+
+        stats = {
+            "tcp_connections": 3,
+            "tcp_time_wait": 1,
+            "tcp_rcvbuf_granted": 4096,
+            "tcp_paths_remembered": 2,
+            "tcp_rto": 5,
+            "tcp_resume_jumps": 7,
+            "drop_filtered": 9,
+        }
+        families = {f.name: f for f in tcp_metrics("funnel_node", stats)}
+        events = {s.labels["event"]: s.value for s in families["funnel_node_tcp_events"].samples}
+        self.assertEqual(events, {"rto": 5, "resume_jumps": 7})  # no levels, no drops
+        self.assertEqual(families["funnel_node_tcp_events"].type, "counter")
+        for key in ("connections", "time_wait", "rcvbuf_granted", "paths_remembered"):
+            family = families[f"funnel_node_tcp_{key}"]
+            self.assertEqual((family.type, family.samples[0].value), ("gauge", stats[f"tcp_{key}"]))
+        # network = tun: the kernel has the TCP, and there is nothing to show
+        self.assertEqual(tcp_metrics("funnel_node", {"handshakes": 1}), [])
 
 
 class ReadinessTests(TestCase):

@@ -179,7 +179,40 @@ def wireguard_metrics(
     for kind in ("app", "stack"):
         if f"{kind}_errors" in stats:  # not with network = tun: the kernel has the TCP
             errors.add_metric([kind], stats[f"{kind}_errors"])
-    return [handshake, received, sent, drops, handshakes, errors]
+    return [handshake, received, sent, drops, handshakes, errors, *tcp_metrics(prefix, stats)]
+
+
+# the userspace stack's stats that are levels, not counts (netstack/stack.py: Stack.stats)
+TCP_GAUGES = {
+    "tcp_connections": "TCP connections open in the userspace stack.",
+    "tcp_time_wait": "TCP connections in TIME-WAIT.",
+    "tcp_rcvbuf_granted": "Bytes of receive window growth granted now (bounded by tcp-memory).",
+    "tcp_paths_remembered": "Peer addresses whose path a connection left for the next one "
+    "(tcp-path-memory).",
+}
+
+
+def tcp_metrics(prefix: str, stats: dict[str, int]) -> list[Metric]:
+    """The userspace TCP stack's event counters (retransmissions, probes, Careful Resume's
+    jumps and retreats...: docs/netstack.md, Counters) and its levels; none with
+    ``network = tun``, where the kernel has the TCP."""
+    if "tcp_connections" not in stats:
+        return []
+    events = CounterMetricFamily(
+        f"{prefix}_tcp_events",
+        "Events of the userspace TCP stack, by kind (tcp_rto, tcp_fast_retransmits, "
+        "tcp_resume_jumps...).",
+        labels=["event"],
+    )
+    for key, n in sorted(stats.items()):
+        if key.startswith("tcp_") and key not in TCP_GAUGES:
+            events.add_metric([key.removeprefix("tcp_")], n)
+    gauges = []
+    for key, text in TCP_GAUGES.items():
+        gauge = GaugeMetricFamily(f"{prefix}_{key}", text)
+        gauge.add_metric([], stats.get(key, 0))
+        gauges.append(gauge)
+    return [events, *gauges]
 
 
 class ReloadCollector:
