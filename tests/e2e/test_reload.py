@@ -123,8 +123,9 @@ class RelayReloadTests(SynchronousTestCase):
         try:
             download.read()
         except TimeoutError:
-            # seen three times in CI runs (2026-12-07), never when run alone: say where it
-            # stood, with both daemons' status (their TCP counters: probes, zero windows...)
+            # seen three times in CI runs (2026-12-07), never when run alone; very likely the
+            # producer that was never woken (fixed: test_paused_reader.py). If it comes back:
+            # where it stood, with both daemons' status (their TCP counters, probes...)
             logs = [(p.name, p.log()[-6000:]) for p in (funnel.relay, home.daemon) if p]
             logs += [
                 (f"status {ini.name}", status_text(ini)) for ini in (funnel.relay_ini, home.ini)
