@@ -410,6 +410,15 @@ class Funnel:
         self.nodes.append(node)
         return node
 
+    def big_file(self, host: str, size: int) -> tuple[str, bytes]:
+        """A folder holding ``big.bin`` (``size`` random bytes), and the [serve] section that
+        funnels it on ``host`` (a node's ``extra_serve``): (section, the bytes)."""
+        files = self.dir / "files"
+        files.mkdir(exist_ok=True)
+        blob = os.urandom(size)
+        (files / "big.bin").write_bytes(blob)
+        return f"[serve {host}:{self.public_port}]\nfunnel = yes\n/ = {files}\n", blob
+
     # --- configuration files ----------------------------------------------------------------
 
     def write_relay_ini(self) -> Path:

@@ -12,7 +12,6 @@ it, 0 of 160 downloads.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import socket
 import ssl
@@ -32,15 +31,8 @@ READ_TIMEOUT = 15.0  # seconds without a byte: a stall (a download takes ~0.5 s 
 class PausedReaderTests(SynchronousTestCase):
     def test_downloads_with_pauses_all_end(self) -> None:
         funnel = harness.Funnel(self.addCleanup)
-        files = funnel.dir / "files"
-        files.mkdir()
-        blob = os.urandom(SIZE)
-        (files / "big.bin").write_bytes(blob)
-        node = funnel.add_node(
-            "home",
-            [NAME, BIG],
-            extra_serve=f"[serve {BIG}:{funnel.public_port}]\nfunnel = yes\n/ = {files}\n",
-        )
+        serve_big, blob = funnel.big_file(BIG, SIZE)
+        node = funnel.add_node("home", [NAME, BIG], extra_serve=serve_big)
         node.backend, node.backend_port = harness.start_backend(
             "backend-home", node.text, node.dir, self.addCleanup
         )

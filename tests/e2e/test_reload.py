@@ -84,15 +84,8 @@ class RelayReloadTests(SynchronousTestCase):
 
     def test_nodes_added_and_removed_live(self) -> None:
         self.funnel = funnel = harness.Funnel(self.addCleanup)
-        files = funnel.dir / "files"
-        files.mkdir()
-        blob = os.urandom(SIZE)
-        (files / "big.bin").write_bytes(blob)
-        home = funnel.add_node(
-            "home",
-            [HOME, BIG],
-            extra_serve=f"[serve {BIG}:{funnel.public_port}]\nfunnel = yes\n/ = {files}\n",
-        )
+        serve_big, blob = funnel.big_file(BIG, SIZE)
+        home = funnel.add_node("home", [HOME, BIG], extra_serve=serve_big)
         office = funnel.add_node("office", [OFFICE])
         for node in funnel.nodes:
             node.backend, node.backend_port = harness.start_backend(
