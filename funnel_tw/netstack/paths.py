@@ -37,7 +37,7 @@ class PathEntry:
 
 class PathMemory:
     def __init__(self, lifetime: float = PATH_LIFETIME, capacity: int = PATH_CAPACITY) -> None:
-        self.lifetime = lifetime  # 0: remember nothing
+        self.lifetime = lifetime  # (tcp-path-memory off: the Stack keeps no PathMemory)
         self.capacity = capacity
         self.entries: OrderedDict[bytes, PathEntry] = OrderedDict()
 
@@ -64,8 +64,6 @@ class PathMemory:
             self.entries.pop(address, None)
 
     def save(self, address: bytes, now: float, cwnd: int, rtt: float, window: int) -> None:
-        if self.lifetime <= 0:
-            return
         self.entries.pop(address, None)
         self.entries[address] = PathEntry(cwnd, rtt, window, now + self.lifetime)
         while len(self.entries) > self.capacity:

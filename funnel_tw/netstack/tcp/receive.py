@@ -208,6 +208,14 @@ class ReceiveSide:
         self.rcv_rtt_seq = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 1)
         self.rcv_rtt_time = now
 
+    def _grant_window(self: Self, want: int) -> int:
+        """Grow the receive buffer by up to ``want`` bytes, as far as the stack's budget
+        grants (given back when the connection closes): how much it grew."""
+        granted = self.stack.grow_window(self, want) if want > 0 else 0
+        self.receive_buffer += granted
+        self.window_granted += granted
+        return granted
+
     def _rcv_space_adjust(self: Self, now: float) -> None:
         """A receiver round trip has passed: if the application consumed more than ever in
         one, grow the window to twice that, plus more if it is growing fast (Linux's DRS)."""
@@ -219,10 +227,8 @@ class ReceiveSide:
             if space > 0:
                 window += 2 * (window * (copied - space) // space)
             want = min(window, self.receive_buffer_max) - self.receive_buffer
-            granted = self.stack.grow_window(self, want) if want > 0 else 0
+            granted = self._grant_window(want)
             if granted > 0:
-                self.receive_buffer += granted
-                self.window_granted += granted
                 self.stack.count("tcp_rcvbuf_grown")
             if granted >= want:
                 self.rcvq_space = copied  # else: ask again next round (the budget may free)

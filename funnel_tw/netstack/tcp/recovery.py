@@ -82,6 +82,7 @@ class Recovery:
     t_tlp: float | None
     t_reo: float | None
     tlp_end: int | None
+    cr_phase: int
     if TYPE_CHECKING:
 
         def _pipe(self) -> int: ...
@@ -89,6 +90,7 @@ class Recovery:
         def _rack_recovery_ended(self) -> None: ...
         def _send_data(self, now: float) -> bool: ...
         def _resume_congestion(self) -> int | None: ...
+        def _resume_ack(self, delivered: int, now: float) -> bool: ...
 
     # --- congestion control --------------------------------------------------------------------
 
@@ -101,7 +103,10 @@ class Recovery:
 
     def _grow(self, delivered: int, rtt: float | None, now: float) -> None:
         """Window growth on ``delivered`` bytes: slow start with HyStart++, then CUBIC; only
-        while cwnd is what limits the sender."""
+        while cwnd is what limits the sender, and not while a resumed window is unvalidated
+        (resume.py decides that, and moves between its phases, on the same ACKs)."""
+        if self.cr_phase and self._resume_ack(delivered, now):
+            return
         if not self._is_cwnd_limited():
             self.cc.idle(now)
         elif self.cwnd < self.ssthresh:

@@ -61,6 +61,7 @@ class Resume:
     if TYPE_CHECKING:
 
         def _data_end(self) -> int: ...
+        def _grant_window(self, want: int) -> int: ...
 
     def _init_resume(self, iss: int) -> None:
         self.cr_phase = 0  # 0: not resuming (the usual case: one test per ACK)
@@ -82,11 +83,7 @@ class Resume:
         if entry is None:
             return
         self.cr_entry = entry
-        want = min(entry.window, self.receive_buffer_max) - self.receive_buffer
-        if want > 0:
-            granted = self.stack.grow_window(self, want)
-            self.receive_buffer += granted
-            self.window_granted += granted
+        self._grant_window(min(entry.window, self.receive_buffer_max) - self.receive_buffer)
         if entry.cwnd // 2 > self.cwnd:
             self.cr_phase = RECON
             self.cr_mark = self.snd_una + IW_SEGMENTS * self.mss

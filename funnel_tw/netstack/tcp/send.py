@@ -350,8 +350,6 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self._rack_dsack_seen()
         if ack > prior_una:
             self._advance_una(ack, now)
-            if self.snd_una >= self.obs_end:
-                self._observe()
         delivered = (ack - prior_una) + (self.sacked_bytes - prior_sacked)
         # what is lost
         if not self.sack_ok:
@@ -370,7 +368,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self._enter_recovery()
         if self.in_recovery:
             self._prr(delivered)
-        elif delivered > 0 and not (self.cr_phase and self._resume_ack(delivered, now)):
+        elif delivered > 0:
             self._grow(delivered, rtt, now)
         self._try_undo()
         # timers and the application
@@ -414,10 +412,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         if newest is not None:
             rtt = self._newest_delivered(newest, now)
         self._advance_una(ack, now)
-        if ack >= self.obs_end:
-            self._observe()
-        if not (self.cr_phase and self._resume_ack(ack - prior_una, now)):
-            self._grow(ack - prior_una, rtt, now)
+        self._grow(ack - prior_una, rtt, now)
         self.t_rto = self.t_tlp = self.t_reo = None
         self._progress(now)
         self._drained_check()
@@ -590,6 +585,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         self.retransmits = 0
         self.rto = self._computed_rto()
         self.dupacks = 0
+        if ack >= self.obs_end:
+            self._observe()  # a round measured for Careful Resume ended (resume.py)
 
     def _newreno(self, ack: int, prior_una: int, duplicate: bool) -> None:
         """Without SACK: three duplicate ACKs, or a partial ACK in recovery, mean the first
