@@ -3,6 +3,7 @@
     sudo python bench/tcp_wan.py [--rtt 0,10,20,50,100] [--paths clean,loss,reorder]
         [--pairs ours-linux,linux-linux,ours-ours,funnel] [--funnel-rtt 0,10,20,50]
         [--seconds 4] [--seed 1] [--trace DIR] [--json FILE] [--budget 1800] [--wg-rcvbuf-mib 7]
+        [--linux-cc cubic]
         [--relay-set KEY=VALUE ...] [--node-set KEY=VALUE ...]
 
 Root (network namespaces), not a test. Each pair is two namespaces with one WireGuard end
@@ -22,6 +23,11 @@ Every pair of a cell gets the same relay seed, so the n-th datagram meets the sa
 whoever sends it; ``--seed`` repeats a run. Each cell measures both directions, one connection
 at a time: the receiver counts what arrives in ``--seconds`` from the first byte (slow start
 included), then resets the connection.
+
+``--linux-cc NAME``: the congestion control of the Linux ends' sockets (``TCP_CONGESTION``;
+a namespace may not pick one outside the host's ``tcp_allowed_congestion_control``). Default
+``cubic``, Linux's own default; the machine these figures come from defaults to ``bbr``, and
+every table before 2026-12-07 (evening) in docs/netstack.md was taken with it.
 
 ``--wg-rcvbuf-mib N``: give wireguard-go's UDP socket an N MiB receive buffer, as wireguard-go
 itself asks for 7 MiB since 0.0.20230223 (Debian's 0.0.20220316 keeps the kernel's 208 KiB,
@@ -301,7 +307,7 @@ def report(
     out: list[str] = []
     out.append(
         f"### Bulk TCP through the relay, Mbit/s ({options.seconds:g} s a transfer, seed "
-        f"{options.seed}, MTU {options.mtu})"
+        f"{options.seed}, MTU {options.mtu}, Linux's TCP: {options.linux_cc})"
     )
     out.append("")
     out.append(
@@ -499,6 +505,12 @@ def main() -> int:
         help="give wireguard-go's UDP socket this receive buffer, as wireguard-go releases "
         "since 2023 do themselves (7); default: Debian's wireguard-go as it is (208 KiB)",
     )
+    parser.add_argument(
+        "--linux-cc",
+        default="cubic",
+        help="the congestion control of the Linux ends' TCP (net.ipv4.tcp_congestion_control in "
+        "their namespaces): cubic (Linux's default), bbr, reno",
+    )
     for side in ("relay", "node"):
         parser.add_argument(
             f"--{side}-set",
@@ -545,6 +557,7 @@ def main() -> int:
             trace=trace,
             log=say,
             wg_rcvbuf=options.wg_rcvbuf_mib << 20,
+            linux_cc=options.linux_cc,
         )
         bulk_pairs = [p for p in PAIRS if p in pairs]
         for i, rtt in enumerate(rtts):

@@ -172,8 +172,10 @@ class WanPairs:
         trace: Path | None = None,
         log: Callable[[str], None] = lambda text: None,
         wg_rcvbuf: int = 0,
+        linux_cc: str = "cubic",
     ) -> None:
         self.seconds = seconds
+        self.linux_cc = linux_cc
         self.wg_rcvbuf = wg_rcvbuf
         self.mtu = mtu
         self.trace = trace
@@ -250,7 +252,9 @@ class WanPairs:
                 if self.wg_rcvbuf:
                     sizes = wg.force_receive_buffer(self.wg_rcvbuf)
                     self.log(f"  wireguard-go in {name.upper()}: SO_RCVBUF {sizes}")
-                side.end = End(stack.callback, side.ns, work, "kernel", *common)
+                side.end = End(
+                    stack.callback, side.ns, work, "kernel", "--cc", self.linux_cc, *common
+                )
             else:
                 ini = write_tcp_node_ini(
                     work, keys[name].private, (f"{side.addr}/32",), "peer", peer_key.public,

@@ -1,6 +1,6 @@
 """The two ends of the TCP-over-distance transfers (tests/interop/wan.py), run in a namespace.
 
-    python -m tests.interop.wan_ends kernel --port P --seconds D
+    python -m tests.interop.wan_ends kernel [--cc cubic] --port P --seconds D
     python -m tests.interop.wan_ends ours --config node.ini --port P --seconds D
 
 ``kernel`` uses the Linux kernel's TCP (behind wireguard-go's TUN device); ``ours`` brings up
@@ -118,13 +118,18 @@ def kernel_sink(port: int, seconds: float) -> None:
         conn.close()  # with unread data and linger 0: a reset, the sender stops
 
 
-def kernel_send(host: str, port: int, bound: float) -> None:
+def kernel_send(host: str, port: int, bound: float, cc: str) -> None:
     started = time.monotonic()
     sent, error, info = 0, "", {}
     view = memoryview(_PATTERN)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock = socket.create_connection((host, port), timeout=10)
+        # per socket: a namespace may only choose among tcp_allowed_congestion_control
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        sock.settimeout(10)
+        sock.connect((host, port))
     except OSError as e:
+        sock.close()
         emit(event="sent", bytes=0, seconds=0.0, error=repr(e), info={})
         return
     sock.settimeout(1.0)
@@ -159,7 +164,7 @@ def kernel_main(options: argparse.Namespace) -> int:
         if not words:
             continue
         if words[0] == "send" and len(words) == 4:
-            args = (words[1], int(words[2]), float(words[3]))
+            args = (words[1], int(words[2]), float(words[3]), options.cc)
             threading.Thread(target=kernel_send, args=args, daemon=True).start()
         elif words[0] == "quit":
             break
@@ -361,6 +366,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["kernel", "ours"])
     parser.add_argument("--config", default="", help="ours: node.ini")
+    parser.add_argument("--cc", default="cubic", help="kernel: the sender's congestion control")
     parser.add_argument("--port", type=int, required=True, help="the sink's TCP port")
     parser.add_argument("--seconds", type=float, required=True, help="measured per transfer")
     parser.add_argument("--duration", type=float, default=1800.0, help="hard bound, seconds")
