@@ -90,6 +90,7 @@ LABELS = {
 
 # what our receiving stack counted during a transfer (shown when not zero)
 RECEIVER_COUNTERS = (
+    "tcp_paws_drops",
     "tcp_ooo_overflow",
     "tcp_dsack_sent",
     "tcp_out_of_window",

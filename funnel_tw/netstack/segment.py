@@ -15,24 +15,34 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 
 OPT_END, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_OK, OPT_SACK = 0, 1, 2, 3, 4, 5
+OPT_TIMESTAMP = 8
 MAX_WSCALE = 14
+TIMESTAMP_HEAD = bytes((OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10))  # as Linux aligns it: 12 bytes
+TIMESTAMP_LEN = 12
+TIMESTAMP = struct.Struct("!4sII")  # head, TSval, TSecr
 
 
 class Options:
     """The options we understand; anything else is skipped by its length."""
 
-    __slots__ = ("mss", "sack", "sack_ok", "wscale")
+    __slots__ = ("mss", "sack", "sack_ok", "tsecr", "tsval", "wscale")
 
     def __init__(self) -> None:
         self.mss: int | None = None
         self.wscale: int | None = None
         self.sack_ok = False
         self.sack: list[tuple[int, int]] = []
+        self.tsval: int | None = None  # RFC 7323 timestamps: the sender's clock ...
+        self.tsecr = 0  # ... and the one it echoes
 
 
 def parse_options(data: bytes) -> Options | None:
     """Parse TCP options; None if an option's length runs past the end (malformed)."""
     out = Options()
+    if len(data) == TIMESTAMP_LEN and data[:4] == TIMESTAMP_HEAD:
+        # what nearly every segment of a connection with timestamps carries, and nothing else
+        _, out.tsval, out.tsecr = TIMESTAMP.unpack(data)
+        return out
     i, n = 0, len(data)
     while i < n:
         kind = data[i]
@@ -57,17 +67,31 @@ def parse_options(data: bytes) -> Options | None:
             for j in range(0, length - 2, 8):
                 left, right = struct.unpack_from("!II", body, j)
                 out.sack.append((left, right))
+        elif kind == OPT_TIMESTAMP and length == 10:
+            out.tsval, out.tsecr = struct.unpack("!II", body)
         i += length
     return out
 
 
-def syn_options(mss: int, wscale: int | None, sack_ok: bool) -> bytes:
+def syn_options(
+    mss: int, wscale: int | None, sack_ok: bool, timestamp: tuple[int, int] | None = None
+) -> bytes:
+    """A SYN's options: MSS, SACK permitted, timestamps (TSval, TSecr) and window scale,
+    laid out as Linux does (20 bytes with all four)."""
     out = struct.pack("!BBH", OPT_MSS, 4, mss)
-    if sack_ok:
+    if timestamp is not None:
+        head = bytes((OPT_SACK_OK, 2, OPT_TIMESTAMP, 10)) if sack_ok else TIMESTAMP_HEAD
+        out += TIMESTAMP.pack(head, *timestamp)
+    elif sack_ok:
         out += bytes((OPT_NOP, OPT_NOP, OPT_SACK_OK, 2))
     if wscale is not None:
         out += bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
     return out
+
+
+def timestamp_option(tsval: int, tsecr: int) -> bytes:
+    """The 12 bytes of timestamps every segment carries once both ends agreed (RFC 7323)."""
+    return TIMESTAMP.pack(TIMESTAMP_HEAD, tsval, tsecr)
 
 
 def sack_option(blocks: list[tuple[int, int]]) -> bytes:

@@ -38,6 +38,8 @@ from .segment import (
     SYN,
     TCP_BAD_CHECKSUM,
     TCP_BAD_HEADER,
+    TIMESTAMP_HEAD,
+    TIMESTAMP_LEN,
     PacketBuilder,
     parse_options,
     tcp4_fields,
@@ -80,6 +82,7 @@ class Stack:
         challenge_ack_limit: int = 1000,
         rng: random.Random | None = None,
         path_memory: float = PATH_LIFETIME,
+        timestamps: bool = True,
     ) -> None:
         self.addresses = set(addresses)
         self.mtu = mtu
@@ -96,6 +99,7 @@ class Stack:
         self.verify_checksums = verify_checksums
         self.challenge_ack_limit = challenge_ack_limit
         self.rng = rng or random.SystemRandom()
+        self.timestamps = timestamps  # offered in our SYNs, taken in theirs (RFC 7323)
         # per peer address, for the next connection (Careful Resume): None when kept 0 s
         self.paths: PathMemory | None = PathMemory(path_memory) if path_memory > 0 else None
         self.listeners: dict[int, int] = {}  # port -> half-open connections
@@ -278,6 +282,7 @@ class Stack:
             receive_buffer=self.receive_buffer,
             receive_buffer_max=self.receive_buffer_max,
             send_buffer_max=self.send_buffer_max,
+            ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
             mss=self._mss_for(local),
         )
         self.connections[conn.key] = conn
@@ -375,18 +380,28 @@ class Stack:
     ) -> None:
         """A checked TCP segment for one of our addresses: to its connection, or a SYN to a
         listener, or answered with a reset."""
-        if option_bytes:
+        tsval = None
+        if not option_bytes:
+            options = _NO_OPTIONS
+        elif (
+            len(option_bytes) == TIMESTAMP_LEN
+            and option_bytes[:4] == TIMESTAMP_HEAD
+            and not flags & SYN
+        ):
+            # timestamps alone, as nearly every segment of such a connection: no object
+            options = _NO_OPTIONS
+            tsval = int.from_bytes(option_bytes[4:8], "big")
+        else:
             options = parse_options(option_bytes)
             if options is None:
                 self.count("drop_tcp_options")
                 return
-        else:
-            options = _NO_OPTIONS
+            tsval = options.tsval
         key = (dst, dport, src, sport)
         conn = self.connections.get(key) or self.time_wait.get(key)
         if conn is not None:
             try:
-                conn.segment_arrived(seq, ack, flags, window, options, payload, now)
+                conn.segment_arrived(seq, ack, flags, window, options, payload, now, tsval)
             except Exception as e:
                 self.failed(conn, e)
             self._touched[conn] = None
@@ -433,6 +448,7 @@ class Stack:
             receive_buffer=self.receive_buffer,
             receive_buffer_max=self.receive_buffer_max,
             send_buffer_max=self.send_buffer_max,
+            ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
             mss=self._mss_for(dst),
         )
         self.connections[conn.key] = conn

@@ -171,6 +171,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "tcp_segment": {
             "syn-options": segment.syn_options(1460, 7, True),
             "sack-option": segment.sack_option([(1, 100), (200, 300)]),
+            "syn-timestamps": segment.syn_options(1460, 7, True, (12345, 0)),
+            "timestamps-sack": segment.timestamp_option(7, 9) + segment.sack_option([(1, 2)]),
             "fields": bytes(range(96)),
         },
         "netstack_stack": {

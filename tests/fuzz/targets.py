@@ -256,12 +256,23 @@ def tcp_segment(data: bytes) -> None:
     mss, wscale, flags = _u(data, 0, 2), data[2] if len(data) > 2 else None, _u(data, 3, 1)
     if wscale is not None and wscale > segment.MAX_WSCALE:
         wscale = None
-    syn = segment.parse_options(segment.syn_options(mss, wscale, bool(flags & 1)))
+    stamp = (_u(data, 4, 4), _u(data, 8, 4)) if flags & 4 else None
+    syn = segment.parse_options(segment.syn_options(mss, wscale, bool(flags & 1), stamp))
     assert syn is not None
     assert (syn.mss, syn.wscale, syn.sack_ok) == (mss, wscale, bool(flags & 1))
+    assert (syn.tsval, syn.tsecr) == (stamp or (None, 0))
     blocks = [(_u(data, i, 4), _u(data, i + 4, 4)) for i in range(4, min(len(data), 36), 8)]
     sack = segment.parse_options(segment.sack_option(blocks))
     assert sack is not None and sack.sack == blocks[:3]
+    # what a segment of a connection with timestamps carries: the clocks, then SACK blocks
+    both = segment.parse_options(
+        segment.timestamp_option(*blocks[0]) + segment.sack_option(blocks[1:]) if blocks else b""
+    )
+    assert both is not None
+    if blocks:
+        assert (both.tsval, both.tsecr, both.sack) == (*blocks[0], blocks[1:4])
+    if options is not None and options.tsval is not None:
+        assert 0 <= options.tsval <= 0xFFFFFFFF and 0 <= options.tsecr <= 0xFFFFFFFF
     v6 = bool(flags & 2)
     src, dst = (NET_A6, NET_B6) if v6 else (NET_A4, NET_B4)
     raw_options = data[36:76]

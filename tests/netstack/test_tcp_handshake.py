@@ -44,11 +44,13 @@ class OptionNegotiationTests(SynchronousTestCase):
             self.assertEqual(seg.options.wscale, tcp.RECEIVE_WSCALE)
             self.assertEqual(tcp.RECEIVE_WSCALE, 7)
             self.assertTrue(seg.options.sack_ok)
+            self.assertIsNotNone(seg.options.tsval)  # timestamps offered (RFC 7323)
             # the window in a SYN is never scaled: the 1 MiB buffer clamps to 65535
             self.assertEqual(seg.window, 0xFFFF)
         for conn in (client, server):
             self.assertIs(conn.state, State.ESTABLISHED)
-            self.assertEqual(conn.mss, mss)
+            self.assertTrue(conn.ts_ok)
+            self.assertEqual(conn.mss, mss - 12)  # what a segment carries beside timestamps
             self.assertEqual(conn.local_mss, mss)
             self.assertEqual(conn.snd_wscale, 7)
             self.assertEqual(conn.rcv_wscale, 7)
@@ -76,10 +78,11 @@ class OptionNegotiationTests(SynchronousTestCase):
         client, server = connected_pair(net)
         self.assertEqual(net.a.segments()[0].options.mss, 1460)
         self.assertEqual(net.b.segments()[0].options.mss, 1240)
-        self.assertEqual((client.mss, server.mss), (1240, 1240))
+        # the data a segment carries: 1240 less the 12 bytes of timestamps both offered
+        self.assertEqual((client.mss, server.mss), (1228, 1228))
         client.send(bytes(20_000))
         net.run(lambda: len(net.b.data_received()) == 20_000)
-        self.assertEqual(max(len(s.payload) for s in net.a.segments()), 1240)
+        self.assertEqual(max(len(s.payload) for s in net.a.segments()), 1228)
         self.assertLessEqual(max(len(p) for p in net.a.sent), 1280)
 
     def test_peer_mss_smaller_and_larger(self) -> None:
@@ -179,7 +182,7 @@ class SimultaneousOpenTests(SynchronousTestCase):
         net, ca, cb = self.open()
         self.assertLess(net.now - T0, 0.5)  # no retransmission timeout was needed
         for conn in (ca, cb):
-            self.assertEqual(conn.mss, 1240)
+            self.assertEqual(conn.mss, 1240 - 12)  # both offered timestamps
             self.assertEqual(conn.snd_wscale, 7)
             self.assertTrue(conn.sack_ok)
         ca.send(b"from a")

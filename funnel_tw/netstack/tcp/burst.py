@@ -47,6 +47,7 @@ class Burst:
     ack_now: bool
     t_delack: float | None
     dsack: tuple[int, int] | None
+    last_ack_sent: int
     if TYPE_CHECKING:
 
         def _pace_blocked(self, now: float) -> bool: ...
@@ -170,6 +171,7 @@ class Burst:
             flight_raw += n
             sent = True
         if sent:  # what _send_segment notes after any segment with an ACK
+            self.last_ack_sent = self.rcv_nxt
             self.ack_pending = 0
             self.ack_now = False
             self.t_delack = None

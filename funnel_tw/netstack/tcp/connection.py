@@ -19,14 +19,16 @@ from ..events import EOF
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH, RST, SYN, PacketBuilder, syn_options
 from .cubic import Cubic
+from .predict import Prediction
 from .receive import RECEIVE_BUFFER_MAX, ReceiveSide, wscale_for
 from .send import SEND_BUFFER_MAX, SendSide
 from .sequence import MASK, unwrap
 from .state import CAN_RECEIVE, SYNCHRONIZED, State
 from .timers import DELAYED_ACK, TIME_WAIT_SECONDS, Timers
+from .timestamps import OLDER, Timestamps
 
 
-class Connection(SendSide, ReceiveSide, Timers):
+class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
     """A TCP connection's control block and its send and receive buffers."""
 
     # Every attribute of the control block (the mixins' too: they declare none of their own).
@@ -75,6 +77,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         "keepalive_probes",
         "keepalive_sent",
         "key",
+        "last_ack_sent",
         "last_heard",
         "last_ooo",
         "local",
@@ -166,6 +169,10 @@ class Connection(SendSide, ReceiveSide, Timers):
         "t_tlp",
         "tlp_end",
         "tlp_retrans",
+        "ts_offset",
+        "ts_ok",
+        "ts_recent",
+        "ts_recent_time",
         "undo",
         "undo_done",
         "undo_older",
@@ -187,6 +194,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         mss: int,
         receive_buffer_max: int = RECEIVE_BUFFER_MAX,
         send_buffer_max: int = SEND_BUFFER_MAX,
+        ts_offset: int | None = None,  # our timestamps' clock offset; None: none offered
     ) -> None:
         self.stack = stack
         self.local = local
@@ -206,6 +214,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         self._init_send(iss, send_buffer_max)
         self._init_timers(now)
         self._init_receive(receive_buffer, receive_buffer_max)
+        self._init_timestamps(ts_offset)
 
     def __repr__(self) -> str:
         return f"<TCP {self.local[1]}->{self.remote[1]} {self.state.value}>"
@@ -282,6 +291,7 @@ class Connection(SendSide, ReceiveSide, Timers):
             )
         )
         if flags & ACK:
+            self.last_ack_sent = self.rcv_nxt
             self.ack_pending = 0
             self.ack_now = False
             self.t_delack = None
@@ -317,13 +327,6 @@ class Connection(SendSide, ReceiveSide, Timers):
 
     # --- opening -------------------------------------------------------------------------------
 
-    def _syn_options(self, offered_wscale: bool, offered_sack: bool) -> bytes:
-        return syn_options(
-            self.local_mss,
-            self.rcv_wscale if offered_wscale else None,
-            offered_sack,
-        )
-
     def open_active(self, now: float) -> None:
         self.active_open = True
         self.state = State.SYN_SENT
@@ -333,12 +336,15 @@ class Connection(SendSide, ReceiveSide, Timers):
 
     def _send_syn(self, now: float) -> None:
         flags = SYN if self.state is State.SYN_SENT else SYN | ACK
-        if self.state is State.SYN_SENT:
-            options = self._syn_options(True, True)
+        if self.state is State.SYN_SENT:  # we offer all; a SYN-ACK, what the peer offered too
+            options = syn_options(self.local_mss, self.rcv_wscale, True, self._syn_timestamp())
         else:
-            options = self._syn_options(self.rcv_wscale > 0, self.sack_ok)
+            stamp = self._syn_timestamp() if self.ts_ok else None
+            wscale = self.rcv_wscale or None
+            options = syn_options(self.local_mss, wscale, self.sack_ok, stamp)
         window = min(self._window(), 0xFFFF)
         if flags & ACK:
+            self.last_ack_sent = self.rcv_nxt
             self.rcv_adv = self.rcv_edge = self.rcv_nxt + window  # SYN windows: unscaled
         self.stack.emit_packet(
             self.builder.build(
@@ -370,6 +376,7 @@ class Connection(SendSide, ReceiveSide, Timers):
         else:
             self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = options.sack_ok
+        self._ts_peer_syn(options)
 
     def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
@@ -393,23 +400,32 @@ class Connection(SendSide, ReceiveSide, Timers):
         options: Any,
         payload: bytes,
         now: float,
+        tsval: int | None = None,  # the segment's clock (RFC 7323: timestamps.py)
     ) -> None:
         state = self.state
+        paws = False
+        if tsval is not None:
+            if not self.ts_ok:
+                tsval = None  # not agreed in the SYNs: ignored (RFC 7323 3.2)
+            elif (tsval - self.ts_recent) & MASK >= OLDER:
+                paws = self._paws_rejects(flags, now)
         if (
-            state is State.ESTABLISHED
+            not paws
+            and state is State.ESTABLISHED
             and flags & ~PSH == ACK
             and payload
             and seq_w == self.rcv_nxt & MASK
             and window << self.snd_wscale == self.snd_wnd
-            and (options is None or not options.sack)
+            and not options.sack
             and len(payload) <= self.rcv_adv - self.rcv_nxt
         ):
-            # Header prediction (Van Jacobson's, as in BSD's tcp_input): the next in-order
-            # data of an established connection that changes no window, and either
-            # acknowledges nothing new with nothing of ours in flight (a download), or
-            # acknowledges all we sent while nothing is lost, SACKed or being probed (the
-            # answer to a request, or the next request). Every check of the general path
-            # below holds for it, so only what that path would do remains.
+            # Header prediction (Van Jacobson's, as in BSD's tcp_input): the next in-order data
+            # of an established connection that changes no window, and either acknowledges
+            # nothing new with nothing of ours in flight (a download), or all we sent while
+            # nothing is lost, SACKed or probed (an answer, or the next request). Every check
+            # of the general path below holds for it: only what that path would do remains.
+            if tsval is not None and self.rcv_nxt <= self.last_ack_sent:  # RFC 7323 4.3
+                self.ts_recent, self.ts_recent_time = tsval, now
             if self.snd_una == self.snd_max:
                 if ack_w == self.snd_una & MASK:
                     self._in_order_data(payload, now)
@@ -452,7 +468,7 @@ class Connection(SendSide, ReceiveSide, Timers):
             self.stack.count("tcp_zero_window_drops")
             self.ack_now = True
             acceptable = True
-        if not acceptable:
+        if not acceptable or paws:  # an old duplicate by its clock is not acceptable either
             if flags & RST:
                 return
             self.stack.count("tcp_out_of_window")
@@ -464,6 +480,8 @@ class Connection(SendSide, ReceiveSide, Timers):
                 return
             self._out_of_window_ack(now)
             return
+        if tsval is not None and seq <= self.last_ack_sent and not flags & RST:
+            self.ts_recent, self.ts_recent_time = tsval, now  # RFC 7323 4.3
         self.last_heard = now
         self.keepalive_sent = 0
         self.probes_out = 0
@@ -520,41 +538,6 @@ class Connection(SendSide, ReceiveSide, Timers):
                 self.pending_fin = fin_at  # beyond a gap: it counts once the gap is filled
             else:
                 self.ack_now = True
-        if self.ack_now or self.ack_pending:
-            self.stack.mark_output(self)
-
-    def _in_order_data(self, payload: bytes, now: float) -> None:
-        """segment_arrived for a predicted segment (its conditions hold): acceptable, in
-        order, within the window, ACK not news, no SACK, no window change."""
-        seq = self.rcv_nxt
-        self.last_heard = now
-        self.keepalive_sent = 0
-        self.probes_out = 0
-        if self.keepalive_idle:
-            self.t_keepalive = now + self.keepalive_idle
-        # _process_ack's one effect here: the window update bookkeeping (RFC 9293 3.10.7.4)
-        ack = self.snd_una
-        if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
-            self.snd_wl1, self.snd_wl2 = seq, ack
-        self._receive_data(seq, payload, now)
-        if self.ack_now or self.ack_pending:
-            self.stack.mark_output(self)
-
-    def _in_order_data_acking_all(self, payload: bytes, now: float) -> None:
-        """segment_arrived for predicted data that acknowledges everything we sent (the
-        conditions of both predictions hold): _process_ack's window bookkeeping and its
-        call of the ACK's plain case, then the data, as the general path orders them."""
-        seq = self.rcv_nxt
-        ack = self.snd_max
-        self.last_heard = now
-        self.keepalive_sent = 0
-        self.probes_out = 0
-        if self.keepalive_idle:
-            self.t_keepalive = now + self.keepalive_idle
-        if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
-            self.snd_wl1, self.snd_wl2 = seq, ack
-        self._all_acked(now)
-        self._receive_data(seq, payload, now)
         if self.ack_now or self.ack_pending:
             self.stack.mark_output(self)
 

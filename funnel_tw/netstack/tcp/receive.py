@@ -77,9 +77,11 @@ class ReceiveSide:
     stack: Owner[Self]
     local_mss: int
     sack_ok: bool
+    ts_ok: bool
     if TYPE_CHECKING:
 
         def send_ack(self) -> None: ...
+        def _ts_option(self) -> bytes: ...
         def _fin_arrived(self, now: float) -> None: ...
 
     def _init_receive(self, receive_buffer: int, receive_buffer_max: int) -> None:
@@ -283,9 +285,10 @@ class ReceiveSide:
         return [(s & MASK, e & MASK) for s, e in blocks[:3]]
 
     def _ack_options(self) -> bytes:
+        ts = self._ts_option() if self.ts_ok else b""
         if self.sack_ok and (self.ooo or self.dsack is not None):
-            return sack_option(self._sack_blocks())
-        return b""
+            return ts + sack_option(self._sack_blocks())
+        return ts
 
     def _duplicate_data(self, start: int, end: int) -> None:
         """[start, end) arrived again: report it in the next ACK (RFC 2883)."""

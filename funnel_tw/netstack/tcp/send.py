@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..events import DRAINED
 from ..owner import Owner
-from ..segment import ACK, FIN, PSH, PacketBuilder
+from ..segment import ACK, FIN, PSH, TIMESTAMP_LEN, PacketBuilder
 from .burst import Burst
 from .cubic import Cubic
 from .pacing import Pacing
@@ -82,6 +82,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self, seq: int, flags: int, payload: bytes = b"", options: bytes | None = None
         ) -> None: ...
         def _ack_options(self) -> bytes: ...
+        def _payload_room(self, options: bytes) -> int: ...
+        def _options_for(self, options: bytes, n: int) -> bytes: ...
         def _advertised(self) -> int: ...
         def _fin_fits(self) -> bool: ...
         def _fin_sent(self, seq: int) -> None: ...
@@ -197,8 +199,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             flags |= FIN
         if payload and data_end == self._data_end():
             flags |= PSH
-        if len(options) + len(payload) > self.mss:
-            options = b""  # a segment cut before SACK blocks were due: they ride on ACKs
+        if len(options) > TIMESTAMP_LEN:  # SACK blocks: do they fit beside the data?
+            options = self._options_for(options, len(payload))
         self._send_segment(start, flags, payload, options)
         rec.xmit = now
         self.pace_tokens -= end - start
@@ -256,7 +258,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         sent = False
         # SACK blocks ride on data segments too: leave room for them within the MTU
         options = self._ack_options()
-        mss = self.mss - len(options)
+        mss = self._payload_room(options)
         self.t_pace = None
         self._pace_start(now, self._pipe())
         # 1. what is deemed lost, in the order it was found
@@ -632,7 +634,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         ):
             return
         options = self._ack_options()
-        mss = self.mss - len(options)
+        mss = self._payload_room(options)
         data_end = self._data_end()
         start = self.snd_nxt
         n = min(mss, data_end - start, self.snd_una + self.snd_wnd - start)
