@@ -401,6 +401,7 @@ def report(
                     )
             received = t.result.get("counters") or {}
             shown = [k for k in RECEIVER_COUNTERS if received.get(k)]
+            shown += sorted(k for k, v in received.items() if k.startswith("drop") and v)
             if shown:
                 view += "; our receiver: " + ", ".join(f"{k} {received[k]}" for k in shown)
             out.append(

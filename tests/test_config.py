@@ -1738,6 +1738,17 @@ class TCPBufferKeysTests(ConfigTestCase):
             "4: [node] tcp-path-memory: 'soon' is not a number of seconds",
         )
 
+    def test_timestamps(self) -> None:
+        """tcp-timestamps: RFC 7323 timestamps offered and taken; on unless said."""
+        self.assertTrue(load_node_config(self.write("n.ini", NODE)).tcp.timestamps)
+        path = self.write("r.ini", RELAY + "tcp-timestamps = no\n")
+        self.assertFalse(load_relay_config(path).tcp.timestamps)
+        self.assertErrors(
+            NODE + "tcp-timestamps = sometimes\n",
+            "4: [node] tcp-timestamps: 'sometimes' is not a boolean (use yes/no, true/false, "
+            "on/off or 1/0)",
+        )
+
     def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
         self.assertErrors(
             NODE + "tcp-receive-buffer-max = 100M\ntcp-memory = 8M\n",

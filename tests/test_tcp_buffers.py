@@ -17,7 +17,7 @@ from funnel_tw.wireguard import transport_key
 
 KEYS = (
     "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
-    "tcp-max-connections = 20000\ntcp-path-memory = 120\n"
+    "tcp-max-connections = 20000\ntcp-path-memory = 120\ntcp-timestamps = off\n"
 )
 
 
@@ -44,8 +44,9 @@ class DaemonStackTests(_Files):
                 stack.receive_memory,
                 stack.max_connections,
                 stack.paths.lifetime if stack.paths else 0,
+                stack.timestamps,
             ),
-            (receive, send, memory, 20000, 120.0),
+            (receive, send, memory, 20000, 120.0, False),
         )
 
     def test_node(self) -> None:
@@ -68,7 +69,7 @@ class StatusTests(_Files):
 
     LINE = (
         "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M,"
-        " tcp-max-connections 20000, tcp-path-memory 120s"
+        " tcp-max-connections 20000, tcp-path-memory 120s, tcp-timestamps off"
     )
 
     def test_node(self) -> None:
@@ -86,6 +87,7 @@ class StatusTests(_Files):
                 "memory": 96 << 20,
                 "connections": 20000,
                 "path_memory": 120.0,
+                "timestamps": False,
                 "checksum": checksum.IMPLEMENTATION,
                 "transport": transport_key.IMPLEMENTATION,
             },

@@ -22,6 +22,7 @@ TCP_KEYS = (
     "tcp-memory",
     "tcp-max-connections",
     "tcp-path-memory",
+    "tcp-timestamps",
 )
 # netstack's tcp.RECEIVE_BUFFER and tcp.SEND_BUFFER: the window and send buffer a connection
 # starts with, so a cap below them would mean nothing
@@ -94,8 +95,8 @@ def _buffer_size(value: str, low: int, what: str) -> int:
 def tcp_buffers(
     section: Section, userspace: bool = True, default: TCPBuffers = TCP_DEFAULTS
 ) -> TCPBuffers:
-    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory, tcp-max-connections and
-    tcp-path-memory of [node] / [relay], each ``default``'s where not set. With
+    """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory, tcp-max-connections,
+    tcp-path-memory and tcp-timestamps of [node] / [relay], each ``default``'s where not set. With
     ``network = tun`` the kernel's TCP sizes its own buffers: setting one is an error."""
     if not userspace:
         for key in TCP_KEYS:
@@ -124,12 +125,14 @@ def tcp_buffers(
         "tcp-max-connections", lambda v: values.integer(v, 64, 1_000_000), default.connections
     )
     path_memory = section.opt("tcp-path-memory", _path_memory, default.path_memory)
+    timestamps = section.opt("tcp-timestamps", values.boolean, default.timestamps)
     return TCPBuffers(
         receive_buffer_max=receive,
         send_buffer_max=send,
         memory=memory,
         connections=connections,
         path_memory=path_memory,
+        timestamps=timestamps,
     )
 
 

@@ -191,7 +191,8 @@ class OpsConfig:
 @attrs.frozen
 class TCPBuffers:
     """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes),
-    tcp-max-connections and tcp-path-memory (seconds): the userspace TCP stack's caps. The
+    tcp-max-connections, tcp-path-memory (seconds) and tcp-timestamps: the userspace TCP
+    stack's caps and choices. The
     defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX,
     stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS, paths.PATH_LIFETIME), written out here as
     config sits below it."""
@@ -203,6 +204,8 @@ class TCPBuffers:
     # seconds what a connection learned of the path to a peer is kept for the next one
     # (netstack/paths.py, Careful Resume); 0: off
     path_memory: float = 600.0
+    # RFC 7323 timestamps offered and taken (netstack/tcp/timestamps.py), as Linux does
+    timestamps: bool = True
 
 
 TCP_DEFAULTS = TCPBuffers()  # frozen: one instance serves every default

@@ -191,6 +191,7 @@ COMMON_RESTART: list[Restart] = [
     ("tcp-memory", lambda c: c.tcp.memory),
     ("tcp-max-connections", lambda c: c.tcp.connections),
     ("tcp-path-memory", lambda c: c.tcp.path_memory),
+    ("tcp-timestamps", lambda c: c.tcp.timestamps),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),

@@ -123,6 +123,7 @@ class UserspaceOverlayInterface:
             receive_memory=caps.memory,
             max_connections=caps.connections,
             path_memory=caps.path_memory,
+            timestamps=caps.timestamps,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

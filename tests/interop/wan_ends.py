@@ -49,6 +49,7 @@ def emit(**fields: Any) -> None:
 
 # struct tcp_info (linux/tcp.h): the fields reported, by byte offset
 _TCP_INFO = {
+    "options": (5, "B"),  # TCPI_OPT_TIMESTAMPS 1, _SACK 2, _WSCALE 4
     "rto_us": (8, "I"),
     "snd_mss": (16, "I"),
     "rtt_us": (68, "I"),

@@ -45,6 +45,10 @@ def _path_memory_text(seconds: float | None) -> str:
     return f"{seconds:g}s" if seconds else "off"
 
 
+def _on_off(value: bool | None) -> str:
+    return "?" if value is None else ("on" if value else "off")
+
+
 def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
     """The userspace TCP stack's caps (the ``tcp`` of a status document; None with tun) as
     the keys that set them."""
@@ -55,7 +59,8 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
         f"tcp-send-buffer-max {size_text(tcp['send_buffer_max'])}, "
         f"tcp-memory {size_text(tcp['memory'])}, "
         f"tcp-max-connections {tcp['connections']}, "
-        f"tcp-path-memory {_path_memory_text(tcp.get('path_memory'))}",
+        f"tcp-path-memory {_path_memory_text(tcp.get('path_memory'))}, "
+        f"tcp-timestamps {_on_off(tcp.get('timestamps'))}",
         f"  TCP checksum: {tcp.get('checksum', '?')}",
         f"  WireGuard transport: {tcp.get('transport', '?')}",
     ]
