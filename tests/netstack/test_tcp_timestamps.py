@@ -12,7 +12,14 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from funnel_tw.netstack import tcp
-from funnel_tw.netstack.segment import ACK, RST, SYN, syn_options, timestamp_option
+from funnel_tw.netstack.segment import (
+    ACK,
+    RST,
+    SYN,
+    sack_option,
+    syn_options,
+    timestamp_option,
+)
 from funnel_tw.netstack.stack import Stack
 from funnel_tw.netstack.tcp.timestamps import PAWS_IDLE
 from tests.netstack.tcp_harness import (
@@ -201,3 +208,42 @@ class EchoTests(SynchronousTestCase):
         peer.seq = peer.iss + 1
         self.assertTrue(conn.ts_ok)
         self.assertEqual(echoes([s for s in out if s.flags & ACK]), [777])
+
+
+class LateAckTests(SynchronousTestCase):
+    """Our sender's side: ACKs that a reordering path delivers late (Linux's rules)."""
+
+    def setUp(self) -> None:
+        self.stack = listening_stack()
+        self.peer, self.conn, _ = raw_established(self.stack, options=ts_syn())
+        self.conn.send(bytes(20 * self.conn.mss))
+        self.stack.flush(T0 + 0.01)
+        self.segs = [s for s in self.peer.take() if s.payload]
+        self.assertGreaterEqual(len(self.segs), 8)
+
+    def ack(self, tsval: int, upto: int, sack: tuple[int, int] | None = None) -> None:
+        options = timestamp_option(tsval, 0)
+        if sack is not None:
+            first, last = self.segs[sack[0]], self.segs[sack[1]]
+            options += sack_option([(first.seq, (last.seq + len(last.payload)) & tcp.MASK)])
+        self.peer.send(ACK, T0 + 0.03, ack=self.segs[upto].seq, options=options)
+
+    def test_a_late_duplicate_ack_still_counts(self) -> None:
+        """A duplicate ACK with an older clock (held on the way) is taken: its SACK block
+        marks what it reports, as Linux's tcp_disordered_ack allows."""
+        self.ack(200, upto=1)
+        self.ack(205, upto=1, sack=(3, 3))  # the newer duplicate ACK came first
+        sacked = self.conn.sacked_bytes
+        self.ack(201, upto=1, sack=(5, 6))  # the older one, late
+        self.assertEqual(self.conn.sacked_bytes, sacked + 2 * len(self.segs[5].payload))
+        self.assertEqual(self.stack.counters.get("tcp_paws_drops", 0), 0)
+        self.assertEqual(self.conn.ts_recent, 205)  # TS.Recent does not go back
+
+    def test_an_old_cumulative_ack_is_dropped_a_tick_is_tolerated(self) -> None:
+        self.ack(200, upto=2)
+        self.ack(199, upto=3)  # one tick older: taken (Linux's TCP_PAWS_WINDOW)
+        self.assertEqual(self.conn.snd_una & tcp.MASK, self.segs[3].seq)
+        self.assertEqual(self.conn.ts_recent, 200)
+        self.ack(150, upto=4)  # news, but its clock is far older: an old duplicate
+        self.assertEqual(self.conn.snd_una & tcp.MASK, self.segs[3].seq)
+        self.assertEqual(self.stack.counters.get("tcp_paws_drops"), 1)

@@ -25,7 +25,7 @@ from .send import SEND_BUFFER_MAX, SendSide
 from .sequence import MASK, unwrap
 from .state import CAN_RECEIVE, SYNCHRONIZED, State
 from .timers import DELAYED_ACK, TIME_WAIT_SECONDS, Timers
-from .timestamps import OLDER, Timestamps
+from .timestamps import OLDER, PAWS_IDLE, Timestamps
 
 
 class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
@@ -407,8 +407,10 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         if tsval is not None:
             if not self.ts_ok:
                 tsval = None  # not agreed in the SYNs: ignored (RFC 7323 3.2)
-            elif (tsval - self.ts_recent) & MASK >= OLDER:
-                paws = self._paws_rejects(flags, now)
+            elif 0 < (self.ts_recent - tsval) & MASK < OLDER:  # older than TS.Recent
+                paws = self._paws_rejects(tsval, seq_w, ack_w, flags, window, payload, now)
+                if now - self.ts_recent_time <= PAWS_IDLE:
+                    tsval = None  # taken or not, TS.Recent does not go back
         if (
             not paws
             and state is State.ESTABLISHED

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Self
 
 from ..owner import Owner
-from ..segment import RST, TIMESTAMP, TIMESTAMP_HEAD, TIMESTAMP_LEN
+from ..segment import ACK, FIN, RST, SYN, TIMESTAMP, TIMESTAMP_HEAD, TIMESTAMP_LEN
 from .sequence import MASK
 
 PAWS_IDLE = 24 * 86400.0  # RFC 7323 5.5: TS.Recent older than this is no longer trusted
@@ -45,6 +45,10 @@ class Timestamps:
 
     stack: Owner[Self]
     rcv_nxt: int
+    snd_una: int
+    snd_wnd: int
+    snd_wscale: int
+    rto: float
     mss: int
 
     def _init_timestamps(self, offset: int | None) -> None:
@@ -87,11 +91,34 @@ class Timestamps:
         tsval = (int(self.stack.now * 1000.0) + (self.ts_offset or 0)) & MASK  # _tsval, inlined
         return TIMESTAMP.pack(TIMESTAMP_HEAD, tsval, self.ts_recent)
 
-    def _paws_rejects(self, flags: int, now: float) -> bool:
+    def _paws_rejects(
+        self,
+        tsval: int,
+        seq_w: int,
+        ack_w: int,
+        flags: int,
+        window: int,
+        payload: bytes,
+        now: float,
+    ) -> bool:
         """RFC 7323 5.3 R1, for a segment whose clock is older than TS.Recent: an old
-        duplicate, unless it is a RST (taken on its sequence number) or TS.Recent is over 24
-        days old (5.5: no longer trusted; the segment renews it)."""
-        if flags & RST or now - self.ts_recent_time > PAWS_IDLE:
+        duplicate, unless it is older by one tick only (Linux's TCP_PAWS_WINDOW), a RST (taken
+        on its sequence number), TS.Recent is over 24 days old (5.5: no longer trusted; the
+        segment renews it), or a duplicate ACK that a reordering path delivered late (Linux's
+        ``tcp_disordered_ack``: in sequence, acknowledging nothing new, not moving the window,
+        its clock within an RTO of TS.Recent in milliseconds): its SACK blocks still count."""
+        if (self.ts_recent - tsval) & MASK <= 1 or flags & RST:
+            return False
+        if now - self.ts_recent_time > PAWS_IDLE:
+            return False
+        if (
+            not payload
+            and flags & (SYN | FIN | ACK) == ACK
+            and seq_w == self.rcv_nxt & MASK
+            and ack_w == self.snd_una & MASK
+            and window << self.snd_wscale == self.snd_wnd
+            and (self.ts_recent - tsval) & MASK <= self.rto * 1000.0
+        ):
             return False
         self.stack.count("tcp_paws_drops")
         return True
