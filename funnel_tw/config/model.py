@@ -192,10 +192,9 @@ class OpsConfig:
 class TCPBuffers:
     """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes),
     tcp-max-connections, tcp-path-memory (seconds) and tcp-timestamps: the userspace TCP
-    stack's caps and choices. The
-    defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX, tcp.SEND_BUFFER_MAX,
-    stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS, paths.PATH_LIFETIME), written out here as
-    config sits below it."""
+    stack's caps and choices. The defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX,
+    tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS, paths.PATH_LIFETIME,
+    Stack's timestamps), written out here as config sits below it."""
 
     receive_buffer_max: int = 8 << 20  # what one receive window may autotune up to
     send_buffer_max: int = 12 << 20  # what one send buffer may grow to (2 x cwnd)

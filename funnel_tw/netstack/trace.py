@@ -15,7 +15,8 @@ connection's initial sequence number; times in ms; ``c`` names the connection by
 ``local>remote``):
 
 - ``start``: ``pid``, ``wall`` (Unix time), ``limit``; once per trace.
-- ``flow``: ``mss``, ``sack_ok``, ``snd_wscale``; the first time a connection shows up.
+- ``flow``: ``mss``, ``sack_ok``, ``ts_ok`` (timestamps), ``snd_wscale``; the first time a
+  connection shows up.
 - ``ack``: one per segment that arrives on a connection that has sent data, after the stack
   processed it (not for data while nothing is in flight: the receiving role).
   ``ack``: its acknowledgement number; ``sack``: its SACK blocks as sent (a block at or below
@@ -196,6 +197,7 @@ class TcpTrace:
                     "c": name,
                     "mss": conn.mss,
                     "sack_ok": conn.sack_ok,
+                    "ts_ok": conn.ts_ok,
                     "snd_wscale": conn.snd_wscale,
                 }
             )

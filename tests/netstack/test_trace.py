@@ -51,7 +51,9 @@ class TraceTests(SynchronousTestCase):
         assert t.client is not None
         name = f"{t.client.local[1]}>{t.client.remote[1]}"
         self.assertEqual(recs[0]["ev"], "start")
-        self.assertEqual(recs[1], {**recs[1], "ev": "flow", "c": name, "sack_ok": True})
+        self.assertEqual(
+            recs[1], {**recs[1], "ev": "flow", "c": name, "sack_ok": True, "ts_ok": True}
+        )
         acks = [r for r in recs if r["ev"] == "ack" and r["c"] == name]
         self.assertGreater(len(acks), 20)
         # everything the client sent with data shows up in some record's tx, retransmissions too

@@ -421,11 +421,8 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
             and not options.sack
             and len(payload) <= self.rcv_adv - self.rcv_nxt
         ):
-            # Header prediction (Van Jacobson's, as in BSD's tcp_input): the next in-order data
-            # of an established connection that changes no window, and either acknowledges
-            # nothing new with nothing of ours in flight (a download), or all we sent while
-            # nothing is lost, SACKed or probed (an answer, or the next request). Every check
-            # of the general path below holds for it: only what that path would do remains.
+            # Header prediction (predict.py): the next in-order data of an established
+            # connection that changes no window and acknowledges nothing new or all we sent
             if tsval is not None and self.rcv_nxt <= self.last_ack_sent:  # RFC 7323 4.3
                 self.ts_recent, self.ts_recent_time = tsval, now
             if self.snd_una == self.snd_max:
