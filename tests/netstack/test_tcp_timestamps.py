@@ -247,3 +247,28 @@ class LateAckTests(SynchronousTestCase):
         self.ack(150, upto=4)  # news, but its clock is far older: an old duplicate
         self.assertEqual(self.conn.snd_una & tcp.MASK, self.segs[3].seq)
         self.assertEqual(self.stack.counters.get("tcp_paws_drops"), 1)
+
+
+class RetransmissionFitsTests(SynchronousTestCase):
+    def test_sack_blocks_never_push_a_full_retransmission_over_the_mtu(self) -> None:
+        """A full segment sent again while we hold out-of-order data: its ACK's SACK block
+        rides only if it fits, with timestamps or without (the check once skipped a 12-byte
+        SACK option on a connection without them: a 1,292-byte packet on a 1,280 MTU)."""
+        for options in (ts_syn(), syn_options(1460, 7, True)):
+            stack = listening_stack()
+            peer, conn, _ = raw_established(stack, options=options)
+            conn.send(bytes(5 * conn.mss))
+            stack.flush(T0)
+            first = next(s for s in peer.take() if s.payload)
+            hole = dict(options=timestamp_option(100, 0)) if conn.ts_ok else {}
+            peer.send(
+                ACK, T0 + 0.01, seq=(peer.seq + 1000) & tcp.MASK, data=bytes(500), ack=first.seq,
+                **hole,
+            )  # fmt: skip
+            self.assertTrue(conn.ooo)
+            stack.tick(T0 + 3)  # the RTO: the first segment again
+            stack.flush(T0 + 3)
+            again = [s for s in peer.take() if s.payload]
+            self.assertEqual(again[0].payload, first.payload)
+            self.assertLessEqual(max(s.length for s in again), 1280)
+            self.assertEqual(again[0].options.tsval is not None, conn.ts_ok)

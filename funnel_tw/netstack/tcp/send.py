@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..events import DRAINED
 from ..owner import Owner
-from ..segment import ACK, FIN, PSH, TIMESTAMP_LEN, PacketBuilder
+from ..segment import ACK, FIN, PSH, PacketBuilder
 from .burst import Burst
 from .cubic import Cubic
 from .pacing import Pacing
@@ -199,8 +199,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             flags |= FIN
         if payload and data_end == self._data_end():
             flags |= PSH
-        if len(options) > TIMESTAMP_LEN:  # SACK blocks: do they fit beside the data?
-            options = self._options_for(options, len(payload))
+        options = self._options_for(options, len(payload))  # SACK blocks may not fit
         self._send_segment(start, flags, payload, options)
         rec.xmit = now
         self.pace_tokens -= end - start
