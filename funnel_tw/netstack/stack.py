@@ -256,6 +256,25 @@ class Stack:
     def _mss_for(self, address: bytes) -> int:
         return self.mtu - (40 if len(address) == 4 else 60)
 
+    def _new_connection(
+        self, local: tuple[bytes, int], remote: tuple[bytes, int], now: float
+    ) -> Connection:
+        """A connection with this stack's settings, registered under its key."""
+        conn = Connection(
+            self,
+            local,
+            remote,
+            iss=self.rng.getrandbits(32),
+            now=now,
+            receive_buffer=self.receive_buffer,
+            receive_buffer_max=self.receive_buffer_max,
+            send_buffer_max=self.send_buffer_max,
+            ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
+            mss=self._mss_for(local[0]),
+        )
+        self.connections[conn.key] = conn
+        return conn
+
     def connect(
         self, local: bytes, remote: bytes, port: int, now: float, local_port: int = 0
     ) -> Connection:
@@ -273,19 +292,7 @@ class Stack:
                     break
             else:
                 raise OSError("no free local port")
-        conn = Connection(
-            self,
-            (local, local_port),
-            (remote, port),
-            iss=self.rng.getrandbits(32),
-            now=now,
-            receive_buffer=self.receive_buffer,
-            receive_buffer_max=self.receive_buffer_max,
-            send_buffer_max=self.send_buffer_max,
-            ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
-            mss=self._mss_for(local),
-        )
-        self.connections[conn.key] = conn
+        conn = self._new_connection((local, local_port), (remote, port), now)
         conn.open_active(now)
         self._schedule(conn)
         return conn
@@ -439,19 +446,7 @@ class Stack:
         if len(self.connections) >= self.max_connections:
             self.count("tcp_connections_full")
             return
-        conn = Connection(
-            self,
-            (dst, dport),
-            (src, sport),
-            iss=self.rng.getrandbits(32),
-            now=now,
-            receive_buffer=self.receive_buffer,
-            receive_buffer_max=self.receive_buffer_max,
-            send_buffer_max=self.send_buffer_max,
-            ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
-            mss=self._mss_for(dst),
-        )
-        self.connections[conn.key] = conn
+        conn = self._new_connection((dst, dport), (src, sport), now)
         self.listeners[dport] += 1
         conn.half_open = True
         conn.open_passive(seq, window, options, now)
