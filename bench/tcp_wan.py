@@ -510,8 +510,8 @@ def main() -> int:
     parser.add_argument(
         "--linux-cc",
         default="cubic",
-        help="the congestion control of the Linux ends' TCP (net.ipv4.tcp_congestion_control in "
-        "their namespaces): cubic (Linux's default), bbr, reno",
+        help="the congestion control of the Linux ends' TCP, set per socket (TCP_CONGESTION): "
+        "cubic (Linux's default), bbr, reno",
     )
     for side in ("relay", "node"):
         parser.add_argument(

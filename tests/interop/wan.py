@@ -160,7 +160,8 @@ class WanPairs:
     ``trace``: a folder for our senders' event logs (funnel_tw/netstack/trace.py), one file per
     transfer, ``<pair>-rtt<R>-<path>-<direction>.jsonl``; ``log``: progress lines;
     ``wg_rcvbuf``: when set, wireguard-go's UDP receive buffer in bytes (a diagnostic: see
-    WireGuardGo.force_receive_buffer).
+    WireGuardGo.force_receive_buffer); ``linux_cc``: the Linux senders' congestion control
+    (``TCP_CONGESTION`` on each socket: this machine defaults to BBR, Linux to CUBIC).
     """
 
     def __init__(
