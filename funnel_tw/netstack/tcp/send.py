@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..events import DRAINED
 from ..owner import Owner
-from ..segment import ACK, FIN, PSH, PacketBuilder
+from ..segment import ACK, FIN, PSH, TIMESTAMP_LEN, PacketBuilder
 from .burst import Burst
 from .cubic import Cubic
 from .pacing import Pacing
@@ -62,6 +62,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
     stack: Owner[Self]
     state: State
     mss: int
+    ts_ok: bool
     rto: float
     rtt_seq: int | None
     rtt_time: float
@@ -199,7 +200,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             flags |= FIN
         if payload and data_end == self._data_end():
             flags |= PSH
-        options = self._options_for(options, len(payload))  # SACK blocks may not fit
+        if len(payload) + len(options) > self.mss + (TIMESTAMP_LEN if self.ts_ok else 0):
+            options = self._options_for(options, len(payload))  # (_payload_room, inlined)
         self._send_segment(start, flags, payload, options)
         rec.xmit = now
         self.pace_tokens -= end - start
