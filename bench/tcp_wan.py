@@ -308,7 +308,8 @@ def report(
     out: list[str] = []
     out.append(
         f"### Bulk TCP through the relay, Mbit/s ({options.seconds:g} s a transfer, seed "
-        f"{options.seed}, MTU {options.mtu}, Linux's TCP: {options.linux_cc})"
+        f"{options.seed}, MTU {options.mtu}, Linux's TCP: {options.linux_cc}"
+        f"{', our node: ' + ', '.join(options.node_set) if options.node_set else ''})"
     )
     out.append("")
     out.append(
@@ -513,14 +514,21 @@ def main() -> int:
         help="the congestion control of the Linux ends' TCP, set per socket (TCP_CONGESTION): "
         "cubic (Linux's default), bbr, reno",
     )
-    for side in ("relay", "node"):
-        parser.add_argument(
-            f"--{side}-set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help=f"funnel: add this key to the demo {side}.ini's [{side}] section (repeatable)",
-        )
+    parser.add_argument(
+        "--relay-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="funnel: add this key to the demo relay.ini's [relay] section (repeatable)",
+    )
+    parser.add_argument(
+        "--node-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add this key to the [node] section of our ends (ours-linux, ours-ours) and of "
+        "the funnel's node.ini (repeatable): --node-set tcp-congestion=bbr",
+    )
     options = parser.parse_args()
     bad = [s for s in options.relay_set + options.node_set if "=" not in s]
     if bad:
@@ -560,6 +568,7 @@ def main() -> int:
             log=say,
             wg_rcvbuf=options.wg_rcvbuf_mib << 20,
             linux_cc=options.linux_cc,
+            node_keys=tuple(s.replace("=", " = ", 1) for s in options.node_set),
         )
         bulk_pairs = [p for p in PAIRS if p in pairs]
         for i, rtt in enumerate(rtts):

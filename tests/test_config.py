@@ -1749,6 +1749,16 @@ class TCPBufferKeysTests(ConfigTestCase):
             "on/off or 1/0)",
         )
 
+    def test_congestion(self) -> None:
+        """tcp-congestion: cubic unless said; bbr; nothing else."""
+        self.assertEqual(load_node_config(self.write("n.ini", NODE)).tcp.congestion, "cubic")
+        path = self.write("r.ini", RELAY + "tcp-congestion = bbr\n")
+        self.assertEqual(load_relay_config(path).tcp.congestion, "bbr")
+        self.assertErrors(
+            NODE + "tcp-congestion = reno\n",
+            "4: [node] tcp-congestion: 'reno' is not one of: cubic, bbr",
+        )
+
     def test_a_bad_receive_cap_is_not_also_blamed_on_tcp_memory(self) -> None:
         self.assertErrors(
             NODE + "tcp-receive-buffer-max = 100M\ntcp-memory = 8M\n",

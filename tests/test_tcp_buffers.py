@@ -18,6 +18,7 @@ from funnel_tw.wireguard import transport_key
 KEYS = (
     "tcp-receive-buffer-max = 12M\ntcp-send-buffer-max = 16M\ntcp-memory = 96M\n"
     "tcp-max-connections = 20000\ntcp-path-memory = 120\ntcp-timestamps = off\n"
+    "tcp-congestion = bbr\n"
 )
 
 
@@ -45,8 +46,9 @@ class DaemonStackTests(_Files):
                 stack.max_connections,
                 stack.paths.lifetime if stack.paths else 0,
                 stack.timestamps,
+                stack.congestion,
             ),
-            (receive, send, memory, 20000, 120.0, False),
+            (receive, send, memory, 20000, 120.0, False, "bbr"),
         )
 
     def test_node(self) -> None:
@@ -69,7 +71,8 @@ class StatusTests(_Files):
 
     LINE = (
         "  TCP buffers: tcp-receive-buffer-max 12M, tcp-send-buffer-max 16M, tcp-memory 96M,"
-        " tcp-max-connections 20000, tcp-path-memory 120s, tcp-timestamps off"
+        " tcp-max-connections 20000, tcp-path-memory 120s, tcp-timestamps off,"
+        " tcp-congestion bbr"
     )
 
     def test_node(self) -> None:
@@ -88,6 +91,7 @@ class StatusTests(_Files):
                 "connections": 20000,
                 "path_memory": 120.0,
                 "timestamps": False,
+                "congestion": "bbr",
                 "checksum": checksum.IMPLEMENTATION,
                 "transport": transport_key.IMPLEMENTATION,
             },

@@ -12,7 +12,7 @@ from funnel_tw.keys import public_key
 
 from . import values
 from .ini import Section
-from .model import TCP_DEFAULTS, IPInterface, IPNetwork, TCPBuffers
+from .model import CONGESTION, TCP_DEFAULTS, IPInterface, IPNetwork, TCPBuffers
 
 __all__ = ["TCP_KEYS", "WireGuardKeys", "check_peers", "tcp_buffers", "wireguard_keys"]
 
@@ -23,6 +23,7 @@ TCP_KEYS = (
     "tcp-max-connections",
     "tcp-path-memory",
     "tcp-timestamps",
+    "tcp-congestion",
 )
 # netstack's tcp.RECEIVE_BUFFER and tcp.SEND_BUFFER: the window and send buffer a connection
 # starts with, so a cap below them would mean nothing
@@ -96,8 +97,9 @@ def tcp_buffers(
     section: Section, userspace: bool = True, default: TCPBuffers = TCP_DEFAULTS
 ) -> TCPBuffers:
     """tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory, tcp-max-connections,
-    tcp-path-memory and tcp-timestamps of [node] / [relay], each ``default``'s where not set. With
-    ``network = tun`` the kernel's TCP sizes its own buffers: setting one is an error."""
+    tcp-path-memory, tcp-timestamps and tcp-congestion of [node] / [relay], each ``default``'s
+    where not set. With ``network = tun`` the kernel's TCP sizes its own buffers and picks its
+    own congestion control: setting one is an error."""
     if not userspace:
         for key in TCP_KEYS:
             if key in section.values:
@@ -126,6 +128,7 @@ def tcp_buffers(
     )
     path_memory = section.opt("tcp-path-memory", _path_memory, default.path_memory)
     timestamps = section.opt("tcp-timestamps", values.boolean, default.timestamps)
+    congestion = section.opt("tcp-congestion", values.choice(*CONGESTION), default.congestion)
     return TCPBuffers(
         receive_buffer_max=receive,
         send_buffer_max=send,
@@ -133,6 +136,7 @@ def tcp_buffers(
         connections=connections,
         path_memory=path_memory,
         timestamps=timestamps,
+        congestion=congestion,
     )
 
 

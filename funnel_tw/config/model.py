@@ -191,10 +191,10 @@ class OpsConfig:
 @attrs.frozen
 class TCPBuffers:
     """[node] / [relay] tcp-receive-buffer-max, tcp-send-buffer-max, tcp-memory (bytes),
-    tcp-max-connections, tcp-path-memory (seconds) and tcp-timestamps: the userspace TCP
-    stack's caps and choices. The defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX,
+    tcp-max-connections, tcp-path-memory (seconds), tcp-timestamps and tcp-congestion: the
+    userspace TCP stack's caps and choices. The defaults are netstack's own (tcp.RECEIVE_BUFFER_MAX,
     tcp.SEND_BUFFER_MAX, stack.RECEIVE_MEMORY, stack.MAX_CONNECTIONS, paths.PATH_LIFETIME,
-    Stack's timestamps), written out here as config sits below it."""
+    Stack's timestamps and congestion), written out here as config sits below it."""
 
     receive_buffer_max: int = 8 << 20  # what one receive window may autotune up to
     send_buffer_max: int = 12 << 20  # what one send buffer may grow to (2 x cwnd)
@@ -205,8 +205,11 @@ class TCPBuffers:
     path_memory: float = 600.0
     # RFC 7323 timestamps offered and taken (netstack/tcp/timestamps.py), as Linux does
     timestamps: bool = True
+    # the senders' congestion control, one of CONGESTION (netstack/tcp/cubic.py or bbr.py)
+    congestion: str = "cubic"
 
 
+CONGESTION = ("cubic", "bbr")  # netstack's stack.CONGESTION: the default first
 TCP_DEFAULTS = TCPBuffers()  # frozen: one instance serves every default
 # The relay's windows toward its nodes may grow twice as far: what it receives there waits for
 # a public client on the same machine's CPU, and a window that closes while that client

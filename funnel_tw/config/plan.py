@@ -192,6 +192,7 @@ COMMON_RESTART: list[Restart] = [
     ("tcp-max-connections", lambda c: c.tcp.connections),
     ("tcp-path-memory", lambda c: c.tcp.path_memory),
     ("tcp-timestamps", lambda c: c.tcp.timestamps),
+    ("tcp-congestion", lambda c: c.tcp.congestion),
     ("metrics-listen", lambda c: c.ops.metrics_listen),
     ("access-log", lambda c: c.ops.access_log),
     ("access-log-format", lambda c: c.ops.access_log_format),

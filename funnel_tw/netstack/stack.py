@@ -50,6 +50,7 @@ from .trace import TcpTrace, from_environment
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 RECEIVE_MEMORY = 256 << 20  # window growth, all connections together
+CONGESTION = ("cubic", "bbr")  # tcp-congestion: the default first
 _NO_OPTIONS = parse_options(b"")
 _IP_ERRORS = {
     IP_BAD_LENGTHS: "bad IPv4 lengths",
@@ -83,6 +84,7 @@ class Stack:
         rng: random.Random | None = None,
         path_memory: float = PATH_LIFETIME,
         timestamps: bool = True,
+        congestion: str = "cubic",
     ) -> None:
         self.addresses = set(addresses)
         self.mtu = mtu
@@ -100,6 +102,9 @@ class Stack:
         self.challenge_ack_limit = challenge_ack_limit
         self.rng = rng or random.SystemRandom()
         self.timestamps = timestamps  # offered in our SYNs, taken in theirs (RFC 7323)
+        if congestion not in CONGESTION:
+            raise ValueError(f"congestion control {congestion!r}: one of {', '.join(CONGESTION)}")
+        self.congestion = congestion  # every connection's: tcp/cubic.py or tcp/bbr.py
         # per peer address, for the next connection (Careful Resume): None when kept 0 s
         self.paths: PathMemory | None = PathMemory(path_memory) if path_memory > 0 else None
         self.listeners: dict[int, int] = {}  # port -> half-open connections
@@ -271,6 +276,7 @@ class Stack:
             send_buffer_max=self.send_buffer_max,
             ts_offset=self.rng.getrandbits(32) if self.timestamps else None,
             mss=self._mss_for(local[0]),
+            bbr=self.congestion == "bbr",
         )
         self.connections[conn.key] = conn
         return conn

@@ -30,7 +30,9 @@ connection's initial sequence number; times in ms; ``c`` names the connection by
   output call (they leave together, unpaced); ``lim``: what held the sender back at its last
   output: ``cwnd``, ``rwnd`` (the peer's window), ``app`` (nothing more to send) or ``-``
   (nothing: a sliver it chose not to send); ``stack``: the stack's loss counters
-  (``tcp_rto``, ``tcp_fast_retransmits``, ``tcp_retransmitted_segments``) when one changed.
+  (``tcp_rto``, ``tcp_fast_retransmits``, ``tcp_retransmitted_segments``) when one changed;
+  ``bbr`` (with ``tcp-congestion = bbr``): ``[state, bottleneck Mbit/s, min_rtt ms, pacing
+  gain]``.
 - ``timer``: the same fields (no ``ack``) after a timer fired on such a connection (an RTO
   shows as ``stack.tcp_rto`` going up and ``cwnd`` falling to one segment).
 - ``end``: ``records``; the limit was reached and nothing more is written.
@@ -45,6 +47,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
+from .tcp.bbr import STATE_NAMES
 from .tcp.sequence import HALF, MASK, unwrap
 
 if TYPE_CHECKING:
@@ -221,6 +224,14 @@ class TcpTrace:
             "dup": conn.dupacks,
             "lim": flow.lim,
         }
+        bbr = conn.bbr
+        if bbr is not None:
+            record["bbr"] = [
+                STATE_NAMES[bbr.state],
+                round(bbr.bw * 8e-6, 1),
+                None if bbr.min_rtt is None else round(bbr.min_rtt * 1000, 3),
+                bbr.pacing_gain,
+            ]
         if flow.tx[0]:
             record["tx"] = [*flow.tx, flow.bursts, flow.burst_max]
             flow.tx = [0, 0, 0]

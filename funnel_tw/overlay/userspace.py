@@ -124,6 +124,7 @@ class UserspaceOverlayInterface:
             max_connections=caps.connections,
             path_memory=caps.path_memory,
             timestamps=caps.timestamps,
+            congestion=caps.congestion,
         )
         self.filter = build_filter(self.device, restricted, self.stack.addresses)
         self.factories: dict[int, IProtocolFactory] = {}

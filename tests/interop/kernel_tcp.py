@@ -348,6 +348,7 @@ class NodeIni:
     network: str = "userspace"
     peerapi_port: int | None = None
     funnel_ingress: bool = False
+    keys: tuple[str, ...] = ()  # more [node] lines, "KEY = VALUE" (tcp-congestion = bbr)
 
 
 def write_tcp_node_ini(
@@ -375,6 +376,7 @@ def write_tcp_node_ini(
     ]
     if extra.peerapi_port is not None:
         lines.append(f"peerapi-port = {extra.peerapi_port}")
+    lines += extra.keys
     lines += [
         "",
         f"[peer {peer_name}]",

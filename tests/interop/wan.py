@@ -161,7 +161,8 @@ class WanPairs:
     transfer, ``<pair>-rtt<R>-<path>-<direction>.jsonl``; ``log``: progress lines;
     ``wg_rcvbuf``: when set, wireguard-go's UDP receive buffer in bytes (a diagnostic: see
     WireGuardGo.force_receive_buffer); ``linux_cc``: the Linux senders' congestion control
-    (``TCP_CONGESTION`` on each socket: this machine defaults to BBR, Linux to CUBIC).
+    (``TCP_CONGESTION`` on each socket: this machine defaults to BBR, Linux to CUBIC);
+    ``node_keys``: more [node] lines for our ends ("tcp-congestion = bbr").
     """
 
     def __init__(
@@ -174,9 +175,11 @@ class WanPairs:
         log: Callable[[str], None] = lambda text: None,
         wg_rcvbuf: int = 0,
         linux_cc: str = "cubic",
+        node_keys: tuple[str, ...] = (),
     ) -> None:
         self.seconds = seconds
         self.linux_cc = linux_cc
+        self.node_keys = node_keys
         self.wg_rcvbuf = wg_rcvbuf
         self.mtu = mtu
         self.trace = trace
@@ -260,7 +263,7 @@ class WanPairs:
                 ini = write_tcp_node_ini(
                     work, keys[name].private, (f"{side.addr}/32",), "peer", peer_key.public,
                     (f"{other.addr}/32",), listen_port=side.wg_port, endpoint=endpoint,
-                    extra=NodeIni(mtu=self.mtu), filename=f"{name}.ini",
+                    extra=NodeIni(mtu=self.mtu, keys=self.node_keys), filename=f"{name}.ini",
                 )  # fmt: skip
                 side.end = End(
                     stack.callback, side.ns, work, "ours", "--config", str(ini), *common,

@@ -200,6 +200,7 @@ def ours_main(options: argparse.Namespace) -> int:
         peers=config.peers,
         listen_port=config.listen_port,
         mtu=config.mtu,
+        caps=config.tcp,  # the tcp-* keys of node.ini (WanPairs' node_keys)
     )
     assert isinstance(overlay, UserspaceOverlayInterface)
     overlay.start()

@@ -157,6 +157,10 @@ class LinkProfile:
     duplicate: float = 0.0
     reorder: float = 0.0  # probability a packet is held back ...
     reorder_delay: float = 0.004  # ... for up to this much longer
+    # a bottleneck each way: packets leave at ``rate`` bytes per second (0: at once) from a
+    # queue of ``queue`` bytes; one that does not fit is dropped (a shallow buffer's tail drop)
+    rate: float = 0.0
+    queue: int = 1 << 30
 
 
 def random_profile(rng: random.Random) -> LinkProfile:
@@ -178,6 +182,7 @@ class LinkStats:
     duplicated: int = 0
     reordered: int = 0
     delivered: int = 0
+    overflowed: int = 0  # dropped at the bottleneck's queue (LinkProfile.rate / queue)
 
 
 class SimulationTimeout(FailTest):
@@ -264,6 +269,7 @@ class Net:
         self.mangle: Callable[[Host, bytes], bytes] | None = None
         self._queue: list[tuple[float, int, Host, bytes]] = []
         self._n = 0
+        self._busy_until: dict[str, float] = {}  # per sender: the bottleneck is busy until
 
     @classmethod
     def pair(
@@ -308,13 +314,21 @@ class Net:
         if p.loss and rng.random() < p.loss:
             self.link.dropped += 1
             return
+        queued = 0.0
+        if p.rate:
+            free = max(self._busy_until.get(sender.name, self.now), self.now)
+            if (free - self.now) * p.rate + len(packet) > p.queue:
+                self.link.overflowed += 1
+                return
+            self._busy_until[sender.name] = free + len(packet) / p.rate
+            queued = free + len(packet) / p.rate - self.now
         copies = 1
         if p.duplicate and rng.random() < p.duplicate:
             self.link.duplicated += 1
             copies = 2
         to = self.peer_of(sender)
         for _ in range(copies):
-            delay = p.latency + (rng.uniform(0, p.jitter) if p.jitter else 0.0)
+            delay = queued + p.latency + (rng.uniform(0, p.jitter) if p.jitter else 0.0)
             if p.reorder and rng.random() < p.reorder:
                 self.link.reordered += 1
                 delay += rng.uniform(0, p.reorder_delay)

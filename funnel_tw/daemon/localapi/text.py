@@ -60,7 +60,8 @@ def format_tcp_buffers(tcp: dict[str, Any] | None) -> list[str]:
         f"tcp-memory {size_text(tcp['memory'])}, "
         f"tcp-max-connections {tcp['connections']}, "
         f"tcp-path-memory {_path_memory_text(tcp.get('path_memory'))}, "
-        f"tcp-timestamps {_on_off(tcp.get('timestamps'))}",
+        f"tcp-timestamps {_on_off(tcp.get('timestamps'))}, "
+        f"tcp-congestion {tcp.get('congestion', 'cubic')}",
         f"  TCP checksum: {tcp.get('checksum', '?')}",
         f"  WireGuard transport: {tcp.get('transport', '?')}",
     ]

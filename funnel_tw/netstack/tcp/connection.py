@@ -18,6 +18,7 @@ from typing import Any
 from ..events import EOF
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH, RST, SYN, PacketBuilder, syn_options
+from .bbr import Bbr
 from .cubic import Cubic
 from .predict import Prediction
 from .receive import RECEIVE_BUFFER_MAX, ReceiveSide, wscale_for
@@ -41,6 +42,7 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         "ack_pending",
         "active_open",
         "app",
+        "bbr",
         "buf_len",
         "buf_off",
         "buf_seq",
@@ -195,6 +197,7 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         receive_buffer_max: int = RECEIVE_BUFFER_MAX,
         send_buffer_max: int = SEND_BUFFER_MAX,
         ts_offset: int | None = None,  # our timestamps' clock offset; None: none offered
+        bbr: bool = False,  # tcp-congestion = bbr (bbr.py); else CUBIC
     ) -> None:
         self.stack = stack
         self.local = local
@@ -211,7 +214,7 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         self.active_open = False
         self.local_mss = mss
         self.mss = min(536, mss)
-        self._init_send(iss, send_buffer_max)
+        self._init_send(iss, send_buffer_max, bbr)
         self._init_timers(now)
         self._init_receive(receive_buffer, receive_buffer_max)
         self._init_timestamps(ts_offset)
@@ -382,6 +385,8 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         self.state = State.ESTABLISHED
         self.cwnd = 10 * self.mss
         self.cc = Cubic(self.mss)
+        if self.bbr is not None:
+            self.bbr = Bbr(self.mss, self.iss)
         self.t_rto = None
         self.retransmits = 0
         self._autotune_start(now)

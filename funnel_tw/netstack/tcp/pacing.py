@@ -7,13 +7,15 @@ so does this. Packets go in quanta of about a millisecond of data (at least two 
 most 64 KiB): a token bucket two quanta deep fills at the pacing rate, a segment may leave
 while it holds tokens, and once it is empty the connection waits (``t_pace``) until a whole
 quantum has come in. So a timer that fires late (a busy reactor) loses nothing up to a
-quantum, and the overlay's GSO batches are a quantum each.
+quantum, and the overlay's GSO batches are a quantum each. With BBR (``bbr.py``) the rate is
+its model's (a gain over the bottleneck bandwidth), the quanta the same.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .bbr import Bbr
 from .resume import UNVALIDATED
 
 PACING_SS_RATIO = 2.0
@@ -33,6 +35,7 @@ class Pacing:
     ssthresh: int
     srtt: float | None
     cr_phase: int
+    bbr: Bbr | None
 
     def _init_pacing(self) -> None:
         self.pacing = True  # False: a window at once (tests that want exact send times)
@@ -48,10 +51,13 @@ class Pacing:
         if not srtt or not self.pacing:
             self.pace_rate = 0.0
             return
-        ratio = PACING_SS_RATIO if self.cwnd < self.ssthresh // 2 else PACING_CA_RATIO
-        if self.cr_phase == UNVALIDATED:
-            ratio = 1.0  # a jumped window goes out over one round trip (RFC 9959 3.3)
-        rate = ratio * max(self.cwnd, in_flight) / srtt
+        if self.bbr is not None:
+            rate = self.bbr.pacing_rate(self.cwnd, srtt)
+        else:
+            ratio = PACING_SS_RATIO if self.cwnd < self.ssthresh // 2 else PACING_CA_RATIO
+            if self.cr_phase == UNVALIDATED:
+                ratio = 1.0  # a jumped window goes out over one round trip (RFC 9959 3.3)
+            rate = ratio * max(self.cwnd, in_flight) / srtt
         quantum = min(max(rate * PACING_QUANTUM, 2.0 * self.mss), float(PACING_MAX_QUANTUM))
         depth = 2 * quantum
         if self.pace_rate == 0.0:

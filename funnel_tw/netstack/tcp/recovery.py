@@ -9,6 +9,10 @@ CUBIC's state go back to what they were (as Linux's undo). Unlike Linux, an epis
 awaiting its D-SACKs when the next one begins is kept (a datagram held longer than a round
 trip answers after that): each is undone on its own, newest first (docs/netstack.md). After a
 timeout everything not SACKed is lost and is sent again from one segment of window.
+
+With ``tcp-congestion = bbr`` (``bbr.py``) the window is the model's instead: no growth rule, no
+reduction to ssthresh (which stays unset), PRR gives way to packet conservation for a round,
+and the window from before an episode comes back when it ends.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Self
 
 from ..owner import Owner
+from .bbr import Bbr
 from .cubic import Cubic
 from .rack import INFLIGHT, LOST, SACKED, Sent
 
@@ -62,6 +67,7 @@ class Recovery:
     cwnd: int
     ssthresh: int
     cc: Cubic
+    bbr: Bbr | None
     in_recovery: bool
     in_loss: bool
     recover: int
@@ -116,6 +122,13 @@ class Recovery:
         elif not self.in_loss:
             self.cwnd = self.cc.avoid(self.cwnd, delivered, now, self.srtt or 0.0)
 
+    def _bbr_ack(self, bbr: Bbr, delivered: int, lost: int, rtt: float | None, now: float) -> None:
+        """The window BBR's model gives after an ACK that delivered ``delivered`` bytes and
+        let RACK find ``lost`` more lost (in and out of recovery: it replaces PRR too)."""
+        self.cwnd = bbr.ack(
+            self.cwnd, delivered, lost, rtt, now, self.snd_una, self.snd_max, self._pipe()
+        )
+
     def _begin_episode(self, keep_older: bool = False) -> None:
         """A loss episode starts: remember the window for an undo. With ``keep_older`` (a
         fast retransmit, not a timeout) the episode before, if its retransmissions still await
@@ -135,7 +148,10 @@ class Recovery:
     def _enter_recovery(self: Self) -> None:
         self.stack.count("tcp_fast_retransmits")
         self._begin_episode(keep_older=True)
-        self.ssthresh = self._cc_ssthresh()
+        if self.bbr is None:
+            self.ssthresh = self._cc_ssthresh()
+        else:
+            self.cwnd = self.bbr.loss_episode(self.cwnd, self._pipe(), self.snd_max)
         self.in_recovery = True
         self.recover = self.snd_max
         self.prr_delivered = 0
@@ -161,17 +177,23 @@ class Recovery:
 
     def _exit_recovery(self) -> None:
         self.in_recovery = False
-        self.cwnd = max(self.ssthresh, 2 * self.mss)
+        if self.bbr is None:
+            self.cwnd = max(self.ssthresh, 2 * self.mss)
         self._rack_recovery_ended()
         self._episode_over()
 
     def _episode_over(self) -> None:
         """Recovery ended. If nothing had to be retransmitted, nothing was lost: undo."""
+        if self.bbr is not None:
+            self.cwnd = self.bbr.episode_over(self.cwnd)
         if self.undo is not None and self.undo.retransmitted == 0:
             self._undo()
 
     def _reduce_once(self) -> None:
-        """A loss repaired without recovery (a tail loss probe): reduce the window once."""
+        """A loss repaired without recovery (a tail loss probe): reduce the window once
+        (BBR: its model already saw the loss)."""
+        if self.bbr is not None:
+            return
         self.ssthresh = self._cc_ssthresh()
         self.cwnd = min(self.cwnd, self.ssthresh)
 
@@ -235,11 +257,15 @@ class Recovery:
         """RTO: everything not SACKed is lost; start again from one segment (RFC 5681 3.1)."""
         if not self.in_loss and not self.in_recovery:
             self._begin_episode()
-            self.ssthresh = self._cc_ssthresh()
+            if self.bbr is None:
+                self.ssthresh = self._cc_ssthresh()
         elif not self.in_loss and self.undo is None:
             self._begin_episode()
         self.cc.timeout()
-        self.cwnd = self.mss
+        if self.bbr is None or self.in_loss:
+            self.cwnd = self.mss
+        else:
+            self.cwnd = self.bbr.loss_episode(self.cwnd, 0, self.snd_max, timeout=True)
         self.in_recovery = False
         self.in_loss = True
         self.recover = self.snd_max

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..owner import Owner
 from ..paths import PathEntry
+from .bbr import Bbr
 
 RECON = 1
 UNVALIDATED = 2
@@ -57,6 +58,7 @@ class Resume:
     receive_buffer_max: int
     window_granted: int
     rcv_rtt: float
+    bbr: Bbr | None
 
     if TYPE_CHECKING:
 
@@ -77,8 +79,8 @@ class Resume:
     def _resume_start(self: Self) -> None:
         """At establishment: take the peer's saved entry, if any, and start from it."""
         paths = self.stack.paths
-        if paths is None:
-            return
+        if paths is None or self.bbr is not None:
+            return  # (BBR measures the path itself within a few round trips)
         entry = paths.take(self.remote[0], self.stack.now)
         if entry is None:
             return

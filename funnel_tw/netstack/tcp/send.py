@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Self
 from ..events import DRAINED
 from ..owner import Owner
 from ..segment import ACK, FIN, PSH, TIMESTAMP_LEN, PacketBuilder
+from .bbr import Bbr
 from .burst import Burst
 from .cubic import Cubic
 from .pacing import Pacing
@@ -93,7 +94,9 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         def _computed_rto(self) -> float: ...
         def _progress(self, now: float) -> None: ...
 
-    def _init_send(self, iss: int, send_buffer_max: int = SEND_BUFFER_MAX) -> None:
+    def _init_send(
+        self, iss: int, send_buffer_max: int = SEND_BUFFER_MAX, bbr: bool = False
+    ) -> None:
         self.iss = iss
         self.snd_una = iss
         self.snd_nxt = iss  # the next new sequence number (no go-back-N: always snd_max)
@@ -126,7 +129,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         # congestion control and recovery
         self.cwnd = 10 * self.mss
         self.ssthresh = 1 << 30
-        self.cc = Cubic(self.mss)
+        self.cc = Cubic(self.mss)  # (kept with BBR too: an episode's undo state names it)
+        self.bbr: Bbr | None = Bbr(self.mss, iss) if bbr else None  # tcp-congestion = bbr
         self.dupacks = 0
         self.in_recovery = False  # fast recovery (RFC 6675 / PRR)
         self.in_loss = False  # after a timeout, until what was sent before it is acknowledged
@@ -280,6 +284,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         data_end = self._data_end()
         if self.snd_nxt < data_end:
             sent = self._send_new(now, data_end, mss, options) or sent
+        if self.bbr is not None and self.snd_nxt >= data_end and self._pipe() < self.cwnd:
+            self.bbr.note_app_limited(self.snd_max)  # the application is what limits it
         # 3. a FIN on its own
         if (
             self.fin_queued
@@ -355,6 +361,7 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self._advance_una(ack, now)
         delivered = (ack - prior_una) + (self.sacked_bytes - prior_sacked)
         # what is lost
+        lost_before = self.lost_bytes
         if not self.sack_ok:
             self._newreno(ack, prior_una, duplicate)
         elif self.sacked_bytes or (self.in_flight and self.rack_xmit > float("-inf")):
@@ -369,7 +376,9 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self._exit_recovery()
         if not self.in_recovery and not self.in_loss and self.lost_bytes:
             self._enter_recovery()
-        if self.in_recovery:
+        if self.bbr is not None:
+            self._bbr_ack(self.bbr, delivered, max(self.lost_bytes - lost_before, 0), rtt, now)
+        elif self.in_recovery:
             self._prr(delivered)
         elif delivered > 0:
             self._grow(delivered, rtt, now)
@@ -415,7 +424,10 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
         if newest is not None:
             rtt = self._newest_delivered(newest, now)
         self._advance_una(ack, now)
-        self._grow(ack - prior_una, rtt, now)
+        if self.bbr is not None:
+            self._bbr_ack(self.bbr, ack - prior_una, 0, rtt, now)
+        else:
+            self._grow(ack - prior_una, rtt, now)
         self.t_rto = self.t_tlp = self.t_reo = None
         self._progress(now)
         self._drained_check()
