@@ -57,6 +57,7 @@ class TcpOverDistanceTests(SynchronousTestCase):
     linux_cc = "bbr"
     pairs: tuple[str, ...] = ("ours-linux",)
     reference = ("ours-linux", "yx")  # Linux sending to us on the same pair: the issue's ratio
+    node_keys: tuple[str, ...] = ()  # our node's [node] keys beyond the defaults
 
     def setUp(self) -> None:
         if os.environ.get(ENV) != "1":
@@ -74,7 +75,12 @@ class TcpOverDistanceTests(SynchronousTestCase):
         stack = contextlib.ExitStack()
         self.addCleanup(stack.close)
         pairs = WanPairs(
-            stack, SECONDS, log=log.msg, wg_rcvbuf=self.wg_rcvbuf, linux_cc=self.linux_cc
+            stack,
+            SECONDS,
+            log=log.msg,
+            wg_rcvbuf=self.wg_rcvbuf,
+            linux_cc=self.linux_cc,
+            node_keys=self.node_keys,
         )
         cell = Cell(RTT_MS, path, SEED)
         for pair in self.pairs:
@@ -97,7 +103,8 @@ class TcpOverDistanceTests(SynchronousTestCase):
         ratio = ours.mbit / max(linux.mbit, 1e-9)
         report = (
             f"{RTT_MS} ms {path}, seed {SEED}, wireguard-go receive buffer "
-            f"{self.wg_rcvbuf or 'as shipped'}, Linux {self.linux_cc}: ours sending "
+            f"{self.wg_rcvbuf or 'as shipped'}, Linux {self.linux_cc}, our node "
+            f"{self.node_keys or 'defaults'}: ours sending "
             f"{ours.mbit:.1f} Mbit/s, Linux sending ({' '.join(self.reference)}) "
             f"{linux.mbit:.1f} Mbit/s, ratio {ratio:.2f} "
             f"(target {TARGET}); our sender's counters {ours.sent.get('info')}; datagrams "
@@ -130,3 +137,13 @@ class CurrentWireGuardGoTests(TcpOverDistanceTests):
     wg_rcvbuf = 7 << 20
     pairs = ("ours-linux", "linux-linux")
     reference = ("linux-linux", "xy")
+
+
+class BbrOverDistanceTests(TcpOverDistanceTests):
+    """The issue's own setting (Debian's wireguard-go, Linux's BBR sending to us as the
+    reference) with our node's ``tcp-congestion = bbr``: a sender that, like Linux's BBR,
+    does not read the 208 KiB socket's drops as congestion. Measured 2026-12-08
+    (bench/tcp_wan.py, seeds 1-3, docs/netstack.md "BBR"): see the figures there; CUBIC's
+    0.37-0.43 on the same runs."""
+
+    node_keys = ("tcp-congestion = bbr",)

@@ -52,21 +52,27 @@ class Path:
         self.cwnd = 10 * MSS
         self.rtt = RTT
 
-    def round(self, lost: int = 0, app_limited: bool = False) -> None:
-        """What the window allows, at most the path's rate, is delivered over one RTT."""
+    def round(
+        self, lost: int = 0, app_limited: bool = False, within: tuple[float, float] = (0, 1)
+    ) -> None:
+        """What the window allows, at most the path's rate, is delivered over one RTT; each
+        ACK lets the sender send as much again (what is in flight stays a round's worth).
+        ``within``: the part of the round the ACKs come back in (bunched), as fractions."""
         deliver = int(min(self.cwnd, self.rate * self.rtt))
-        snd_max = self.una + deliver
-        if app_limited:
-            self.bbr.note_app_limited(snd_max)
         steps = max(deliver // self.ack, 1)
+        start = self.now
+        lo, hi = within
         for i in range(steps):
-            self.now += self.rtt / steps
+            self.now = start + self.rtt * (lo + (hi - lo) * (i + 1) / steps)
             self.una += self.ack
-            pipe = max(snd_max - self.una, 0)
+            snd_max = self.una + deliver
+            if app_limited:
+                self.bbr.note_app_limited(snd_max)
             self.cwnd = self.bbr.ack(
                 self.cwnd, self.ack, lost if i == 0 else 0, self.rtt, self.now, self.una,
-                snd_max, pipe,
+                snd_max, deliver,
             )  # fmt: skip
+        self.now = start + self.rtt
 
 
 class ModelTests(SynchronousTestCase):
@@ -102,6 +108,18 @@ class ModelTests(SynchronousTestCase):
         for _ in range(30):  # the same rounds not app-limited: the path did slow down
             path.round()
         self.assertLess(bbr.bw, 1.1e6)
+
+    def test_bunched_acks_do_not_read_as_more_bandwidth(self) -> None:
+        """A receiver that drains its socket in bursts (wireguard-go) returns a round's ACKs
+        late in one round and early in the next: over the ACKs alone the short round reads
+        as several times the rate; bounded by how long its data took to send, it does not
+        (Linux's max(ack_elapsed, send_elapsed))."""
+        bbr = Bbr(MSS, phase=0)
+        path = Path(bbr, rate=5e6)
+        for k in range(40):
+            path.round(within=(0.7, 1.0) if k % 2 else (0.0, 0.3))
+        self.assertTrue(bbr.full_bw_reached)
+        self.assertLess(bbr.bw, 5e6 * 1.3)
 
     def test_a_loss_costs_what_was_lost_not_a_share_of_the_rate(self) -> None:
         """Recovery: packet conservation for one round from what is in flight, then the

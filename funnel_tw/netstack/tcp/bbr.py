@@ -68,6 +68,7 @@ class Bbr:
         "round_delivered",
         "round_end",
         "round_first",
+        "round_sent_from",
         "round_start",
         "rounds",
         "samples",
@@ -87,6 +88,7 @@ class Bbr:
         self.rounds = 0
         self.round_end = -1  # snd_una at or past this ends the round (-1: none begun)
         self.round_first = -1  # ... and where its data began
+        self.round_sent_from = 0.0  # when the round before began: its data left from then on
         self.round_start = 0.0
         self.round_delivered = 0
         self.app_limited_seq = -1  # the data sent up to here left while the sender was idle
@@ -126,16 +128,20 @@ class Bbr:
         """Whether this ACK ends a round trip; if so, take its delivery rate."""
         if una < self.round_end:
             return False
-        began, first = self.round_start, self.round_first
+        began, first, sent_from = self.round_start, self.round_first, self.round_sent_from
         self.round_first = self.round_end  # the round's data: [round_first, round_end)
         self.round_end = snd_max
+        self.round_sent_from = began
         self.round_start = now
         delivered = self.delivered - self.round_delivered
         self.round_delivered = self.delivered
         if first < 0 or now <= began or delivered <= 0:
             return False
         self.rounds += 1
-        rate = delivered / (now - began)
+        # over the longer of the round's ACKs and the sending of its data (the round before),
+        # as Linux's max(ack_elapsed, send_elapsed): ACKs that come back bunched (a receiver
+        # that drains its socket in bursts) would otherwise read as more than was ever sent
+        rate = delivered / max(now - began, began - sent_from)
         app_limited = self.app_limited_seq > first  # sent while (or after) the sender idled
         if app_limited and rate < self.bw:
             return True  # a round the application left short: not the path's rate
@@ -228,7 +234,8 @@ class Bbr:
         snd_max: int,
         pipe: int,
     ) -> int:
-        """An ACK delivered ``acked`` bytes and RACK found ``lost`` more lost: the new window."""
+        """An ACK delivered ``acked`` bytes and RACK found ``lost`` more lost: the new window.
+        ``una``: the highest sequence number delivered (acknowledged or SACKed)."""
         if acked < 0:
             acked = 0  # (a cumulative ACK over what was SACKed can count less than nothing)
         self.delivered += acked

@@ -79,6 +79,7 @@ class Recovery:
     undo_done: bool
     rtx: list[Sent]
     rtx_head: int
+    rack_fack: int
     in_flight: OrderedDict[Sent, None]
     lost_q: deque[Sent] | None
     lost_bytes: int
@@ -124,9 +125,12 @@ class Recovery:
 
     def _bbr_ack(self, bbr: Bbr, delivered: int, lost: int, rtt: float | None, now: float) -> None:
         """The window BBR's model gives after an ACK that delivered ``delivered`` bytes and
-        let RACK find ``lost`` more lost (in and out of recovery: it replaces PRR too)."""
+        let RACK find ``lost`` more lost (in and out of recovery: it replaces PRR too). Its
+        round trips end when data sent after one began is delivered, SACKed included (RACK's
+        ``rack_fack``), as Linux counts them: ``snd_una`` stands still at a hole for as long
+        as the recovery lasts, and a round (and packet conservation) with it."""
         self.cwnd = bbr.ack(
-            self.cwnd, delivered, lost, rtt, now, self.snd_una, self.snd_max, self._pipe()
+            self.cwnd, delivered, lost, rtt, now, self.rack_fack, self.snd_max, self._pipe()
         )
 
     def _begin_episode(self, keep_older: bool = False) -> None:
