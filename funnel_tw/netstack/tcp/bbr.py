@@ -28,6 +28,8 @@ This class computes from the numbers it is given (bytes, seconds); ``recovery.py
 
 from __future__ import annotations
 
+from .pacing import PACING_MAX_QUANTUM, PACING_QUANTUM
+
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = 0, 1, 2, 3
 STATE_NAMES = ("startup", "drain", "probe_bw", "probe_rtt")
 HIGH_GAIN = 2.885  # 2 / ln 2: the rate that doubles what is delivered every round trip
@@ -249,24 +251,29 @@ class Bbr:
             cwnd = max(cwnd, self.prior_cwnd)
         if lost:
             cwnd = max(cwnd - lost, self.mss)
+        if self.conservation_end is not None and una >= self.conservation_end:
+            self.conservation_end = None
         if self.conservation_end is not None:
-            if una >= self.conservation_end:
-                self.conservation_end = None
-            else:
-                return max(cwnd, pipe + acked)
+            cwnd = max(cwnd, pipe + acked)  # packet conservation: no more than delivered
+        else:
+            cwnd = self._grow(cwnd, acked)
+        if self.state == PROBE_RTT:
+            cwnd = min(cwnd, MIN_SEGMENTS * self.mss)
+        return cwnd
+
+    def _grow(self, cwnd: int, acked: int) -> int:
+        """Toward the model's window: 2 BDP (2.89 in STARTUP and DRAIN) and three quanta."""
         target = self.bdp(self.cwnd_gain) + 3 * self._quantum()
         if self.full_bw_reached:
             cwnd = min(cwnd + acked, target)
         elif cwnd < target or self.delivered < INITIAL_SEGMENTS * self.mss:
             cwnd += acked
-        cwnd = max(cwnd, MIN_SEGMENTS * self.mss)
-        if self.state == PROBE_RTT:
-            cwnd = min(cwnd, MIN_SEGMENTS * self.mss)
-        return cwnd
+        return max(cwnd, MIN_SEGMENTS * self.mss)
 
     def _quantum(self) -> int:
         """The pacer's burst (pacing.py: a millisecond of data, 2 segments to 64 KiB)."""
-        return min(max(int(self.pacing_gain * self.bw * 0.001), 2 * self.mss), 64 * 1024)
+        quantum = int(self.pacing_gain * self.bw * PACING_QUANTUM)
+        return min(max(quantum, 2 * self.mss), PACING_MAX_QUANTUM)
 
     def loss_episode(self, cwnd: int, pipe: int, snd_max: int, timeout: bool = False) -> int:
         """Recovery or a timeout begins; the window to use (the one before is kept for

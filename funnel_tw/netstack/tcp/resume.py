@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Self
 
 from ..owner import Owner
 from ..paths import PathEntry
-from .bbr import Bbr
+
+if TYPE_CHECKING:
+    from .bbr import Bbr  # (bbr.py imports pacing.py, which imports this)
 
 RECON = 1
 UNVALIDATED = 2
