@@ -70,7 +70,7 @@ class Path:
                 self.bbr.note_app_limited(snd_max)
             self.cwnd = self.bbr.ack(
                 self.cwnd, self.ack, lost if i == 0 else 0, self.rtt, self.now, self.una,
-                snd_max, deliver,
+                snd_max, deliver, 2 * MSS,
             )  # fmt: skip
         self.now = start + self.rtt
 
@@ -90,7 +90,7 @@ class ModelTests(SynchronousTestCase):
         """min_rtt's 10 s begin at its first sample, not at time zero (the bug that sent a
         connection on a clock far from zero to PROBE_RTT at its first ACK)."""
         bbr = Bbr(MSS)
-        cwnd = bbr.ack(10 * MSS, MSS, 0, RTT, T, 1 * MSS, 10 * MSS, 9 * MSS)
+        cwnd = bbr.ack(10 * MSS, MSS, 0, RTT, T, 1 * MSS, 10 * MSS, 9 * MSS, 2 * MSS)
         self.assertEqual(bbr.state, STARTUP)
         self.assertEqual(cwnd, 11 * MSS)
 
@@ -134,7 +134,7 @@ class ModelTests(SynchronousTestCase):
         cwnd = bbr.loss_episode(before, pipe, path.una + before)
         self.assertEqual(cwnd, pipe)
         cwnd = bbr.ack(cwnd, MSS, 2 * MSS, RTT, path.now + 0.001, path.una + MSS,
-                       path.una + before, pipe - 3 * MSS)  # fmt: skip
+                       path.una + before, pipe - 3 * MSS, 2 * MSS)  # fmt: skip
         self.assertEqual(cwnd, pipe - 3 * MSS + MSS)  # conservation: in flight + delivered
         self.assertEqual(bbr.episode_over(cwnd), before)
         self.assertEqual(bbr.bw, bw)

@@ -28,8 +28,6 @@ This class computes from the numbers it is given (bytes, seconds); ``recovery.py
 
 from __future__ import annotations
 
-from .pacing import PACING_MAX_QUANTUM, PACING_QUANTUM
-
 STARTUP, DRAIN, PROBE_BW, PROBE_RTT = 0, 1, 2, 3
 STATE_NAMES = ("startup", "drain", "probe_bw", "probe_rtt")
 HIGH_GAIN = 2.885  # 2 / ln 2: the rate that doubles what is delivered every round trip
@@ -235,9 +233,11 @@ class Bbr:
         una: int,
         snd_max: int,
         pipe: int,
+        quantum: int,
     ) -> int:
         """An ACK delivered ``acked`` bytes and RACK found ``lost`` more lost: the new window.
-        ``una``: the highest sequence number delivered (acknowledged or SACKed)."""
+        ``una``: the highest sequence number delivered (acknowledged or SACKed); ``quantum``:
+        the pacer's burst (pacing.py), three of which the window leaves room for."""
         if acked < 0:
             acked = 0  # (a cumulative ACK over what was SACKed can count less than nothing)
         self.delivered += acked
@@ -256,24 +256,19 @@ class Bbr:
         if self.conservation_end is not None:
             cwnd = max(cwnd, pipe + acked)  # packet conservation: no more than delivered
         else:
-            cwnd = self._grow(cwnd, acked)
+            cwnd = self._grow(cwnd, acked, quantum)
         if self.state == PROBE_RTT:
             cwnd = min(cwnd, MIN_SEGMENTS * self.mss)
         return cwnd
 
-    def _grow(self, cwnd: int, acked: int) -> int:
+    def _grow(self, cwnd: int, acked: int, quantum: int) -> int:
         """Toward the model's window: 2 BDP (2.89 in STARTUP and DRAIN) and three quanta."""
-        target = self.bdp(self.cwnd_gain) + 3 * self._quantum()
+        target = self.bdp(self.cwnd_gain) + 3 * quantum
         if self.full_bw_reached:
             cwnd = min(cwnd + acked, target)
         elif cwnd < target or self.delivered < INITIAL_SEGMENTS * self.mss:
             cwnd += acked
         return max(cwnd, MIN_SEGMENTS * self.mss)
-
-    def _quantum(self) -> int:
-        """The pacer's burst (pacing.py: a millisecond of data, 2 segments to 64 KiB)."""
-        quantum = int(self.pacing_gain * self.bw * PACING_QUANTUM)
-        return min(max(quantum, 2 * self.mss), PACING_MAX_QUANTUM)
 
     def loss_episode(self, cwnd: int, pipe: int, snd_max: int, timeout: bool = False) -> int:
         """Recovery or a timeout begins; the window to use (the one before is kept for

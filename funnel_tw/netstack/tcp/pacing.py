@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .bbr import Bbr
 from .resume import UNVALIDATED
-
-if TYPE_CHECKING:
-    from .bbr import Bbr  # (bbr.py takes the quantum's constants from here)
 
 PACING_SS_RATIO = 2.0
 PACING_CA_RATIO = 1.2

@@ -80,6 +80,7 @@ class Recovery:
     rtx: list[Sent]
     rtx_head: int
     rack_fack: int
+    pace_depth: float
     in_flight: OrderedDict[Sent, None]
     lost_q: deque[Sent] | None
     lost_bytes: int
@@ -129,8 +130,9 @@ class Recovery:
         round trips end when data sent after one began is delivered, SACKed included (RACK's
         ``rack_fack``), as Linux counts them: ``snd_una`` stands still at a hole for as long
         as the recovery lasts, and a round (and packet conservation) with it."""
+        pipe, quantum = self._pipe(), int(self.pace_depth) >> 1  # (the bucket: two quanta)
         self.cwnd = bbr.ack(
-            self.cwnd, delivered, lost, rtt, now, self.rack_fack, self.snd_max, self._pipe()
+            self.cwnd, delivered, lost, rtt, now, self.rack_fack, self.snd_max, pipe, quantum
         )
 
     def _begin_episode(self, keep_older: bool = False) -> None:

@@ -30,9 +30,7 @@ from typing import TYPE_CHECKING, Self
 
 from ..owner import Owner
 from ..paths import PathEntry
-
-if TYPE_CHECKING:
-    from .bbr import Bbr  # (bbr.py imports pacing.py, which imports this)
+from .bbr import Bbr
 
 RECON = 1
 UNVALIDATED = 2
