@@ -121,6 +121,20 @@ class ModelTests(SynchronousTestCase):
         self.assertTrue(bbr.full_bw_reached)
         self.assertLess(bbr.bw, 5e6 * 1.3)
 
+    def test_acks_in_batches_widen_the_window_by_what_they_run_ahead(self) -> None:
+        """A round's ACKs all in its last tenth (a receiver that reads in batches): the window
+        grows by what the ACKs deliver beyond bw in their burst (0.9 BDP here), so the sender
+        still has data in flight when the next batch comes; evenly spaced ACKs add ~nothing."""
+        windows = {}
+        for within in ((0.0, 1.0), (0.9, 1.0)):
+            bbr = Bbr(MSS, phase=0)
+            path = Path(bbr, rate=5e6)
+            for _ in range(40):
+                path.round(within=within)
+            windows[within] = path.cwnd / (5e6 * RTT)
+        self.assertLess(windows[(0.0, 1.0)], 2.2, f"{windows}")
+        self.assertGreater(windows[(0.9, 1.0)], 2.8, f"{windows}")
+
     def test_a_loss_costs_what_was_lost_not_a_share_of_the_rate(self) -> None:
         """Recovery: packet conservation for one round from what is in flight, then the
         window from before; bw and pacing stay; CUBIC would have cut 30 %."""
