@@ -143,7 +143,8 @@ class BbrOverDistanceTests(TcpOverDistanceTests):
     """The issue's own setting (Debian's wireguard-go, Linux's BBR sending to us as the
     reference) with our node's ``tcp-congestion = bbr``: a sender that, like Linux's BBR,
     does not read the 208 KiB socket's drops as congestion. Measured 2026-12-08: 0.74 clean
-    (351 vs 475 Mbit/s), 0.91 reordered (283 vs 310); bench/tcp_wan.py over the day, 0.68-0.91
+    (351 vs 475 Mbit/s), 0.91 reordered (283 vs 310); with ACK aggregation 1.32 (391 vs 296)
+    and 0.87 (318 vs 364); bench/tcp_wan.py over the day, 0.59-1.04
     and 0.74-0.99, and 1.01-1.45 / 0.92-1.19 x Linux's BBR into the same receiver (our CUBIC:
     0.30-0.42 and 0.33-0.59; docs/netstack.md, "BBR")."""
 
