@@ -21,7 +21,9 @@ Unlike Linux, the delivery rate is sampled once per round trip (what was deliver
 included, over the round's duration), not per ACK from per-packet send state: a record per
 segment would cost every CUBIC connection too, and a round's average is what the windowed
 maximum needs (a per-ACK rate over a few segments reads ACK compression as bandwidth). A
-round the application left short (``app_limited``) counts only if it was faster.
+round the application left short (``app_limited``) counts only if it was faster. The window
+also holds what ACKs deliver in a burst beyond ``bw`` (Linux's ``extra_acked``): receivers
+that read in batches would otherwise leave the sender waiting between them.
 
 This class computes from the numbers it is given (bytes, seconds); ``recovery.py`` feeds it.
 """
@@ -94,7 +96,7 @@ class Bbr:
         self.min_rtt_stamp = 0.0
         self.delivered = 0  # bytes delivered (acknowledged or SACKed) so far
         self.rounds = 0
-        self.round_end = -1  # snd_una at or past this ends the round (-1: none begun)
+        self.round_end = -1  # delivery at or past this ends the round (-1: none begun)
         self.round_first = -1  # ... and where its data began
         self.round_sent_from = 0.0  # when the round before began: its data left from then on
         self.round_start = 0.0
