@@ -359,7 +359,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
             self._rack_dsack_seen()
         if ack > prior_una:
             self._advance_una(ack, now)
-        delivered = (ack - prior_una) + (self.sacked_bytes - prior_sacked)
+        # (an ACK from behind, held on the way, may still bring news in its SACK blocks)
+        delivered = max(ack - prior_una, 0) + (self.sacked_bytes - prior_sacked)
         # what is lost
         lost_before = self.lost_bytes
         if not self.sack_ok:
