@@ -230,7 +230,7 @@ class TcpTrace:
                 STATE_NAMES[bbr.state],
                 round(bbr.bw * 8e-6, 1),
                 None if bbr.min_rtt is None else round(bbr.min_rtt * 1000, 3),
-                bbr.pacing_gain,
+                round(bbr.pacing_gain, 3),
             ]
         if flow.tx[0]:
             record["tx"] = [*flow.tx, flow.bursts, flow.burst_max]

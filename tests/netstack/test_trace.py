@@ -26,9 +26,11 @@ def records(lines: list[str]) -> list[dict[str, Any]]:
 
 
 class TraceTests(SynchronousTestCase):
-    def traced_transfer(self, drop_nth: int | None) -> tuple[Net, Transfer, list[dict[str, Any]]]:
+    def traced_transfer(
+        self, drop_nth: int | None, congestion: str = "cubic"
+    ) -> tuple[Net, Transfer, list[dict[str, Any]]]:
         """400 kB from a to b over 10 ms each way; a's stack traced; one data segment lost."""
-        net = Net.pair(profile=LinkProfile(latency=0.01))
+        net = Net.pair(profile=LinkProfile(latency=0.01), congestion=congestion)
         lines: list[str] = []
         net.a.stack.trace = trace.TcpTrace(lines.append, net.a.stack.counters)
         data_segments = 0
@@ -45,6 +47,18 @@ class TraceTests(SynchronousTestCase):
         t = Transfer(net, payload(SIZE), b"").start()
         t.run(timeout=60)
         return net, t, records(lines)
+
+    def test_bbr_state_is_recorded(self) -> None:
+        """With BBR every record says its state, bandwidth, min_rtt and gain; with CUBIC none."""
+        _, _, recs = self.traced_transfer(drop_nth=None, congestion="bbr")
+        states = [r["bbr"] for r in recs if r["ev"] == "ack"]
+        self.assertEqual({s[0] for s in states}, {"startup"})  # 400 kB: never a full pipe
+        last = states[-1]
+        self.assertGreater(last[1], 0)
+        self.assertLess(abs(last[2] - 20.0), 1.0)
+        self.assertEqual(last[3], 2.885)
+        _, _, cubic = self.traced_transfer(drop_nth=None)
+        self.assertFalse([r for r in cubic if "bbr" in r])
 
     def test_records_follow_the_wire(self) -> None:
         net, t, recs = self.traced_transfer(drop_nth=40)
