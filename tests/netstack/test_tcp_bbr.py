@@ -86,6 +86,21 @@ class ModelTests(SynchronousTestCase):
         self.assertEqual(bbr.state, STARTUP)
         self.assertFalse(bbr.full_bw_reached)
 
+    def test_a_round_lasts_a_round_trip(self) -> None:
+        """A paced sender with little in flight gets it all delivered within a few ms: each
+        such ACK must not end a round, or three "rounds" without growth end STARTUP within
+        one round trip (a run of ours to ours at 20 ms left STARTUP at 8 Mbit/s that way and
+        spent its 4 s climbing back in PROBE_BW: 100 instead of 800 Mbit/s)."""
+        bbr = Bbr(MSS)
+        una, now, cwnd = 0, T, 10 * MSS
+        for _ in range(25):  # 50 ms: two segments every 2 ms, two in flight
+            now += 0.002
+            una += 2 * MSS
+            cwnd = bbr.ack(cwnd, 2 * MSS, 0, RTT, now, una, una + 2 * MSS, 2 * MSS, 2 * MSS)
+        self.assertFalse(bbr.full_bw_reached)
+        self.assertEqual(bbr.state, STARTUP)
+        self.assertLessEqual(bbr.rounds, 2)
+
     def test_the_first_rtt_sample_does_not_start_probe_rtt(self) -> None:
         """min_rtt's 10 s begin at its first sample, not at time zero (the bug that sent a
         connection on a clock far from zero to PROBE_RTT at its first ACK)."""

@@ -142,6 +142,11 @@ class Bbr:
         """Whether this ACK ends a round trip; if so, take its delivery rate."""
         if una < self.round_end:
             return False
+        if self.min_rtt is not None and now - self.round_start < self.min_rtt:
+            # what was in flight was delivered sooner than a round trip (a paced sender with
+            # little out): the round goes on, so three rounds without growth, which end
+            # STARTUP, are three round trips (mini-rounds of a few ms had ended it at 8 Mbit/s)
+            return False
         began, first, sent_from = self.round_start, self.round_first, self.round_sent_from
         self.round_first = self.round_end  # the round's data: [round_first, round_end)
         self.round_end = snd_max
