@@ -4,10 +4,11 @@ Without it a whole window leaves in one burst and lands in the peer's UDP socket
 (wireguard-go's is 208 KiB) faster than it is read: drops, then recovery. Linux paces every
 flow at ``cwnd / srtt`` times 2 in slow start (while cwnd < ssthresh / 2) and 1.2 after, and
 so does this. Packets go in quanta of about a millisecond of data (at least two segments, at
-most 64 KiB): a token bucket two quanta deep fills at the pacing rate, a segment may leave
-while it holds tokens, and once it is empty the connection waits (``t_pace``) until a whole
-quantum has come in. So a timer that fires late (a busy reactor) loses nothing up to a
-quantum, and the overlay's GSO batches are a quantum each. With BBR (``bbr.py``) the rate is
+most 64 KiB): a token bucket two quanta deep (four with BBR) fills at the pacing rate, a
+segment may leave while it holds tokens, and once it is empty the connection waits
+(``t_pace``) until a whole quantum has come in. So a timer that fires late (a busy reactor)
+loses nothing up to a quantum (three with BBR), and the overlay's GSO batches are a quantum
+each. With BBR (``bbr.py``) the rate is
 its model's (a gain over the bottleneck bandwidth), the quanta the same.
 """
 
@@ -22,6 +23,11 @@ PACING_SS_RATIO = 2.0
 PACING_CA_RATIO = 1.2
 PACING_QUANTUM = 0.001  # seconds of data released at once
 PACING_MAX_QUANTUM = 64 * 1024
+PACING_DEPTH = 2  # quanta the token bucket holds ...
+# ... with BBR: its rate is what it measured, so the rate a late-waking reactor loses (beyond
+# the bucket) is missing from the next measurement too, and a CPU-bound sender's estimate
+# settles below what the path carries (ours -> ours at 20 ms, docs/netstack.md "BBR")
+BBR_PACING_DEPTH = 4
 
 
 class Pacing:
@@ -59,7 +65,7 @@ class Pacing:
                 ratio = 1.0  # a jumped window goes out over one round trip (RFC 9959 3.3)
             rate = ratio * max(self.cwnd, in_flight) / srtt
         quantum = min(max(rate * PACING_QUANTUM, 2.0 * self.mss), float(PACING_MAX_QUANTUM))
-        depth = 2 * quantum
+        depth = (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH) * quantum
         if self.pace_rate == 0.0:
             self.pace_tokens = depth  # the first flight after the handshake
         else:
@@ -72,5 +78,6 @@ class Pacing:
         """No tokens left: wait until a quantum has come in (True), or go on (False)."""
         if self.pace_rate == 0.0 or self.pace_tokens > 0:
             return False
-        self.t_pace = now + (self.pace_depth / 2 - self.pace_tokens) / self.pace_rate
+        quantum = self.pace_depth / (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH)
+        self.t_pace = now + (quantum - self.pace_tokens) / self.pace_rate
         return True

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Self
 from ..owner import Owner
 from .bbr import Bbr
 from .cubic import Cubic
+from .pacing import BBR_PACING_DEPTH
 from .rack import INFLIGHT, LOST, SACKED, Sent
 
 UNDO_EPISODES = 4  # earlier episodes kept for an undo while their D-SACKs are awaited
@@ -130,7 +131,7 @@ class Recovery:
         round trips end when data sent after one began is delivered, SACKed included (RACK's
         ``rack_fack``), as Linux counts them: ``snd_una`` stands still at a hole for as long
         as the recovery lasts, and a round (and packet conservation) with it."""
-        pipe, quantum = self._pipe(), int(self.pace_depth) >> 1  # (the bucket: two quanta)
+        pipe, quantum = self._pipe(), int(self.pace_depth) // BBR_PACING_DEPTH
         self.cwnd = bbr.ack(
             self.cwnd, delivered, lost, rtt, now, self.rack_fack, self.snd_max, pipe, quantum
         )
