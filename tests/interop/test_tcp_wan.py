@@ -144,8 +144,9 @@ class BbrOverDistanceTests(TcpOverDistanceTests):
     reference) with our node's ``tcp-congestion = bbr``: a sender that, like Linux's BBR,
     does not read the 208 KiB socket's drops as congestion. Measured 2026-12-08: 0.74 clean
     (351 vs 475 Mbit/s), 0.91 reordered (283 vs 310); with ACK aggregation 1.32 (391 vs 296)
-    and 0.87 (318 vs 364); at the session's end 1.25 (372 vs 298) and 1.59 (316 vs 198); bench/tcp_wan.py over the day, 0.59-1.04
-    and 0.74-0.99, and 1.01-1.45 / 0.92-1.19 x Linux's BBR into the same receiver (our CUBIC:
-    0.30-0.42 and 0.33-0.59; docs/netstack.md, "BBR")."""
+    and 0.87 (318 vs 364); at the session's end 1.25 (372 vs 298) and 1.59 (316 vs 198).
+    bench/tcp_wan.py over the day: 0.59-1.04 and 0.74-1.06, and 1.01-1.45 / 0.92-1.24 x
+    Linux's BBR into the same receiver (our CUBIC: 0.30-0.42 and 0.33-0.59; docs/netstack.md,
+    "BBR")."""
 
     node_keys = ("tcp-congestion = bbr",)
