@@ -320,8 +320,9 @@ class Net:
             if (free - self.now) * p.rate + len(packet) > p.queue:
                 self.link.overflowed += 1
                 return
-            self._busy_until[sender.name] = free + len(packet) / p.rate
-            queued = free + len(packet) / p.rate - self.now
+            done = free + len(packet) / p.rate
+            self._busy_until[sender.name] = done
+            queued = done - self.now
         copies = 1
         if p.duplicate and rng.random() < p.duplicate:
             self.link.duplicated += 1

@@ -8,8 +8,8 @@ most 64 KiB): a token bucket two quanta deep (four with BBR) fills at the pacing
 segment may leave while it holds tokens, and once it is empty the connection waits
 (``t_pace``) until a whole quantum has come in. So a timer that fires late (a busy reactor)
 loses nothing up to a quantum (three with BBR), and the overlay's GSO batches are a quantum
-each. With BBR (``bbr.py``) the rate is
-its model's (a gain over the bottleneck bandwidth), the quanta the same.
+each. With BBR (``bbr.py``) the rate is its model's (a gain over the bottleneck bandwidth),
+the quanta the same.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class Pacing:
         """No tokens left: wait until a quantum has come in (True), or go on (False)."""
         if self.pace_rate == 0.0 or self.pace_tokens > 0:
             return False
-        quantum = self.pace_depth / (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH)
-        self.t_pace = now + (quantum - self.pace_tokens) / self.pace_rate
+        self.t_pace = now + (self._pace_quantum() - self.pace_tokens) / self.pace_rate
         return True
+
+    def _pace_quantum(self) -> float:
+        """The burst the pacer releases at once (its bucket holds two, or four with BBR)."""
+        return self.pace_depth / (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH)

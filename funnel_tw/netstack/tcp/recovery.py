@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Self
 from ..owner import Owner
 from .bbr import Bbr
 from .cubic import Cubic
-from .pacing import BBR_PACING_DEPTH
 from .rack import INFLIGHT, LOST, SACKED, Sent
 
 UNDO_EPISODES = 4  # earlier episodes kept for an undo while their D-SACKs are awaited
@@ -81,7 +80,6 @@ class Recovery:
     rtx: list[Sent]
     rtx_head: int
     rack_fack: int
-    pace_depth: float
     in_flight: OrderedDict[Sent, None]
     lost_q: deque[Sent] | None
     lost_bytes: int
@@ -95,6 +93,7 @@ class Recovery:
     if TYPE_CHECKING:
 
         def _pipe(self) -> int: ...
+        def _pace_quantum(self) -> float: ...
         def _is_cwnd_limited(self) -> bool: ...
         def _rack_recovery_ended(self) -> None: ...
         def _send_data(self, now: float) -> bool: ...
@@ -131,9 +130,16 @@ class Recovery:
         round trips end when data sent after one began is delivered, SACKed included (RACK's
         ``rack_fack``), as Linux counts them: ``snd_una`` stands still at a hole for as long
         as the recovery lasts, and a round (and packet conservation) with it."""
-        pipe, quantum = self._pipe(), int(self.pace_depth) // BBR_PACING_DEPTH
         self.cwnd = bbr.ack(
-            self.cwnd, delivered, lost, rtt, now, self.rack_fack, self.snd_max, pipe, quantum
+            self.cwnd,
+            delivered,
+            lost,
+            rtt,
+            now,
+            self.rack_fack,
+            self.snd_max,
+            self._pipe(),
+            int(self._pace_quantum()),
         )
 
     def _begin_episode(self, keep_older: bool = False) -> None:
