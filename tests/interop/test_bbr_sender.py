@@ -12,8 +12,6 @@ wireguard-go both ways.
 
 from __future__ import annotations
 
-import contextlib
-
 from twisted.python import log
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,14 +29,14 @@ class BbrSendingToLinuxTests(SynchronousTestCase):
         h.skip_unless_interop(self)
 
     def test_random_loss_does_not_hold_bbr_back(self) -> None:
-        stack = contextlib.ExitStack()
-        self.addCleanup(stack.close)
-        pairs = WanPairs(
-            stack, SECONDS, log=log.msg, linux_cc="bbr", node_keys=("tcp-congestion = bbr",)
+        pairs = WanPairs.for_test(
+            self.addCleanup,
+            SECONDS,
+            log=log.msg,
+            linux_cc="bbr",
+            node_keys=("tcp-congestion = bbr",),
         )
-        cell = Cell(RTT_MS, "loss", SEED)
-        for pair in ("ours-linux", "linux-linux"):
-            pairs.run_cell(pair, cell)
+        cell = pairs.run_pairs(Cell(RTT_MS, "loss", SEED), ("ours-linux", "linux-linux"))
         self.assertEqual(cell.failures, {}, f"{cell}")
         ours = cell.transfers[("ours-linux", "xy")]
         linux = cell.transfers[("linux-linux", "xy")]

@@ -15,8 +15,6 @@ least 0.2 of what it gets sending to Linux through the same relay (a collapse fa
 
 from __future__ import annotations
 
-import contextlib
-
 from twisted.python import log
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,14 +33,12 @@ class LinuxSendingToUsTests(SynchronousTestCase):
         h.skip_unless_interop(self)
 
     def test_reordered_path_timestamps_let_linux_undo(self) -> None:
-        stack = contextlib.ExitStack()
-        self.addCleanup(stack.close)
         # wireguard-go's socket as current wireguard-go sets it, so the reference (Linux to
         # Linux) is not held by the drops of Debian's 208 KiB one
-        pairs = WanPairs(stack, SECONDS, log=log.msg, wg_rcvbuf=7 << 20, linux_cc="cubic")
-        cell = Cell(RTT_MS, "reorder", SEED)
-        for pair in ("ours-linux", "linux-linux"):
-            pairs.run_cell(pair, cell)
+        pairs = WanPairs.for_test(
+            self.addCleanup, SECONDS, log=log.msg, wg_rcvbuf=7 << 20, linux_cc="cubic"
+        )
+        cell = pairs.run_pairs(Cell(RTT_MS, "reorder", SEED), ("ours-linux", "linux-linux"))
         self.assertEqual(cell.failures, {}, f"{cell}")
         to_us = cell.transfers[("ours-linux", "yx")]
         to_linux = cell.transfers[("linux-linux", "xy")]

@@ -30,7 +30,6 @@ and 2.08 with ``CurrentWireGuardGoTests``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import unittest
@@ -72,10 +71,8 @@ class TcpOverDistanceTests(SynchronousTestCase):
             raise unittest.SkipTest(reason)
 
     def measure(self, path: str) -> Cell:
-        stack = contextlib.ExitStack()
-        self.addCleanup(stack.close)
-        pairs = WanPairs(
-            stack,
+        pairs = WanPairs.for_test(
+            self.addCleanup,
             SECONDS,
             log=log.msg,
             wg_rcvbuf=self.wg_rcvbuf,

@@ -189,6 +189,22 @@ class WanPairs:
         self.setups: dict[str, Setup] = {}
         stack.callback(self.close)
 
+    @classmethod
+    def for_test(
+        cls, add_cleanup: Callable[[Callable[[], None]], None], seconds: float, **options: Any
+    ) -> WanPairs:
+        """Pairs whose namespaces and processes a test's cleanup removes (``add_cleanup``:
+        the test's ``addCleanup``); ``options`` as for the constructor."""
+        stack = contextlib.ExitStack()
+        add_cleanup(stack.close)
+        return cls(stack, seconds, **options)
+
+    def run_pairs(self, cell: Cell, pairs: tuple[str, ...]) -> Cell:
+        """``cell`` measured on each of ``pairs`` in turn; the cell, filled."""
+        for pair in pairs:
+            self.run_cell(pair, cell)
+        return cell
+
     # ------------------------------------------------------------------ setup
 
     def setup(self, pair: str) -> Setup:
