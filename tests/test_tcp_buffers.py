@@ -66,6 +66,17 @@ class DaemonStackTests(_Files):
         self.assertStack(RelayService(config, Clock()).overlay.stack, 12 << 20, 16 << 20, 96 << 20)
 
 
+class CongestionChoicesTests(SynchronousTestCase):
+    def test_config_offers_what_the_stack_has(self) -> None:
+        """config sits below netstack, so tcp-congestion's values are written out there too:
+        they must stay netstack's, the default first."""
+        from funnel_tw.config.model import CONGESTION, TCP_DEFAULTS
+        from funnel_tw.netstack import stack
+
+        self.assertEqual(CONGESTION, stack.CONGESTION)
+        self.assertEqual(TCP_DEFAULTS.congestion, stack.CONGESTION[0])
+
+
 class StatusTests(_Files):
     """``funnel-tw status`` shows the caps next to the overlay, as the keys that set them."""
 
