@@ -36,7 +36,7 @@ class BbrSendingToLinuxTests(SynchronousTestCase):
             linux_cc="bbr",
             node_keys=("tcp-congestion = bbr",),
         )
-        cell = pairs.run_pairs(Cell(RTT_MS, "loss", SEED), ("ours-linux", "linux-linux"))
+        cell = pairs.run_pairs(Cell(RTT_MS, "loss", SEED), ("ours-linux", "linux-linux"), ("xy",))
         self.assertEqual(cell.failures, {}, f"{cell}")
         ours = cell.transfers[("ours-linux", "xy")]
         linux = cell.transfers[("linux-linux", "xy")]

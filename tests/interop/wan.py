@@ -199,10 +199,13 @@ class WanPairs:
         add_cleanup(stack.close)
         return cls(stack, seconds, **options)
 
-    def run_pairs(self, cell: Cell, pairs: tuple[str, ...]) -> Cell:
-        """``cell`` measured on each of ``pairs`` in turn; the cell, filled."""
+    def run_pairs(
+        self, cell: Cell, pairs: tuple[str, ...], directions: tuple[str, ...] = ("xy", "yx")
+    ) -> Cell:
+        """``cell`` measured on each of ``pairs`` in turn, in ``directions``; the cell,
+        filled."""
         for pair in pairs:
-            self.run_cell(pair, cell)
+            self.run_cell(pair, cell, directions)
         return cell
 
     # ------------------------------------------------------------------ setup
@@ -360,14 +363,14 @@ class WanPairs:
             trace=summary,
         )
 
-    def run_cell(self, pair: str, cell: Cell) -> None:
+    def run_cell(self, pair: str, cell: Cell, directions: tuple[str, ...] = ("xy", "yx")) -> None:
         for attempt in (1, 2):
             try:
                 setup = self.setup(pair)
                 with contextlib.ExitStack() as stack:
                     relay = self.relay(setup, cell, stack)
                     cell.ping[pair] = self.warm(setup)
-                    for direction in ("xy", "yx"):
+                    for direction in directions:
                         t = self.transfer(setup, cell, direction)
                         cell.transfers[(pair, direction)] = t
                         self.log(
@@ -383,6 +386,6 @@ class WanPairs:
                 self.log(f"  {pair}: attempt {attempt} failed: {str(e)[:1500]}")
                 self.drop_setup(pair)
                 if attempt == 2:
-                    for direction in ("xy", "yx"):
+                    for direction in directions:
                         if (pair, direction) not in cell.transfers:
                             cell.failures[(pair, direction)] = str(e)[:300]
