@@ -35,7 +35,7 @@ REQUIRE_ENV = "FUNNEL_TW_REQUIRE_INTEROP"
 WG_RUN_DIR = Path("/var/run/wireguard")
 NS_PREFIX = "ftw-"
 _SYS_PIDFD_GETFD = 438  # the same number on every architecture (the unified table)
-SO_RCVBUFFORCE = 33  # socket.h; Python does not name it
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # socket.h; Python does not name them
 
 #: Registers a zero-argument cleanup callable (``TestCase.addCleanup``, ``ExitStack.callback``).
 AddCleanup = Callable[[Callable[[], None]], Any]
@@ -404,10 +404,11 @@ class WireGuardGo:
             return ""
 
     def force_receive_buffer(self, size: int) -> list[int]:
-        """Give wireguard-go's UDP sockets a ``size`` receive buffer, as wireguard-go does
-        itself since 0.0.20230223 (7 MiB, SO_RCVBUFFORCE); Debian's 0.0.20220316 keeps the
-        kernel's default (208 KiB). Done from outside with pidfd_getfd (root): the socket is
-        shared, so the setting is wireguard-go's. Returns each socket's SO_RCVBUF after."""
+        """Give wireguard-go's UDP sockets ``size`` buffers, receive and send, as wireguard-go
+        does itself since 0.0.20230223 (7 MiB, SO_RCVBUFFORCE and SO_SNDBUFFORCE); Debian's
+        0.0.20220316 keeps the kernel's defaults (208 KiB). Done from outside with pidfd_getfd
+        (root): the socket is shared, so the setting is wireguard-go's. Returns each socket's
+        SO_RCVBUF after."""
         assert self.proc is not None
         pid = self.proc.pid
         inodes = set()
@@ -430,6 +431,7 @@ class WireGuardGo:
                     raise InteropError(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
                 with socket.socket(fileno=fd) as sock:
                     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
                     sizes.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         finally:
             os.close(pidfd)

@@ -7,25 +7,22 @@ send to the kernel for 4 s, then the kernel sends to us for 4 s; the rate of wha
 be at least 0.8x the rate of what Linux sent. Two paths: clean, and 3 % of the datagrams held
 5 ms more (reordering).
 
-These failed at the start of issue 12 (0.09 and 0.02). With RACK-TLP, D-SACK, pacing and
-CUBIC the reordered path reaches 0.5-0.8 and the clean one 0.3-0.5 with Debian's wireguard-go
-(0.0.20220316), whose UDP socket keeps the kernel's 208 KiB: our sender meets 50-300 drops
-there a transfer, settles near the window of the first losses, and Linux sending to us is
-not the same receiver (ours takes 600+ Mbit/s, wireguard-go + Linux ~450).
-``CurrentWireGuardGoTests`` separates the two: wireguard-go's socket as current wireguard-go
-sets it, and the same receiver on both sides of the ratio; there ours sends 0.82-1.10x what
-Linux sends (2026-12-06, quiet machine; docs/netstack.md). Both classes stay skipped unless
-FUNNEL_TW_TCP_WAN=1: a plain skip, not ``require_interop``, since the figures swing with the
-machine's load and CI must not fail on a busy machine. Figures go to the trial log; for the
-why, run ``bench/tcp_wan.py --rtt 20 --pairs ours-linux --trace DIR``.
+These failed at the start of issue 12 (0.09 and 0.02). Which wireguard-go decides the rest.
+``CurrentWireGuardGoTests`` (in CI) gives wireguard-go's socket the 7 MiB buffers current
+wireguard-go asks for itself: our default sender meets the target there on both paths
+(2026-12-08: clean 0.84-1.11, reordered 1.93-2.77). ``TcpOverDistanceTests`` keeps Debian's
+0.0.20220316 as shipped, whose UDP socket keeps the kernel's 208 KiB and drops datagrams
+whenever its reader falls behind: no sender here meets the ratio through it (Linux's own BBR
+sending into wireguard-go + Linux gets 0.56-0.67 of what it sends to us, its CUBIC
+0.12-0.15; ours 0.31-0.48 with CUBIC, 0.59-1.04 with ``tcp-congestion = bbr``,
+``BbrOverDistanceTests``), so those classes stay skipped unless FUNNEL_TW_TCP_WAN=1 (a plain
+skip, not ``require_interop``). Into that same receiver our CUBIC moves 3.7-4.9x (clean) and
+1.6-2.0x (reordered) what Linux's CUBIC does: tests/interop/test_default_sender.py, in CI.
+Figures go to the trial log; for the why, ``bench/tcp_wan.py --rtt 20 --pairs ours-linux
+--trace DIR``.
 
 The Linux sender here is BBR, this machine's default and what the issue's figures were taken
-with; BBR does not back off on the 208 KiB socket's drops. Against Linux's own default,
-CUBIC, into the same receiver our sender moves 2.2-3.3x more (2026-12-07:
-``bench/tcp_wan.py --linux-cc cubic``, docs/netstack.md), and on the issue's ratio Linux's
-own BBR sending into wireguard-go + Linux gets 0.56-0.67 of it sending to us: the ratio
-compares two receivers. Measured 2026-12-07 (late): 0.31 clean, 0.44 reordered here; 1.25
-and 2.08 with ``CurrentWireGuardGoTests``.
+with (Linux's and Debian's default is CUBIC; docs/netstack.md).
 """
 
 from __future__ import annotations
@@ -57,9 +54,11 @@ class TcpOverDistanceTests(SynchronousTestCase):
     pairs: tuple[str, ...] = ("ours-linux",)
     reference = ("ours-linux", "yx")  # Linux sending to us on the same pair: the issue's ratio
     node_keys: tuple[str, ...] = ()  # our node's [node] keys beyond the defaults
+    opt_in = True  # skipped unless FUNNEL_TW_TCP_WAN=1
+    attempts = 1  # measurements before a ratio below the target fails the test
 
     def setUp(self) -> None:
-        if os.environ.get(ENV) != "1":
+        if self.opt_in and os.environ.get(ENV) != "1":
             raise unittest.SkipTest(
                 f"issue 12's TCP-over-distance targets (about 1 min; the figures swing with "
                 f"the machine's load): set {ENV}=1 to run them"
@@ -68,7 +67,9 @@ class TcpOverDistanceTests(SynchronousTestCase):
         if reason is None and shutil.which("ss") is None:
             reason = "ss not installed"
         if reason is not None:
-            raise unittest.SkipTest(reason)
+            if self.opt_in:
+                raise unittest.SkipTest(reason)
+            h.require_interop(self, reason)
 
     def measure(self, path: str) -> Cell:
         pairs = WanPairs.for_test(
@@ -94,6 +95,14 @@ class TcpOverDistanceTests(SynchronousTestCase):
         return cell
 
     def check(self, path: str) -> None:
+        for attempt in range(1, self.attempts + 1):
+            ratio = self.check_once(path, attempt)
+            if ratio >= TARGET:
+                return
+        self.fail(f"ours sending / Linux sending {ratio:.2f} < {TARGET} (see the log)")
+
+    def check_once(self, path: str, attempt: int) -> float:
+        """One measurement; the ratio (an assertion error on a broken path or cell)."""
         cell = self.measure(path)
         ours = cell.transfers[("ours-linux", "xy")]
         linux = cell.transfers[self.reference]
@@ -108,9 +117,9 @@ class TcpOverDistanceTests(SynchronousTestCase):
             f"wireguard-go's socket dropped {ours.drops} / {linux.drops}; Linux sender "
             f"{linux.sent.get('info')}; relay {cell.relay}"
         )
-        log.msg(f"{self.id()}: {report}")
+        log.msg(f"{self.id()} (measurement {attempt} of at most {self.attempts}): {report}")
         self.assertGreater(linux.mbit, 0, report)
-        self.assertGreaterEqual(ratio, TARGET, report)
+        return ratio
 
     def test_clean_20ms(self) -> None:
         """Clean path, 20 ms RTT: ours >= 0.8x Linux (issue 12 measured 33 vs 352 Mbit/s)."""
@@ -122,18 +131,19 @@ class TcpOverDistanceTests(SynchronousTestCase):
 
 
 class CurrentWireGuardGoTests(TcpOverDistanceTests):
-    """The same paths with wireguard-go's UDP socket as wireguard-go sets it itself since
-    0.0.20230223 (7 MiB asked, SO_RCVBUFFORCE; Debian's 0.0.20220316 keeps 208 KiB), and the
-    same receiver on both sides of the ratio: ours -> wireguard-go + Linux against Linux +
-    wireguard-go -> wireguard-go + Linux. With the 208 KiB socket every sender meets drops
-    (Linux -> Linux 5,000-10,000 a transfer) and the comparison measures how a sender bears
-    them; with it gone, it measures the sender. Measured 2026-12-06 on a quiet machine with
-    this seed: 0.82-1.05 clean, 0.98-1.10 reordered (bench/tcp_wan.py, seeds 1-3: 0.92-1.09
-    and 0.95-1.09)."""
+    """In CI: the issue's two paths and its own ratio (ours sending to Linux against Linux's
+    BBR sending to us, the same pair and relay seed), with wireguard-go's UDP socket as
+    wireguard-go sets it itself since 0.0.20230223 (7 MiB receive and send buffers, asked
+    with SO_RCVBUFFORCE / SO_SNDBUFFORCE; Debian's 0.0.20220316 keeps the kernel's 208 KiB,
+    whose drops no sender here gets past: see the module's docstring). Our defaults (CUBIC).
+    Measured 2026-12-08, bench/tcp_wan.py seeds 1-6: clean 0.84-1.11 (589-690 Mbit/s against
+    545-711), reordered 1.93-2.77 (809-982 against 354-447). A clean run can fall near the
+    target on a loaded machine, so a ratio below it is measured once more before the test
+    fails (issue 12's code before its work: 0.09 and 0.02)."""
 
     wg_rcvbuf = 7 << 20
-    pairs = ("ours-linux", "linux-linux")
-    reference = ("linux-linux", "xy")
+    opt_in = False
+    attempts = 2
 
 
 class BbrOverDistanceTests(TcpOverDistanceTests):
