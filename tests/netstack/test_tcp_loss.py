@@ -188,6 +188,33 @@ class FastRetransmitTests(SynchronousTestCase):
         acks = peer.take()
         self.assertEqual([s.ack for s in acks], [base & MASK] * 3)
 
+    def test_with_sack_three_dup_acks_then_one_per_batch(self) -> None:
+        """With SACK the sender needs three duplicate ACKs for one hole, then the blocks:
+        the rest of a batch's out-of-order segments share one ACK at the flush (at most 32
+        apart), which carries them all. A new hole gets its three at once again."""
+        stack = listening_stack()
+        peer, conn, _ = raw_established(stack)
+        self.assertTrue(conn.sack_ok)
+        base = peer.seq
+        for i in range(1, 41):  # 40 segments beyond a hole of 100 bytes
+            stack.receive(peer.packet(ACK, seq=base + i * 100, data=bytes(100)), T0)
+        stack.flush(T0)
+        acks = peer.take()
+        self.assertEqual([s.ack for s in acks], [base & MASK] * 5)
+        # three at once, the 35th (32 after them), then the flush's with every block
+        self.assertEqual([s.options.sack[0][1] for s in acks],
+                         [(base + n * 100) & MASK for n in (2, 3, 4, 36, 41)])  # fmt: skip
+        self.assertEqual(acks[-1].options.sack, [((base + 100) & MASK, (base + 4100) & MASK)])
+        # the hole filled and a new one beyond: three at once again, then the flush's
+        stack.receive(peer.packet(ACK, seq=base, data=bytes(100)), T0)
+        for i in range(42, 48):
+            stack.receive(peer.packet(ACK, seq=base + i * 100, data=bytes(100)), T0)
+        stack.flush(T0)
+        acks = peer.take()
+        self.assertEqual([s.ack for s in acks], [(base + 4100) & MASK] * 4)
+        self.assertEqual([s.options.sack[0][1] for s in acks],
+                         [(base + n * 100) & MASK for n in (43, 44, 45, 48)])  # fmt: skip
+
     def test_light_random_loss_recovers_mostly_by_fast_retransmit(self) -> None:
         net = Net.pair(profile=LinkProfile(latency=0.005, jitter=0.0002, loss=0.01), seed=11)
         t = Transfer(net, payload(2_000_000, 1), b"").start()

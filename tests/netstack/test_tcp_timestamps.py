@@ -239,6 +239,20 @@ class LateAckTests(SynchronousTestCase):
         self.assertEqual(self.stack.counters.get("tcp_paws_drops", 0), 0)
         self.assertEqual(self.conn.ts_recent, 205)  # TS.Recent does not go back
 
+    def test_an_overtaken_ack_still_counts_its_sack_blocks(self) -> None:
+        """An ACK behind snd_una with an older clock (newer ACKs overtook it on a reordering
+        path): not a new acknowledgement, but its SACK and D-SACK blocks are read (the D-SACK
+        that undoes a spurious retransmission often rides on one)."""
+        self.ack(200, upto=2)
+        self.ack(205, upto=4)
+        self.ack(201, upto=2, sack=(5, 6))  # overtaken: SACK news
+        self.assertEqual(self.conn.snd_una & tcp.MASK, self.segs[4].seq)
+        self.assertEqual(self.conn.sacked_bytes, 2 * len(self.segs[5].payload))
+        self.ack(202, upto=2, sack=(0, 0))  # and a D-SACK: the first segment came twice
+        self.assertEqual(self.stack.counters.get("tcp_dsack_received"), 1)
+        self.assertEqual(self.stack.counters.get("tcp_paws_drops", 0), 0)
+        self.assertEqual(self.conn.ts_recent, 205)
+
     def test_an_old_cumulative_ack_is_dropped_a_tick_is_tolerated(self) -> None:
         self.ack(200, upto=2)
         self.ack(199, upto=3)  # one tick older: taken (Linux's TCP_PAWS_WINDOW)

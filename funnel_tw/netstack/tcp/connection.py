@@ -98,6 +98,8 @@ class Connection(SendSide, ReceiveSide, Timers, Timestamps, Prediction):
         "ooo",
         "ooo_bytes",
         "ooo_count",
+        "ooo_dup_nxt",
+        "ooo_dupacks",
         "orphan_timeout",
         "orphaned",
         "pace_depth",

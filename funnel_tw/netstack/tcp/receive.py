@@ -63,6 +63,7 @@ def wscale_for(window: int) -> int:
 MAX_OOO_SEGMENTS = 1024  # holes (blocks) held out of order; segments: at least this many
 OUT_OF_WINDOW_ACK_INTERVAL = 0.5
 ACK_EVERY_SEGMENTS = 32  # within one batch, ACK at least this often (the rest at flush)
+DUPACKS_AT_ONCE = 3  # out-of-order segments ACKed one by one while rcv_nxt stays (DupThresh)
 
 
 class ReceiveSide:
@@ -115,6 +116,8 @@ class ReceiveSide:
         self.eof_delivered = False
         self.pending_fin: int | None = None  # a FIN that arrived beyond a gap
         self.last_ooo: tuple[int, int] | None = None  # the out-of-order segment received last
+        self.ooo_dup_nxt = 0  # the rcv_nxt that ooo_dupacks duplicate ACKs went out for
+        self.ooo_dupacks = 0
         self.dsack: tuple[int, int] | None = None  # data received twice, for the next ACK
         self._last_oow_ack = float("-inf")
         self.orphaned = False  # the application let go: data is acknowledged and dropped
@@ -332,8 +335,25 @@ class ReceiveSide:
                     self.send_ack()  # inside a large batch: keep the sender's clock ticking
         else:
             self._store_ooo(seq, payload)
-            # one duplicate ACK per out-of-order segment, at once (RFC 5681 4.2): a sender
-            # without SACK counts them to start a fast retransmit
+            self._ooo_ack()
+
+    def _ooo_ack(self) -> None:
+        """A duplicate ACK per out-of-order segment, at once (RFC 5681 4.2), as far as the
+        sender needs them: the first three for one ``rcv_nxt`` (what starts a fast
+        retransmit), every one for a sender without SACK (it counts them). Past that, with
+        SACK, one ACK at the end of the batch (or every 32 segments) carries the latest
+        blocks, as Linux compresses SACKs (``tcp_comp_sack_nr``): where 3 % of the datagrams
+        are held 5 ms there is nearly always a hole open, and an ACK per segment was 30 times
+        the ACKs of a clean path, for both ends and wireguard-go to carry."""
+        if self.ooo_dup_nxt != self.rcv_nxt:
+            self.ooo_dup_nxt, self.ooo_dupacks = self.rcv_nxt, 0
+        if self.ooo_dupacks < DUPACKS_AT_ONCE or not self.sack_ok:
+            self.ooo_dupacks += 1
+            self.send_ack()
+            return
+        self.ack_now = True
+        self.ack_pending += 1
+        if self.ack_pending >= ACK_EVERY_SEGMENTS:
             self.send_ack()
 
     def _deliver(self: Self, payload: bytes) -> None:

@@ -490,7 +490,8 @@ class SendSide(Burst, RackSide, Pacing, Recovery, Resume, SendQueue):
                     right = c_left
             if left < right:
                 out.append((left, right))
-        self.sack_cache = fresh
+        if ack >= una:  # (an ACK that newer ones overtook says less than the last one did)
+            self.sack_cache = fresh
         return dsack
 
     def _dsack_arrived(self, left: int, right: int) -> None:
