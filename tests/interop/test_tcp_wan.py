@@ -17,7 +17,7 @@ sending into wireguard-go + Linux gets 0.56-0.67 of what it sends to us, its CUB
 0.12-0.15; ours 0.31-0.48 with CUBIC, 0.59-1.04 with ``tcp-congestion = bbr``,
 ``BbrOverDistanceTests``), so those classes stay skipped unless FUNNEL_TW_TCP_WAN=1 (a plain
 skip, not ``require_interop``). Into that same receiver our CUBIC moves 3.7-4.9x (clean) and
-1.6-2.0x (reordered) what Linux's CUBIC does: tests/interop/test_default_sender.py, in CI.
+1.6-2.0x (reordered) what Linux's CUBIC does: ``DefaultSenderTests``, in CI.
 Figures go to the trial log; for the why, ``bench/tcp_wan.py --rtt 20 --pairs ours-linux
 --trace DIR``.
 
@@ -56,6 +56,8 @@ class TcpOverDistanceTests(SynchronousTestCase):
     node_keys: tuple[str, ...] = ()  # our node's [node] keys beyond the defaults
     opt_in = True  # skipped unless FUNNEL_TW_TCP_WAN=1
     attempts = 1  # measurements before a ratio below the target fails the test
+    target = TARGET
+    directions: tuple[str, ...] = ("xy", "yx")  # what each pair measures
 
     def setUp(self) -> None:
         if self.opt_in and os.environ.get(ENV) != "1":
@@ -82,7 +84,7 @@ class TcpOverDistanceTests(SynchronousTestCase):
         )
         cell = Cell(RTT_MS, path, SEED)
         for pair in self.pairs:
-            pairs.run_cell(pair, cell)
+            pairs.run_cell(pair, cell, self.directions)
             # the path is what it claims to be: 20 ms round trips, and reordering when asked
             self.assertGreaterEqual(cell.ping[pair], RTT_MS / 1000, f"{cell.ping}")
             relay = cell.relay[pair]
@@ -97,9 +99,9 @@ class TcpOverDistanceTests(SynchronousTestCase):
     def check(self, path: str) -> None:
         for attempt in range(1, self.attempts + 1):
             ratio = self.check_once(path, attempt)
-            if ratio >= TARGET:
+            if ratio >= self.target:
                 return
-        self.fail(f"ours sending / Linux sending {ratio:.2f} < {TARGET} (see the log)")
+        self.fail(f"ours sending / Linux sending {ratio:.2f} < {self.target} (see the log)")
 
     def check_once(self, path: str, attempt: int) -> float:
         """One measurement; the ratio (an assertion error on a broken path or cell)."""
@@ -113,7 +115,7 @@ class TcpOverDistanceTests(SynchronousTestCase):
             f"{self.node_keys or 'defaults'}: ours sending "
             f"{ours.mbit:.1f} Mbit/s, Linux sending ({' '.join(self.reference)}) "
             f"{linux.mbit:.1f} Mbit/s, ratio {ratio:.2f} "
-            f"(target {TARGET}); our sender's counters {ours.sent.get('info')}; datagrams "
+            f"(target {self.target}); our sender's counters {ours.sent.get('info')}; datagrams "
             f"wireguard-go's socket dropped {ours.drops} / {linux.drops}; Linux sender "
             f"{linux.sent.get('info')}; relay {cell.relay}"
         )
@@ -146,6 +148,26 @@ class CurrentWireGuardGoTests(TcpOverDistanceTests):
     wg_rcvbuf = 7 << 20
     opt_in = False
     attempts = 2
+
+
+class DefaultSenderTests(TcpOverDistanceTests):
+    """In CI: Debian's wireguard-go as shipped (the 208 KiB socket), and the same receiver on
+    both sides: our defaults (CUBIC with HyStart++, pacing, RACK-TLP, D-SACK and undo) sending
+    to Linux, against Linux's own default, CUBIC, sending to Linux through the same relay seed.
+    Ours must move at least 1.2x what Linux's CUBIC moves. The socket drops datagrams whenever
+    its reader falls behind; a sender that cuts its window on every drop without pacing, or
+    reads reordering as loss, falls far below Linux's. Issue 12 measured ours at 33 Mbit/s
+    clean and 4 reordered; Linux's CUBIC into this receiver moves 36-52 and 81-97 (2026-12-08),
+    ours 157-192 and 150-166: 3.7-4.9x and 1.6-2.0x (bench/tcp_wan.py --linux-cc cubic --pairs
+    ours-linux,linux-linux, seeds 1-3). Without pacing, clean: 0.99; RACK's reordering window
+    held at zero, reordered: 0.14 (docs/netstack.md)."""
+
+    linux_cc = "cubic"
+    pairs = ("ours-linux", "linux-linux")
+    reference = ("linux-linux", "xy")
+    directions = ("xy",)
+    opt_in = False
+    target = 1.2  # issue 12's start: ~0.6-0.9 clean, ~0.05 reordered
 
 
 class BbrOverDistanceTests(TcpOverDistanceTests):
