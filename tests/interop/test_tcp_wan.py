@@ -168,6 +168,7 @@ class DefaultSenderTests(TcpOverDistanceTests):
     directions = ("xy",)
     opt_in = False
     target = 1.2  # issue 12's start: ~0.6-0.9 clean, ~0.05 reordered
+    attempts = 2  # reordered: 1.28-2.47 over six runs, so a low one is measured again
 
 
 class BbrOverDistanceTests(TcpOverDistanceTests):
