@@ -304,7 +304,6 @@ class Bbr:
         target = self.bdp(self.cwnd_gain) + 3 * quantum
         if self.full_bw_reached:
             target += min(max(self.extra_acked), int(self.bw * EXTRA_ACKED_MAX))
-        if self.full_bw_reached:
             cwnd = min(cwnd + acked, target)
         elif cwnd < target or self.delivered < INITIAL_SEGMENTS * self.mss:
             cwnd += acked

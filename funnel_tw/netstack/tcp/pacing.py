@@ -65,7 +65,7 @@ class Pacing:
                 ratio = 1.0  # a jumped window goes out over one round trip (RFC 9959 3.3)
             rate = ratio * max(self.cwnd, in_flight) / srtt
         quantum = min(max(rate * PACING_QUANTUM, 2.0 * self.mss), float(PACING_MAX_QUANTUM))
-        depth = (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH) * quantum
+        depth = self._pace_quanta() * quantum
         if self.pace_rate == 0.0:
             self.pace_tokens = depth  # the first flight after the handshake
         else:
@@ -82,5 +82,9 @@ class Pacing:
         return True
 
     def _pace_quantum(self) -> float:
-        """The burst the pacer releases at once (its bucket holds two, or four with BBR)."""
-        return self.pace_depth / (PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH)
+        """The burst the pacer releases at once."""
+        return self.pace_depth / self._pace_quanta()
+
+    def _pace_quanta(self) -> int:
+        """The quanta the token bucket holds: two, or four with BBR."""
+        return PACING_DEPTH if self.bbr is None else BBR_PACING_DEPTH
