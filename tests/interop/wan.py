@@ -40,6 +40,7 @@ PORT_X, PORT_Y, RELAY_PORT, SINK_PORT = 51820, 51821, 51830, 5001
 PATHS = {"clean": (0.0, 0.0), "loss": (0.5, 0.0), "reorder": (0.0, 3.0)}
 REORDER_MS = 5.0
 PAIRS = ("ours-linux", "linux-linux", "ours-ours", "pure-linux")
+BOTH_WAYS = ("xy", "yx")  # a pair's directions: X sending to Y, then Y to X
 #: ``pure``: our overlay with FUNNEL_TW_PURE_PYTHON=1 (no compiled fast path), for the side by
 #: side with ``ours`` (docs/performance.md, "Compiled fast path")
 PURE_ENV = {"FUNNEL_TW_PURE_PYTHON": "1"}
@@ -200,7 +201,7 @@ class WanPairs:
         return cls(stack, seconds, **options)
 
     def run_pairs(
-        self, cell: Cell, pairs: tuple[str, ...], directions: tuple[str, ...] = ("xy", "yx")
+        self, cell: Cell, pairs: tuple[str, ...], directions: tuple[str, ...] = BOTH_WAYS
     ) -> Cell:
         """``cell`` measured on each of ``pairs`` in turn, in ``directions``; the cell,
         filled."""
@@ -363,7 +364,7 @@ class WanPairs:
             trace=summary,
         )
 
-    def run_cell(self, pair: str, cell: Cell, directions: tuple[str, ...] = ("xy", "yx")) -> None:
+    def run_cell(self, pair: str, cell: Cell, directions: tuple[str, ...] = BOTH_WAYS) -> None:
         for attempt in (1, 2):
             try:
                 setup = self.setup(pair)
